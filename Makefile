@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check
+# torch is pinned: the CPU build of 2.13.0 installs from local disk; an unpinned torch pulls CUDA.
+TORCH := torch==2.13.0
+SUM := $(shell cksum < pyproject.toml | cut -d' ' -f1)
+DEMO_STAMP := $(VENV)/.stamp-demo-$(SUM)
+TEST_STAMP := $(VENV)/.stamp-test-$(SUM)
+
+.PHONY: demo test bench lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	$(PIP) $(TORCH)
+	$(PIP) -e '.[demo]' $(TORCH)
+	touch $@
+
+$(TEST_STAMP): pyproject.toml | $(PY)
+	$(PIP) $(TORCH)
+	$(PIP) -e '.[test]' $(TORCH)
+	touch $@ $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(VENV)/bin/twinpeaks demo --out twinpeaks-demo
+
+test: $(TEST_STAMP)
+	$(PY) -m pytest -q
+
+bench: $(TEST_STAMP)
+	$(PY) bench/overhead.py
+
+lint: $(TEST_STAMP)
+	$(PY) -m ruff check twinpeaks tests bench examples
+
+clean:
+	rm -rf $(VENV) twinpeaks-demo .pytest_cache

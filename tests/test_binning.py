@@ -1,0 +1,118 @@
+"""Binning is exact against numpy.histogram with the same edges, for every dtype and edge case."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from twinpeaks import binning
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+KERNELS = ["cpu", "generic"]  # torch.histogram on CPU; bucketize + index_put (the CUDA path)
+
+
+def bounds_for(lo, hi, bins, kernel):
+    b = binning.fixed_bounds(lo, hi, bins, torch.device("cpu"))
+    return b if kernel == "cpu" else dataclasses.replace(b, cpu_range=None)
+
+
+def oracle(values: torch.Tensor, edges: np.ndarray) -> np.ndarray:
+    """numpy's histogram plus the three extra slots, as twinpeaks lays them out."""
+    v = values.float().numpy().astype(np.float64).ravel()
+    finite = np.isfinite(v)
+    counts, _ = np.histogram(v[finite], bins=edges)
+    under = int((v[finite] < edges[0]).sum())
+    over = int((v[finite] > edges[-1]).sum())
+    return np.concatenate([[under], counts, [over, int((~finite).sum())]])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=300),
+    lo=st.floats(-100, 100),
+    width=st.floats(1e-2, 100),
+    bins=st.integers(1, 257),
+)
+def test_matches_numpy_random(kernel, dtype, data, lo, width, bins):
+    hi = lo + width
+    b = bounds_for(lo, hi, bins, kernel)
+    edges = b.edges.double().numpy()
+    x = torch.tensor(data, dtype=torch.float32).to(dtype)
+    got = binning.bin_values(x, b).numpy()
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, oracle(x, edges))
+    assert got.sum() == x.numel()
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("lo,hi,bins", [(-1, 1, 100), (-0.3, 0.7, 37), (0, 1e-3, 10), (-10, 10, 200), (2, 3, 1)])
+def test_values_on_edges_and_neighbours(kernel, dtype, lo, hi, bins):
+    b = bounds_for(lo, hi, bins, kernel)
+    e = b.edges
+    up = torch.nextafter(e, torch.full_like(e, math.inf))
+    down = torch.nextafter(e, torch.full_like(e, -math.inf))
+    x = torch.cat([e, up, down, torch.tensor([math.nan, math.inf, -math.inf, 1e30, -1e30])]).to(dtype)
+    np.testing.assert_array_equal(binning.bin_values(x, b).numpy(), oracle(x, b.edges.double().numpy()))
+
+
+def test_float32_edges_are_the_linspace():
+    np.testing.assert_array_equal(binning.float32_edges(-1, 1, 4), [-1, -0.5, 0, 0.5, 1])
+    assert binning.float32_edges(-0.3, 0.7, 7).dtype == np.float64
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_counts_do_not_saturate(kernel, dtype):
+    # histc on bf16 returns 2,048 for 100k samples in one bin; counts must be exact int64
+    x = torch.full((100_000,), 0.5, dtype=dtype)
+    got = binning.bin_values(x, bounds_for(0, 1, 10, kernel))
+    assert got.dtype == torch.int64 and int(got[1 + 5]) == 100_000
+
+
+def test_cpu_kernel_chunks_past_float32_exact_counts(monkeypatch):
+    monkeypatch.setattr(binning, "_HISTOGRAM_CHUNK", 1000)
+    x = torch.rand(10_001)
+    b = bounds_for(0, 1, 7, "cpu")
+    np.testing.assert_array_equal(binning.bin_values(x, b).numpy(), oracle(x, b.edges.double().numpy()))
+
+
+@pytest.mark.parametrize("values,lo_hi", [
+    ([0.0, 1.0, 2.0], (0.0, None)),      # non-negative layers keep 0 as the low end
+    ([-3.0, -1.0], (None, 0.0)),         # non-positive layers keep 0 as the high end
+    ([-1.0, 1.0], (-3.0, 3.0)),          # margin 1.0 = one span each side
+    ([5.0, 5.0], (None, None)),          # constant layers still get a usable range
+    ([math.nan, math.inf], (-3.0, 3.0)), # no finite value: defaults to (-1, 1) widened
+])
+def test_auto_bounds(values, lo_hi):
+    b = binning.auto_bounds(torch.tensor(values), 10, margin=1.0)
+    lo, hi = float(b.lo), float(b.hi)
+    assert lo < hi
+    finite = [v for v in values if math.isfinite(v)]
+    if finite:
+        assert lo <= min(finite) and max(finite) <= hi
+    if lo_hi[0] is not None:
+        assert lo == pytest.approx(lo_hi[0])
+    if lo_hi[1] is not None:
+        assert hi == pytest.approx(lo_hi[1])
+
+
+def test_value_stats_against_numpy():
+    x = torch.randn(1000)
+    x[:10] = 0
+    s = binning.value_stats(x).numpy()
+    v = x.numpy().astype(np.float64)
+    np.testing.assert_allclose(s, [v.sum(), (v * v).sum(), 10, v.min(), v.max()], rtol=1e-5, atol=1e-4)
+
+
+def test_bad_range_fails_early():
+    with pytest.raises(ValueError, match="range"):
+        binning.fixed_bounds(1, 1, 10, torch.device("cpu"))
+    with pytest.raises(ValueError, match="bins"):
+        binning.fixed_bounds(0, 1, 0, torch.device("cpu"))

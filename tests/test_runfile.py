@@ -1,0 +1,126 @@
+"""The run file: crash safety, concurrent reading, versioning, data-only storage."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import twinpeaks as tp
+from twinpeaks.runfile import SCHEMA_VERSION, decode, encode
+
+WRITER = textwrap.dedent("""
+    import sys, time, torch, twinpeaks as tp
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    hist = tp.ActivationsHistogram(model, sys.argv[1], flush_every=16).attach()
+    epoch = 0
+    while True:
+        for _ in range(50):
+            model(torch.randn(8, 4)).sum().backward()
+        hist.end_epoch()
+        epoch += 1
+        print(epoch, flush=True)
+        if epoch >= int(sys.argv[2]):
+            time.sleep(60)
+""")
+
+
+def start_writer(path, epochs):
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(epochs)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_kill_9_leaves_every_flushed_epoch(tmp_run):
+    proc = start_writer(tmp_run, 3)
+    try:
+        for _ in range(3):
+            assert proc.stdout.readline().strip()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    run = tp.open_run(tmp_run)
+    assert run.epochs == 3
+    assert run.histogram(-1, epoch=2).total == 50 * 8 * 2
+    assert run.histogram(-1).total == 150 * 8 * 2
+
+
+def test_kill_9_at_a_random_moment_opens(tmp_run):
+    proc = start_writer(tmp_run, 1000)
+    try:
+        proc.stdout.readline()
+        time.sleep(0.37)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+    run = tp.open_run(tmp_run)
+    assert run.epochs >= 1
+    for e in range(run.epochs):
+        assert run.histogram(-1, epoch=e).total == 50 * 8 * 2
+
+
+def test_reader_follows_a_writer_in_progress(tmp_run):
+    proc = start_writer(tmp_run, 1000)
+    try:
+        proc.stdout.readline()
+        run = tp.open_run(tmp_run)
+        first = run.epochs
+        assert first >= 1
+        deadline = time.time() + 30
+        while run.refresh().epochs < first + 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert run.epochs >= first + 2
+        assert run.histogram(-1, epoch=-1).total == 50 * 8 * 2
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_unknown_schema_and_non_run_files_give_clear_errors(tmp_path, tmp_run):
+    model = torch.nn.Linear(2, 2)
+    with tp.ActivationsHistogram(model, tmp_run) as hist:
+        model(torch.randn(1, 2))
+        hist.end_epoch()
+    with sqlite3.connect(tmp_run) as conn:
+        conn.execute("UPDATE meta SET value=? WHERE key='schema'", (json.dumps(SCHEMA_VERSION + 1),))
+    with pytest.raises(tp.RunFileError, match=f"schema {SCHEMA_VERSION + 1}.*upgrade"):
+        tp.open_run(tmp_run)
+    junk = tmp_path / "junk.tp"
+    junk.write_text("hello")
+    with pytest.raises(tp.RunFileError, match="not a twinpeaks run file"):
+        tp.open_run(junk)
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(tp.RunFileError, match="not a twinpeaks run file"):
+        tp.open_run(other)
+    with pytest.raises(tp.RunFileError, match="no run file"):
+        tp.open_run(tmp_path / "missing.tp")
+
+
+def test_arrays_are_raw_little_endian_with_dtype_and_shape():
+    a = np.arange(12, dtype=">i8").reshape(3, 4)
+    dtype, shape, data = encode(a)
+    assert dtype == "<i8" and json.loads(shape) == [3, 4] and data == a.astype("<i8").tobytes()
+    np.testing.assert_array_equal(decode(dtype, shape, data), a)
+    with pytest.raises(tp.RunFileError, match="unsupported dtype"):
+        decode("|O", "[1]", b"\0" * 8)
+
+
+def test_run_file_holds_no_pickle(tmp_run):
+    model = torch.nn.Linear(2, 2)
+    with tp.ActivationsHistogram(model, tmp_run) as hist:
+        model(torch.randn(1, 2))
+        hist.end_epoch()
+    with sqlite3.connect(tmp_run) as conn:
+        dtypes = {d for (d,) in conn.execute("SELECT DISTINCT dtype FROM arrays")}
+        blobs = [b for (b,) in conn.execute("SELECT data FROM arrays")]
+    assert dtypes <= {"<i8", "<f8"}
+    assert not any(b.startswith(b"\x80") for b in blobs)  # pickle protocol marker

@@ -1,0 +1,210 @@
+"""Pure binning functions: the one place where activation values become counts.
+
+Design constraints:
+
+* Exact against numpy. A layer's bin edges are ``B + 1`` float32 numbers
+  (``torch.linspace(lo, hi, B + 1)`` in float32). Values are upcast to float32
+  (fp16 and bf16 convert exactly), so every comparison with an edge is exact and
+  ``numpy.histogram(values, edges)`` gives the same counts: half-open bins, the
+  last one closed.
+* Nothing is dropped. Every binned element lands in exactly one *slot* of a row
+  laid out as ``[underflow, bin_0 .. bin_{B-1}, overflow, nonfinite]``
+  (``B + 3`` slots): values below the first edge, above the last edge, and
+  NaN / +-inf are counted, not lost as ``histc`` loses them.
+* Counts are int64. fp16/bf16 and float32 counts saturate (2**11, 2**24).
+* No host synchronisation. The functions only launch tensor operations on the
+  tensor's own device and return tensors on it; nothing here reads a value back.
+  On CPU the fast kernel is ``torch.histogram`` (linear interpolation with a
+  local search against its float32 edges, exact); elsewhere ``torch.bucketize``
+  against the same edges and an int64 ``index_add_``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+#: Number of extra slots after the bins: underflow (first), overflow, nonfinite.
+EXTRA_SLOTS = 3
+#: Largest chunk binned by one ``torch.histogram`` call: its float32 counts are
+#: exact below 2**24.
+_HISTOGRAM_CHUNK = 1 << 23
+
+
+def n_slots(bins: int) -> int:
+    """Length of a slot row for ``bins`` bins: ``bins + 3``."""
+    return bins + EXTRA_SLOTS
+
+
+def float32_edges(lo: float, hi: float, bins: int) -> np.ndarray:
+    """The edges twinpeaks uses for a range: float32 linspace, returned as float64.
+
+    Example:
+        >>> float32_edges(-1.0, 1.0, 4).tolist()
+        [-1.0, -0.5, 0.0, 0.5, 1.0]
+    """
+    check_range(lo, hi, bins)
+    return torch.linspace(lo, hi, bins + 1, dtype=torch.float32).double().numpy()
+
+
+def check_range(lo: float, hi: float, bins: int) -> None:
+    """Raise ``ValueError`` naming the argument when a range or bin count is unusable."""
+    if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
+        raise ValueError(f"bins must be a positive int, got {bins!r}; e.g. bins=100")
+    if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
+        raise ValueError(f"range must be two finite numbers lo < hi, got {(lo, hi)!r}; e.g. range=(-10, 10)")
+    if not (np.float32(lo) < np.float32(hi)):
+        raise ValueError(f"range {(lo, hi)!r} collapses in float32; widen it")
+
+
+def slots_to_parts(row: np.ndarray) -> tuple[np.ndarray, int, int, int]:
+    """Split a slot row (or the last axis of a stack of rows) into counts, under, over, nonfinite."""
+    row = np.asarray(row)
+    return row[..., 1:-2], row[..., 0], row[..., -2], row[..., -1]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Where a layer's values are binned, held on the activations' device.
+
+    ``lo``/``hi`` are 0-d float32 tensors (they may come from an automatic range
+    computed on the device, so no host read is needed to use them);
+    ``boundaries`` are the ``B + 1`` float32 edges with the last one nudged up
+    by one ulp so that ``bucketize`` closes the last bin like numpy does.
+    ``cpu_range`` holds the two Python floats for ``torch.histogram`` on CPU.
+    """
+
+    bins: int
+    lo: torch.Tensor
+    hi: torch.Tensor
+    edges: torch.Tensor
+    boundaries: torch.Tensor
+    cpu_range: tuple[float, float] | None
+
+
+def fixed_bounds(lo: float, hi: float, bins: int, device: torch.device) -> Bounds:
+    """Bounds for a user-given range (no tensor values are read)."""
+    check_range(lo, hi, bins)
+    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float32, device=device)
+    cpu = (float(np.float32(lo)), float(np.float32(hi))) if device.type == "cpu" else None
+    return _make_bounds(edges, bins, cpu)
+
+
+def auto_bounds(values: torch.Tensor, bins: int, margin: float) -> Bounds:
+    """Bounds from a first batch: its finite min/max widened by ``margin`` x span.
+
+    A side that starts non-negative (ReLU, sigmoid) or non-positive keeps zero as
+    its limit, so no bins are spent on values the layer cannot produce. All
+    computed on the device; on CPU the two floats are read (no device to sync).
+    """
+    v = values.reshape(-1).float()
+    finite = torch.isfinite(v)
+    inf = torch.tensor(math.inf, device=v.device)
+    mn = torch.where(finite, v, inf).amin() if v.numel() else inf
+    mx = torch.where(finite, v, -inf).amax() if v.numel() else -inf
+    ok = mn <= mx
+    mn = torch.where(ok, mn, torch.tensor(-1.0, device=v.device))
+    mx = torch.where(ok, mx, torch.tensor(1.0, device=v.device))
+    span = mx - mn
+    scale = torch.maximum(mn.abs(), mx.abs())
+    span = torch.where(span > 0, span, torch.where(scale > 0, scale, torch.ones_like(scale)))
+    lo = mn - margin * span
+    hi = mx + margin * span
+    lo = torch.where(mn >= 0, torch.clamp(lo, min=0.0), lo)
+    hi = torch.where(mx <= 0, torch.clamp(hi, max=0.0), hi)
+    # keep a usable float32 width even for huge or tiny values
+    hi = torch.maximum(hi, lo + span.clamp(min=1e-30) * 1e-3)
+    if v.device.type == "cpu":
+        lo_f, hi_f = float(lo), float(hi)
+        edges = torch.linspace(lo_f, hi_f, bins + 1, dtype=torch.float32)
+        return _make_bounds(edges, bins, (lo_f, hi_f))
+    steps = torch.arange(bins + 1, device=v.device, dtype=torch.float32) / bins
+    edges = lo + (hi - lo) * steps
+    edges[-1] = hi
+    return _make_bounds(edges, bins, None)
+
+
+def _make_bounds(edges: torch.Tensor, bins: int, cpu_range: tuple[float, float] | None) -> Bounds:
+    edges = edges.float()
+    boundaries = edges.clone()
+    boundaries[-1] = torch.nextafter(edges[-1], torch.tensor(math.inf, device=edges.device))
+    return Bounds(bins, edges[0], edges[-1], edges, boundaries, cpu_range)
+
+
+def slot_index(values: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    """Slot of every element (int64, same shape): 0 under, 1..B bins, B+1 over, B+2 nonfinite."""
+    v = values.float()
+    slot = torch.bucketize(v, bounds.boundaries, right=True)
+    return slot.masked_fill_(~torch.isfinite(v), bounds.bins + 2)
+
+
+def count_slots(slots: torch.Tensor, n: int) -> torch.Tensor:
+    """int64 counts of ``slots`` (values in ``[0, n)``) without reading anything back.
+
+    ``bincount`` on CUDA reads the maximum to size its output (a sync), so other
+    devices use an int64 ``index_put_`` with accumulation, which also has a
+    deterministic implementation.
+    """
+    flat = slots.reshape(-1)
+    if flat.device.type == "cpu":
+        return torch.bincount(flat, minlength=n)
+    out = torch.zeros(n, dtype=torch.int64, device=flat.device)
+    return out.index_put_((flat,), torch.ones_like(flat), accumulate=True)
+
+
+def bin_values(values: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    """Slot row (int64, ``B + 3``) of all elements of ``values``, on their device.
+
+    Example:
+        >>> b = fixed_bounds(-1.0, 1.0, 4, torch.device("cpu"))
+        >>> bin_values(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, float("nan")]), b).tolist()
+        [1, 1, 0, 1, 1, 1, 1]
+    """
+    v = values.reshape(-1).float()
+    n = n_slots(bounds.bins)
+    if v.device.type != "cpu" or bounds.cpu_range is None:
+        return count_slots(slot_index(v, bounds), n)
+    return _bin_cpu(v, bounds)
+
+
+def _bin_cpu(v: torch.Tensor, bounds: Bounds) -> torch.Tensor:
+    lo, hi = bounds.cpu_range  # type: ignore[misc]
+    total = v.numel()
+    inside = torch.zeros(bounds.bins, dtype=torch.int64)
+    for start in range(0, total, _HISTOGRAM_CHUNK):
+        chunk = v[start : start + _HISTOGRAM_CHUNK]
+        inside += torch.histogram(chunk, bounds.bins, range=(lo, hi))[0].to(torch.int64)
+    # below/above include -inf/+inf; finite count separates them from NaN
+    marks = torch.stack(
+        [
+            torch.count_nonzero(v < lo),
+            torch.count_nonzero(v > hi),
+            torch.count_nonzero(torch.isfinite(v)),
+            torch.count_nonzero(v == -math.inf),
+            torch.count_nonzero(v == math.inf),
+        ]
+    )
+    below, above, finite, neg_inf, pos_inf = marks.unbind()
+    under = below - neg_inf
+    over = above - pos_inf
+    nonfinite = total - finite
+    return torch.cat([under.view(1), inside, torch.stack([over, nonfinite])])
+
+
+#: Per-call statistics, in this order, float64: sum, sum of squares, exact zeros, min, max.
+STAT_FIELDS = ("sum", "sumsq", "zeros", "min", "max")
+
+
+def value_stats(values: torch.Tensor) -> torch.Tensor:
+    """``[sum, sum of squares, exact zeros, min, max]`` of ``values`` as float64, on their device.
+
+    Non-finite values propagate into sum/min/max on purpose: an exploding layer
+    should show as such in the telemetry lines.
+    """
+    v = values.reshape(-1).float()
+    mn, mx = torch.aminmax(v)
+    zeros = v.numel() - torch.count_nonzero(v)
+    return torch.stack([v.sum(), torch.dot(v, v), zeros.float(), mn, mx]).double()

@@ -1,0 +1,124 @@
+"""Per-step histogram columns in bounded memory.
+
+A :class:`ColumnStore` keeps one column per recorded step until it holds more
+than ``cap`` columns, then merges adjacent columns pairwise (histograms add,
+sums add, minima and maxima combine), so memory is ``O(cap x slots)`` however
+long the run. Every field is additive or a min/max, so merging is exact:
+nothing is approximated, only time resolution is traded.
+
+Columns record the steps they cover (``start``, ``end`` exclusive). Rows
+appended together (one flush) never share a column with earlier rows, so a
+column's data is final once written, until the next merge rewrites them all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Stats fields kept per column, float64: binned and seen element counts, then
+#: the additive sums and the extremes.
+STATS = ("binned", "seen", "sum", "sumsq", "zeros", "min", "max")
+_ADD = slice(0, 5)
+_MIN, _MAX = 5, 6
+
+
+def empty_stats(n: int) -> np.ndarray:
+    """``n`` stats rows that are neutral for merging."""
+    s = np.zeros((n, len(STATS)), dtype=np.float64)
+    s[:, _MIN] = np.inf
+    s[:, _MAX] = -np.inf
+    return s
+
+
+def combine_stats(stats: np.ndarray) -> np.ndarray:
+    """Combine stats rows (axis 0) into one row."""
+    out = empty_stats(1)[0]
+    if len(stats):
+        out[_ADD] = stats[:, _ADD].sum(axis=0)
+        out[_MIN] = stats[:, _MIN].min()
+        out[_MAX] = stats[:, _MAX].max()
+    return out
+
+
+def _merge_groups(arr: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
+    if how == "add":
+        return np.add.reduceat(arr, groups, axis=0)
+    if how == "min":
+        return np.minimum.reduceat(arr, groups, axis=0)
+    return np.maximum.reduceat(arr, groups, axis=0)
+
+
+def merge_stats(stats: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Merge stats rows by group starts (as ``np.add.reduceat`` takes them)."""
+    out = np.empty((len(groups), stats.shape[1]), dtype=np.float64)
+    out[:, _ADD] = _merge_groups(stats[:, _ADD], groups, "add")
+    out[:, _MIN] = _merge_groups(stats[:, _MIN], groups, "min")
+    out[:, _MAX] = _merge_groups(stats[:, _MAX], groups, "max")
+    return out
+
+
+class ColumnStore:
+    """Columns of slot counts (any trailing shape) and stats, at most ``cap`` of them.
+
+    Example:
+        >>> s = ColumnStore(cap=2, shape=(3,))
+        >>> s.append(0, np.ones((3, 3), np.int64), np.zeros((3, 7)))
+        >>> s.steps.tolist(), s.counts.sum(axis=1).tolist()
+        ([[0, 2], [2, 3]], [6, 3])
+    """
+
+    def __init__(self, cap: int, shape: tuple[int, ...]):
+        if cap < 2:
+            raise ValueError(f"max_columns must be at least 2, got {cap}")
+        self.cap = cap
+        self.width = 1  # steps per column for new rows
+        self.steps = np.zeros((0, 2), dtype=np.int64)
+        self.counts = np.zeros((0, *shape), dtype=np.int64)
+        self.stats = empty_stats(0)
+        self.written = 0  # columns already persisted unchanged
+        self.rewrite = False  # a merge happened since the last write
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def append(self, start: int, counts: np.ndarray, stats: np.ndarray) -> None:
+        """Append consecutive per-step rows beginning at step ``start``."""
+        n = len(counts)
+        if n == 0:
+            return
+        groups = np.arange(0, n, self.width)
+        ends = np.minimum(groups + self.width, n)
+        steps = np.stack([start + groups, start + ends], axis=1)
+        if self.width > 1:
+            counts = np.add.reduceat(counts, groups, axis=0)
+            stats = merge_stats(stats, groups)
+        self.steps = np.concatenate([self.steps, steps])
+        self.counts = np.concatenate([self.counts, counts])
+        self.stats = np.concatenate([self.stats, stats])
+        while len(self.steps) > self.cap:
+            self._halve()
+
+    def _halve(self) -> None:
+        groups = np.arange(0, len(self.steps), 2)
+        self.counts = np.add.reduceat(self.counts, groups, axis=0)
+        self.stats = merge_stats(self.stats, groups)
+        ends = np.append(groups[1:], len(self.steps)) - 1
+        self.steps = np.stack([self.steps[groups, 0], self.steps[ends, 1]], axis=1)
+        self.width *= 2
+        self.rewrite = True
+        self.written = 0
+
+    def unwritten(self) -> tuple[int, bool]:
+        """``(first column to write, whether earlier columns must be replaced)``."""
+        return (0, True) if self.rewrite else (self.written, False)
+
+    def mark_written(self) -> None:
+        self.written = len(self.steps)
+        self.rewrite = False
+
+    def total(self, from_step: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Sum of the columns starting at or after ``from_step``: counts, stats, steps covered."""
+        keep = slice(None) if from_step is None else self.steps[:, 0] >= from_step
+        counts, steps = self.counts[keep], self.steps[keep]
+        n_steps = int((steps[:, 1] - steps[:, 0]).sum()) if len(steps) else 0
+        return counts.sum(axis=0), combine_stats(self.stats[keep]), n_steps

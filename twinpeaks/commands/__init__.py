@@ -1,0 +1,1 @@
+"""One module per ``twinpeaks`` sub-command (see :mod:`twinpeaks.cli`)."""

@@ -1,0 +1,619 @@
+"""Recording: forward hooks that bin every layer's output into device buffers.
+
+Design constraints (the hot path is every forward of every hooked layer):
+
+* Bin inside the hook. The next module may overwrite an output in place
+  (``ReLU(inplace=True)``), so counts are taken before the hook returns.
+* No host sync in a step. Counts and stats accumulate in int64/float64 buffers
+  on the activations' device, one row per step; rows move to the host only at a
+  flush (``end_epoch``, or when the buffer of ``flush_every`` rows is full).
+  No ``.item()``, no ``.cpu()``, no branching on tensor values in a step.
+* Bounded memory. Host-side, per-step rows go into column stores that merge
+  pairwise past ``max_columns`` (see :mod:`twinpeaks.columns`).
+* Never crash training. Anything a hook cannot handle is skipped with one
+  warning per module, and training goes on.
+* Knows nothing of charts: it writes a run file; everything else reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import random
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import binning
+from ._version import __version__
+from .columns import ColumnStore, combine_stats, empty_stats
+from .outputs import flatten, path_name
+from .run import Run, _memory_run, open_run
+from .runfile import RunWriter
+
+log = logging.getLogger("twinpeaks")
+
+#: Outputs with at most this many elements per call are always binned exactly.
+EXACT_BELOW = 1 << 16
+#: With ``sample="auto"``, larger outputs are binned on a strided sample of about this many elements.
+AUTO_SAMPLE = 1 << 16
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+_EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
+
+
+class TwinpeaksWarning(UserWarning):
+    """Something twinpeaks skipped so that training could go on."""
+
+
+def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every leaf module in registration order, parameter-less ones included.
+
+    Containers that cannot be called (an empty ``ModuleList``) are left out; a
+    model that is itself a leaf is its own only layer.
+    """
+    leaves = [
+        (name, m) for name, m in model.named_modules()
+        if not any(True for _ in m.children()) and not isinstance(m, _CONTAINERS) and name
+    ]
+    return leaves or [(type(model).__name__, model)]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP/DataParallel/``torch.compile`` wrappers."""
+    while True:
+        inner = getattr(model, "module", None) if isinstance(
+            model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else None
+        inner = inner or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
+
+
+class _PhaseData:
+    """Device buffers (one row per step of the current window) and host stores of one record in one phase."""
+
+    def __init__(self, rows: int, slots: int, device: torch.device, max_columns: int, extra: dict[str, int]):
+        self.counts = torch.zeros(rows, slots, dtype=torch.int64, device=device)
+        self.stats = torch.zeros(rows, 5, dtype=torch.float64, device=device)
+        self.stats[:, 3] = math.inf
+        self.stats[:, 4] = -math.inf
+        self.binned = np.zeros(rows, np.int64)
+        self.seen = np.zeros(rows, np.int64)
+        self.store = ColumnStore(max_columns, (slots,))
+        self.epoch = ColumnStore(256, (slots,))
+        self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
+        self.epoch_extra = {k: ColumnStore(256, (c, slots)) for k, c in extra.items()}
+
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Move the first ``n`` rows to the host (the flush's only sync) and reset them."""
+        # .cpu() is a no-op on CPU and .numpy() shares memory: copy before resetting
+        counts = self.counts[:n].cpu().numpy().copy()
+        dev = self.stats[:n].cpu().numpy().copy()
+        stats = empty_stats(n)
+        stats[:, 0], stats[:, 1], stats[:, 2:] = self.binned[:n], self.seen[:n], dev
+        extra = {k: v[:n].cpu().numpy().copy() for k, v in self.extra.items()}
+        self.counts[:n] = 0
+        self.stats[:n, :3] = 0
+        self.stats[:n, 3] = math.inf
+        self.stats[:n, 4] = -math.inf
+        self.binned[:n] = 0
+        self.seen[:n] = 0
+        for v in self.extra.values():
+            v[:n] = 0
+        return counts, stats, extra
+
+
+class _Record:
+    """One recorded tensor: a module's output or one tensor inside it."""
+
+    def __init__(self, rid: int, module_index: int, sub_index: int, name: str, type_: str, last: bool):
+        self.id = rid
+        self.module_index = module_index
+        self.sub_index = sub_index
+        self.name = name
+        self.type = type_
+        self.last = last  # belongs to the last hooked module: per-class and truth apply
+        self.out_shape: list[int] | None = None
+        self.bounds: binning.Bounds | None = None
+        self.edges_written = False
+        self.classes = 0  # per-class columns
+        self.phases: dict[str, _PhaseData] = {}
+        self.dirty = True  # layer row needs (re)writing
+
+
+class ActivationsHistogram:
+    """Record the histogram of every layer's output, every step, into a run file.
+
+    Every forward of ``model`` in training mode is one ``"train"`` step, every
+    forward in eval mode one ``"valid"`` batch; ``with hist.phase("test"):``
+    names a phase explicitly. ``end_epoch()`` closes an epoch and commits it.
+
+    Args:
+        model: the module to record (DDP/``torch.compile`` wrappers are unwrapped).
+        path: run file to create (never overwritten); None keeps the run in memory.
+        modules: None = every leaf module, parameter-less ones included; or a list
+            of qualified names / integer indices into that leaf list.
+        bins: bins per histogram.
+        range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
+            widened by ``margin`` x its span, then frozen.
+        per_class: for the last layer, also one histogram per output column.
+        sample: ``"auto"`` (outputs up to 65,536 elements binned exactly, larger ones
+            on a strided sample of about that many elements with a random offset
+            per step), or a fraction in (0, 1]; 1.0 = every element, exact.
+        classes: class names, stored in the run for the charts.
+        margin: widening of automatic ranges, as a multiple of the first batch's span.
+        flush_every: steps kept on the device before rows move to the host.
+        max_columns: per-step columns kept per layer and phase before merging pairwise.
+        seed: seed of the sampling offsets.
+
+    Example:
+        >>> hist = tp.ActivationsHistogram(model, path="runs/exp1.tp")  # doctest: +SKIP
+        >>> with hist:                                                   # doctest: +SKIP
+        ...     for epoch in range(3):
+        ...         train_one_epoch(model); evaluate(model)
+        ...         hist.end_epoch()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        path: str | os.PathLike | None = None,
+        modules: Sequence[str | int] | None = None,
+        bins: int = 100,
+        range: tuple[float, float] | None = None,  # noqa: A002 - contract name
+        per_class: bool = False,
+        sample: float | str = "auto",
+        *,
+        classes: Sequence[str] | None = None,
+        margin: float = 1.0,
+        flush_every: int = 256,
+        max_columns: int = 1000,
+        seed: int = 0,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
+            raise ValueError(f"bins must be a positive int, got {bins!r}; e.g. bins=100")
+        if range is not None:
+            try:
+                lo, hi = (float(v) for v in range)
+            except (TypeError, ValueError):
+                raise ValueError(f"range must be (lo, hi) or None, got {range!r}; e.g. range=(-10, 10)") from None
+            binning.check_range(lo, hi, bins)
+            range = (lo, hi)
+        if sample != "auto" and not (isinstance(sample, (int, float)) and 0 < sample <= 1):
+            raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
+        if not (isinstance(margin, (int, float)) and margin >= 0):
+            raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+        if not (isinstance(flush_every, int) and flush_every >= 1):
+            raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
+        if classes is not None:
+            classes = [str(c) for c in classes]
+        self.model = model
+        self.root = unwrap(model)
+        self.path = path
+        self.bins = bins
+        self.range = range
+        self.per_class = bool(per_class)
+        self.sample = sample
+        self.classes = classes
+        self.margin = float(margin)
+        self.flush_every = flush_every
+        self.max_columns = max_columns
+        self._rng = random.Random(seed)
+        self._selected = self._select(modules)
+        self._handles: list[Any] = []
+        self._writer: RunWriter | None = None
+        self._records: list[_Record] = []
+        self._by_module: list[dict[tuple, _Record]] = []
+        self._explicit: list[str] = []
+        self._phase: str | None = None
+        self._row = 0
+        self._rows = flush_every
+        self._step: dict[str, int] = {}
+        self._window_start: dict[str, int] = {}
+        self._epoch_first: dict[str, int] = {}
+        self.epoch = 0
+        self._warned: set[str] = set()
+        self._targets: torch.Tensor | None = None
+        self._targets_after: bool | None = None
+        self._pending: list[tuple[_Record, str, int, torch.Tensor]] = []
+        self._listeners: list[Callable[[ActivationsHistogram], None]] = []
+        self._run: Run | None = None
+
+    # -- selection -----------------------------------------------------------
+    def _select(self, modules: Sequence[str | int] | None) -> list[tuple[str, nn.Module]]:
+        leaves = leaf_modules(self.root)
+        if modules is None:
+            return leaves
+        if isinstance(modules, (str, int)):
+            modules = [modules]
+        by_name = dict(self.root.named_modules())
+        picked: list[tuple[str, nn.Module]] = []
+        for m in modules:
+            if isinstance(m, bool) or not isinstance(m, (str, int)):
+                raise TypeError(f"modules must hold qualified names or int indices, got {m!r}")
+            if isinstance(m, int):
+                if not -len(leaves) <= m < len(leaves):
+                    raise ValueError(f"modules index {m} is out of range: the model has {len(leaves)} leaf modules")
+                picked.append(leaves[m])
+            elif m in by_name and m:
+                picked.append((m, by_name[m]))
+            else:
+                names = ", ".join(repr(n) for n, _ in leaves[:6])
+                raise ValueError(f"modules: no module named {m!r} in the model; leaf modules are {names}, ...")
+        order = {id(mod): i for i, (_, mod) in enumerate(self.root.named_modules())}
+        picked = list({id(mod): (n, mod) for n, mod in picked}.values())
+        return sorted(picked, key=lambda nm: order.get(id(nm[1]), 0))
+
+    # -- attach / detach ---------------------------------------------------------
+    def attach(self) -> ActivationsHistogram:
+        """Create the run file and register the hooks (what ``with hist:`` does on entry)."""
+        if self._handles:
+            return self
+        if self._writer is None:
+            self._writer = RunWriter(self.path, self._meta())
+            for i, (name, mod) in enumerate(self._selected):
+                rec = _Record(len(self._records), i, 0, name, type(mod).__name__, i == len(self._selected) - 1)
+                self._records.append(rec)
+                self._by_module.append({(): rec})
+            self._write_layers()
+            self._writer.commit()
+        self._handles.append(self.root.register_forward_pre_hook(self._begin_step))
+        for i, (_, mod) in enumerate(self._selected):
+            self._handles.append(mod.register_forward_hook(self._make_hook(i)))
+        return self
+
+    def detach(self) -> None:
+        """Remove the hooks; recorded data stays. Attach again to go on recording."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def close(self) -> None:
+        """Detach, close the open epoch (see :meth:`end_epoch`) and close the file."""
+        self.detach()
+        if self._writer is None:
+            return
+        if any(self._step.get(p, 0) > self._epoch_first.get(p, 0) for p in self._step):
+            self._close_epoch(final=True)
+        if self.path is not None:
+            if self._run is not None:
+                self._run.close()
+                self._run = None
+            self._writer.close()
+            self._writer = None
+
+    def __enter__(self) -> ActivationsHistogram:
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "twinpeaks_version": __version__,
+            "torch_version": torch.__version__,
+            "model": type(self.root).__name__,
+            "classes": self.classes,
+            "options": {
+                "bins": self.bins, "range": self.range, "per_class": self.per_class,
+                "sample": self.sample, "margin": self.margin, "flush_every": self.flush_every,
+                "max_columns": self.max_columns,
+            },
+        }
+
+    # -- phases ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Record the forwards inside the block as phase ``name`` (e.g. ``"test"``).
+
+        Example:
+            >>> with hist.phase("test"), torch.no_grad():  # doctest: +SKIP
+            ...     model(x_test)
+        """
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"phase name must be a non-empty str, got {name!r}")
+        self._explicit.append(name)
+        try:
+            yield
+        finally:
+            self._explicit.pop()
+
+    def set_phase(self, name: str | None) -> None:
+        """Force the phase of the next forwards (None: back to train/eval detection). For framework adapters."""
+        self._explicit = [] if name is None else [name]
+
+    def targets(self, y: torch.Tensor) -> None:
+        """Give the targets of the current batch, before or after its forward.
+
+        Splits the last layer into the outputs of the true class(es) ("yes") and
+        all others ("no"). ``y`` holds class indices (``[batch]``) or 0/1 per
+        output (multi-label, binary).
+        """
+        if not isinstance(y, torch.Tensor):
+            y = torch.as_tensor(y)
+        y = y.detach()
+        # The first call fixes the style: targets given after the forward apply to
+        # that forward's pending outputs; given before, they wait for the next one.
+        if self._targets_after is None:
+            self._targets_after = bool(self._pending)
+        if self._targets_after:
+            for rec, phase, row, slots in self._pending:
+                self._count_truth(rec, phase, row, slots, y)
+            self._pending = []
+        else:
+            self._targets = y
+
+    # -- the hot path ---------------------------------------------------------------------
+    def _begin_step(self, module: nn.Module, args: Any) -> None:
+        phase = self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
+        self._start_step(phase)
+
+    def _start_step(self, phase: str) -> None:
+        self._pending = []
+        if phase not in self._step:
+            self._step[phase] = self._window_start[phase] = self._epoch_first[phase] = 0
+        row = self._step[phase] - self._window_start[phase]
+        if row >= self._rows:
+            self._flush_window()
+            row = 0
+        self._step[phase] += 1
+        self._phase, self._row = phase, row
+
+    def _make_hook(self, module_index: int) -> Callable[..., None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            try:
+                with torch.no_grad():
+                    self._observe(module_index, out)
+            except Exception as exc:  # never crash the user's training
+                self._warn_once(self._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
+        return hook
+
+    def _observe(self, module_index: int, out: Any) -> None:
+        if self._phase is None:  # a layer called outside a forward of the model
+            self._start_step(self._explicit[-1] if self._explicit else "train" if self.root.training else "valid")
+        recs = self._by_module[module_index]
+        found = False
+        for path, t in flatten(out):
+            found = True
+            rec = recs.get(path)
+            if rec is None:
+                rec = self._add_subrecord(module_index, path)
+            self._bin(rec, t)
+        if not found:
+            self._warn_once(self._selected[module_index][0],
+                            f"returned {type(out).__name__}, which holds no tensor: nothing to bin")
+
+    def _add_subrecord(self, module_index: int, path: tuple) -> _Record:
+        recs = self._by_module[module_index]
+        base = recs[()]
+        rec = _Record(len(self._records), module_index, len(recs), path_name(base.name, path), base.type, base.last)
+        recs[path] = rec
+        self._records.append(rec)
+        return rec
+
+    def _bin(self, rec: _Record, t: torch.Tensor) -> None:
+        n = t.numel()
+        if n == 0:
+            return
+        if t.is_complex():
+            self._warn_once(rec.name, "has a complex output: not binned")
+            return
+        if rec.out_shape is None:
+            rec.out_shape = list(t.shape)
+            rec.dirty = True
+        flat = t.detach().reshape(-1)
+        stride = self._stride(n)
+        k = n
+        if stride > 1:
+            offset = self._rng.randrange(stride)
+            flat = flat[offset::stride]
+            k = len(range(offset, n, stride))
+        v = flat.float() if flat.dtype != torch.float32 else flat
+        if rec.bounds is None:
+            rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
+                          else binning.auto_bounds(v, self.bins, self.margin))
+        pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
+        if pd is None:
+            pd = self._phase_data(rec, t)
+        row = self._row
+        pd.counts[row] += binning.bin_values(v, rec.bounds)
+        st = binning.value_stats(v)
+        buf = pd.stats[row]
+        buf[:3] += st[:3]
+        buf[3:] = torch.stack([torch.minimum(buf[3], st[3]), torch.maximum(buf[4], st[4])])
+        pd.binned[row] += k
+        pd.seen[row] += n
+        if rec.last and (rec.classes or "truth" in pd.extra):
+            self._bin_last(rec, pd, t)
+
+    def _stride(self, n: int) -> int:
+        if self.sample == "auto":
+            return 1 if n <= EXACT_BELOW else -(-n // AUTO_SAMPLE)
+        if self.sample >= 1 or n <= EXACT_BELOW:
+            return 1
+        return max(1, round(1 / self.sample))
+
+    def _phase_data(self, rec: _Record, t: torch.Tensor) -> _PhaseData:
+        extra: dict[str, int] = {}
+        if rec.last:
+            cols = t.shape[-1] if t.dim() >= 2 else 1
+            if self.per_class:
+                rec.classes = cols
+                rec.dirty = True
+                extra["classes"] = cols
+            extra["truth"] = 2
+            per_row = sum(extra.values()) * binning.n_slots(self.bins) * 8
+            self._rows = min(self._rows, max(8, _EXTRA_BUDGET // per_row))
+        with torch.inference_mode(False):  # buffers must stay normal tensors, updatable outside inference mode
+            pd = _PhaseData(self.flush_every, binning.n_slots(self.bins), t.device, self.max_columns, extra)
+        rec.phases[self._phase] = pd  # type: ignore[index]
+        return pd
+
+    def _bin_last(self, rec: _Record, pd: _PhaseData, t: torch.Tensor) -> None:
+        cols = t.shape[-1] if t.dim() >= 2 else 1
+        slots = binning.slot_index(t.detach().reshape(-1, cols), rec.bounds)  # type: ignore[arg-type]
+        s = binning.n_slots(self.bins)
+        if "classes" in pd.extra and cols == rec.classes:
+            offs = torch.arange(cols, device=slots.device) * s
+            pd.extra["classes"][self._row] += binning.count_slots(slots + offs, cols * s).view(cols, s)
+        if self._targets is not None:
+            self._count_truth(rec, self._phase, self._row, slots, self._targets)  # type: ignore[arg-type]
+            self._targets = None
+        elif self._targets_after is not False:
+            self._pending.append((rec, self._phase, self._row, slots))  # type: ignore[arg-type]
+
+    def _count_truth(self, rec: _Record, phase: str, row: int, slots: torch.Tensor, y: torch.Tensor) -> None:
+        pd = rec.phases[phase]
+        b, cols = slots.shape
+        y = y.to(slots.device)
+        if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
+            yes = y.reshape(b, cols) > 0.5
+        elif y.numel() == b and cols > 1 and not y.is_floating_point():
+            yes = torch.nn.functional.one_hot(y.reshape(b).long().clamp(0, cols - 1), cols).bool()
+        else:
+            self._warn_once(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(slots.shape)}: "
+                                      "truth split skipped (pass class indices [batch] or 0/1 per output)")
+            return
+        s = binning.n_slots(self.bins)
+        pd.extra["truth"][row] += binning.count_slots(slots + (~yes).long() * s, 2 * s).view(2, s)
+
+    def _warn_once(self, key: str, what: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        msg = f"twinpeaks: layer {key!r} {what}"
+        log.warning(msg)
+        warnings.warn(msg, TwinpeaksWarning, stacklevel=3)
+
+    # -- flushing --------------------------------------------------------------------------
+    def _flush_window(self) -> None:
+        """Move all rows of the current window to the host stores and commit the new columns."""
+        w = self._writer
+        assert w is not None
+        for rec in self._records:
+            for phase, pd in rec.phases.items():
+                n = self._step[phase] - self._window_start[phase]
+                if n <= 0:
+                    continue
+                counts, stats, extra = pd.take(n)
+                start = self._window_start[phase]
+                pd.store.append(start, counts, stats)
+                pd.epoch.append(start, counts, stats)
+                for k, arr in extra.items():
+                    pd.epoch_extra[k].append(start, arr, stats)
+                first, rewrite = pd.store.unwritten()
+                if rewrite:
+                    w.drop_columns(rec.id, phase)
+                if first < len(pd.store):
+                    w.put_array(rec.id, phase, "col_steps", -1, first, pd.store.steps[first:])
+                    w.put_array(rec.id, phase, "col_counts", -1, first, pd.store.counts[first:])
+                    w.put_array(rec.id, phase, "col_stats", -1, first, pd.store.stats[first:])
+                pd.store.mark_written()
+        for phase in self._step:
+            self._window_start[phase] = self._step[phase]
+        self._write_layers()
+        w.commit()
+
+    def _write_layers(self) -> None:
+        w = self._writer
+        assert w is not None
+        for rec in self._records:
+            if rec.dirty:
+                w.put_layer(rec.id, rec.module_index, rec.sub_index, rec.name, rec.type,
+                            rec.out_shape, self.bins, rec.classes)
+                rec.dirty = False
+            if rec.bounds is not None and not rec.edges_written:
+                w.put_array(rec.id, "", "edges", -1, 0, rec.bounds.edges.cpu().double().numpy())
+                rec.edges_written = True
+
+    def end_epoch(self) -> None:
+        """Close the current epoch: flush its steps and summaries to the file and commit.
+
+        Call it once per epoch, after validation; every phase recorded since the
+        previous call belongs to this epoch.
+        """
+        if self._writer is None:
+            raise RuntimeError("end_epoch() before attach(): use `with hist:` or hist.attach() first")
+        self._close_epoch(final=False)
+
+    def _close_epoch(self, final: bool) -> None:
+        self._flush_window()
+        w = self._writer
+        assert w is not None
+        phases = [p for p in self._step if self._step[p] > self._epoch_first[p]]
+        # Eval-only steps after the last end_epoch (a final test pass) join the last epoch.
+        merge = final and self.epoch > 0 and "train" not in phases
+        epoch = self.epoch - 1 if merge else self.epoch
+        steps: dict[str, list[int]] = {}
+        for phase in phases:
+            first, end = self._epoch_first[phase], self._step[phase]
+            lq_first = end - max(1, math.ceil((end - first) / 4))
+            steps[phase] = [first, end, lq_first]
+            for rec in self._records:
+                pd = rec.phases.get(phase)
+                if pd is None or not len(pd.epoch):
+                    continue
+                self._write_summary(rec, phase, epoch, pd, lq_first, add=merge)
+                pd.epoch = ColumnStore(pd.epoch.cap, pd.epoch.counts.shape[1:])
+                pd.epoch_extra = {k: ColumnStore(s.cap, s.counts.shape[1:]) for k, s in pd.epoch_extra.items()}
+            self._epoch_first[phase] = end
+        if merge:
+            old = self.run.epoch_info(epoch).steps
+            steps = {**{p: list(v) for p, v in old.items()}, **steps}
+        w.put_epoch(epoch, steps)
+        w.commit()
+        if not merge:
+            self.epoch += 1
+        if self._run is not None:
+            self._run.refresh()
+        for listener in self._listeners:
+            try:
+                listener(self)
+            except Exception as exc:  # a chart must never stop training
+                self._warn_once(f"listener {listener!r}", f"failed ({exc!r})")
+
+    def _write_summary(self, rec: _Record, phase: str, epoch: int, pd: _PhaseData, lq_first: int, add: bool) -> None:
+        w = self._writer
+        assert w is not None
+        counts, stats, n = pd.epoch.total()
+        lq_counts, lq_stats, lq_n = pd.epoch.total(lq_first)
+        arrays = {"counts": counts, "stats": stats, "lq_counts": lq_counts, "lq_stats": lq_stats,
+                  "summary": np.array([n, lq_n], np.int64)}
+        for k, store in pd.epoch_extra.items():
+            name = "class" if k == "classes" else k
+            arrays[f"{name}_counts"] = store.total()[0]
+            arrays[f"{name}_lq"] = store.total(lq_first)[0]
+        if add:
+            old_run = self.run
+            for kind, arr in list(arrays.items()):
+                prev = old_run._array(rec.id, phase, kind, epoch)
+                if prev is None:
+                    continue
+                if kind.endswith("stats"):
+                    arrays[kind] = combine_stats(np.vstack([prev, arr]))
+                else:
+                    arrays[kind] = prev + arr
+        for kind, arr in arrays.items():
+            w.put_array(rec.id, phase, kind, epoch, 0, arr)
+
+    # -- reading back ------------------------------------------------------------------------
+    @property
+    def run(self) -> Run:
+        """The run recorded so far (committed data), for charts and checks during training."""
+        if self._writer is None and self.path is None:
+            raise RuntimeError("nothing recorded yet: attach first")
+        if self._run is None:
+            self._run = open_run(self.path) if self.path is not None else _memory_run(self._writer.conn)  # type: ignore[union-attr]
+        return self._run.refresh()
+
+    def add_listener(self, fn: Callable[[ActivationsHistogram], None]) -> None:
+        """Call ``fn(hist)`` after every closed epoch (live charts use this)."""
+        self._listeners.append(fn)

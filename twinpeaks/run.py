@@ -1,0 +1,423 @@
+"""Reading a run: layers, epochs, histograms and per-step columns, from the file only.
+
+Everything that draws or judges a run (charts, reports, diagnosis) goes through
+:class:`Run`; nothing here knows about torch hooks. A :class:`Run` reads the
+last committed state of the file: open it while training writes and call
+:meth:`Run.refresh` to see new epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .binning import n_slots, slots_to_parts
+from .columns import STATS, combine_stats, empty_stats
+from .errors import LayerNotFound, TwinpeaksError
+from .runfile import check_schema, connect_reader, decode
+
+PHASES = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One record of a run: a module's output, or one tensor of a structured output."""
+
+    index: int  #: position in :attr:`Run.layers`
+    id: int  #: id in the file
+    name: str  #: qualified module name (``features.3``; ``lstm.0`` for a sub-record)
+    type: str  #: module class name
+    out_shape: tuple[int, ...] | None  #: shape of the first recorded output; None if never called
+    bins: int
+    columns: int  #: per-class columns recorded (0 without per-class data)
+    module_index: int
+    sub_index: int
+
+    @property
+    def called(self) -> bool:
+        """Whether the layer ever produced something that was binned."""
+        return self.out_shape is not None
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of one layer over some steps, with everything outside the range.
+
+    ``total`` is the number of elements binned (``counts.sum() + underflow +
+    overflow + nonfinite``); ``seen`` the number of elements the layer produced
+    (larger than ``total`` when outputs were sampled); ``steps`` the number of
+    steps (batches) summed, so ``counts / steps`` is the mean histogram.
+    """
+
+    counts: np.ndarray
+    edges: np.ndarray
+    underflow: int
+    overflow: int
+    nonfinite: int
+    steps: int
+    seen: int
+    stats: np.ndarray = field(repr=False)
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum()) + self.underflow + self.overflow + self.nonfinite
+
+    @property
+    def centers(self) -> np.ndarray:
+        return (self.edges[:-1] + self.edges[1:]) / 2
+
+    @property
+    def mean(self) -> float:
+        """Mean of the binned values (exact, from running sums)."""
+        n = self.stats[STATS.index("binned")]
+        return float(self.stats[STATS.index("sum")] / n) if n else float("nan")
+
+    @property
+    def std(self) -> float:
+        n = self.stats[STATS.index("binned")]
+        if not n:
+            return float("nan")
+        m = self.stats[STATS.index("sum")] / n
+        return float(np.sqrt(max(self.stats[STATS.index("sumsq")] / n - m * m, 0.0)))
+
+    @property
+    def min(self) -> float:
+        return float(self.stats[STATS.index("min")])
+
+    @property
+    def max(self) -> float:
+        return float(self.stats[STATS.index("max")])
+
+    @property
+    def zero_fraction(self) -> float:
+        n = self.stats[STATS.index("binned")]
+        return float(self.stats[STATS.index("zeros")] / n) if n else float("nan")
+
+    def normalized(self) -> np.ndarray:
+        """Counts as fractions of everything binned (out-of-range mass included in the total)."""
+        t = self.total
+        return self.counts / t if t else np.zeros(len(self.counts))
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Per-step (or merged) columns of one layer in one phase, in step order.
+
+    Column ``i`` covers steps ``starts[i] <= step < ends[i]`` of that phase.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    counts: np.ndarray  #: int64 ``[n, bins]``
+    underflow: np.ndarray
+    overflow: np.ndarray
+    nonfinite: np.ndarray
+    stats: np.ndarray  #: float64 ``[n, 7]`` in :data:`twinpeaks.columns.STATS` order
+    edges: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _stat(self, name: str) -> np.ndarray:
+        return self.stats[:, STATS.index(name)]
+
+    @property
+    def binned(self) -> np.ndarray:
+        return self._stat("binned")
+
+    @property
+    def mean(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._stat("sum") / self.binned
+
+    @property
+    def std(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m = self.mean
+            return np.sqrt(np.maximum(self._stat("sumsq") / self.binned - m * m, 0.0))
+
+    @property
+    def min(self) -> np.ndarray:
+        return np.where(self.binned > 0, self._stat("min"), np.nan)
+
+    @property
+    def max(self) -> np.ndarray:
+        return np.where(self.binned > 0, self._stat("max"), np.nan)
+
+    @property
+    def zero_fraction(self) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._stat("zeros") / self.binned
+
+
+@dataclass(frozen=True)
+class EpochInfo:
+    """Steps of each phase in one closed epoch: ``steps[phase] = (first, end, last_quarter_first)``."""
+
+    epoch: int
+    closed_at: float
+    steps: dict[str, tuple[int, int, int]]
+
+
+class Run:
+    """A recorded run, read from its file (or from an in-memory recorder).
+
+    Example:
+        >>> run = open_run("runs/exp1.tp")            # doctest: +SKIP
+        >>> run.layers[-1].name, run.epochs            # doctest: +SKIP
+        ('head', 3)
+        >>> h = run.histogram(-1, "valid", epoch=2)     # doctest: +SKIP
+        >>> h.counts.sum() + h.underflow + h.overflow + h.nonfinite == h.total  # doctest: +SKIP
+        True
+    """
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None = None, owned: bool = True):
+        self._conn = conn
+        self.path = path
+        self._owned = owned
+        self.refresh()
+
+    # -- lifecycle -------------------------------------------------------
+    def refresh(self) -> Run:
+        """Forget cached reads so that the next ones see what the writer committed since."""
+        for name in ("meta", "layers", "_epoch_rows", "_edges"):
+            self.__dict__.pop(name, None)
+        return self
+
+    def close(self) -> None:
+        if self._owned:
+            self._conn.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = str(self.path) if self.path else "<memory>"
+        return f"Run({where!r}, layers={len(self.layers)}, epochs={self.epochs})"
+
+    # -- what the run holds ----------------------------------------------
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        """Everything in the ``meta`` table (schema, versions, options, classes, ...)."""
+        return {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names given at record time, if any."""
+        return self.meta.get("classes")
+
+    @cached_property
+    def layers(self) -> list[LayerInfo]:
+        """Records in module order, a module's sub-records right after it: ``layers[-1]`` is the last layer."""
+        rows = self._conn.execute(
+            "SELECT layer, name, type, out_shape, bins, columns, module_index, sub_index "
+            "FROM layers ORDER BY module_index, sub_index"
+        ).fetchall()
+        return [
+            LayerInfo(i, lid, name, typ, None if shape is None else tuple(json.loads(shape)), bins, cols, mi, si)
+            for i, (lid, name, typ, shape, bins, cols, mi, si) in enumerate(rows)
+        ]
+
+    @cached_property
+    def _epoch_rows(self) -> list[EpochInfo]:
+        rows = self._conn.execute("SELECT epoch, closed_at, steps FROM epochs ORDER BY epoch").fetchall()
+        return [EpochInfo(e, t, {p: tuple(v) for p, v in json.loads(s).items()}) for e, t, s in rows]
+
+    @property
+    def epochs(self) -> int:
+        """Number of closed epochs."""
+        return len(self._epoch_rows)
+
+    def epoch_info(self, epoch: int) -> EpochInfo:
+        """Step ranges of an epoch (negative counts from the end)."""
+        return self._epoch_rows[self._epoch_index(epoch)]
+
+    @property
+    def phases(self) -> list[str]:
+        """Phases with recorded data, in the order train, valid, test, then others."""
+        found = {p for (p,) in self._conn.execute("SELECT DISTINCT phase FROM arrays WHERE phase != ''")}
+        return [p for p in PHASES if p in found] + sorted(found - set(PHASES))
+
+    def n_steps(self, phase: str = "train") -> int:
+        """Steps (batches) of ``phase`` recorded and flushed so far."""
+        row = self._conn.execute(
+            "SELECT data, dtype, shape FROM arrays WHERE phase=? AND kind='col_steps' AND epoch=-1 "
+            "ORDER BY part DESC LIMIT 1",
+            (phase,),
+        ).fetchone()
+        return int(decode(row[1], row[2], row[0])[-1, 1]) if row else 0
+
+    def layer(self, layer: int | str) -> LayerInfo:
+        """A layer by name or by index into :attr:`layers` (negative counts from the end)."""
+        layers = self.layers
+        if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
+            if -len(layers) <= layer < len(layers):
+                return layers[layer]
+            raise LayerNotFound(f"layer index {layer} is out of range: the run has {len(layers)} layers")
+        if isinstance(layer, LayerInfo):
+            return layer
+        for info in layers:
+            if info.name == layer:
+                return info
+        names = ", ".join(repr(i.name) for i in layers[:8])
+        more = ", ..." if len(layers) > 8 else ""
+        raise LayerNotFound(f"no layer named {layer!r} in this run; layers are {names}{more}")
+
+    def edges(self, layer: int | str) -> np.ndarray:
+        """float64 ``[bins + 1]`` bin edges of a layer (empty if it never recorded)."""
+        info = self.layer(layer)
+        row = self._conn.execute(
+            "SELECT data, dtype, shape FROM arrays WHERE layer=? AND kind='edges'", (info.id,)
+        ).fetchone()
+        return decode(row[1], row[2], row[0]) if row else np.zeros(0)
+
+    # -- histograms ----------------------------------------------------------
+    def histogram(
+        self,
+        layer: int | str,
+        phase: str = "train",
+        epoch: int | None = None,
+        column: int | None = None,
+        *,
+        truth: Literal["yes", "no"] | None = None,
+        last_quarter: bool = False,
+    ) -> Histogram:
+        """The histogram of a layer's outputs in a phase.
+
+        Args:
+            layer: name or index (negative counts from the end: -1 = last layer).
+            phase: ``"train"``, ``"valid"``, ``"test"`` or a custom phase name.
+            epoch: a closed epoch (negative counts from the end); None = the whole run.
+            column: per-class histogram of output column ``k`` (run recorded with ``per_class=True``).
+            truth: ``"yes"`` for the outputs of the true class(es), ``"no"`` for all others
+                (the run must have been given targets).
+            last_quarter: only the last quarter of the epoch's steps (what Twin Peaks compares).
+
+        Example:
+            >>> run.histogram(-1, "valid", epoch=-1).counts.shape  # doctest: +SKIP
+            (100,)
+        """
+        info = self.layer(layer)
+        if column is not None and truth is not None:
+            raise ValueError("pass column or truth, not both")
+        if epoch is None and last_quarter:
+            raise ValueError("last_quarter needs an epoch; e.g. epoch=-1")
+        edges = self.edges(info)
+        if epoch is None and column is None and truth is None:
+            cols = self.columns(info, phase)
+            stats = combine_stats(cols.stats)
+            return Histogram(
+                cols.counts.sum(axis=0) if len(cols) else np.zeros(info.bins, np.int64),
+                edges, int(cols.underflow.sum()), int(cols.overflow.sum()), int(cols.nonfinite.sum()),
+                int((cols.ends - cols.starts).sum()), int(stats[STATS.index("seen")]), stats,
+            )
+        epochs = range(self.epochs) if epoch is None else [self._epoch_index(epoch)]
+        prefix = "lq_" if last_quarter else ""
+        if column is not None:
+            if not info.columns:
+                raise ValueError(f"layer {info.name!r} has no per-class data: record with per_class=True")
+            if not -info.columns <= column < info.columns:
+                raise ValueError(f"column {column} out of range: layer {info.name!r} has {info.columns} columns")
+            kind, pick = ("class_lq" if last_quarter else "class_counts"), column
+        elif truth is not None:
+            if truth not in ("yes", "no"):
+                raise ValueError(f"truth must be 'yes' or 'no', got {truth!r}")
+            kind, pick = ("truth_lq" if last_quarter else "truth_counts"), ("yes", "no").index(truth)
+        else:
+            kind, pick = prefix + "counts", None
+        row = np.zeros(n_slots(info.bins), np.int64)
+        stats = empty_stats(0)
+        steps = 0
+        for e in epochs:
+            arr = self._array(info.id, phase, kind, e)
+            if arr is None:
+                continue
+            row += arr if pick is None else arr[pick]
+            st = self._array(info.id, phase, prefix + "stats", e)
+            if st is not None:
+                stats = np.vstack([stats, st])
+            summ = self._array(info.id, phase, "summary", e)
+            steps += int(summ[1 if last_quarter else 0]) if summ is not None else 0
+        if pick is None and kind in ("counts", "lq_counts") and not steps and epoch is not None:
+            self._check_phase(info, phase, epochs)
+        stats = combine_stats(stats)
+        counts, under, over, nonfinite = slots_to_parts(row)
+        seen = int(stats[STATS.index("seen")]) if pick is None else int(row.sum())
+        return Histogram(counts.copy(), edges, int(under), int(over), int(nonfinite), steps, seen, stats)
+
+    def _check_phase(self, info: LayerInfo, phase: str, epochs: range | list[int]) -> None:
+        known = self.phases
+        if phase not in known:
+            raise ValueError(f"phase {phase!r} was not recorded; this run has {known}")
+
+    def steps(self, layer: int | str, phase: str = "train") -> np.ndarray:
+        """Per-step (or per merged column) counts: int64 ``[n_columns, bins]``."""
+        return self.columns(layer, phase).counts
+
+    def columns(self, layer: int | str, phase: str = "train") -> Columns:
+        """Per-step columns with their step ranges, out-of-range counts and stats."""
+        info = self.layer(layer)
+        parts: dict[str, list[np.ndarray]] = {"col_steps": [], "col_counts": [], "col_stats": []}
+        for kind, dtype, shape, data in self._conn.execute(
+            "SELECT kind, dtype, shape, data FROM arrays WHERE layer=? AND phase=? AND epoch=-1 ORDER BY part",
+            (info.id, phase),
+        ):
+            parts[kind].append(decode(dtype, shape, data))
+        slots = n_slots(info.bins)
+        steps = np.concatenate(parts["col_steps"]) if parts["col_steps"] else np.zeros((0, 2), np.int64)
+        rows = np.concatenate(parts["col_counts"]) if parts["col_counts"] else np.zeros((0, slots), np.int64)
+        stats = np.concatenate(parts["col_stats"]) if parts["col_stats"] else empty_stats(0)
+        counts, under, over, nonfinite = slots_to_parts(rows)
+        return Columns(steps[:, 0], steps[:, 1], counts, under, over, nonfinite, stats, self.edges(info))
+
+    # -- internals -------------------------------------------------------------
+    def _epoch_index(self, epoch: int) -> int:
+        n = self.epochs
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
+            raise TypeError(f"epoch must be an int, got {epoch!r}")
+        if not -n <= epoch < n:
+            raise ValueError(
+                f"epoch {epoch} is out of range: the run has {n} closed epoch{'s' if n != 1 else ''}"
+                + ("; call hist.end_epoch() at the end of each epoch" if n == 0 else "")
+            )
+        return epoch % n
+
+    def _array(self, layer_id: int, phase: str, kind: str, epoch: int) -> np.ndarray | None:
+        row = self._conn.execute(
+            "SELECT data, dtype, shape FROM arrays WHERE layer=? AND phase=? AND kind=? AND epoch=? AND part=0",
+            (layer_id, phase, kind, epoch),
+        ).fetchone()
+        return decode(row[1], row[2], row[0]) if row else None
+
+
+def open_run(path: str | os.PathLike | Run) -> Run:
+    """Open a run file for reading; it may still be being written.
+
+    Raises :class:`~twinpeaks.errors.RunFileError` with a one-line reason if the
+    file is missing, not a run file, or of a schema this version cannot read.
+
+    Example:
+        >>> run = tp.open_run("runs/exp1.tp")  # doctest: +SKIP
+    """
+    if isinstance(path, Run):
+        return path
+    p = Path(path)
+    return Run(connect_reader(p), p)
+
+
+def _memory_run(conn: sqlite3.Connection) -> Run:
+    check_schema(conn, "<memory>")
+    return Run(conn, None, owned=False)
+
+
+__all__ = ["Columns", "EpochInfo", "Histogram", "LayerInfo", "Run", "open_run", "TwinpeaksError"]

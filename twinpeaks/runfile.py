@@ -1,0 +1,183 @@
+"""The run file: one SQLite database per run, data only.
+
+Design constraints:
+
+* Crash-safe. WAL journal, one transaction per flush: a ``kill -9`` at any
+  moment leaves a file that opens and holds every committed flush intact.
+* Readable while written. Readers open the file read-only and see the last
+  committed flush; they never block the writer.
+* Data only. Arrays are raw little-endian bytes with their dtype and shape in
+  the same row; nothing is pickled, so opening a run never runs code.
+* Versioned. ``meta`` holds the schema version and the twinpeaks version that
+  wrote the file; a reader refuses a schema it does not know, with a message.
+
+Tables (schema 1):
+
+``meta(key, value)``
+    JSON values: ``schema``, ``twinpeaks_version``, ``created``, ``options``,
+    ``classes``, ``model``, ...
+``layers(layer, module_index, sub_index, name, type, out_shape, bins, columns)``
+    One row per record; ``out_shape`` JSON or NULL (never called);
+    ``columns`` is the number of per-class columns (0 without per-class data).
+``epochs(epoch, closed_at, steps)``
+    ``steps`` is JSON ``{phase: [first_step, end_step, last_quarter_first_step]}``.
+``arrays(layer, phase, kind, epoch, part, dtype, shape, data)``
+    Every array. ``kind`` is ``edges`` (float64 ``[B+1]``, phase ``""``),
+    step columns (``epoch = -1``, ``part`` = first column index of a segment):
+    ``col_steps`` int64 ``[n, 2]``, ``col_counts`` int64 ``[n, B+3]``,
+    ``col_stats`` float64 ``[n, 7]``; epoch summaries (``part = 0``):
+    ``counts``/``stats`` for the whole epoch, ``lq_counts``/``lq_stats`` for its
+    last quarter, ``class_counts``/``class_lq`` ``[C, B+3]`` and
+    ``truth_counts``/``truth_lq`` ``[2, B+3]`` (yes, no).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import RunFileError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS layers (
+    layer INTEGER PRIMARY KEY,
+    module_index INTEGER NOT NULL,
+    sub_index INTEGER NOT NULL,
+    name TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL,
+    out_shape TEXT,
+    bins INTEGER NOT NULL,
+    columns INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch INTEGER PRIMARY KEY,
+    closed_at REAL NOT NULL,
+    steps TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS arrays (
+    layer INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    dtype TEXT NOT NULL,
+    shape TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (layer, phase, kind, epoch, part)
+);
+"""
+
+
+def encode(arr: np.ndarray) -> tuple[str, str, bytes]:
+    """``(dtype, shape, bytes)`` of an array, little-endian."""
+    arr = np.ascontiguousarray(arr)
+    le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+    return le.dtype.str, json.dumps(list(arr.shape)), le.tobytes()
+
+
+def decode(dtype: str, shape: str, data: bytes) -> np.ndarray:
+    """Inverse of :func:`encode`; the result is native-endian and writable."""
+    dt = np.dtype(dtype)
+    if dt.kind not in "iufb" or dt.hasobject:
+        raise RunFileError(f"run file holds an array of unsupported dtype {dtype!r}")
+    arr = np.frombuffer(data, dtype=dt).reshape(json.loads(shape))
+    return arr.astype(dt.newbyteorder("="))
+
+
+class RunWriter:
+    """Owns the write connection of a run file (or of an in-memory run)."""
+
+    def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any]):
+        self.path = None if path is None else Path(path)
+        if self.path is None:
+            self.conn = sqlite3.connect(":memory:", check_same_thread=False)
+        else:
+            if self.path.exists():
+                raise FileExistsError(
+                    f"path {str(self.path)!r} already exists; twinpeaks never overwrites a run: "
+                    "pick a new path or delete the old file"
+                )
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path, check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+        meta = {"schema": SCHEMA_VERSION, "created": time.time(), **meta}
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
+        )
+        self.conn.commit()
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def put_layer(self, layer: int, module_index: int, sub_index: int, name: str, type_: str,
+                  out_shape: list[int] | None, bins: int, columns: int) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (layer, module_index, sub_index, name, type_,
+             None if out_shape is None else json.dumps(out_shape), bins, columns),
+        )
+
+    def put_array(self, layer: int, phase: str, kind: str, epoch: int, part: int, arr: np.ndarray) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (layer, phase, kind, epoch, part, *encode(arr)),
+        )
+
+    def drop_columns(self, layer: int, phase: str) -> None:
+        self.conn.execute("DELETE FROM arrays WHERE layer=? AND phase=? AND epoch=-1", (layer, phase))
+
+    def put_epoch(self, epoch: int, steps: dict[str, list[int]]) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (epoch, time.time(), json.dumps(steps))
+        )
+
+    def commit(self) -> None:
+        self.conn.commit()
+
+    def close(self) -> None:
+        self.conn.commit()
+        self.conn.close()
+
+
+def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
+    """Open a run file read-only, checking that it is one and that its schema is known."""
+    p = Path(path)
+    if not p.exists():
+        raise RunFileError(f"no run file at {str(p)!r}")
+    if p.is_dir():
+        raise RunFileError(f"{str(p)!r} is a directory, not a run file")
+    with open(p, "rb") as fh:
+        if fh.read(16) != b"SQLite format 3\x00":
+            raise RunFileError(f"{str(p)!r} is not a twinpeaks run file")
+    try:
+        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        check_schema(conn, str(p))
+    except sqlite3.DatabaseError as exc:
+        raise RunFileError(f"{str(p)!r} is not a readable twinpeaks run file ({exc})") from None
+    return conn
+
+
+def check_schema(conn: sqlite3.Connection, where: str) -> None:
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    if row is None:
+        raise RunFileError(f"{where!r} is an SQLite file but not a twinpeaks run file")
+    schema = json.loads(row[0])
+    if schema != SCHEMA_VERSION:
+        raise RunFileError(
+            f"{where!r} has run-file schema {schema}; this twinpeaks reads schema {SCHEMA_VERSION}: "
+            "upgrade twinpeaks (pip install -U twinpeaks) to open it"
+        )
