@@ -17,6 +17,7 @@ from .errors import TwinpeaksError
 #: command name -> module under twinpeaks.commands
 COMMANDS = {
     "demo": "demo",
+    "diagnose": "diagnose",
     "info": "info",
 }
 

@@ -223,14 +223,27 @@ class Diagnosis:
         sep = self.metric("separation") if self.task == "classification" else None
         if sep is not None and np.isfinite(sep).any():
             phase = "valid" if "valid" in self.phases else "train"
-            lines.append(f"  {phase} separation per epoch: " + " ".join(_fmt(v) for v in sep))
+            shown = np.unique(np.linspace(0, len(sep) - 1, min(len(sep), 10)).round().astype(int))
+            lines.append(f"  {phase} separation by epoch: " + "  ".join(f"{e}: {_fmt(sep[e])}" for e in shown))
         if not self.findings:
             lines.append("  no findings: nothing looks wrong")
+        shown_per_kind: dict[tuple[str, str], int] = {}
         for f in self.findings:
+            key = (f.kind, f.severity)
+            shown_per_kind[key] = shown_per_kind.get(key, 0) + 1
+            n = shown_per_kind[key]
+            if n > _MAX_LINES:
+                if n == _MAX_LINES + 1:
+                    more = sum(g.kind == f.kind and g.severity == f.severity for g in self.findings) - _MAX_LINES
+                    lines.append(f"  {f.severity.upper():<8}{f.kind}: ... and {more} more layer(s) (--json lists all)")
+                continue
             where = "".join([f" [{f.layer}]" if f.layer is not None else "",
                              f" from epoch {f.epoch}" if f.epoch is not None else ""])
             lines.append(f"  {f.severity.upper():<8}{f.kind}{where}: {f.message}")
         return "\n".join(lines)
+
+
+_MAX_LINES = 3  # findings of one kind and severity shown by str(); to_dict() has all
 
 
 def _fmt(v: float) -> str:
@@ -538,40 +551,46 @@ class _Diagnoser:
     def _check_out_of_range(self) -> None:
         """Out-of-range share at the last epoch (worst phase); range wrong from the start, or values grew.
 
-        "From the start" when epoch 0 already had at least half the final share;
-        otherwise the values grew past the range (the growth of the spread from
-        epoch 0 to the end is in the evidence). The suggested range covers the
-        observed minimum and maximum of the whole run, rounded outwards.
+        "From the start" when the first recorded step (train if recorded) already had
+        at least half the final share; otherwise the values grew past the range
+        ("explode" when their spread grew tenfold or more from the first step to
+        the last). The suggested range covers the observed minimum and maximum
+        of the whole run, rounded outwards.
         """
         for layer in self.layers:
             shares = np.array([self.metrics[("out_of_range", p, layer.name)] for p in self.phases])
             last = np.nanmax(shares[:, -1]) if np.isfinite(shares[:, -1]).any() else np.nan
             if not (np.isfinite(last) and last >= self.t.range_warning):
                 continue
-            worst = int(np.nanargmax(shares[:, -1]))
-            phase, share = self.phases[worst], shares[worst]
+            phase = self.phases[int(np.nanargmax(shares[:, -1]))]
+            share = shares[self.phases.index(phase)]
+            c = self.run.columns(layer, "train" if "train" in self.phases else phase)
+            outside = (c.underflow + c.overflow).astype(np.float64)
+            totals = c.counts.sum(axis=1) + outside + c.nonfinite
+            first_step = outside[0] / totals[0] if len(c) and totals[0] else np.nan
+            std = c.std[np.isfinite(c.std)]
+            growth = std[-1] / std[0] if len(std) and std[0] > 0 else np.inf
             edges = self.run.edges(layer)
-            whole = [self.run.histogram(layer, p) for p in self.phases]
-            lo = min(h.min for h in whole if h.total)
-            hi = max(h.max for h in whole if h.total)
-            std = self.metrics[("std", phase, layer.name)]
-            growth = std[-1] / std[0] if std[0] > 0 else np.inf
-            ev = {"share_first": share[0], "share_last": share[-1], "range_lo": edges[0], "range_hi": edges[-1],
-                  "observed_min": lo, "observed_max": hi, "spread_growth": growth}
+            whole = [h for h in (self.run.histogram(layer, p) for p in self.phases) if h.total]
+            lo, hi = min(h.min for h in whole), max(h.max for h in whole)
+            ev = {"share_first_step": first_step, "share_first": share[0], "share_last": share[-1],
+                  "range_lo": edges[0], "range_hi": edges[-1], "observed_min": lo, "observed_max": hi,
+                  "spread_growth": growth}
             severity = "problem" if last >= self.t.range_problem else "warning"
-            suggest = f"record with range=({_nice(lo, down=True)}, {_nice(hi, down=False)})"
-            if np.isfinite(share[0]) and share[0] >= 0.5 * share[-1]:
+            rng = f"[{edges[0]:.3g}, {edges[-1]:.3g}]"
+            suggest = f"record with range=({_nice(lo, down=True):g}, {_nice(hi, down=False):g})"
+            if np.isfinite(first_step) and first_step >= 0.5 * share[-1]:
                 self._add("out_of_range", severity, layer.name, 0,
-                          f"{share[-1]:.0%} of layer {layer.name!r}'s {phase} values fall outside the recorded "
-                          f"range [{edges[0]:.3g}, {edges[-1]:.3g}] and did from the start (values span {lo:.3g} "
-                          f"to {hi:.3g}): the range is wrong; {suggest}", ev)
+                          f"{share[-1]:.0%} of the {phase} values of layer {layer.name!r} fall outside the recorded "
+                          f"range {rng}, as from the first step (values span {lo:.3g} to {hi:.3g}): the range is "
+                          f"wrong; {suggest}", ev)
             else:
                 since = _trailing_start(share >= self.t.range_warning)
-                how = "explode" if growth >= 10 else "grew"
+                how = "exploded" if growth >= 10 and layer is not self.last else "grew"
                 self._add("out_of_range", severity, layer.name, since,
-                          f"layer {layer.name!r}'s values {how} past the recorded range [{edges[0]:.3g}, "
-                          f"{edges[-1]:.3g}]: {share[0]:.0%} outside at epoch 0, {share[-1]:.0%} at epoch "
-                          f"{self.n - 1} (spread x{growth:.3g}); {suggest}", ev)
+                          f"the values of layer {layer.name!r} {how} past the recorded range {rng}: "
+                          f"{first_step:.0%} outside at the first step, {share[-1]:.0%} in epoch {self.n - 1} "
+                          f"(spread x{growth:.3g}); {suggest}", ev)
 
     def _check_unstable(self) -> None:
         """Unstable: non-finite values, or step jumps far beyond batch noise and the run's calm level.
