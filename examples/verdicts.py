@@ -156,7 +156,7 @@ def key_numbers(d: tp.Diagnosis) -> str:
         if f.kind == "overfitting":
             parts.append(f"overfit from epoch {f.epoch}")
         elif f.kind == "unstable":
-            parts.append(f"jump x{f.evidence['ratio']:.0f} at {f.layer}")
+            parts.append(f"{f.evidence['layers']:.0f} layers jump, worst {f.layer} {f.evidence['max_jump']:.2f} spreads/step")
         elif f.kind == "dead" and "first dead layer" not in " ".join(parts):
             parts.append(f"first dead layer {f.layer} (zeros {f.evidence['zero_fraction']:.0%})")
     return ", ".join(parts)
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown case(s) {unknown}; cases are {', '.join(CASES)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)  # numbers independent of the core count (lr_high is chaotic)
     rows = []
     for name in args.cases:
         case = CASES[name]
@@ -189,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   valid loss per epoch: {losses}  (lowest at epoch {int(np.argmin(t.valid_loss))})", file=sys.stderr)
         if args.reports:
             print(str(d), file=sys.stderr)
-        rows.append((name, ", ".join(case.expected), ", ".join(found) or "-", "yes" if ok else "NO", key_numbers(d)))
-    head = ("run", "expected", "found (warnings, problems, expected infos)", "ok", "key numbers")
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(5)]
+        turn = f"{int(np.argmin(t.valid_loss))} of {len(t.valid_loss)}"
+        rows.append((name, ", ".join(case.expected), ", ".join(found) or "-", "yes" if ok else "NO", turn,
+                     key_numbers(d)))
+    head = ("run", "expected", "found (warnings, problems, expected infos)", "ok", "valid loss lowest at epoch",
+            "key numbers")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     print()
     for r in [head, tuple("-" * w for w in widths), *rows]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")

@@ -130,14 +130,18 @@ def test_edge_fraction_of_a_stuck_sigmoid_and_a_normal_layer():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """Each verdict case trained once (a few seconds each), with its diagnosis."""
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the numbers of examples/verdicts.py
     root = tmp_path_factory.mktemp("verdicts")
     out = {}
-    for name, case in verdicts.CASES.items():
-        if name == "regression":
-            continue  # the demo's own regression is tested below, as the issue asks
-        t = verdicts.train_case(case, root / f"{name}.tp")
-        out[name] = (t, tp.diagnose(t.path))
+    try:
+        for name, case in verdicts.CASES.items():
+            if name == "regression":
+                continue  # the demo's own regression is tested below, as the issue asks
+            t = verdicts.train_case(case, root / f"{name}.tp")
+            out[name] = (t, tp.diagnose(t.path))
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 
@@ -278,6 +282,24 @@ def test_nan_values_are_unstable_from_their_epoch(tmp_path):
     assert bad and all(f.epoch == 2 and f.severity == "problem" for f in bad)
     assert {f.layer for f in bad} >= {"0", "2"}
     assert d.metric("nonfinite", "train", layer="0")[1] == 0 and d.metric("nonfinite", "train", layer="0")[3] > 0
+
+
+@pytest.mark.parametrize("gap, bimodal", [(4.0, True), (0.0, False)], ids=["two-clusters", "one-cluster"])
+def test_without_targets_bimodality_stands_in_for_separation(tmp_path, gap, bimodal):
+    model = nn.Linear(4, 2)
+    with torch.no_grad():
+        model.weight[:, 0] = torch.tensor([2.0, -2.0])  # each output follows the first input
+
+    def step(m, e, i):
+        x = torch.randn(64, 4) * 0.3
+        x[:, 0] += gap * (torch.arange(64) % 2 - 0.5)  # two groups of inputs, far apart (or not)
+        m(x)
+
+    d = _record(tmp_path, model, 2, step, range=(-10, 10))
+    assert d.task == "unlabeled" and np.isnan(d.metric("separation", "train")).all()
+    (f,) = [f for f in d.findings if f.kind in ("separation", "no_twin_peaks")]
+    assert f.kind == ("separation" if bimodal else "no_twin_peaks") and f.severity == "info"
+    assert (f.evidence["bimodality_last"] > 0.555) == bimodal
 
 
 # -- API and command line ---------------------------------------------------------------------------------
