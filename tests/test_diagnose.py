@@ -215,6 +215,32 @@ def test_regression_has_no_twin_peaks_and_no_separation_claim(tmp_path):
     assert np.isnan(d.metric("separation", "valid")).all()
 
 
+@pytest.mark.parametrize("classes", [None, ["neg", "pos"]], ids=["regression-with-targets", "binary-one-logit"])
+def test_one_output_is_regression_unless_classes_are_named(tmp_path, classes):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.randn(256, 3)
+    y = (x[:, :1] > 0).float() if classes else x[:, :1] * 2 + 0.3  # 0/1 labels, or a real-valued target
+    loss_fn = nn.BCEWithLogitsLoss() if classes else nn.MSELoss()
+    with tp.ActivationsHistogram(model, tmp_path / "r.tp", range=(-10, 10), classes=classes) as hist:
+        for _ in range(3):
+            for i in range(0, 256, 32):
+                hist.targets(y[i : i + 32])  # an adapter passes targets whatever the task
+                loss = loss_fn(model(x[i : i + 32]), y[i : i + 32])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            hist.end_epoch()
+    d = tp.diagnose(tmp_path / "r.tp")
+    if classes:
+        assert d.task == "classification" and d.has("separation") and not d.has("no_twin_peaks")
+        assert d.metric("separation", "train")[-1] > 2
+    else:
+        assert d.task == "regression" and d.has("no_twin_peaks") and not d.has("separation")
+        assert "YES and NO" not in str(d)
+
+
 def test_demo_auto_range_is_too_narrow_for_the_logits(tmp_path):
     from twinpeaks.demo import train
 

@@ -262,11 +262,13 @@ def diagnose(run: Run | str | os.PathLike, *, thresholds: Thresholds | None = No
     """Read a run and say what its charts mean: health metrics per epoch and findings.
 
     What kind of run it is decides what the last layer is judged on:
-    ``classification`` when YES/NO (truth) histograms were recorded
-    (``hist.targets(y)``); otherwise ``regression`` when the last layer has a
-    single output per sample and no class names were given; otherwise
-    ``unlabeled`` (the bimodality of the last layer stands in for separation).
-    A regression run gets ``no_twin_peaks`` and never a separation claim.
+    ``regression`` when the last layer has a single output per sample and no
+    class names were recorded (even if targets were: framework adapters pass a
+    regression's targets too; a one-output binary classifier is recognised by
+    ``classes=[...]``); otherwise ``classification`` when YES/NO (truth)
+    histograms were recorded (``hist.targets(y)``); otherwise ``unlabeled``
+    (the bimodality of the last layer stands in for separation). A regression
+    run gets ``no_twin_peaks`` and never a separation claim.
 
     Args:
         run: a :class:`~twinpeaks.run.Run` or the path of a run file.
@@ -316,8 +318,9 @@ class _Diagnoser:
             self._check_overfitting()
         elif task == "regression":
             self._add("no_twin_peaks", "info", self.last.name, None,
-                      f"the last layer {self.last.name!r} has one output and no targets or classes were recorded: "
-                      "a regression, whose outputs form one peak, so twin peaks do not apply",
+                      f"the last layer {self.last.name!r} has one output and no class names were recorded: a "
+                      "regression, whose outputs form one peak, so twin peaks do not apply (a one-output binary "
+                      "classifier gets them with classes=[...])",
                       {"outputs": 1.0})
         else:
             self._check_bimodality()
@@ -420,13 +423,12 @@ class _Diagnoser:
             if truth_seen:
                 gap = self.metrics[("separation", "train", None)] - self.metrics[("separation", "valid", None)]
                 self._put("separation_gap", None, None, list(gap))
-        if truth_seen:
-            return "classification"
         shape = self.last.out_shape or ()
         outputs = shape[-1] if len(shape) >= 2 else 1
         if outputs == 1 and not self.run.classes:
+            # framework adapters pass a regression's targets too: one output and no class names is a regression
             return "regression"
-        return "unlabeled"
+        return "classification" if truth_seen else "unlabeled"
 
     # -- rules --------------------------------------------------------------------------------
     def _check_separation(self) -> None:
