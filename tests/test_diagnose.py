@@ -48,6 +48,13 @@ def _slot(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return i
 
 
+def test_metric_docstring_examples_hold():
+    import doctest
+
+    result = doctest.testmod(M)
+    assert result.attempted >= 10 and result.failed == 0
+
+
 def test_auc_equals_pairwise_count():
     rng = np.random.default_rng(0)
     edges = np.linspace(-2, 2, 21)
@@ -111,17 +118,20 @@ def test_step_jumps_formula_and_scale_invariance():
     np.testing.assert_allclose(M.step_jumps(mean * 5 + 3, std * 5), want)
 
 
-def test_edge_fraction_of_a_stuck_sigmoid_and_a_normal_layer():
+def test_edge_fraction_of_a_stuck_sigmoid_a_relu_and_a_normal_layer():
     rng = np.random.default_rng(5)
     edges = np.linspace(-1, 2, 101)
     stuck = 1 / (1 + np.exp(-rng.normal(0, 30, 10_000)))
     h = np.histogram(stuck, edges)[0]
-    w = edges[1] - edges[0]
-    lo, hi = edges[0] + w * ((stuck.min() - edges[0]) // w), edges[0] + w * ((stuck.max() - edges[0]) // w)
-    brute = ((stuck >= lo) & (stuck < lo + w)).mean() + ((stuck >= hi - 1e-12) & (stuck <= hi + w)).mean()
+    i, j = np.searchsorted(edges, [stuck.min(), stuck.max()], side="right") - 1
+    inside = [(stuck >= edges[k]) & (stuck < edges[k + 1]) for k in (i, i + 1, j - 1, j)]
+    brute = (max(inside[0].sum() - inside[1].sum(), 0) + max(inside[3].sum() - inside[2].sum(), 0)) / stuck.size
     assert M.edge_fraction(h, edges, stuck.min(), stuck.max()) == pytest.approx(brute) and brute > 0.85
     normal = rng.normal(0.5, 0.2, 10_000)
     assert M.edge_fraction(np.histogram(normal, edges)[0], edges, normal.min(), normal.max()) < 0.01
+    relu = np.maximum(rng.normal(0, 1, 10_000), 0)  # half zeros, then a density highest next to 0
+    h = np.histogram(relu, np.linspace(0, 5, 26))[0]
+    assert M.edge_fraction(h, np.linspace(0, 5, 26), 0.0, relu.max(), zeros=(relu == 0).sum()) < 0.03
 
 
 # -- verdicts on the real runs -------------------------------------------------------------------------

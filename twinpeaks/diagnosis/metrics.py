@@ -167,8 +167,8 @@ def step_jumps(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     a step recorded nothing.
 
     Example:
-        >>> step_jumps(np.array([0.0, 1.0, 1.0]), np.array([1.0, 1.0, np.e])).round(3).tolist()
-        [1.0, 1.269]
+        >>> step_jumps(np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, np.e])).round(3).tolist()
+        [1.0, 1.488]
     """
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -183,31 +183,35 @@ def step_jumps(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 
 
 def edge_fraction(counts: np.ndarray, edges: np.ndarray, vmin: float, vmax: float, zeros: float = 0.0) -> float:
-    """Share of the binned values piled in the bins holding the observed minimum and maximum.
+    """Share of the values piled up at the observed minimum and maximum: a spike at the extremes.
 
-    ``(c[bin(vmin)] + c[bin(vmax)] - zeros_at_edge) / sum(c)``: exact zeros are left
-    out when the minimum or maximum is 0 (a ReLU's zeros are "dead", not
-    saturated). A sigmoid stuck at 0 and 1 gives close to 1, a spread-out layer
-    a few percent. NaN when the observed span covers fewer than 3 bins (collapsed:
-    see dead) or nothing was binned.
+    With ``i``, ``j`` the bins of ``vmin`` and ``vmax``:
+    ``(max(0, c[i] - c[i+1]) + max(0, c[j] - c[j-1])) / sum(c)``: the mass of each
+    edge bin beyond what its inner neighbour holds, so a density that is merely
+    high near an extreme (a ReLU's small positive values) does not count, a
+    spike does. Exact zeros are taken out of the edge bin when the minimum or
+    maximum is 0 (a ReLU's zeros are "dead", not saturated). A sigmoid stuck at
+    0 and 1 gives close to 1, a spread-out layer about 0. NaN when the observed
+    span covers fewer than 4 bins (collapsed: see dead) or nothing was binned.
 
     Example:
         >>> edge_fraction(np.array([4, 1, 1, 4]), np.linspace(0, 4, 5), 0.1, 3.9)
-        0.8
+        0.6
     """
-    counts = np.asarray(counts, np.float64)
-    n = counts.sum()
+    c = np.asarray(counts, np.float64).copy()
+    n = c.sum()
     if n <= 0 or not (np.isfinite(vmin) and np.isfinite(vmax)):
         return float("nan")
-    last = len(counts) - 1
+    last = len(c) - 1
     i = int(np.clip(np.searchsorted(edges, vmin, side="right") - 1, 0, last))
     j = int(np.clip(np.searchsorted(edges, vmax, side="right") - 1, 0, last))
-    if j - i < 2:
+    if j - i < 3:
         return float("nan")
-    at_edges = counts[i] + counts[j]
-    if vmin == 0 or vmax == 0:
-        at_edges -= zeros
-    return float(max(at_edges, 0.0) / n)
+    if vmin == 0:
+        c[i] = max(c[i] - zeros, 0.0)
+    elif vmax == 0:
+        c[j] = max(c[j] - zeros, 0.0)
+    return float((max(c[i] - c[i + 1], 0.0) + max(c[j] - c[j - 1], 0.0)) / n)
 
 
 def auc(yes: np.ndarray, no: np.ndarray) -> float:
