@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy import stats
 from torch import nn
 
 import twinpeaks as tp
@@ -24,7 +23,8 @@ from twinpeaks.cli import main as cli_main
 from twinpeaks.diagnosis import SEVERITIES, Thresholds
 from twinpeaks.diagnosis import metrics as M
 
-pytest.importorskip("sklearn")
+pytest.importorskip("sklearn")  # the demo extra; brings scipy
+stats = pytest.importorskip("scipy.stats")
 
 _spec = importlib.util.spec_from_file_location("verdicts", Path(__file__).parents[1] / "examples" / "verdicts.py")
 verdicts = importlib.util.module_from_spec(_spec)
