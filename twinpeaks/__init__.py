@@ -22,7 +22,11 @@ from .recorder import ActivationsHistogram, TwinpeaksWarning
 from .run import Columns, Histogram, LayerInfo, Run, open_run
 
 # name -> module that defines it; imported on first use
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "plot_colorful_dimension": ".charts",
+    "plot_twin_peaks": ".charts",
+    "plot_twin_peaks_history": ".charts",
+}
 
 
 def __getattr__(name: str) -> Any:
