@@ -23,7 +23,7 @@ class Net(nn.Module):
 
 
 def record_run(path, epochs: int = 3, steps: int = 6, valid: int = 2, test: bool = True, targets: bool = True,
-               **options):
+               listeners=(), **options):
     """Train :class:`Net` on a learnable 3-class task with twinpeaks recording; return the closed recorder."""
     torch.manual_seed(0)
     model = Net()
@@ -31,6 +31,8 @@ def record_run(path, epochs: int = 3, steps: int = 6, valid: int = 2, test: bool
     gen = torch.Generator().manual_seed(1)
     opts = {"classes": CLASSES, "per_class": True, "range": (-2.0, 2.0), "bins": 40, "sample": 1.0, **options}
     hist = tp.ActivationsHistogram(model, path, **opts)
+    for fn in listeners:
+        hist.add_listener(fn)
 
     def batch(n: int = 16):
         x = torch.randn(n, 6, generator=gen)
