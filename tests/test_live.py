@@ -56,7 +56,7 @@ def test_live_chart_changes_each_epoch_and_shows_the_last_epoch(tmp_path):
 def test_in_memory_run_outside_jupyter_writes_nothing(tmp_path, monkeypatch, no_warnings):
     monkeypatch.chdir(tmp_path)
     spy = Spy()
-    hist = record_run(None, epochs=1, steps=2, valid=1, test=False, live=True, listeners=[spy])
+    record_run(None, epochs=1, steps=2, valid=1, test=False, live=True, listeners=[spy])
     assert spy.path is None and spy.snapshots == []
     assert list(tmp_path.iterdir()) == []
 
@@ -80,13 +80,27 @@ def test_live_figure_layout(tmp_path, colorful):
         assert [im.get_gid() for im in fig.axes[1].images][0] == "colorful:image"
 
 
-def test_jupyter_updates_one_display(tmp_path, capsys):
+@pytest.fixture
+def ipython_shell():
+    """A real IPython shell without a kernel (it prints each display's text repr), removed afterwards."""
     pytest.importorskip("IPython")
-    hist = record_run(None, epochs=1, steps=2, valid=1, test=False)
+    import sys
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    hooks = sys.displayhook, sys.excepthook
+    yield InteractiveShell.instance()
+    InteractiveShell.clear_instance()
+    sys.displayhook, sys.excepthook = hooks
+
+
+def test_jupyter_updates_one_display(ipython_shell, capsys):
+    hist = record_run(None, epochs=2, steps=2, valid=1, test=False)
     chart = LiveChart()
-    chart.jupyter = True  # outside a kernel IPython's display prints a text repr instead of rendering
+    chart.jupyter = True
     chart(hist)
     handle = chart._handle
     chart(hist)
-    assert chart._handle is handle and handle is not None
-    assert "Image" in capsys.readouterr().out
+    assert handle is not None and chart._handle is handle  # one output, updated in place
+    assert capsys.readouterr().out.count("Image object") == 2
+    assert chart.path is None
