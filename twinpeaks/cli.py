@@ -18,6 +18,7 @@ from .errors import TwinpeaksError
 COMMANDS = {
     "demo": "demo",
     "info": "info",
+    "plot": "plot",
 }
 
 
