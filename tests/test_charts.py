@@ -6,6 +6,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import pytest
+import torch
 from chart_helpers import CLASSES, record_run
 
 import twinpeaks as tp
@@ -193,3 +194,18 @@ def test_charts_take_a_path_an_ax_and_a_shared_scale(run_path, run):
 def test_bad_arguments_fail_with_a_message(run, call, error):
     with pytest.raises((ValueError, KeyError, IndexError), match=error):
         call(run)
+
+
+def test_big_grid_uses_a_fixed_layout_and_keeps_the_footnote(tmp_path):
+    from torch import nn
+
+    model = nn.Sequential(*[m for _ in range(9) for m in (nn.Linear(4, 4), nn.ReLU())])
+    with tp.ActivationsHistogram(model, tmp_path / "deep.tp") as hist:
+        for _ in range(2):
+            model(torch.randn(2, 4))
+        hist.end_epoch()
+    fig = tp.plot_colorful_dimension(tmp_path / "deep.tp", layers=list(range(17)))
+    assert fig.get_layout_engine() is None
+    assert len(gid_artists(fig, "colorful:image")) == 17
+    foot = [t for t in fig.texts if t.get_gid() == "colorful:footnote"]
+    assert len(foot) == 1 and "per layer scale" in foot[0].get_text()

@@ -22,13 +22,25 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..run import Columns, LayerInfo, Run
-from .common import as_run, class_names, layer_title, new_figure, pick_layers, plural, style
+from .common import (
+    as_run,
+    class_names,
+    display_factor,
+    layer_title,
+    new_figure,
+    pick_layers,
+    plural,
+    rebin,
+    style,
+)
 from .twin_peaks import _palette
 
 CMAP = "magma"
 EPOCH_COLOR = "#4aa8ff"
 ZERO_COLOR = "#ff5050"
 STRIP = 0.06  # height of each out-of-range strip, as a share of the range
+BIG_GRID = 16  # more layers than this: fixed layout, no constrained layout
+PROFILE_POINTS = 80  # bins of a profile curve are summed down to at most this many points
 
 
 def step_to_x(cols: Columns, steps: np.ndarray | float) -> np.ndarray:
@@ -125,7 +137,7 @@ def draw_colorful(
     ax.set_yticks([t for t in MaxNLocator(5).tick_values(lo, hi) if lo <= t <= hi])
     ax.set_title(layer_title(info, show_layer_info, cols.edges)
                  + (f", {plural(int(np.max(cols.ends - cols.starts)), 'step')}/column" if show_layer_info else ""),
-                 loc="left")
+                 loc="left", pad=9)
     return im
 
 
@@ -152,7 +164,8 @@ def _profiles(ax: object, run: Run, info: LayerInfo, phase: str, cols: Columns,
         for name, kw in groups:
             h = run.histogram(info, phase, e, **kw)
             share = h.counts / h.total if h.total else np.zeros(len(h.counts))
-            curves.append((x0, x1, name, share, h.centers))
+            centers, share = rebin(h.centers, share, display_factor(info.bins, PROFILE_POINTS))
+            curves.append((x0, x1, name, share, centers))
     peaks = {}  # each epoch's curves share one scale: shapes show, whatever the epoch's spread
     for x0, _, _, share, _ in curves:
         peaks[x0] = max(peaks.get(x0, 0.0), float(share.max()))
@@ -165,8 +178,8 @@ def _profiles(ax: object, run: Run, info: LayerInfo, phase: str, cols: Columns,
         from matplotlib.lines import Line2D
 
         ax.legend(handles=[Line2D([], [], color=palette[i], label=g) for i, (g, _) in enumerate(groups)],
-                  loc="upper left", fontsize=6, frameon=True, framealpha=0.6, title="class",
-                  title_fontsize=6, ncols=2 if len(groups) > 5 else 1)
+                  loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=6, frameon=False, title="class",
+                  title_fontsize=6, ncols=2 if len(groups) > 10 else 1)
 
 
 def plot_colorful_dimension(
@@ -225,11 +238,16 @@ def plot_colorful_dimension(
         n = len(data)
         ncols = max(1, min(cols or (1 if n == 1 else 2 if n <= 4 else 3 if n <= 9 else 4), n))
         nrows = -(-n // ncols)
+        big = n > BIG_GRID  # constrained layout would cost seconds: a fixed layout instead
         if ax is not None:
             fig, axes = ax.figure, [ax]  # type: ignore[attr-defined]
         else:
-            fig = new_figure(figsize or (4.8 * ncols + (0.8 if shared_scale or n == 1 else 0), 2.7 * nrows + 0.7))
-            axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+            width, height = figsize or (4.8 * ncols + (0.8 if shared_scale or n == 1 else 0), 2.7 * nrows + 0.7)
+            fig = new_figure((width, height), constrained=not big)
+            grid = ({"left": 0.6 / width, "right": 1 - (1.6 if shared_scale else 0.7) / width, "top": 1 - 0.5 / height,
+                     "bottom": 1.0 / height, "hspace": 0.75 if show_layer_info else 0.55, "wspace": 0.25}
+                    if big else None)
+            axes = list(fig.subplots(nrows, ncols, squeeze=False, gridspec_kw=grid).ravel())
         im = None
         for i, (a, (info, c)) in enumerate(zip(axes, data)):
             im = draw_colorful(a, r, info, phase=phase, show_epochs=show_epochs, show_stats=show_stats,
@@ -250,6 +268,11 @@ def plot_colorful_dimension(
                     f"blue lines: epochs; white: mean ±1 std")
             if skipped:
                 note += "\nnot drawn: " + "; ".join(f"{i.index} {i.name} ({i.type}, {why})" for i, why in skipped)
-            fig.supxlabel(textwrap.fill(note, 60 * ncols, replace_whitespace=False) if ncols < 2 else note,
-                          fontsize=6.5, x=0.01, ha="left", color="0.3")
+            note = "\n".join(textwrap.fill(line, 90 * ncols) for line in note.split("\n"))
+            if big:
+                foot = fig.text(0.01, 0.15 / fig.get_figheight(), note, fontsize=6.5, ha="left", va="bottom",
+                                color="0.3")
+            else:
+                foot = fig.supxlabel(note, fontsize=6.5, x=0.01, ha="left", color="0.3")
+            foot.set_gid("colorful:footnote")
     return fig

@@ -57,11 +57,15 @@ def as_run(run: Run | str | os.PathLike) -> Iterator[Run]:
         yield opened
 
 
-def new_figure(figsize: tuple[float, float]) -> Any:
-    """A figure that belongs to no pyplot state (rendered with Agg when saved)."""
+def new_figure(figsize: tuple[float, float], constrained: bool = True) -> Any:
+    """A figure that belongs to no pyplot state (rendered with Agg when saved).
+
+    ``constrained=False`` leaves the layout to the caller: constrained layout costs
+    about a second per 60 axes.
+    """
     from matplotlib.figure import Figure
 
-    return Figure(figsize=figsize, layout="constrained")
+    return Figure(figsize=figsize, layout="constrained" if constrained else None)
 
 
 def pick_layers(run: Run, layers: int | str | Sequence[int | str] | None) -> list[LayerInfo]:
@@ -84,6 +88,22 @@ def layer_title(info: LayerInfo, show_layer_info: bool = False, edges: np.ndarra
             extra += f", range [{edges[0]:.3g}, {edges[-1]:.3g}]"
         title += "\n" + extra
     return title
+
+
+def rebin(centers: np.ndarray, share: np.ndarray, factor: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum adjacent bins in groups of ``factor`` (for display): new centers and summed shares."""
+    if factor <= 1 or len(share) < 2:
+        return centers, share
+    starts = np.arange(0, len(share), factor)
+    half = (centers[1] - centers[0]) / 2
+    lo = centers[starts] - half
+    hi = centers[np.minimum(starts + factor, len(centers)) - 1] + half
+    return (lo + hi) / 2, np.add.reduceat(share, starts)
+
+
+def display_factor(bins: int, max_points: int | None) -> int:
+    """How many bins to sum so that a curve has at most ``max_points`` points."""
+    return -(-bins // max_points) if max_points else 1
 
 
 def plural(n: int, word: str, suffix: str = "s") -> str:

@@ -23,9 +23,11 @@ from .common import (
     PHASE_STYLES,
     as_run,
     class_names,
+    display_factor,
     layer_title,
     new_figure,
     plural,
+    rebin,
     style,
 )
 
@@ -52,13 +54,8 @@ class Curve:
 
     def rebinned(self, factor: int) -> Curve:
         """Adjacent bins summed in groups of ``factor`` (shares still sum to 1 with the out-of-range share)."""
-        if factor <= 1:
-            return self
-        starts = np.arange(0, len(self.share), factor)
-        width = self.centers[1] - self.centers[0] if len(self.centers) > 1 else 0.0
-        lo = self.centers[starts] - width / 2
-        hi = self.centers[np.minimum(starts + factor, len(self.centers)) - 1] + width / 2
-        return replace(self, centers=(lo + hi) / 2, share=np.add.reduceat(self.share, starts))
+        centers, share = rebin(self.centers, self.share, factor)
+        return replace(self, centers=centers, share=share)
 
 
 def _phases(run: Run, epoch: int, phases: Sequence[str] | None) -> list[str]:
@@ -153,8 +150,7 @@ def draw_twin_peaks(
         phases = [next((p for p in ("valid", "test") if p in present), present[0])] if present else None
     curves = twin_peaks_curves(run, epoch, info, per_class=per_class, by_truth=by_truth, phases=phases)
     edges = run.edges(info)
-    factor = -(-len(edges) // max_points) if max_points else 1
-    curves = [c.rebinned(factor) for c in curves]
+    curves = [c.rebinned(display_factor(info.bins, max_points)) for c in curves]
     names = list(dict.fromkeys(c.group for c in curves))
     palette = _palette(len(names))
     for c in curves:
@@ -309,9 +305,11 @@ def plot_twin_peaks_history(
         rows = -(-len(epochs) // cols)
         fig = new_figure((2.6 * cols, 2.3 * rows + 0.9))
         axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False).ravel()
+        limits = []
         for i, (ax, e) in enumerate(zip(axes, epochs)):
             curves = draw_twin_peaks(ax, r, e, info, per_class=per_class, by_truth=by_truth, legend=False,
                                      notes=False, title=f"epoch {e}")
+            limits.append(ax.get_xlim())
             out = max(c.out_of_range for c in curves)
             if out >= 5e-3:
                 ax.set_title(f"epoch {e}: up to {100 * out:.0f}% out of range", color="#b00000")
@@ -321,6 +319,7 @@ def plot_twin_peaks_history(
                 ax.set_xlabel("")
             else:
                 ax.set_xlabel("activation value")
+        axes[0].set_xlim(min(lo for lo, _ in limits), max(hi for _, hi in limits))  # shared: every epoch's data
         for ax in axes[len(epochs):]:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
