@@ -186,7 +186,9 @@ LOOK_AT = {
         "regression": "one output, no twin peaks: the shape of the predictions, train vs valid",
     },
     "truth": "YES (true class) vs NO (other classes): the grey overlap is where the mistakes are",
-    "history": "the same chart for every epoch: watch the peaks separate, and train and valid drift apart",
+    "history": "YES vs NO for every epoch: the peaks separate as the model learns; train drifting away from "
+               "valid means overfitting",
+    "history-regression": "the same chart for every epoch: valid should keep the shape of train",
 }
 
 
@@ -210,7 +212,7 @@ def write_charts(run_path: str | Path, out: str | Path, task: str) -> list[tuple
         if task != "regression":
             charts.append(("truth", lambda: plot_twin_peaks(run, by_truth=True), LOOK_AT["truth"]))
         charts.append(("history", lambda: plot_twin_peaks_history(run, by_truth=task != "regression"),
-                       LOOK_AT["history"]))
+                       LOOK_AT["history-regression" if task == "regression" else "history"]))
         for name, draw, what in charts:
             path = out / f"{task}-{name}.png"
             draw().savefig(path)  # type: ignore[attr-defined]

@@ -47,7 +47,14 @@ def _demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"training a {args.task} model for {args.epochs} epochs, recording every layer ...")
     print(f"live chart (redrawn every epoch, open it in an image viewer): {live_path(path)}")
-    train(args.task, path, args.epochs, progress=print_progress, live=True, **DEMO_RECORDING[args.task])
+    done = [0]
+
+    def progress(msg: str) -> None:  # one line per epoch, with a bar
+        done[0] += 1
+        k = min(done[0], args.epochs)
+        print_progress(f"[{'#' * k}{'.' * (args.epochs - k)}] {msg}" if msg.startswith("epoch") else msg)
+
+    train(args.task, path, args.epochs, progress=progress, live=True, **DEMO_RECORDING[args.task])
     print(f"trained in {time.perf_counter() - t0:.1f} s; drawing charts ...")
     charts = write_charts(path, out, args.task)
     print(f"\nrun file: {path}   (what it holds: twinpeaks info {path})")
