@@ -26,6 +26,9 @@ _LAZY: dict[str, str] = {
     "diagnose": ".diagnosis",
     "Diagnosis": ".diagnosis",
     "Finding": ".diagnosis",
+    "plot_colorful_dimension": ".charts",
+    "plot_twin_peaks": ".charts",
+    "plot_twin_peaks_history": ".charts",
 }
 
 

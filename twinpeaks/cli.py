@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": "demo",
     "diagnose": "diagnose",
     "info": "info",
+    "plot": "plot",
 }
 
 

@@ -151,6 +151,8 @@ class ActivationsHistogram:
         flush_every: steps kept on the device before rows move to the host.
         max_columns: per-step columns kept per layer and phase before merging pairwise.
         seed: seed of the sampling offsets.
+        live: redraw the Twin Peaks chart at every ``end_epoch`` (Jupyter: in one
+            output cell; elsewhere: ``<path>.live.png``). See :mod:`twinpeaks.live`.
 
     Example:
         >>> hist = tp.ActivationsHistogram(model, path="runs/exp1.tp")  # doctest: +SKIP
@@ -175,6 +177,7 @@ class ActivationsHistogram:
         flush_every: int = 256,
         max_columns: int = 1000,
         seed: int = 0,
+        live: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -226,6 +229,10 @@ class ActivationsHistogram:
         self._pending: list[tuple[_Record, str, int, torch.Tensor]] = []
         self._listeners: list[Callable[[ActivationsHistogram], None]] = []
         self._run: Run | None = None
+        if live:
+            from .live import LiveChart
+
+            self.add_listener(LiveChart())
 
     # -- selection -----------------------------------------------------------
     def _select(self, modules: Sequence[str | int] | None) -> list[tuple[str, nn.Module]]:
