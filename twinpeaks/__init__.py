@@ -22,7 +22,11 @@ from .recorder import ActivationsHistogram, TwinpeaksWarning
 from .run import Columns, Histogram, LayerInfo, Run, open_run
 
 # name -> module that defines it; imported on first use
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "report": ".web.build",
+    "export_tensorboard": ".export",
+    "export_wandb": ".export",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -18,6 +18,9 @@ from .errors import TwinpeaksError
 COMMANDS = {
     "demo": "demo",
     "info": "info",
+    "report": "report",
+    "serve": "serve",
+    "export": "export",
 }
 
 
