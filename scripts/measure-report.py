@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from browser import ARGS, CHROMIUM  # noqa: E402
+from webhelpers import ARGS, CHROMIUM  # noqa: E402
 
 import twinpeaks as tp  # noqa: E402
 

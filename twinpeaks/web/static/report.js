@@ -122,7 +122,7 @@
       data.push(histTrace(h, x, name, phaseColor(p, i), { fill: "tozeroy", opacity: 0.85 }));
     });
     const out = Object.entries(ep.phases).map(([p, h]) => p + " " + (h.total ? (100 * (h.under + h.over + h.nonfinite) / h.total).toFixed(1) : "0") + "%");
-    const layout = peaksLayout("Twin peaks · " + tp.name + " · epoch " + e, "activation (out of range: " + out.join(", ") + ")");
+    const layout = peaksLayout("Twin peaks · layer " + tp.name + " · epoch " + e, "activation (out of range: " + out.join(", ") + ")");
     return { data, layout };
   }
 
