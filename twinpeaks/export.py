@@ -235,6 +235,10 @@ def export_wandb(
                 wrun.log({"epoch": e, **_wandb_epoch(r, e, wandb)}, step=e)
         finally:
             wrun.finish()
+            # finish() may return before wandb's service wrote everything (seen offline with
+            # wandb 0.31); teardown waits for it, but would also end a run the caller still has open
+            if wandb.run is None:
+                wandb.teardown()
         out = str(Path(wrun.dir).parent) if wrun.dir else ""
     finally:
         if r is not run:
