@@ -241,3 +241,28 @@ def test_real_diagnosis_findings_appear(browser, rec, tmp_path):  # noqa: F811
         assert not page.errors, page.errors
     finally:
         page.close()
+
+
+def test_run_before_its_first_epoch(browser, tmp_path):  # noqa: F811
+    """A run still in its first epoch (flushed steps, no closed epoch) shows its heatmaps and says why no peaks."""
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
+    hist = tp.ActivationsHistogram(model, tmp_path / "early.tp", flush_every=4).attach()
+    try:
+        for _ in range(9):  # the 9th step's start flushes steps 4-7
+            model(torch.randn(5, 2))
+        with tp.open_run(tmp_path / "early.tp") as run:  # read while the writer is open
+            assert run.epochs == 0
+            payload = run_payload(run)
+            out = tp.report(run, tmp_path / "early.html")
+    finally:
+        hist.close()
+    assert payload["twinpeaks"]["epochs"] == [] and payload["heatmaps"]["1"]["train"]["ends"][-1] == 8
+    page = Page(browser, offline=True)
+    try:
+        page.page.goto(out.as_uri())
+        page.page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert "No closed epoch yet" in page.page.text_content("#tp-twinpeaks")
+        page.page.wait_for_selector("#r0-heatmap-0.js-plotly-plot", timeout=10_000)
+        assert not page.errors, page.errors
+    finally:
+        page.close()

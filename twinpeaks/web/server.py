@@ -24,6 +24,8 @@ import logging
 import os
 import sqlite3
 import threading
+import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -39,6 +41,7 @@ from .payload import report_payload
 log = logging.getLogger("twinpeaks")
 
 RUN_SUFFIX = ".tp"
+MIN_REBUILD_S = 2.0
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -57,6 +60,14 @@ class NotARun(Exception):
     """The request names nothing that may be served: answered 404, saying no more."""
 
 
+@dataclass
+class _Cached:
+    stamp: tuple
+    body: bytes
+    built_at: float
+    seconds: float
+
+
 class RunDirectory:
     """The run files under one folder, and cached payloads of them."""
 
@@ -65,7 +76,7 @@ class RunDirectory:
         if not root_path.is_dir():
             raise NotADirectoryError(f"DIR {str(root)!r} is not a directory: give the folder that holds your .tp runs")
         self.root = root_path.resolve()
-        self._cache: dict[Path, tuple[tuple, bytes]] = {}
+        self._cache: dict[Path, _Cached] = {}
         self._lock = threading.Lock()
 
     def runs(self) -> list[str]:
@@ -126,19 +137,26 @@ class RunDirectory:
                     "steps": {p: run.n_steps(p) for p in run.phases}}
 
     def payload(self, rel: str) -> bytes:
+        """The page data of run ``rel``, rebuilt when the file changed.
+
+        While a long run is written the file changes at every flush; rebuilds
+        are spaced by at least ``MIN_REBUILD_S`` and 4x the last build's time,
+        so that watching never takes more than a fraction of a core from training.
+        """
         real = self.resolve(rel)
         stamp = self.stamp(real)
         with self._lock:
             hit = self._cache.get(real)
-        if hit and hit[0] == stamp:
-            return hit[1]
+        now = time.monotonic()
+        if hit and (hit.stamp == stamp or now - hit.built_at < max(MIN_REBUILD_S, 4 * hit.seconds)):
+            return hit.body
         with self._open(real, rel) as run:
             data = report_payload([run], [rel])
         data["title"] = f"twinpeaks · {rel}"
         data["stamp"] = "-".join(map(str, stamp))
         body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
         with self._lock:
-            self._cache[real] = (stamp, body)
+            self._cache[real] = _Cached(stamp, body, now, time.monotonic() - now)
         return body
 
 

@@ -10,6 +10,9 @@
   let shownStamp = null;
   let state = {};
   let busy = false;
+  let listedAt = 0;
+  let listedPath = null;
+  const LIST_MS = 5000;
 
   async function getJSON(url) {
     const res = await fetch(url, { cache: "no-store" });
@@ -42,14 +45,18 @@
     try {
       const path = selected();
       if (path !== current) { current = path; shownStamp = null; state = {}; }
-      await refreshList();
+      if (path !== listedPath || Date.now() - listedAt > LIST_MS) {
+        await refreshList();
+        listedAt = Date.now();
+        listedPath = path;
+      }
       if (current) {
         let st = null;
         try { st = await getJSON("/api/status?path=" + encodeURIComponent(current)); } catch (e) { showError(current, e.message); }
         if (st && st.stamp !== shownStamp) {
           let payload = null;
           try { payload = await getJSON("/api/run?path=" + encodeURIComponent(current)); } catch (e) { showError(current, e.message); }
-          if (payload && current === path) {
+          if (payload && current === path && payload.stamp !== shownStamp) {
             state = window.twinpeaks.render(app, payload, state);
             shownStamp = payload.stamp;
             window.twinpeaks.state = state;
