@@ -26,14 +26,17 @@ import twinpeaks as tp  # noqa: E402
 def record(path: Path, epochs: int = 10, steps: int = 1000, valid: int = 20) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[m for _ in range(30) for m in (torch.nn.Linear(4, 4), torch.nn.Tanh())])
+    for m in model:  # keep the signal alive through 60 layers: every layer's histogram varies
+        if isinstance(m, torch.nn.Linear):
+            torch.nn.init.orthogonal_(m.weight, gain=1.5)
     with tp.ActivationsHistogram(model, path) as hist, torch.no_grad():
         for _ in range(epochs):
             model.train()
             for _ in range(steps):
-                model(torch.randn(2, 4))
+                model(torch.randn(4, 4))
             model.eval()
             for _ in range(valid):
-                model(torch.randn(2, 4))
+                model(torch.randn(4, 4))
             hist.end_epoch()
 
 

@@ -195,7 +195,7 @@ def fake_diagnose(monkeypatch):
     mod.diagnose = lambda run: types.SimpleNamespace(findings=[
         Finding("dead", "info", None, None, "all fine overall"),
         Finding("saturated", "problem", "2", 1, "layer 2 saturates", {"fraction": np.float64(0.75)}),
-        Finding("gap", "warning", None, 0, "train and valid peaks drift apart"),
+        Finding("gap", "warning", None, 0, "train and valid peaks drift apart", np.arange(5000)),
     ])
     monkeypatch.setitem(sys.modules, "twinpeaks.diagnose", mod)
 
@@ -205,6 +205,7 @@ def test_findings_sorted_and_linked(fake_diagnose, browser, rec, tmp_path):  # n
         findings = report_payload([run])["runs"][0]["findings"]
     assert [f["severity"] for f in findings] == ["problem", "warning", "info"]
     assert findings[0]["evidence"] == {"fraction": 0.75}
+    assert findings[1]["evidence"].startswith("[0, 1, 2") and len(findings[1]["evidence"]) < 4100  # capped
     out = tp.report(rec.path, tmp_path / "f.html")
     page = Page(browser, offline=True)
     try:

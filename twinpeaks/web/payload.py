@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
+import json
 import logging
 import math
 import os
@@ -51,7 +52,10 @@ def groups(n: int, k: int) -> np.ndarray:
 
 
 def merge_bins(counts: np.ndarray, edges: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum adjacent bins (last axis) down to at most ``max_bins``; returns ``(counts, edges)``.
+    """Sum every ``k`` adjacent bins (last axis), the smallest ``k`` giving at most ``max_bins``.
+
+    Merged bins keep equal widths (the last one may be narrower), so a merged
+    histogram keeps its shape. Returns ``(counts, edges)``.
 
     Example:
         >>> c, e = merge_bins(np.ones(6, np.int64), np.arange(7.0), 3)
@@ -61,7 +65,7 @@ def merge_bins(counts: np.ndarray, edges: np.ndarray, max_bins: int) -> tuple[np
     bins = counts.shape[-1]
     if bins <= max_bins:
         return counts, edges
-    g = groups(bins, max_bins)
+    g = np.arange(0, bins, -(-bins // max_bins))
     return np.add.reduceat(counts, g, axis=-1), np.append(edges[g], edges[-1])
 
 
@@ -163,6 +167,12 @@ def twin_peaks(run: Run, layer: int, max_bins: int = PEAK_BINS) -> dict:
     return out
 
 
+def _small(evidence: Any, limit: int = 4000) -> Any:
+    """Evidence as is, or as truncated text when it would weigh more than ``limit`` characters."""
+    text = json.dumps(evidence, allow_nan=False)
+    return evidence if len(text) <= limit else text[:limit] + " ..."
+
+
 def diagnosis(run: Run) -> tuple[list[dict] | None, str | None]:
     """``(findings, note)``: the findings of :func:`twinpeaks.diagnose.diagnose`, or a note why there are none."""
     try:
@@ -174,7 +184,7 @@ def diagnosis(run: Run) -> tuple[list[dict] | None, str | None]:
         findings.append({
             "kind": str(f.kind), "severity": str(f.severity), "layer": None if f.layer is None else str(f.layer),
             "epoch": None if f.epoch is None else int(f.epoch), "message": str(f.message),
-            "evidence": jsonable(f.evidence),
+            "evidence": _small(jsonable(f.evidence)),
         })
     order = {"problem": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order.get(f["severity"], 3))

@@ -30,7 +30,6 @@
   }
 
   function phaseColor(p, i) { return PHASE_COLORS[p] || EXTRA_COLORS[i % EXTRA_COLORS.length]; }
-  function fmt(v, d) { return v === null || v === undefined ? "–" : Number(v).toPrecision(d || 4).replace(/\.?0+(e|$)/, "$1"); }
   function shape(s) { return s ? s.join("×") : "never called"; }
   function bytes(n) { return n === null || n === undefined ? "" : n > 1048576 ? (n / 1048576).toFixed(1) + " MB" : (n / 1024).toFixed(1) + " KB"; }
   function centers(edges) { const c = []; for (let i = 0; i + 1 < edges.length; i++) c.push((edges[i] + edges[i + 1]) / 2); return c; }
