@@ -101,6 +101,9 @@ def test_display_downsampling_never_touches_the_run(tmp_path):
     assert m["cols"] == 50 and m["stored_columns"] == 600
     with tp.open_run(path) as run:
         assert len(run.columns(0, "train")) == 600
+        # automatic width: 2 layers x 1 phase x 100 bins in a budget of 20,000 cells -> 100 columns
+        assert run_payload(run, max_cells=20_000)["heatmaps"]["1"]["train"]["cols"] == 100
+        assert run_payload(run, max_cells=10**9)["display_columns"] == 240
         assert decoded(m).sum(axis=0) @ (np.array(m["ends"]) - m["starts"]) == pytest.approx(
             run.histogram(0).counts.sum(), rel=1e-4)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..run import Run, open_run
-from .payload import MAX_BINS, MAX_COLUMNS, report_payload
+from .payload import MAX_BINS, report_payload
 
 log = logging.getLogger("twinpeaks")
 
@@ -69,7 +69,7 @@ def render_html(
     runs: RunLike | Sequence[RunLike],
     *,
     title: str | None = None,
-    max_columns: int = MAX_COLUMNS,
+    max_columns: int | None = None,
     max_bins: int = MAX_BINS,
 ) -> str:
     """The report of one or more runs as one self-contained HTML string.
@@ -110,7 +110,7 @@ def report(
     path: str | os.PathLike = "report.html",
     *,
     title: str | None = None,
-    max_columns: int = MAX_COLUMNS,
+    max_columns: int | None = None,
     max_bins: int = MAX_BINS,
 ) -> Path:
     """Write a self-contained HTML report of one run, or of several side by side.
@@ -124,7 +124,8 @@ def report(
         runs: a :class:`~twinpeaks.run.Run`, a run file path, or a list of them.
         path: the HTML file to write.
         title: page title (default: the run names).
-        max_columns: heatmap columns shown per layer (merged for display only).
+        max_columns: heatmap columns shown per layer (merged for display only); None = up to
+            240, fewer for models with many layers so that the file stays a few MB.
         max_bins: heatmap bins shown per layer (merged for display only).
 
     Returns:

@@ -35,6 +35,11 @@ log = logging.getLogger("twinpeaks")
 MAX_COLUMNS = 240
 MAX_BINS = 100
 PEAK_BINS = 200
+#: Heatmap cells of one run, all layers and phases together, when the columns are chosen
+#: automatically: a model with many layers gets fewer columns per layer (never under
+#: ``MIN_AUTO_COLUMNS``), so that its report stays a few MB.
+MAX_CELLS = 3_000_000
+MIN_AUTO_COLUMNS = 60
 #: Heatmap cells are sent as log1p(count per step) quantised to this many levels.
 LEVELS = 65535
 
@@ -193,7 +198,7 @@ def diagnosis(run: Run) -> tuple[list[dict] | None, str | None]:
 
 def run_payload(
     run: Run, rid: str = "r0", name: str | None = None, *,
-    max_columns: int = MAX_COLUMNS, max_bins: int = MAX_BINS,
+    max_columns: int | None = None, max_bins: int = MAX_BINS, max_cells: int = MAX_CELLS,
 ) -> dict:
     """Everything the page shows of one run (JSON-able).
 
@@ -202,11 +207,15 @@ def run_payload(
         >>> p["layers"][0]["name"], p["epochs"]            # doctest: +SKIP
         ('features.0', 3)
     """
-    if max_columns < 2 or max_bins < 2:
-        raise ValueError(f"max_columns and max_bins must be at least 2, got {max_columns} and {max_bins}")
     meta = run.meta
     phases = run.phases
     layers = run.layers
+    called = [i for i in layers if i.called]
+    if max_columns is None:  # automatic: fit the run's heatmaps into max_cells
+        cells = max(1, len(called) * len(phases) * max((min(i.bins, max_bins) for i in called), default=1))
+        max_columns = int(np.clip(max_cells // cells, MIN_AUTO_COLUMNS, MAX_COLUMNS))
+    if max_columns < 2 or max_bins < 2:
+        raise ValueError(f"max_columns and max_bins must be at least 2, got {max_columns} and {max_bins}")
     path = run.path
     payload: dict[str, Any] = {
         "id": rid,
@@ -229,13 +238,13 @@ def run_payload(
             for i in layers
         ],
         "heatmaps": {},
+        "display_columns": max_columns,
     }
     for info in layers:
         if not info.called:
             continue
         maps = {p: heatmap(run, info.index, p, max_columns, max_bins) for p in phases}
         payload["heatmaps"][str(info.index)] = {p: m for p, m in maps.items() if m is not None}
-    called = [i for i in layers if i.called]
     payload["twinpeaks"] = twin_peaks(run, called[-1].index) if called else None
     payload["findings"], payload["diagnosis_note"] = diagnosis(run)
     return payload
