@@ -59,7 +59,11 @@
     const x = m.starts.map((s, i) => (s + m.ends[i] - 1) / 2);
     const y = centers(m.edges);
     const ticks = [0], text = ["0"];
-    for (let t = 1; Math.log1p(t) <= m.scale + 1e-9; t *= 10) { ticks.push(Math.log1p(t)); text.push(String(t)); }
+    const steps = m.scale < Math.log1p(100) ? [1, 2, 5] : [1];  // 1, 2, 5, 10, 20, ... for small counts
+    for (let t = 1; Math.log1p(t) <= m.scale + 1e-9; t *= 10) {
+      for (const k of steps) if (Math.log1p(t * k) <= m.scale + 1e-9) { ticks.push(Math.log1p(t * k)); text.push(String(t * k)); }
+    }
+    if (ticks[ticks.length - 1] < 0.85 * m.scale) { ticks.push(m.scale); text.push(Number(Math.expm1(m.scale).toPrecision(2)).toString()); }
     const data = [
       {
         type: "heatmap", x, y, z, customdata: counts, zmin: 0, zmax: Math.max(m.scale, 1e-9),
