@@ -270,3 +270,14 @@ def test_run_before_its_first_epoch(browser, tmp_path):  # noqa: F811
         assert not page.errors, page.errors
     finally:
         page.close()
+
+
+def test_import_twinpeaks_loads_no_optional_dependency():
+    import subprocess
+
+    code = ("import sys, twinpeaks as tp; tp.report, tp.export_tensorboard, tp.export_wandb; "
+            "import twinpeaks.web.server, twinpeaks.commands.report, twinpeaks.commands.serve, twinpeaks.commands.export; "
+            "bad = [m for m in ('plotly', 'wandb', 'tensorboard', 'torch.utils.tensorboard', 'playwright') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
