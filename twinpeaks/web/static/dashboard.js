@@ -40,7 +40,7 @@
   }
 
   async function poll() {
-    if (busy) return;
+    if (busy || (document.hidden && shownStamp !== null)) return;  // a hidden tab stops polling
     busy = true;
     try {
       const path = selected();
@@ -73,6 +73,7 @@
   }
 
   window.addEventListener("hashchange", poll);
+  document.addEventListener("visibilitychange", poll);
   poll();
   setInterval(poll, POLL_MS);
 })();
