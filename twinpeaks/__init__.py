@@ -29,6 +29,9 @@ _LAZY: dict[str, str] = {
     "plot_colorful_dimension": ".charts",
     "plot_twin_peaks": ".charts",
     "plot_twin_peaks_history": ".charts",
+    "report": ".web.build",
+    "export_tensorboard": ".export",
+    "export_wandb": ".export",
 }
 
 

@@ -20,6 +20,9 @@ COMMANDS = {
     "diagnose": "diagnose",
     "info": "info",
     "plot": "plot",
+    "report": "report",
+    "serve": "serve",
+    "export": "export",
 }
 
 
