@@ -193,14 +193,13 @@ class Finding:
 
 @pytest.fixture
 def fake_diagnose(monkeypatch):
-    """Findings as twinpeaks.diagnose promises them (its contract), to test how the page shows them."""
-    mod = types.ModuleType("twinpeaks.diagnose")
-    mod.diagnose = lambda run: types.SimpleNamespace(findings=[
+    """Chosen findings in the shape tp.diagnose returns them, to test how the page sorts and links them."""
+    fake = lambda run: types.SimpleNamespace(findings=[  # noqa: E731
         Finding("dead", "info", None, None, "all fine overall"),
         Finding("saturated", "problem", "2", 1, "layer 2 saturates", {"fraction": np.float64(0.75)}),
         Finding("gap", "warning", None, 0, "train and valid peaks drift apart", np.arange(5000)),
     ])
-    monkeypatch.setitem(sys.modules, "twinpeaks.diagnose", mod)
+    monkeypatch.setattr("twinpeaks.diagnosis.diagnose", fake)
 
 
 def test_findings_sorted_and_linked(fake_diagnose, browser, rec, tmp_path):  # noqa: F811
@@ -231,9 +230,8 @@ def test_findings_sorted_and_linked(fake_diagnose, browser, rec, tmp_path):  # n
 
 
 def test_real_diagnosis_findings_appear(browser, rec, tmp_path):  # noqa: F811
-    diag = pytest.importorskip("twinpeaks.diagnose")
     with tp.open_run(rec.path) as run:
-        n = len(diag.diagnose(run).findings)
+        n = len(tp.diagnose(run).findings)
     out = tp.report(rec.path, tmp_path / "d.html")
     page = Page(browser, offline=True)
     try:

@@ -179,11 +179,11 @@ def _small(evidence: Any, limit: int = 4000) -> Any:
 
 
 def diagnosis(run: Run) -> tuple[list[dict] | None, str | None]:
-    """``(findings, note)``: the findings of :func:`twinpeaks.diagnose.diagnose`, or a note why there are none."""
-    try:
-        from ..diagnose import diagnose
-    except ImportError:
-        return None, "Diagnosis unavailable: this twinpeaks has no twinpeaks.diagnose module."
+    """``(findings, note)``: the findings of :func:`twinpeaks.diagnose`, or a note why there are none."""
+    from ..diagnosis import diagnose
+
+    if run.epochs == 0:
+        return None, "No closed epoch yet: the diagnosis starts after the first end_epoch()."
     findings = []
     for f in diagnose(run).findings:
         findings.append({
