@@ -76,7 +76,7 @@ def train(model, ddp, hist, cap, batches, valid, epochs, lr=0.1, die_at=None, sk
         ddp.eval()
         cap.key = ("valid", epoch)
         with torch.no_grad():
-            for x, _ in valid:
+            for x, _ in valid(epoch) if callable(valid) else valid:
                 (model if valid_inner else ddp)(x)
         if not skip_end_epoch:
             hist.end_epoch()
@@ -105,10 +105,10 @@ def worker(scenario: str, out: Path) -> None:
         with hist:
             if scenario == "even":
                 train(model, ddp, hist, cap, shard(x, y, rank, STEPS, BATCH), valid, epochs=2)
-            elif scenario == "uneven":  # rank 1: fewer train batches (DDP join) and one valid batch
+            elif scenario == "uneven":  # rank 1: fewer train batches (DDP join), no valid batch in epoch 0
                 steps = STEPS if rank == 0 else STEPS - 2  # uneven eval goes through the inner model (DDP's
-                train(model, ddp, hist, cap, shard(x, y, rank, steps, BATCH), valid[:2 - rank], epochs=2,
-                      valid_inner=True)  # forward syncs under join)
+                train(model, ddp, hist, cap, shard(x, y, rank, steps, BATCH),  # forward syncs under join)
+                      lambda e: valid[:2] if rank == 0 else valid[:e], epochs=2, valid_inner=True)
             elif scenario == "dies":
                 train(model, ddp, hist, cap, shard(x, y, rank, STEPS, BATCH), valid, epochs=2,
                       die_at=(1, 3) if rank == 1 else None)
@@ -118,6 +118,7 @@ def worker(scenario: str, out: Path) -> None:
             if rank == 1:
                 run = hist.run  # rank 1's in-memory copy of the summed run
                 np.save(out / "rank1_counts.npy", run.histogram(-1, "train", epoch=-1).counts)
+                np.save(out / "rank1_valid0.npy", run.histogram(-1, "valid", epoch=0).counts)
     except Exception as exc:
         (out / f"error{rank}.txt").write_text(f"{type(exc).__name__}: {exc}")
         cap.save(out / f"cap{rank}.npz")
@@ -282,6 +283,8 @@ def test_uneven_shards_give_exact_totals_and_aligned_steps(tmp_path):
              for e in range(2) for i in range(STEPS)]
     np.testing.assert_array_equal(cols.counts.sum(1) + cols.underflow + cols.overflow, sizes)
     assert tuple(run.epoch_info(1).steps["train"][:2]) == (STEPS, 2 * STEPS)
+    # rank 1 ran no valid batch in epoch 0, yet holds the same summed run in memory
+    np.testing.assert_array_equal(np.load(tmp_path / "rank1_valid0.npy"), run.histogram(-1, "valid", epoch=0).counts)
 
 
 def test_rank_dying_mid_training_leaves_a_good_file_and_no_hang(tmp_path):
