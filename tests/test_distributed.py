@@ -140,6 +140,7 @@ def fsdp_epoch(x, y, rank, out):
         fully_shard(layer)
     fully_shard(model)
     hist = tp.ActivationsHistogram(model, out / f"fsdp{rank}.tp", bins=40, sample=1.0)
+    tp.distributed.configure(hist, group=torch.distributed.new_group(backend="gloo"), timeout=20)  # a user's group
     with hist:
         train(model, model, hist, Capture(model[2]), shard(x, y, rank, STEPS, BATCH), [], epochs=1)
 
@@ -309,6 +310,19 @@ def test_rank_skipping_end_epoch_raises_instead_of_hanging(tmp_path):
     assert "TwinpeaksError" in message and "end_epoch() of epoch 0" in message and "rank" in message
     assert time.monotonic() - t0 < 80
     assert tp.open_run(tmp_path / "run0.tp").epochs == 0
+
+
+def test_configure_checks_its_arguments(tmp_path):
+    import twinpeaks as tp
+
+    hist = tp.ActivationsHistogram(make_model(), tmp_path / "run.tp")
+    with pytest.raises(ValueError, match="timeout must be"):
+        tp.distributed.configure(hist, timeout=-1)
+    tp.distributed.configure(hist, timeout=5)
+    with hist:  # torch.distributed not initialised: a plain single-process recorder
+        assert hist._sync is None and tp.distributed.is_rank_zero()
+        with pytest.raises(RuntimeError, match="before `with hist:`"):
+            tp.distributed.configure(hist, timeout=5)
 
 
 if __name__ == "__main__":
