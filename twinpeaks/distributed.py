@@ -42,7 +42,6 @@ import torch
 import torch.distributed as dist
 
 from . import binning
-from .columns import empty_stats
 from .errors import TwinpeaksError
 
 if TYPE_CHECKING:
@@ -255,7 +254,7 @@ class DistSync:
         from .recorder import _PhaseData
 
         slots = binning.n_slots(hist.bins)
-        blocks: list[tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray]]] = []
+        specs: list[tuple[int, dict[str, list[int]]]] = []
         for i, rec in enumerate(hist._records):
             spec = next((info["records"][i][1][phase] for info in infos if phase in info["records"][i][1]), None)
             if spec is None:
@@ -271,34 +270,38 @@ class DistSync:
                 with torch.inference_mode(False):
                     rec.phases[phase] = _PhaseData(hist.flush_every, slots, self._buffer_device(hist),
                                                    hist.max_columns, {k: c[0] for k, c in spec.items()})
-            counts = np.zeros((n, slots), np.int64)
-            stats = empty_stats(n)
-            extra = {k: np.zeros((n, *shape, slots), np.int64) for k, shape in spec.items()}
-            for start, c, s, e in self._held.pop((rec.id, phase), []):
-                o = start - base
-                counts[o:o + len(c)] = c
-                stats[o:o + len(c)] = s
-                for k, arr in e.items():
-                    extra[k][o:o + len(arr)] = arr
-            blocks.append((rec.id, counts, stats, extra))
-        if not blocks or n == 0:
+            specs.append((rec.id, spec))
+        if not specs or n == 0:
             return {}
-        ints = np.concatenate([a.ravel() for _, c, _, e in blocks for a in (c, *e.values())])
-        sums = np.concatenate([s[:, :5].ravel() for _, _, s, _ in blocks])
-        ext = np.concatenate([np.concatenate([-s[:, 5], s[:, 6]]) for _, _, s, _ in blocks])
-        ints, sums, ext = (self._all_reduce(a, op) for a, op in
-                           ((ints, dist.ReduceOp.SUM), (sums, dist.ReduceOp.SUM), (ext, dist.ReduceOp.MAX)))
+        # Three buffers for the whole phase, filled in place: int64 counts (+ per-class/truth counts), float64
+        # sums (binned, seen, sum, sumsq, zeros) and float64 [-min, max], so one all_reduce each.
+        sizes = [n * slots * (1 + sum(math.prod(shape) for shape in spec.values())) for _, spec in specs]
+        ints = np.zeros(sum(sizes), np.int64)
+        sums = np.zeros((len(specs), n, 5))
+        ext = np.full((len(specs), 2, n), -np.inf)
+        views: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []
+        o = 0
+        for b, (rid, spec) in enumerate(specs):
+            counts = ints[o:o + n * slots].reshape(n, slots)
+            o += n * slots
+            extra = {}
+            for k, shape in spec.items():
+                size = n * math.prod(shape) * slots
+                extra[k] = ints[o:o + size].reshape(n, *shape, slots)
+                o += size
+            for start, c, st, e in self._held.pop((rid, phase), []):
+                r = slice(start - base, start - base + len(c))
+                counts[r], sums[b, r], ext[b, 0, r], ext[b, 1, r] = c, st[:, :5], -st[:, 5], st[:, 6]
+                for k, arr in e.items():
+                    extra[k][r] = arr
+            views.append((rid, counts, extra))
+        for arr, op in ((ints, dist.ReduceOp.SUM), (sums, dist.ReduceOp.SUM), (ext, dist.ReduceOp.MAX)):
+            self._all_reduce(arr, op)
         out: dict[tuple[int, str], _Rows] = {}
-        io = so = eo = 0
-        for rid, c, s, e in blocks:
-            for a in (c, *e.values()):
-                a.ravel()[:] = ints[io:io + a.size]
-                io += a.size
-            s[:, :5] = sums[so:so + n * 5].reshape(n, 5)
-            so += n * 5
-            s[:, 5], s[:, 6] = -ext[eo:eo + n], ext[eo + n:eo + 2 * n]
-            eo += 2 * n
-            out[rid, phase] = (base, c, s, e)
+        for b, (rid, counts, extra) in enumerate(views):
+            stats = np.empty((n, 7))
+            stats[:, :5], stats[:, 5], stats[:, 6] = sums[b], -ext[b, 0], ext[b, 1]
+            out[rid, phase] = (base, counts, stats, extra)
         return out
 
     def _buffer_device(self, hist: ActivationsHistogram) -> torch.device:
@@ -307,10 +310,13 @@ class DistSync:
                 return pd.counts.device
         return torch.device("cpu")
 
-    def _all_reduce(self, arr: np.ndarray, op: Any) -> np.ndarray:
-        t = torch.from_numpy(arr).to(self._device(torch.device("cpu")))
+    def _all_reduce(self, arr: np.ndarray, op: Any) -> None:
+        """All-reduce ``arr`` in place (through the accelerator when the data group needs it)."""
+        host = torch.from_numpy(arr)
+        t = host.to(self._device(host.device))
         self._collective(lambda: dist.all_reduce(t, op=op, group=self.data), "summing the flush")
-        return t.cpu().numpy()
+        if t is not host:
+            host.copy_(t.cpu())
 
     # -- closing -----------------------------------------------------------------------------
     def close(self, hist: ActivationsHistogram, need: bool) -> None:
