@@ -109,6 +109,10 @@ def worker(scenario: str, out: Path) -> None:
                 steps = STEPS if rank == 0 else STEPS - 2  # uneven eval goes through the inner model (DDP's
                 train(model, ddp, hist, cap, shard(x, y, rank, steps, BATCH),  # forward syncs under join)
                       lambda e: valid[:2] if rank == 0 else valid[:e], epochs=2, valid_inner=True)
+                if rank == 0:  # a final test pass on rank 0 only, no end_epoch(): close() must still gather it
+                    cap.key = ("test", 1)
+                    with hist.phase("test"), torch.no_grad():
+                        model(x[1500:1520])
             elif scenario == "dies":
                 train(model, ddp, hist, cap, shard(x, y, rank, STEPS, BATCH), valid, epochs=2,
                       die_at=(1, 3) if rank == 1 else None)
@@ -284,6 +288,9 @@ def test_uneven_shards_give_exact_totals_and_aligned_steps(tmp_path):
              for e in range(2) for i in range(STEPS)]
     np.testing.assert_array_equal(cols.counts.sum(1) + cols.underflow + cols.overflow, sizes)
     assert tuple(run.epoch_info(1).steps["train"][:2]) == (STEPS, 2 * STEPS)
+    test = run.histogram(-1, "test", epoch=1)  # joined the last epoch at close(), from rank 0 only
+    np.testing.assert_array_equal(test.counts, oracle(union(caps, "test", 1), test.edges))
+    assert run.epochs == 2 and test.total == 200
     # rank 1 ran no valid batch in epoch 0, yet holds the same summed run in memory
     np.testing.assert_array_equal(np.load(tmp_path / "rank1_valid0.npy"), run.histogram(-1, "valid", epoch=0).counts)
 
