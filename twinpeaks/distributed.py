@@ -143,7 +143,7 @@ class DistSync:
         except Exception as exc:  # reported to every rank below, then raised here
             error = exc
         names = [name for name, _ in hist._selected]
-        infos = self._handshake("attach()", {"kind": "attach", "error": None if error is None else str(error),
+        infos = self._handshake("attach()", {"kind": "attach()", "error": None if error is None else str(error),
                                              "layers": names})
         if error is not None:
             raise error
@@ -216,7 +216,7 @@ class DistSync:
         # without a phase's batches), so 1,000 layers on 1,024 ranks exchange a few bytes per rank.
         digest = hashlib.sha1(repr([r[:2] for r in records]).encode()).hexdigest()  # names, phases, extras
         what = f"end_epoch() of epoch {hist.epoch}"
-        infos = self._handshake(what, {"kind": "flush", "epoch": hist.epoch, "phases": phases, "layers": digest})
+        infos = self._handshake(what, {"kind": "end_epoch()", "epoch": hist.epoch, "phases": phases, "layers": digest})
         self._agree(infos, "kind", "epoch")
         if all(info["layers"] == digest for info in infos):
             for info in infos:
@@ -322,7 +322,7 @@ class DistSync:
     def close(self, hist: ActivationsHistogram, need: bool) -> None:
         """Close the open epoch on every rank if any rank has steps in it; never raises (logs instead)."""
         try:
-            infos = self._handshake("close()", {"kind": "close", "epoch": hist.epoch, "need": need})
+            infos = self._handshake("close()", {"kind": "close()", "epoch": hist.epoch, "need": need})
             self._agree(infos, "kind", "epoch")
             if any(info["need"] for info in infos):
                 hist._close_epoch(final=True)
@@ -360,7 +360,7 @@ class DistSync:
         for key in keys:
             values = [info.get(key) for info in infos]
             if any(v != values[0] for v in values):
-                where = ", ".join(f"rank {r}: {info.get('kind')} of epoch {info.get('epoch')}"
+                where = ", ".join(f"rank {r}: {info.get('kind')}" + (f" of epoch {info['epoch']}" if "epoch" in info else "")
                                   for r, info in enumerate(infos))
                 raise TwinpeaksError(f"twinpeaks: ranks are at different points ({where}): every rank must call "
                                      "end_epoch() and close() at the same points")
