@@ -166,10 +166,10 @@ class DistSync:
         """
         v = values.reshape(-1).float()
         finite = torch.isfinite(v)
-        inf = torch.tensor(math.inf, device=v.device)
+        inf = torch.full((), math.inf, device=v.device)  # a fill, not a copy from the host: no sync
         mn = torch.where(finite, v, inf).amin() if v.numel() else inf
         mx = torch.where(finite, v, -inf).amax() if v.numel() else -inf
-        rid = torch.tensor(float(record), device=v.device)
+        rid = torch.full((), float(record), device=v.device)
         buf = torch.stack([-mn, mx, rid, -rid]).double()
         buf = buf.to(self._device(v.device))
         dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.data)
