@@ -210,7 +210,7 @@ class DistSync:
         phases = {p: [self._base.get(p, hist._window_start[p]), hist._step[p], hist._epoch_first[p]]
                   for p in hist._step}
         records = [[rec.name, {p: {k: list(v.shape[1:-1]) for k, v in pd.extra.items()}
-                               for p, pd in rec.phases.items()}, rec.classes, rec.out_shape]
+                               for p, pd in sorted(rec.phases.items())}, rec.classes, rec.out_shape]
                    for rec in hist._records]
         # The layer structure travels as a digest; the full lists only when ranks differ (rare: a rank
         # without a phase's batches), so 1,000 layers on 1,024 ranks exchange a few bytes per rank.
