@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import binning
+from . import binning, distributed
 from ._version import __version__
 from .columns import ColumnStore, combine_stats, empty_stats
 from .outputs import flatten, path_name
@@ -162,6 +162,9 @@ class ActivationsHistogram:
         ...         hist.end_epoch()
     """
 
+    #: set by attach() when torch.distributed runs more than one rank (see twinpeaks.distributed)
+    _sync: distributed.DistSync | None = None
+
     def __init__(
         self,
         model: nn.Module,
@@ -265,7 +268,8 @@ class ActivationsHistogram:
         if self._handles:
             return self
         if self._writer is None:
-            self._writer = RunWriter(self.path, self._meta())
+            self._sync = distributed.setup(self)
+            self._writer = self._sync.open_writer(self) if self._sync else RunWriter(self.path, self._meta())
             for i, (name, mod) in enumerate(self._selected):
                 rec = _Record(len(self._records), i, 0, name, type(mod).__name__, i == len(self._selected) - 1)
                 self._records.append(rec)
@@ -288,7 +292,10 @@ class ActivationsHistogram:
         self.detach()
         if self._writer is None:
             return
-        if any(self._step.get(p, 0) > self._epoch_first.get(p, 0) for p in self._step):
+        need = any(self._step.get(p, 0) > self._epoch_first.get(p, 0) for p in self._step)
+        if self._sync is not None:
+            self._sync.close(self, need)  # every rank or none closes the epoch; logs instead of raising
+        elif need:
             self._close_epoch(final=True)
         if self.path is not None:
             if self._run is not None:
@@ -426,6 +433,7 @@ class ActivationsHistogram:
         v = flat.float() if flat.dtype != torch.float32 else flat
         if rec.bounds is None:
             rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
+                          else self._sync.auto_bounds(v, self.bins, self.margin, rec.id) if self._sync
                           else binning.auto_bounds(v, self.bins, self.margin))
         pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
         if pd is None:
@@ -501,17 +509,30 @@ class ActivationsHistogram:
         warnings.warn(msg, TwinpeaksWarning, stacklevel=3)
 
     # -- flushing --------------------------------------------------------------------------
-    def _flush_window(self) -> None:
-        """Move all rows of the current window to the host stores and commit the new columns."""
+    def _flush_window(self, epoch_end: bool = False) -> None:
+        """Move all rows of the current window to the host stores and commit the new columns.
+
+        Distributed: mid-epoch, rows only move to this rank's host; at the epoch's
+        end every rank's rows are summed (see :mod:`twinpeaks.distributed`).
+        """
+        if self._sync is not None and not epoch_end:
+            self._sync.hold(self)
+            return
+        reduced = self._sync.reduce(self) if self._sync is not None else None
         w = self._writer
         assert w is not None
         for rec in self._records:
             for phase, pd in rec.phases.items():
-                n = self._step[phase] - self._window_start[phase]
-                if n <= 0:
-                    continue
-                counts, stats, extra = pd.take(n)
-                start = self._window_start[phase]
+                if reduced is not None:
+                    if (rec.id, phase) not in reduced:
+                        continue
+                    start, counts, stats, extra = reduced[rec.id, phase]
+                else:
+                    n = self._step[phase] - self._window_start[phase]
+                    if n <= 0:
+                        continue
+                    counts, stats, extra = pd.take(n)
+                    start = self._window_start[phase]
                 pd.store.append(start, counts, stats)
                 pd.epoch.append(start, counts, stats)
                 for k, arr in extra.items():
@@ -552,7 +573,7 @@ class ActivationsHistogram:
         self._close_epoch(final=False)
 
     def _close_epoch(self, final: bool) -> None:
-        self._flush_window()
+        self._flush_window(epoch_end=True)
         w = self._writer
         assert w is not None
         phases = [p for p in self._step if self._step[p] > self._epoch_first[p]]
@@ -581,7 +602,7 @@ class ActivationsHistogram:
             self.epoch += 1
         if self._run is not None:
             self._run.refresh()
-        for listener in self._listeners:
+        for listener in self._listeners if self._sync is None or self._sync.writes else []:  # charts: rank 0 only
             try:
                 listener(self)
             except Exception as exc:  # a chart must never stop training
