@@ -608,7 +608,9 @@ class ActivationsHistogram:
             self._epoch_first[phase] = end
         if merge:
             old = self.run.epoch_info(epoch).steps
-            steps = {**{p: list(v) for p, v in old.items()}, **steps}
+            # a phase already in that epoch (valid, then another evaluate()) keeps its first step
+            steps = {**{p: list(v) for p, v in old.items()},
+                     **{p: [old[p][0], *v[1:]] if p in old else v for p, v in steps.items()}}
         w.put_epoch(epoch, steps)
         w.commit()
         if not merge:
