@@ -30,19 +30,25 @@ class Outputs:
         self.handle.remove()
 
 
-def check_run(run, *, train_steps: int, valid_steps: int, last_train_total: int, last_valid_total: int,
-              classes: list[str] | None = None, epochs: int = 2) -> None:
-    """Epochs, phases, per-epoch step ranges, valid histograms of every epoch, last-layer totals."""
+def check_run(run, *, train_steps: int, valid_steps: int | list[int], last_train_total: int,
+              last_valid_total: int | list[int], classes: list[str] | None = None, epochs: int = 2) -> None:
+    """Epochs, phases, per-epoch step ranges, valid histograms of every epoch, last-layer totals.
+
+    ``valid_steps`` and ``last_valid_total`` are per epoch, or one value for every epoch.
+    """
+    valid_steps = valid_steps if isinstance(valid_steps, list) else [valid_steps] * epochs
+    valid_totals = last_valid_total if isinstance(last_valid_total, list) else [last_valid_total] * epochs
+    valid_first = np.concatenate([[0], np.cumsum(valid_steps)])
     assert run.epochs == epochs
     assert run.phases[:2] == ["train", "valid"]
     assert run.n_steps("train") == epochs * train_steps
-    assert run.n_steps("valid") == epochs * valid_steps
+    assert run.n_steps("valid") == valid_first[-1]
     for e in range(epochs):
         steps = run.epoch_info(e).steps
         assert tuple(steps["train"][:2]) == (e * train_steps, (e + 1) * train_steps)
-        assert tuple(steps["valid"][:2]) == (e * valid_steps, (e + 1) * valid_steps)
+        assert tuple(steps["valid"][:2]) == (valid_first[e], valid_first[e + 1])
         valid = run.histogram(-1, "valid", epoch=e)
-        assert valid.steps == valid_steps and valid.total == last_valid_total
+        assert valid.steps == valid_steps[e] and valid.total == valid_totals[e]
         train = run.histogram(-1, "train", epoch=e)
         assert train.steps == train_steps and train.total == last_train_total
     if classes is not None:
