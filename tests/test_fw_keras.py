@@ -106,3 +106,60 @@ def test_modules_by_keras_name_or_index(tmp_path):
 
 def test_charts(fitted, tmp_path):
     check_charts(fitted[0], tmp_path)
+
+
+JAX_SCRIPT = r"""
+import json, sys
+import keras, numpy as np
+from sklearn.datasets import load_wine
+from twinpeaks.keras import ActivationsHistogram
+
+assert keras.backend.backend() == "jax"
+d = load_wine()
+x = ((d.data - d.data.mean(0)) / d.data.std(0)).astype("float32")
+order = np.random.default_rng(0).permutation(len(x))
+x, y = x[order], d.target[order]
+(x, y), (xv, yv) = (x[:128], y[:128]), (x[128:178], y[128:178])
+keras.utils.set_random_seed(0)
+model = keras.Sequential([keras.Input((13,)), keras.layers.Dense(16, activation="relu", name="hidden"),
+                          keras.layers.Dense(3, name="logits")])
+model.compile(optimizer=keras.optimizers.Adam(1e-2),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+cb = ActivationsHistogram(path=sys.argv[1], probe=(x, y), probe_valid=(xv, yv), probe_batch=16)
+model.fit(x, y, batch_size=32, epochs=2, validation_data=(xv, yv), verbose=0, callbacks=[cb])
+cb.close()
+np.save(sys.argv[2], np.asarray(model(xv, training=False)))
+print(json.dumps({"iterations": int(model.optimizer.iterations.numpy())}))
+"""
+
+
+def test_jax_backend_records_a_probe(tmp_path):
+    """In a subprocess: the backend is fixed when keras is imported."""
+    import json
+    import subprocess
+
+    pytest.importorskip("jax")
+    import twinpeaks as tp
+
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    path, logits = tmp_path / "j.tp", tmp_path / "logits.npy"
+    out = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(path), str(logits)], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    iterations = json.loads(out.stdout.splitlines()[-1])["iterations"]
+    with tp.open_run(path) as run:
+        assert [layer.name for layer in run.layers] == ["hidden", "logits"]
+        check_run(run, train_steps=4, valid_steps=4, last_train_total=4 * 16 * 3, last_valid_total=N_VALID * 3)
+        assert run.n_steps("train") == iterations == 8  # probe_every=1: one probe per train step
+        check_truth_split(run)
+        assert_hist_equals(run.histogram(-1, "valid", epoch=-1), torch.from_numpy(np.load(logits)))
+
+
+def test_other_backends_are_refused():
+    import subprocess
+
+    code = "from twinpeaks.keras import ActivationsHistogram\nActivationsHistogram()"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "KERAS_BACKEND": "numpy"},
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "torch backend (every step) or the jax backend (a probe); this Keras runs on 'numpy'" in out.stderr
