@@ -4,7 +4,15 @@ Run: python examples/fastai_tabular.py [runs/fastai.tp]
 """
 
 from _common import fresh_run, report
-from fastai.tabular.all import CategoryBlock, Normalize, RandomSplitter, TabularPandas, accuracy, range_of, tabular_learner
+from fastai.tabular.all import (
+    CategoryBlock,
+    Normalize,
+    RandomSplitter,
+    TabularPandas,
+    accuracy,
+    range_of,
+    tabular_learner,
+)
 from sklearn.datasets import load_breast_cancer
 
 from twinpeaks.fastai import ActivationsHistogram
