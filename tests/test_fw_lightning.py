@@ -66,7 +66,7 @@ def _trainer(cb, **kw):
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
     torch.manual_seed(0)
-    cb = ActivationsHistogram(path=tmp_path_factory.mktemp("pl") / "b.tp", classes=["a", "b", "c"])
+    cb = ActivationsHistogram(path=tmp_path_factory.mktemp("pl") / "b.tp", classes=["a", "b", "c"], live=True)
     model = Wine()
     last = Outputs(model.body[-1])
     trainer = _trainer(cb)
@@ -127,3 +127,9 @@ def test_bf16_mixed(tmp_path):
 
 def test_charts(fitted, tmp_path):
     check_charts(fitted[0], tmp_path)
+
+
+def test_live_option_passes_through(fitted):
+    pytest.importorskip("twinpeaks.live")
+    cb = fitted[0]
+    assert (cb.run.path.parent / "b.tp.live.png").stat().st_size > 0
