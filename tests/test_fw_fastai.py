@@ -93,6 +93,11 @@ def test_get_preds_as_test_and_second_fit(cancer_dls, tmp_path):
     assert_hist_equals(test, last.values(training=False))
     _fit(learn, 1)  # a second fit goes on with the same run
     assert cb.run.epochs == 2 and cb.run.n_steps("train") == 2 * learn.train_iter == 2 * len(dls.train)
+    learn.export(tmp_path / "learner.pkl")  # pickles the callbacks: the recorder stays out
+    from fastai.learner import load_learner
+
+    loaded = load_learner(tmp_path / "learner.pkl")
+    assert isinstance(loaded.activations_histogram, ActivationsHistogram)
     cb.close()
 
 

@@ -36,6 +36,10 @@ class ActivationsHistogram(Recording, _callback.Callback):
     """
 
     order = 5  # after TrainEvalCallback (-10) set train/eval mode, before MixedPrecision (10) casts
+    _stateattrs = ("_hist",)  # learn.export() pickles callbacks: leave the recorder (hooks, open file) out
+
+    def _init_state(self) -> None:
+        self._hist = None  # after unpickling: the exported learner records nothing until a new fit
 
     def __init__(self, path: Any = None, **options: Any):
         super().__init__()
