@@ -153,6 +153,8 @@ class ActivationsHistogram:
         seed: seed of the sampling offsets.
         live: redraw the Twin Peaks chart at every ``end_epoch`` (Jupyter: in one
             output cell; elsewhere: ``<path>.live.png``). See :mod:`twinpeaks.live`.
+        output: also record the model's own output, passed through this function
+            (e.g. ``lambda out: out.logits``), as the last layer, named ``"output"``.
 
     Example:
         >>> hist = tp.ActivationsHistogram(model, path="runs/exp1.tp")  # doctest: +SKIP
@@ -181,6 +183,7 @@ class ActivationsHistogram:
         max_columns: int = 1000,
         seed: int = 0,
         live: bool = False,
+        output: Callable[[Any], Any] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -213,12 +216,18 @@ class ActivationsHistogram:
         self.flush_every = flush_every
         self.max_columns = max_columns
         self._rng = random.Random(seed)
+        if output is not None and not callable(output):
+            raise TypeError(f"output must be a function of the model's output or None, got {output!r}")
+        self._output = output
         self._selected = self._select(modules)
+        if output is not None:
+            self._selected.append(("output", self.root))
         self._handles: list[Any] = []
         self._writer: RunWriter | None = None
         self._records: list[_Record] = []
         self._by_module: list[dict[tuple, _Record]] = []
         self._explicit: list[str] = []
+        self._manual_steps = False
         self._phase: str | None = None
         self._row = 0
         self._rows = flush_every
@@ -292,11 +301,7 @@ class ActivationsHistogram:
         self.detach()
         if self._writer is None:
             return
-        need = any(self._step.get(p, 0) > self._epoch_first.get(p, 0) for p in self._step)
-        if self._sync is not None:
-            self._sync.close(self, need)  # every rank or none closes the epoch; logs instead of raising
-        elif need:
-            self._close_epoch(final=True)
+        self.flush()
         if self.path is not None:
             if self._run is not None:
                 self._run.close()
@@ -366,9 +371,37 @@ class ActivationsHistogram:
             self._targets = y
 
     # -- the hot path ---------------------------------------------------------------------
+    def begin_step(self, phase: str | None = None) -> None:
+        """Start a step now, in ``phase`` (None: the usual phase rule). For framework adapters.
+
+        After the first call, forwards of the model no longer start steps: the
+        framework's batch events do, so a batch whose step calls submodules
+        directly, or the model twice, is still one step.
+        """
+        self._manual_steps = True
+        self._start_step(phase or self._current_phase())
+
+    def flush(self) -> None:
+        """Commit the steps recorded since the last ``end_epoch()``, as :meth:`close` does, keeping the file open.
+
+        Under torch.distributed every rank must call it, like ``end_epoch()``.
+        Evaluation-only steps (a test pass after training) join the last closed
+        epoch; steps that include training close a new epoch. For framework adapters.
+        """
+        if self._writer is None:
+            return
+        need = any(self._step.get(p, 0) > self._epoch_first.get(p, 0) for p in self._step)
+        if self._sync is not None:
+            self._sync.close(self, need)  # every rank or none closes the epoch; logs instead of raising
+        elif need:
+            self._close_epoch(final=True)
+
+    def _current_phase(self) -> str:
+        return self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
+
     def _begin_step(self, module: nn.Module, args: Any) -> None:
-        phase = self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
-        self._start_step(phase)
+        if not self._manual_steps:
+            self._start_step(self._current_phase())
 
     def _start_step(self, phase: str) -> None:
         self._pending = []
@@ -382,9 +415,13 @@ class ActivationsHistogram:
         self._phase, self._row = phase, row
 
     def _make_hook(self, module_index: int) -> Callable[..., None]:
+        pick = self._output if self._output is not None and module_index == len(self._selected) - 1 else None
+
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             try:
                 with torch.no_grad():
+                    if pick is not None:
+                        out = pick(out)
                     self._observe(module_index, out)
             except Exception as exc:  # never crash the user's training
                 self._warn_once(self._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
@@ -392,7 +429,7 @@ class ActivationsHistogram:
 
     def _observe(self, module_index: int, out: Any) -> None:
         if self._phase is None:  # a layer called outside a forward of the model
-            self._start_step(self._explicit[-1] if self._explicit else "train" if self.root.training else "valid")
+            self._start_step(self._current_phase())
         recs = self._by_module[module_index]
         found = False
         for path, t in flatten(out):
@@ -595,7 +632,9 @@ class ActivationsHistogram:
             self._epoch_first[phase] = end
         if merge:
             old = self.run.epoch_info(epoch).steps
-            steps = {**{p: list(v) for p, v in old.items()}, **steps}
+            # a phase already in that epoch (valid, then another evaluate()) keeps its first step
+            steps = {**{p: list(v) for p, v in old.items()},
+                     **{p: [old[p][0], *v[1:]] if p in old else v for p, v in steps.items()}}
         w.put_epoch(epoch, steps)
         w.commit()
         if not merge:
