@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import twinpeaks as tp
+
 STEPS, BATCH, VALID_BATCH = 6, 16, 40  # per rank; the single-process twin sees 2x batches
 
 
@@ -334,3 +336,24 @@ def test_configure_checks_its_arguments(tmp_path):
 
 if __name__ == "__main__":
     worker(sys.argv[1], Path(sys.argv[2]))
+
+
+def test_lightning_strategy_ddp_on_two_cpu_processes(tmp_path):
+    """Lightning's own ddp launcher (2 CPU processes): one run file, both ranks' batches summed."""
+    pytest.importorskip("lightning")
+    path = tmp_path / "ddp.tp"
+    script = Path(__file__).with_name("lightning_ddp_script.py")
+    root = str(Path(__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script), str(path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tp.open_run(path)
+    assert run.epochs == 2 and run.phases == ["train", "valid"]
+    for e in range(2):
+        steps = run.epoch_info(e).steps
+        # 128 train samples -> 64 per rank -> 4 steps of 16; each step sums both ranks' batches
+        assert steps["train"][1] - steps["train"][0] == 4
+        assert run.histogram(-1, "train", epoch=e).total == 128 * 3
+        # 50 valid samples, split 25/25 by Lightning's sampler (no padding): each counted once
+        assert run.histogram(-1, "valid", epoch=e).total == 50 * 3
