@@ -124,3 +124,18 @@ def test_run_file_holds_no_pickle(tmp_run):
         blobs = [b for (b,) in conn.execute("SELECT data FROM arrays")]
     assert dtypes <= {"<i8", "<f8"}
     assert not any(b.startswith(b"\x80") for b in blobs)  # pickle protocol marker
+
+
+def test_closed_run_file_alone_holds_everything(tmp_path, tmp_run):
+    """After close the .tp file needs no -wal beside it, even while a reader is still open."""
+    model = torch.nn.Linear(2, 2)
+    hist = tp.ActivationsHistogram(model, tmp_run)
+    with hist:
+        model(torch.randn(3, 2))
+        hist.end_epoch()
+        reader = tp.open_run(tmp_run)  # a reader open while the writer closes
+        assert reader.epochs == 1
+    copy = tmp_path / "copy.tp"
+    copy.write_bytes(tmp_run.read_bytes())  # the main file only
+    assert tp.open_run(copy).histogram(-1, epoch=0).total == 6
+    reader.close()

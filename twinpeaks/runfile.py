@@ -146,7 +146,10 @@ class RunWriter:
         self.conn.commit()
 
     def close(self) -> None:
+        """Commit, fold the WAL into the main file (so the .tp file alone holds everything) and close."""
         self.conn.commit()
+        if self.path is not None:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
 
 
