@@ -83,15 +83,19 @@ def test_cpu_kernel_chunks_past_float32_exact_counts(monkeypatch):
     np.testing.assert_array_equal(binning.bin_values(x, b).numpy(), oracle(x, b.edges.double().numpy()))
 
 
-@pytest.mark.parametrize("values,lo_hi", [
-    ([0.0, 1.0, 2.0], (0.0, None)),      # non-negative layers keep 0 as the low end
-    ([-3.0, -1.0], (None, 0.0)),         # non-positive layers keep 0 as the high end
-    ([-1.0, 1.0], (-3.0, 3.0)),          # margin 1.0 = one span each side
-    ([5.0, 5.0], (None, None)),          # constant layers still get a usable range
-    ([math.nan, math.inf], (-3.0, 3.0)), # no finite value: defaults to (-1, 1) widened
+@pytest.mark.parametrize("values,lo_hi,output", [
+    ([0.0, 1.0, 2.0], (0.0, 4.0), False),        # exact zeros (ReLU): 0 stays the low end
+    ([0.5, 1.0, 2.0], (-1.0, 3.5), False),       # positive but no zero (a Linear): widened both ways
+    ([-3.0, -1.0], (-5.0, 1.0), False),          # margin 1.0 = one span each side
+    ([-3.0, 0.0], (-6.0, 0.0), False),           # exact zero on top stays the high end
+    ([5.0, 5.0], (None, None), False),           # constant layers still get a usable range
+    ([math.nan, math.inf], (-3.0, 3.0), False),  # no finite value: defaults to (-1, 1) widened
+    ([-0.4, 0.3], (-10.0, 10.0), True),          # an untrained head: room for the logits to grow
+    ([-7.0, 3.0], (-28.0, 28.0), True),          # a head already large: 4 x its largest magnitude
+    ([0.1, 0.9], (0.0, 1.0), True),              # probabilities (sigmoid/softmax output)
 ])
-def test_auto_bounds(values, lo_hi):
-    b = binning.auto_bounds(torch.tensor(values), 10, margin=1.0)
+def test_auto_bounds(values, lo_hi, output):
+    b = binning.auto_bounds(torch.tensor(values), 10, margin=1.0, output=output)
     lo, hi = float(b.lo), float(b.hi)
     assert lo < hi
     finite = [v for v in values if math.isfinite(v)]

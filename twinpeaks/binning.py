@@ -93,12 +93,31 @@ def fixed_bounds(lo: float, hi: float, bins: int, device: torch.device) -> Bound
     return _make_bounds(edges, bins, cpu)
 
 
-def auto_bounds(values: torch.Tensor, bins: int, margin: float) -> Bounds:
-    """Bounds from a first batch: its finite min/max widened by ``margin`` x span.
+#: Smallest half-width of an automatic range for the model's last layer (the original's -10..10).
+OUTPUT_HALF_WIDTH = 10.0
 
-    A side that starts non-negative (ReLU, sigmoid) or non-positive keeps zero as
-    its limit, so no bins are spent on values the layer cannot produce. All
-    computed on the device; on CPU the two floats are read (no device to sync).
+
+def auto_bounds(values: torch.Tensor, bins: int, margin: float, output: bool = False) -> Bounds:
+    """Bounds from a first batch, computed from its finite min and max only.
+
+    Hidden layers: ``[min - margin * span, max + margin * span]``; a side whose
+    first-batch extreme is exactly 0 (ReLU, max-pool after ReLU) stays at 0, so no
+    bins are spent on values the layer cannot produce.
+
+    The model's last layer (``output=True``): outputs in ``[0, 1]`` (sigmoid or
+    softmax) get ``[0, 1]``; anything else gets ``[-R, R]`` with
+    ``R = max(10, 4 * max|x|)``, because logits grow far past their first-batch size
+    as a model learns (an untrained head spans about +-0.5, a trained one +-5..10).
+
+    All computed on the device; on CPU the two floats are read (no device to sync).
+
+    Example:
+        >>> b = auto_bounds(torch.tensor([0.0, 2.0]), 10, margin=1.0)
+        >>> float(b.lo), float(b.hi)
+        (0.0, 4.0)
+        >>> b = auto_bounds(torch.tensor([-0.4, 0.3]), 10, margin=1.0, output=True)
+        >>> float(b.lo), float(b.hi)
+        (-10.0, 10.0)
     """
     v = values.reshape(-1).float()
     finite = torch.isfinite(v)
@@ -111,10 +130,14 @@ def auto_bounds(values: torch.Tensor, bins: int, margin: float) -> Bounds:
     span = mx - mn
     scale = torch.maximum(mn.abs(), mx.abs())
     span = torch.where(span > 0, span, torch.where(scale > 0, scale, torch.ones_like(scale)))
-    lo = mn - margin * span
-    hi = mx + margin * span
-    lo = torch.where(mn >= 0, torch.clamp(lo, min=0.0), lo)
-    hi = torch.where(mx <= 0, torch.clamp(hi, max=0.0), hi)
+    if output:
+        half = torch.clamp(4 * scale, min=OUTPUT_HALF_WIDTH)
+        prob = (mn >= 0) & (mx <= 1)
+        lo = torch.where(prob, torch.zeros_like(half), -half)
+        hi = torch.where(prob, torch.ones_like(half), half)
+    else:
+        lo = torch.where(mn == 0, torch.zeros_like(mn), mn - margin * span)
+        hi = torch.where(mx == 0, torch.zeros_like(mx), mx + margin * span)
     # keep a usable float32 width even for huge or tiny values
     hi = torch.maximum(hi, lo + span.clamp(min=1e-30) * 1e-3)
     if v.device.type == "cpu":

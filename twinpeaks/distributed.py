@@ -158,7 +158,8 @@ class DistSync:
         return writer
 
     # -- the one collective in a step ----------------------------------------------------------
-    def auto_bounds(self, values: torch.Tensor, bins: int, margin: float, record: int) -> binning.Bounds:
+    def auto_bounds(self, values: torch.Tensor, bins: int, margin: float, record: int,
+                    output: bool = False) -> binning.Bounds:
         """Automatic bounds from the first batch of every rank: finite min/max all-reduced once.
 
         The same as :func:`twinpeaks.binning.auto_bounds` over all ranks' first
@@ -177,7 +178,7 @@ class DistSync:
             raise TwinpeaksError("ranks agreed automatic ranges of different layers: every rank must run the same "
                                  "layers in the same order on its first step, or pass range=(lo, hi)")
         lohi = torch.stack([-buf[0], buf[1]]).to(v.device)
-        return binning.auto_bounds(lohi, bins, margin)
+        return binning.auto_bounds(lohi, bins, margin, output=output)
 
     def _device(self, device: torch.device) -> torch.device:
         """Where tensors of the data group's collectives live: the host for gloo, else the accelerator."""

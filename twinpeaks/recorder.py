@@ -141,7 +141,9 @@ class ActivationsHistogram:
             of qualified names / integer indices into that leaf list.
         bins: bins per histogram.
         range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
-            widened by ``margin`` x its span, then frozen.
+            then frozen: hidden layers widened by ``margin`` x its span, the last layer
+            ``+-max(10, 4 x max|x|)`` (or ``[0, 1]`` for probabilities), since logits grow
+            as a model learns (see :func:`twinpeaks.binning.auto_bounds`).
         per_class: for the last layer, also one histogram per output column.
         sample: ``"auto"`` (outputs up to 65,536 elements binned exactly, larger ones
             on a strided sample of about that many elements with a random offset
@@ -470,8 +472,8 @@ class ActivationsHistogram:
         v = flat.float() if flat.dtype != torch.float32 else flat
         if rec.bounds is None:
             rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
-                          else self._sync.auto_bounds(v, self.bins, self.margin, rec.id) if self._sync
-                          else binning.auto_bounds(v, self.bins, self.margin))
+                          else self._sync.auto_bounds(v, self.bins, self.margin, rec.id, output=rec.last)
+                          if self._sync else binning.auto_bounds(v, self.bins, self.margin, output=rec.last))
         pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
         if pd is None:
             pd = self._phase_data(rec, t)
