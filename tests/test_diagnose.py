@@ -251,16 +251,26 @@ def test_one_output_is_regression_unless_classes_are_named(tmp_path, classes):
         assert "YES and NO" not in str(d)
 
 
-def test_demo_auto_range_is_too_narrow_for_the_logits(tmp_path):
+def test_logits_outgrowing_a_narrow_range_are_out_of_range(tmp_path):
     from twinpeaks.demo import train
 
-    train("binary", tmp_path / "b.tp", 2)
+    train("binary", tmp_path / "b.tp", 2, range=(-0.5, 0.5))  # fine for the untrained head only
     d = tp.diagnose(tmp_path / "b.tp")
     (f,) = [f for f in d.findings if f.kind == "out_of_range" and f.layer == d.layers[-1]]
     assert f.severity == "problem" and "grew past" in f.message and "range=(" in f.message
     assert f.evidence["share_first_step"] == 0 and f.evidence["share_last"] > 0.2
     assert f.evidence["observed_max"] > f.evidence["range_hi"]
     assert d.has("separation")  # rank-based: still measured with most outputs outside the range
+
+
+def test_default_automatic_range_keeps_the_demo_logits_in_range(tmp_path):
+    from twinpeaks.demo import train
+
+    train("binary", tmp_path / "b.tp", 3)
+    d = tp.diagnose(tmp_path / "b.tp")
+    assert not [f for f in d.findings if f.kind == "out_of_range" and f.layer == d.layers[-1]]
+    h = tp.open_run(tmp_path / "b.tp").histogram(-1, "valid", epoch=-1)
+    assert h.underflow + h.overflow == 0
 
 
 # -- small real models for the other verdicts ------------------------------------------------------------
