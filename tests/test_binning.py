@@ -51,6 +51,30 @@ def test_matches_numpy_random(kernel, dtype, data, lo, width, bins):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=1, max_size=300),
+    lo=st.floats(-100, 100),
+    width=st.floats(1e-2, 100),
+    bins=st.integers(1, 257),
+)
+def test_hot_path_finite_counts_and_stats_match_numpy(kernel, data, lo, width, bins):
+    b = bounds_for(lo, lo + width, bins, kernel)
+    x = torch.tensor(data, dtype=torch.float32)
+    want = oracle(x, b.edges.double().numpy())
+    got = binning.bin_finite(x, b).numpy()
+    np.testing.assert_array_equal(got, want[:-1])  # NaN and +-inf left to "binned minus counted"
+    assert x.numel() - got.sum() == want[-1]
+    add, peak = (t.double().numpy() for t in binning.stats_parts(x))
+    v = x.double().numpy()
+    assert add[2] == np.count_nonzero(v)
+    if np.isfinite(v).all():
+        np.testing.assert_array_equal(peak, [-v.min(), v.max()])
+    if (np.abs(v) < 1e15).all():  # float32 sums of squares overflow past ~1e19
+        np.testing.assert_allclose(add[:2], [v.sum(), (v * v).sum()], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("lo,hi,bins", [(-1, 1, 100), (-0.3, 0.7, 37), (0, 1e-3, 10), (-10, 10, 200), (2, 3, 1)])
 def test_values_on_edges_and_neighbours(kernel, dtype, lo, hi, bins):

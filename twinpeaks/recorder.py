@@ -40,9 +40,9 @@ from .runfile import RunWriter
 log = logging.getLogger("twinpeaks")
 
 #: Outputs with at most this many elements per call are always binned exactly.
-EXACT_BELOW = 1 << 16
+EXACT_BELOW = 1 << 14
 #: With ``sample="auto"``, larger outputs are binned on a strided sample of about this many elements.
-AUTO_SAMPLE = 1 << 16
+AUTO_SAMPLE = 1 << 12
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
 
@@ -76,15 +76,23 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class _PhaseData:
-    """Device buffers (one row per step of the current window) and host stores of one record in one phase."""
+    """Device buffers (one row per step of the current window) and host stores of one record in one phase.
+
+    On the device: ``counts`` (float64, exact to 2**53) of the ``B + 3`` slots,
+    where the hot path adds only finite values and the nonfinite slot is
+    recovered at :meth:`take` as binned minus counted; ``sums`` (sum, sum of
+    squares, non-zeros) and ``peaks`` (-min, max), combined by max. On the host:
+    ``binned``/``seen`` element counts per row, and the sampling plan per shape.
+    """
 
     def __init__(self, rows: int, slots: int, device: torch.device, max_columns: int, extra: dict[str, int]):
-        self.counts = torch.zeros(rows, slots, dtype=torch.int64, device=device)
-        self.stats = torch.zeros(rows, 5, dtype=torch.float64, device=device)
-        self.stats[:, 3] = math.inf
-        self.stats[:, 4] = -math.inf
+        self.counts = torch.zeros(rows, slots, dtype=torch.float64, device=device)
+        self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow
+        self.sums = torch.zeros(rows, 3, dtype=torch.float64, device=device)
+        self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
         self.binned = np.zeros(rows, np.int64)
         self.seen = np.zeros(rows, np.int64)
+        self.plans: dict[torch.Size, tuple[int, int]] = {}
         self.store = ColumnStore(max_columns, (slots,))
         self.epoch = ColumnStore(256, (slots,))
         self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
@@ -92,16 +100,21 @@ class _PhaseData:
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Move the first ``n`` rows to the host (the flush's only sync) and reset them."""
-        # .cpu() is a no-op on CPU and .numpy() shares memory: copy before resetting
-        counts = self.counts[:n].cpu().numpy().copy()
-        dev = self.stats[:n].cpu().numpy().copy()
+        # .cpu() is a no-op on CPU and .numpy() shares memory: copy (astype) before resetting
+        counts = self.counts[:n].cpu().numpy().astype(np.int64)
+        sums = self.sums[:n].cpu().numpy().copy()
+        peaks = self.peaks[:n].cpu().numpy().copy()
+        binned = self.binned[:n].copy()
+        counts[:, -1] += binned - counts.sum(axis=1)  # NaN and +-inf: binned but not counted
         stats = empty_stats(n)
-        stats[:, 0], stats[:, 1], stats[:, 2:] = self.binned[:n], self.seen[:n], dev
+        stats[:, 0], stats[:, 1] = binned, self.seen[:n]
+        stats[:, 2:4] = sums[:, :2]
+        stats[:, 4] = binned - sums[:, 2]
+        stats[:, 5], stats[:, 6] = -peaks[:, 0], peaks[:, 1]
         extra = {k: v[:n].cpu().numpy().copy() for k, v in self.extra.items()}
         self.counts[:n] = 0
-        self.stats[:n, :3] = 0
-        self.stats[:n, 3] = math.inf
-        self.stats[:n, 4] = -math.inf
+        self.sums[:n] = 0
+        self.peaks[:n] = -math.inf
         self.binned[:n] = 0
         self.seen[:n] = 0
         for v in self.extra.values():
@@ -409,37 +422,46 @@ class ActivationsHistogram:
         if rec.out_shape is None:
             rec.out_shape = list(t.shape)
             rec.dirty = True
-        flat = t.detach().reshape(-1)
-        stride = self._stride(n)
-        k = n
-        if stride > 1:
-            offset = self._rng.randrange(stride)
-            flat = flat[offset::stride]
-            k = len(range(offset, n, stride))
-        v = flat.float() if flat.dtype != torch.float32 else flat
-        if rec.bounds is None:
-            rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
-                          else binning.auto_bounds(v, self.bins, self.margin))
         pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
         if pd is None:
             pd = self._phase_data(rec, t)
+        plan = pd.plans.get(t.shape)
+        if plan is None:
+            plan = pd.plans[t.shape] = self._stride(n, t.shape)
+        stride, k = plan
+        flat = t.detach()
+        flat = flat.view(-1) if flat.is_contiguous() else flat.reshape(-1)
+        if stride > 1:  # k elements, stride apart, from a random offset: unbiased over steps
+            flat = flat.as_strided((k,), (stride,), flat.storage_offset() + self._rng.randrange(stride))
+        # one contiguous float32 copy of a sample: the five passes below then read it from cache
+        v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
+        if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
+            rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
+                          else binning.auto_bounds(t.detach(), self.bins, self.margin))
         row = self._row
-        pd.counts[row] += binning.bin_values(v, rec.bounds)
-        st = binning.value_stats(v)
-        buf = pd.stats[row]
-        buf[:3] += st[:3]
-        buf[3:] = torch.stack([torch.minimum(buf[3], st[3]), torch.maximum(buf[4], st[4])])
+        pd.finite[row].add_(binning.bin_finite(v, rec.bounds))
+        add, peak = binning.stats_parts(v)
+        pd.sums[row].add_(add)
+        torch.maximum(pd.peaks[row], peak, out=pd.peaks[row])
         pd.binned[row] += k
         pd.seen[row] += n
         if rec.last and (rec.classes or "truth" in pd.extra):
             self._bin_last(rec, pd, t)
 
-    def _stride(self, n: int) -> int:
-        if self.sample == "auto":
-            return 1 if n <= EXACT_BELOW else -(-n // AUTO_SAMPLE)
-        if self.sample >= 1 or n <= EXACT_BELOW:
-            return 1
-        return max(1, round(1 / self.sample))
+    def _stride(self, n: int, shape: torch.Size) -> tuple[int, int]:
+        """Sampling plan for an output of ``n`` elements: ``(stride, elements binned)``.
+
+        The stride is made coprime with the size of one batch item, so that the
+        samples of a step walk through every position of a feature map instead
+        of hitting the same pixel of every channel.
+        """
+        if n <= EXACT_BELOW or self.sample == 1 or self.sample == 1.0:
+            return 1, n
+        stride = -(-n // AUTO_SAMPLE) if self.sample == "auto" else max(1, round(1 / self.sample))
+        item = math.prod(shape[1:]) if len(shape) > 1 else 1
+        while stride > 1 and math.gcd(stride, item) != 1:
+            stride += 1
+        return stride, n // stride
 
     def _phase_data(self, rec: _Record, t: torch.Tensor) -> _PhaseData:
         extra: dict[str, int] = {}
