@@ -220,6 +220,7 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, round
         step()
     vs, skipped = variants(model, x, y)
     times: dict[str, list[float]] = {k: [] for k in vs}
+    cpu: dict[str, list[float]] = {k: [] for k in vs}
     for r in range(rounds):
         order = list(vs.items())
         order = order[r % len(order):] + order[:r % len(order)]  # rotate: no variant always first
@@ -227,18 +228,18 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, round
             var.attach()
             step()  # one untimed step after switching
             var.after_step()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for _ in range(steps):
                 step()
                 var.after_step()
+            cpu[key].append((time.thread_time() - c0) / steps)
             times[key].append((time.perf_counter() - t0) / steps)
             var.detach()
-    base = statistics.median(times["none"])
+    base, cpu_base = statistics.median(times["none"]), statistics.median(cpu["none"])
     rows = {}
     for key, ts in times.items():
-        med = statistics.median(ts)
-        rows[key] = {"median_ms": med * 1e3, "ratio": med / base,
-                     "iqr_ms": (statistics.quantiles(ts, n=4)[2] - statistics.quantiles(ts, n=4)[0]) * 1e3}
+        med, cmed = statistics.median(ts), statistics.median(cpu[key])
+        rows[key] = {"cpu_ms": cmed * 1e3, "cpu_ratio": cmed / cpu_base, "wall_ms": med * 1e3, "wall_ratio": med / base}
     for key, why in skipped.items():
         rows[key] = {"skipped": why}
     n_act = activations_per_step(model, x)
@@ -360,13 +361,16 @@ def machine() -> dict[str, Any]:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = [f"{'workload':<12} {'variant':<30} {'median ms':>10} {'ratio':>7}"]
+    """Markdown table: median step CPU time (this thread) and wall time, and their ratios to no telemetry."""
+    lines = ["| workload | variant | CPU ms/step | CPU ratio | wall ms/step | wall ratio |",
+             "|---|---|---:|---:|---:|---:|"]
     for r in results:
         for key, row in r["variants"].items():
             if "skipped" in row:
-                lines.append(f"{r['workload']:<12} {key:<30} {'skipped: ' + row['skipped'][:60]}")
+                lines.append(f"| {r['workload']} | {key} | skipped: {row['skipped'][:80]} | | | |")
             else:
-                lines.append(f"{r['workload']:<12} {key:<30} {row['median_ms']:>10.1f} {row['ratio']:>7.3f}")
+                lines.append(f"| {r['workload']} | {key} | {row['cpu_ms']:.1f} | {row['cpu_ratio']:.3f} "
+                             f"| {row['wall_ms']:.1f} | {row['wall_ratio']:.3f} |")
     return "\n".join(lines)
 
 

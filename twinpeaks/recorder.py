@@ -17,12 +17,14 @@ Design constraints (the hot path is every forward of every hooked layer):
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import math
 import os
 import random
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
@@ -41,8 +43,10 @@ log = logging.getLogger("twinpeaks")
 
 #: Outputs with at most this many elements per call are always binned exactly.
 EXACT_BELOW = 1 << 14
-#: With ``sample="auto"``, larger outputs are binned on a strided sample of about this many elements.
+#: With ``sample="auto"``, larger outputs are binned on a sample of about this many elements.
 AUTO_SAMPLE = 1 << 12
+#: Sampled elements come in contiguous blocks of this many.
+SAMPLE_BLOCK = 16
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
 
@@ -92,7 +96,7 @@ class _PhaseData:
         self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
         self.binned = np.zeros(rows, np.int64)
         self.seen = np.zeros(rows, np.int64)
-        self.plans: dict[torch.Size, tuple[int, int]] = {}
+        self.plans: dict[tuple, tuple[int, int, bool]] = {}  # (shape, strides) -> (stride, binned, dense)
         self.store = ColumnStore(max_columns, (slots,))
         self.epoch = ColumnStore(256, (slots,))
         self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
@@ -120,6 +124,18 @@ class _PhaseData:
         for v in self.extra.values():
             v[:n] = 0
         return counts, stats, extra
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill a block of its storage exactly once (any dimension order)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 class _Record:
@@ -156,9 +172,10 @@ class ActivationsHistogram:
         range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
             widened by ``margin`` x its span, then frozen.
         per_class: for the last layer, also one histogram per output column.
-        sample: ``"auto"`` (outputs up to 65,536 elements binned exactly, larger ones
-            on a strided sample of about that many elements with a random offset
-            per step), or a fraction in (0, 1]; 1.0 = every element, exact.
+        sample: ``"auto"`` (outputs up to 16,384 elements per call binned exactly,
+            larger ones on a sample of 4,096: evenly spaced 16-element blocks
+            with a random offset per step), or a fraction in (0, 1]; 1.0 = every
+            element, exact.
         classes: class names, stored in the run for the charts.
         margin: widening of automatic ranges, as a multiple of the first batch's span.
         flush_every: steps kept on the device before rows move to the host.
@@ -366,6 +383,9 @@ class ActivationsHistogram:
 
     # -- the hot path ---------------------------------------------------------------------
     def _begin_step(self, module: nn.Module, args: Any) -> None:
+        if torch.compiler.is_compiling():  # traced: the bookkeeping runs at run time inside an opaque op
+            torch.ops.twinpeaks.begin_step(self._token, id(self))
+            return
         phase = self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
         self._start_step(phase)
 
@@ -381,28 +401,37 @@ class ActivationsHistogram:
         self._phase, self._row = phase, row
 
     def _make_hook(self, module_index: int) -> Callable[..., None]:
+        _LIVE[id(self)] = self
+        if getattr(self, "_token", None) is None:
+            self._token = torch.zeros(1)
+
         def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if torch.compiler.is_compiling():  # traced: one opaque op, no graph break (see _observe_op)
+                pairs = list(flatten(out))
+                if pairs:
+                    torch.ops.twinpeaks.observe([t.detach() for _, t in pairs], self._token, id(self),
+                                                module_index, repr(tuple(p for p, _ in pairs)))
+                return
             try:
                 with torch.no_grad():
-                    self._observe(module_index, out)
+                    self._observe(module_index, flatten(out), type(out).__name__)
             except Exception as exc:  # never crash the user's training
                 self._warn_once(self._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
         return hook
 
-    def _observe(self, module_index: int, out: Any) -> None:
+    def _observe(self, module_index: int, pairs: Any, kind: str) -> None:
         if self._phase is None:  # a layer called outside a forward of the model
             self._start_step(self._explicit[-1] if self._explicit else "train" if self.root.training else "valid")
         recs = self._by_module[module_index]
         found = False
-        for path, t in flatten(out):
+        for path, t in pairs:
             found = True
             rec = recs.get(path)
             if rec is None:
                 rec = self._add_subrecord(module_index, path)
             self._bin(rec, t)
         if not found:
-            self._warn_once(self._selected[module_index][0],
-                            f"returned {type(out).__name__}, which holds no tensor: nothing to bin")
+            self._warn_once(self._selected[module_index][0], f"returned {kind}, which holds no tensor: nothing to bin")
 
     def _add_subrecord(self, module_index: int, path: tuple) -> _Record:
         recs = self._by_module[module_index]
@@ -425,14 +454,24 @@ class ActivationsHistogram:
         pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
         if pd is None:
             pd = self._phase_data(rec, t)
-        plan = pd.plans.get(t.shape)
+        key = (t.shape, t.stride())
+        plan = pd.plans.get(key)
         if plan is None:
-            plan = pd.plans[t.shape] = self._stride(n, t.shape)
-        stride, k = plan
+            plan = pd.plans[key] = (*self._stride(n, t.shape), _dense(t))
+        stride, blocks, dense = plan
+        # a dense layout (contiguous, or permuted like a transposed attention output) is read
+        # in storage order without a copy: a histogram does not care about element order
         flat = t.detach()
-        flat = flat.view(-1) if flat.is_contiguous() else flat.reshape(-1)
-        if stride > 1:  # k elements, stride apart, from a random offset: unbiased over steps
-            flat = flat.as_strided((k,), (stride,), flat.storage_offset() + self._rng.randrange(stride))
+        if not dense:
+            flat = flat.reshape(-1)
+        if blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
+            offset = flat.storage_offset() + self._rng.randrange(stride - SAMPLE_BLOCK + 1)
+            flat = flat.as_strided((blocks, SAMPLE_BLOCK), (stride, 1), offset).reshape(-1)
+            k = blocks * SAMPLE_BLOCK
+        else:
+            k = n
+            if dense:
+                flat = flat.as_strided((n,), (1,), flat.storage_offset())
         # one contiguous float32 copy of a sample: the five passes below then read it from cache
         v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
         if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
@@ -448,20 +487,25 @@ class ActivationsHistogram:
         if rec.last and (rec.classes or "truth" in pd.extra):
             self._bin_last(rec, pd, t)
 
-    def _stride(self, n: int, shape: torch.Size) -> tuple[int, int]:
-        """Sampling plan for an output of ``n`` elements: ``(stride, elements binned)``.
+    def _stride(self, n: int, shape: tuple[int, ...]) -> tuple[int, int]:
+        """Sampling plan for an output of ``n`` elements: ``(block stride, blocks)``; ``(1, 0)``: bin all.
 
-        The stride is made coprime with the size of one batch item, so that the
-        samples of a step walk through every position of a feature map instead
-        of hitting the same pixel of every channel.
+        Samples are contiguous blocks (cache lines, not scattered elements: a
+        strided gather of single floats costs a cache miss each). The stride is
+        made coprime with the size of one batch item, so that the blocks of a
+        step walk through every position of a feature map.
         """
-        if n <= EXACT_BELOW or self.sample == 1 or self.sample == 1.0:
-            return 1, n
-        stride = -(-n // AUTO_SAMPLE) if self.sample == "auto" else max(1, round(1 / self.sample))
+        if n <= EXACT_BELOW or self.sample == 1:
+            return 1, 0
+        want = AUTO_SAMPLE if self.sample == "auto" else n * float(self.sample)
+        blocks = max(1, int(want) // SAMPLE_BLOCK)
+        stride = n // blocks
+        if stride < 2 * SAMPLE_BLOCK:
+            return 1, 0
         item = math.prod(shape[1:]) if len(shape) > 1 else 1
-        while stride > 1 and math.gcd(stride, item) != 1:
-            stride += 1
-        return stride, n // stride
+        while math.gcd(stride, item) != 1 and stride > SAMPLE_BLOCK:
+            stride -= 1
+        return stride, blocks
 
     def _phase_data(self, rec: _Record, t: torch.Tensor) -> _PhaseData:
         extra: dict[str, int] = {}
@@ -639,3 +683,44 @@ class ActivationsHistogram:
     def add_listener(self, fn: Callable[[ActivationsHistogram], None]) -> None:
         """Call ``fn(hist)`` after every closed epoch (live charts use this)."""
         self._listeners.append(fn)
+
+
+#: Recorders with hooks, by id, for the compiled-graph op below (weak: a dropped recorder just stops recording).
+_LIVE: weakref.WeakValueDictionary[int, ActivationsHistogram] = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op("twinpeaks::observe", mutates_args=("token",))
+def _observe_op(ts: list[torch.Tensor], token: torch.Tensor, recorder: int, module_index: int, paths: str) -> None:
+    """A hook's work as one opaque operator, so that ``torch.compile`` keeps the graph whole.
+
+    Dynamo traces forward hooks registered before compiling; binning (Python
+    state, ``torch.histogram``) cannot be traced, so the traced hook calls this
+    op, which runs the eager hook body at run time. ``token`` is a declared
+    mutation that keeps the op from being removed as dead code.
+    """
+    hist = _LIVE.get(recorder)
+    if hist is None:
+        return
+    try:
+        with torch.no_grad():
+            hist._observe(module_index, zip(ast.literal_eval(paths), ts), "a tuple")
+    except Exception as exc:  # never crash the user's training
+        hist._warn_once(hist._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
+
+
+@_observe_op.register_fake
+def _observe_fake(ts: list[torch.Tensor], token: torch.Tensor, recorder: int, module_index: int, paths: str) -> None:
+    return None
+
+
+@torch.library.custom_op("twinpeaks::begin_step", mutates_args=("token",))
+def _begin_step_op(token: torch.Tensor, recorder: int) -> None:
+    """The root pre-hook's bookkeeping (phase, step, flush) as an opaque op, for compiled graphs."""
+    hist = _LIVE.get(recorder)
+    if hist is not None:
+        hist._begin_step(hist.root, ())
+
+
+@_begin_step_op.register_fake
+def _begin_step_fake(token: torch.Tensor, recorder: int) -> None:
+    return None
