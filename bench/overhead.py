@@ -21,11 +21,13 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -76,9 +78,9 @@ class Encoder(nn.Module):
         return self.head(self.norm(self.enc(self.emb(x))).mean(1))
 
 
-def workloads(quick: bool) -> dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+def workloads(quick: bool, scale: int = 1) -> dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]]:
     g = torch.Generator().manual_seed(0)
-    b = 32 if quick else 128
+    b = (32 if quick else 128) * scale
     out = {
         "cnn": (cnn(16), torch.randn(b, 1, 28, 28, generator=g), torch.randint(0, 10, (b,), generator=g)),
         "mlp": (mlp(), torch.randn(8 * b, 64, generator=g), torch.randint(0, 10, (8 * b,), generator=g)),
@@ -88,13 +90,16 @@ def workloads(quick: bool) -> dict[str, tuple[nn.Module, torch.Tensor, torch.Ten
     return out
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str = "none") -> Callable[[], None]:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x), y)
+        loss.backward()
         opt.step()
 
     return step
@@ -181,7 +186,7 @@ class FastaiStats:
         from fastai.learner import Learner
 
         ds = list(zip(x[:8], y[:8]))
-        dls = DataLoaders.from_dsets(ds, ds, bs=4, device=torch.device("cpu"))
+        dls = DataLoaders.from_dsets(ds, ds, bs=4, device=x.device)
         self.learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=[])
         self.cb = ActivationStats(with_hist=True)
         self.learn.add_cb(self.cb)
@@ -213,8 +218,13 @@ def variants(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[s
     return out, skipped
 
 
-def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, steps: int) -> dict[str, Any]:
-    step = make_step(model, x, y)
+def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, steps: int,
+            amp: str = "none", sync_check: bool = False) -> dict[str, Any]:
+    """Median step time of every variant, interleaved; ``sync_check`` runs twinpeaks' steps under
+    ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host-device synchronisation."""
+    step = make_step(model, x, y, amp)
+    cuda = x.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     model.train()
     for _ in range(3):
         step()
@@ -228,10 +238,19 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, round
             var.attach()
             step()  # one untimed step after switching
             var.after_step()
+            checked = sync_check and key.startswith("twinpeaks")
+            sync()
             t0, c0 = time.perf_counter(), time.thread_time()
-            for _ in range(steps):
-                step()
-                var.after_step()
+            if checked:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                for _ in range(steps):
+                    step()
+                    var.after_step()
+            finally:
+                if checked:
+                    torch.cuda.set_sync_debug_mode("default")
+            sync()
             cpu[key].append((time.thread_time() - c0) / steps)
             times[key].append((time.perf_counter() - t0) / steps)
             var.detach()
@@ -243,7 +262,7 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, round
     for key, why in skipped.items():
         rows[key] = {"skipped": why}
     n_act = activations_per_step(model, x)
-    return {"workload": name, "leaf_modules": len(leaf_modules(model)), "activations_per_step": n_act,
+    return {"workload": name, "device": str(x.device), "amp": amp, "sync_checked": sync_check, "leaf_modules": len(leaf_modules(model)), "activations_per_step": n_act,
             "batch": len(x), "rounds": rounds, "steps_per_round": steps, "variants": rows}
 
 
@@ -267,8 +286,17 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def memory_and_file_in_child(steps: int) -> dict[str, Any]:
+    """:func:`memory_and_file` in a fresh process, so that earlier workloads do not set the peak."""
+    code = f"import json, overhead; print(json.dumps(overhead.memory_and_file({steps})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def memory_and_file(steps: int) -> dict[str, Any]:
     """Peak RSS growth over ``steps`` recorded steps of a small-batch MLP, and the run file's size."""
+    torch.set_num_threads(1)
     model = mlp(hidden=64, depth=4)
     x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
     step = make_step(model, x, y)
@@ -281,13 +309,13 @@ def memory_and_file(steps: int) -> dict[str, Any]:
                 step()
                 if (i + 1) % 1000 == 0:
                     hist.end_epoch()
-                if i + 1 in (1000, steps // 2, steps):
+                if i + 1 in (100, 1000, steps // 2, steps):
                     gc.collect()
                     marks[i + 1] = rss_mb()
         size = path.stat().st_size
-    first = marks[1000]
     return {"steps": steps, "layers": len(leaf_modules(model)), "peak_rss_mb": marks,
-            "rss_growth_after_1000_steps_mb": marks[steps] - first, "run_file_mb": size / 2**20}
+            "rss_growth_100_to_end_mb": marks[steps] - marks[100],
+            "rss_growth_1000_to_end_mb": marks[steps] - marks[1000], "run_file_mb": size / 2**20}
 
 
 def deep_model(layers: int = 60) -> nn.Module:
@@ -356,7 +384,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "gpu": gpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "load_avg": os.getloadavg()}
 
 
@@ -365,11 +394,12 @@ def table(results: list[dict[str, Any]]) -> str:
     lines = ["| workload | variant | CPU ms/step | CPU ratio | wall ms/step | wall ratio |",
              "|---|---|---:|---:|---:|---:|"]
     for r in results:
+        w = r["workload"] + ("" if r["amp"] == "none" else f" {r['amp']}") + ("" if r["device"] == "cpu" else " (gpu)")
         for key, row in r["variants"].items():
             if "skipped" in row:
-                lines.append(f"| {r['workload']} | {key} | skipped: {row['skipped'][:80]} | | | |")
+                lines.append(f"| {w} | {key} | skipped: {row['skipped'][:80]} | | | |")
             else:
-                lines.append(f"| {r['workload']} | {key} | {row['cpu_ms']:.1f} | {row['cpu_ratio']:.3f} "
+                lines.append(f"| {w} | {key} | {row['cpu_ms']:.1f} | {row['cpu_ratio']:.3f} "
                              f"| {row['wall_ms']:.1f} | {row['wall_ratio']:.3f} |")
     return "\n".join(lines)
 
@@ -382,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-extras", action="store_true", help="only the overhead table")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine, 2-thread steps wait on a descheduled thread)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--scale", type=int, default=1, help="batch multiplier (fill a GPU)")
+    ap.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none", help="autocast dtype")
+    ap.add_argument("--sync-check", action="store_true",
+                    help='run twinpeaks steps under torch.cuda.set_sync_debug_mode("error")')
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
     rounds = args.rounds or (3 if args.quick else 12)
@@ -389,16 +424,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     results = []
-    for name, (model, x, y) in workloads(args.quick).items():
+    dev = torch.device(args.device)
+    for name, (model, x, y) in workloads(args.quick, args.scale).items():
         if args.only and name not in args.only:
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        results.append(measure(name, model, x, y, rounds, steps))
+        model, x, y = model.to(dev), x.to(dev), y.to(dev)
+        results.append(measure(name, model, x, y, rounds, steps, args.amp, args.sync_check))
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "overhead": results}
     print(table(results))
     if not args.skip_extras:
         print("memory and run file ...", file=sys.stderr, flush=True)
-        report["memory"] = memory_and_file(2_000 if args.quick else 20_000)
+        report["memory"] = memory_and_file_in_child(2_000 if args.quick else 20_000)
         report["flush"] = flush_time(3 if args.quick else 10, 100)
         report["render"] = render_time(1_000 if args.quick else 10_000)
         for key in ("memory", "flush", "render"):
