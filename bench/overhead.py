@@ -135,9 +135,9 @@ class Hooks:
     def after_step(self) -> None: ...
 
 
-def floor_variant(model: nn.Module) -> Hooks:
+def floor_variant(model: nn.Module, device: torch.device) -> Hooks:
     """One read of every activation (a sum into a running total): the least an exact method pays."""
-    acc = torch.zeros((), dtype=torch.float64)
+    acc = torch.zeros((), dtype=torch.float64, device=device)
     return Hooks(model, lambda out: acc.add_(out.sum()))
 
 
@@ -205,7 +205,7 @@ class FastaiStats:
 def variants(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, Any], dict[str, str]]:
     out: dict[str, Any] = {
         "none": NoTelemetry(),
-        "floor (one read)": floor_variant(model),
+        "floor (one read)": floor_variant(model, x.device),
         "twinpeaks default": Twinpeaks(model),
         "twinpeaks exact": Twinpeaks(model, sample=1.0),
         "original (host copy + histc)": original_variant(model),
@@ -220,7 +220,8 @@ def variants(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[s
 
 def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, steps: int,
             amp: str = "none", sync_check: bool = False) -> dict[str, Any]:
-    """Median step time of every variant, interleaved; ``sync_check`` runs twinpeaks' steps under
+    """Median step time of every variant, interleaved; ``sync_check`` runs the steps of every variant but
+    the original and fastai (which copy to the host by design) under
     ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host-device synchronisation."""
     step = make_step(model, x, y, amp)
     cuda = x.device.type == "cuda"
@@ -238,7 +239,8 @@ def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, round
             var.attach()
             step()  # one untimed step after switching
             var.after_step()
-            checked = sync_check and key.startswith("twinpeaks")
+            # the baseline and the floor are checked too: a sync there is the model's, not twinpeaks'
+            checked = sync_check and not key.startswith(("original", "fastai"))
             sync()
             t0, c0 = time.perf_counter(), time.thread_time()
             if checked:
@@ -283,6 +285,13 @@ def activations_per_step(model: nn.Module, x: torch.Tensor) -> int:
 
 # -- the other figures --------------------------------------------------------------------
 def rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux VmHWM: unlike ru_maxrss, not inherited over exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
