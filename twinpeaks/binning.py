@@ -222,7 +222,8 @@ def stats_parts(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         [[-1.0, 5.0, 2.0], [2.0, 1.0]]
     """
     mn, mx = torch.aminmax(values)
-    add = torch.stack([values.sum(), torch.dot(values, values), torch.count_nonzero(values).to(values.dtype)])
+    # float64 sum: the stack promotes to it, so the non-zero count stays exact past 2**24 elements
+    add = torch.stack([values.sum(dtype=torch.float64), torch.dot(values, values), torch.count_nonzero(values)])
     return add, torch.stack([-mn, mx])
 
 

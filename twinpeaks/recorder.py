@@ -481,7 +481,8 @@ class ActivationsHistogram:
         pd.finite[row].add_(binning.bin_finite(v, rec.bounds))
         add, peak = binning.stats_parts(v)
         pd.sums[row].add_(add)
-        torch.maximum(pd.peaks[row], peak, out=pd.peaks[row])
+        peaks = pd.peaks[row]
+        torch.maximum(peaks, peak, out=peaks)
         pd.binned[row] += k
         pd.seen[row] += n
         if rec.last and (rec.classes or "truth" in pd.extra):
