@@ -19,9 +19,12 @@ $(DEMO_STAMP): pyproject.toml | $(PY)
 	$(PIP) -e '.[demo]' $(TORCH)
 	touch $@
 
+# fastai pulls torchvision; PyPI's build does not load beside the CPU torch ("torchvision::nms does not
+# exist") and breaks `import lightning` (torchmetrics imports it when installed): remove it.
 $(TEST_STAMP): pyproject.toml | $(PY)
 	$(PIP) $(TORCH)
 	$(PIP) -e '.[test]' $(TORCH)
+	$(PY) -m pip uninstall -q -y torchvision
 	touch $@ $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)

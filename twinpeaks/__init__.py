@@ -22,7 +22,17 @@ from .recorder import ActivationsHistogram, TwinpeaksWarning
 from .run import Columns, Histogram, LayerInfo, Run, open_run
 
 # name -> module that defines it; imported on first use
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "diagnose": ".diagnosis",
+    "Diagnosis": ".diagnosis",
+    "Finding": ".diagnosis",
+    "plot_colorful_dimension": ".charts",
+    "plot_twin_peaks": ".charts",
+    "plot_twin_peaks_history": ".charts",
+    "report": ".web.build",
+    "export_tensorboard": ".export",
+    "export_wandb": ".export",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,12 @@ from .errors import TwinpeaksError
 #: command name -> module under twinpeaks.commands
 COMMANDS = {
     "demo": "demo",
+    "diagnose": "diagnose",
     "info": "info",
+    "plot": "plot",
+    "report": "report",
+    "serve": "serve",
+    "export": "export",
 }
 
 

@@ -161,3 +161,60 @@ def _evaluate(model: nn.Module, hist: ActivationsHistogram, x_all: torch.Tensor,
 
 def print_progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+#: Recording options of ``twinpeaks demo``. The automatic range is frozen from each layer's
+#: first batch (span widened by 1.0 span on each side); an untrained head's outputs are tiny
+#: (binary: -0.45..0.66) while trained logits reach about +-4 (binary, 8 epochs), +-9
+#: (multiclass) and +-2 (regression), so with automatic ranges 60-100% of the last layer's
+#: values end up out of range and the Twin Peaks fall outside the chart. One explicit range
+#: per task, wide enough for the trained logits and every hidden layer, with 0.1-wide bins.
+DEMO_RECORDING: dict[str, dict] = {
+    "binary": {"range": (-8.0, 8.0), "bins": 160},
+    "multiclass": {"range": (-12.0, 12.0), "bins": 240},
+    "regression": {"range": (-4.0, 4.0), "bins": 160},
+}
+
+#: What to look for in each demo chart, by task.
+LOOK_AT = {
+    "colorful": "every layer over training: colour = log(1 + count) per step, blue lines = epochs, "
+                "white = mean +-1 std, curves = each epoch's histogram; red strips = values outside the range",
+    "twinpeaks": {
+        "binary": "the last layer's outputs split into a NO peak (left) and a YES peak (right); "
+                  "valid (solid) should sit on train (dashed)",
+        "multiclass": "one curve per digit: each class's logits form a big NO peak and a small YES hump",
+        "regression": "one output, no twin peaks: the shape of the predictions, train vs valid",
+    },
+    "truth": "YES (true class) vs NO (other classes): the grey overlap is where the mistakes are",
+    "history": "YES vs NO for every epoch: the peaks separate as the model learns; train drifting away from "
+               "valid means overfitting",
+    "history-regression": "the same chart for every epoch: valid should keep the shape of train",
+}
+
+
+def write_charts(run_path: str | Path, out: str | Path, task: str) -> list[tuple[Path, str]]:
+    """Draw the demo's charts of a run into ``out``; return ``(png path, what to look at)`` pairs.
+
+    Example:
+        >>> write_charts("twinpeaks-demo/binary.tp", "twinpeaks-demo", "binary")  # doctest: +SKIP
+    """
+    from .charts import plot_colorful_dimension, plot_twin_peaks, plot_twin_peaks_history
+    from .run import open_run
+
+    out = Path(out)
+    written = []
+    with open_run(run_path) as run:
+        charts = [
+            ("colorful", lambda: plot_colorful_dimension(run, show_layer_info=True), LOOK_AT["colorful"]),
+            ("twinpeaks", lambda: plot_twin_peaks(run, per_class=task == "multiclass"),
+             LOOK_AT["twinpeaks"][task]),  # type: ignore[index]
+        ]
+        if task != "regression":
+            charts.append(("truth", lambda: plot_twin_peaks(run, by_truth=True), LOOK_AT["truth"]))
+        charts.append(("history", lambda: plot_twin_peaks_history(run, by_truth=task != "regression"),
+                       LOOK_AT["history-regression" if task == "regression" else "history"]))
+        for name, draw, what in charts:
+            path = out / f"{task}-{name}.png"
+            draw().savefig(path)  # type: ignore[attr-defined]
+            written.append((path, what))
+    return written

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import binning
+from . import binning, distributed
 from ._version import __version__
 from .columns import ColumnStore, combine_stats, empty_stats
 from .outputs import flatten, path_name
@@ -181,6 +181,10 @@ class ActivationsHistogram:
         flush_every: steps kept on the device before rows move to the host.
         max_columns: per-step columns kept per layer and phase before merging pairwise.
         seed: seed of the sampling offsets.
+        live: redraw the Twin Peaks chart at every ``end_epoch`` (Jupyter: in one
+            output cell; elsewhere: ``<path>.live.png``). See :mod:`twinpeaks.live`.
+        output: also record the model's own output, passed through this function
+            (e.g. ``lambda out: out.logits``), as the last layer, named ``"output"``.
 
     Example:
         >>> hist = tp.ActivationsHistogram(model, path="runs/exp1.tp")  # doctest: +SKIP
@@ -189,6 +193,9 @@ class ActivationsHistogram:
         ...         train_one_epoch(model); evaluate(model)
         ...         hist.end_epoch()
     """
+
+    #: set by attach() when torch.distributed runs more than one rank (see twinpeaks.distributed)
+    _sync: distributed.DistSync | None = None
 
     def __init__(
         self,
@@ -205,6 +212,8 @@ class ActivationsHistogram:
         flush_every: int = 256,
         max_columns: int = 1000,
         seed: int = 0,
+        live: bool = False,
+        output: Callable[[Any], Any] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -237,12 +246,18 @@ class ActivationsHistogram:
         self.flush_every = flush_every
         self.max_columns = max_columns
         self._rng = random.Random(seed)
+        if output is not None and not callable(output):
+            raise TypeError(f"output must be a function of the model's output or None, got {output!r}")
+        self._output = output
         self._selected = self._select(modules)
+        if output is not None:
+            self._selected.append(("output", self.root))
         self._handles: list[Any] = []
         self._writer: RunWriter | None = None
         self._records: list[_Record] = []
         self._by_module: list[dict[tuple, _Record]] = []
         self._explicit: list[str] = []
+        self._manual_steps = False
         self._phase: str | None = None
         self._row = 0
         self._rows = flush_every
@@ -256,6 +271,10 @@ class ActivationsHistogram:
         self._pending: list[tuple[_Record, str, int, torch.Tensor]] = []
         self._listeners: list[Callable[[ActivationsHistogram], None]] = []
         self._run: Run | None = None
+        if live:
+            from .live import LiveChart
+
+            self.add_listener(LiveChart())
 
     # -- selection -----------------------------------------------------------
     def _select(self, modules: Sequence[str | int] | None) -> list[tuple[str, nn.Module]]:
@@ -288,7 +307,8 @@ class ActivationsHistogram:
         if self._handles:
             return self
         if self._writer is None:
-            self._writer = RunWriter(self.path, self._meta())
+            self._sync = distributed.setup(self)
+            self._writer = self._sync.open_writer(self) if self._sync else RunWriter(self.path, self._meta())
             for i, (name, mod) in enumerate(self._selected):
                 rec = _Record(len(self._records), i, 0, name, type(mod).__name__, i == len(self._selected) - 1)
                 self._records.append(rec)
@@ -311,8 +331,7 @@ class ActivationsHistogram:
         self.detach()
         if self._writer is None:
             return
-        if any(self._step.get(p, 0) > self._epoch_first.get(p, 0) for p in self._step):
-            self._close_epoch(final=True)
+        self.flush()
         if self.path is not None:
             if self._run is not None:
                 self._run.close()
@@ -382,12 +401,40 @@ class ActivationsHistogram:
             self._targets = y
 
     # -- the hot path ---------------------------------------------------------------------
+    def begin_step(self, phase: str | None = None) -> None:
+        """Start a step now, in ``phase`` (None: the usual phase rule). For framework adapters.
+
+        After the first call, forwards of the model no longer start steps: the
+        framework's batch events do, so a batch whose step calls submodules
+        directly, or the model twice, is still one step.
+        """
+        self._manual_steps = True
+        self._start_step(phase or self._current_phase())
+
+    def flush(self) -> None:
+        """Commit the steps recorded since the last ``end_epoch()``, as :meth:`close` does, keeping the file open.
+
+        Under torch.distributed every rank must call it, like ``end_epoch()``.
+        Evaluation-only steps (a test pass after training) join the last closed
+        epoch; steps that include training close a new epoch. For framework adapters.
+        """
+        if self._writer is None:
+            return
+        need = any(self._step.get(p, 0) > self._epoch_first.get(p, 0) for p in self._step)
+        if self._sync is not None:
+            self._sync.close(self, need)  # every rank or none closes the epoch; logs instead of raising
+        elif need:
+            self._close_epoch(final=True)
+
+    def _current_phase(self) -> str:
+        return self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
+
     def _begin_step(self, module: nn.Module, args: Any) -> None:
         if torch.compiler.is_compiling():  # traced: the bookkeeping runs at run time inside an opaque op
             torch.ops.twinpeaks.begin_step(self._token, id(self))
             return
-        phase = self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
-        self._start_step(phase)
+        if not self._manual_steps:
+            self._start_step(self._current_phase())
 
     def _start_step(self, phase: str) -> None:
         self._pending = []
@@ -404,16 +451,19 @@ class ActivationsHistogram:
         _LIVE[id(self)] = self
         if getattr(self, "_token", None) is None:
             self._token = torch.zeros(1)
+        pick = self._output if self._output is not None and module_index == len(self._selected) - 1 else None
 
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             if torch.compiler.is_compiling():  # traced: one opaque op, no graph break (see _observe_op)
-                pairs = list(flatten(out))
+                pairs = list(flatten(pick(out) if pick is not None else out))
                 if pairs:
                     torch.ops.twinpeaks.observe([t.detach() for _, t in pairs], self._token, id(self),
                                                 module_index, repr(tuple(p for p, _ in pairs)))
                 return
             try:
                 with torch.no_grad():
+                    if pick is not None:
+                        out = pick(out)
                     self._observe(module_index, flatten(out), type(out).__name__)
             except Exception as exc:  # never crash the user's training
                 self._warn_once(self._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
@@ -421,7 +471,7 @@ class ActivationsHistogram:
 
     def _observe(self, module_index: int, pairs: Any, kind: str) -> None:
         if self._phase is None:  # a layer called outside a forward of the model
-            self._start_step(self._explicit[-1] if self._explicit else "train" if self.root.training else "valid")
+            self._start_step(self._current_phase())
         recs = self._by_module[module_index]
         found = False
         for path, t in pairs:
@@ -476,6 +526,7 @@ class ActivationsHistogram:
         v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
         if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
             rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
+                          else self._sync.auto_bounds(t.detach(), self.bins, self.margin, rec.id) if self._sync
                           else binning.auto_bounds(t.detach(), self.bins, self.margin))
         row = self._row
         pd.finite[row].add_(binning.bin_finite(v, rec.bounds))
@@ -561,17 +612,30 @@ class ActivationsHistogram:
         warnings.warn(msg, TwinpeaksWarning, stacklevel=3)
 
     # -- flushing --------------------------------------------------------------------------
-    def _flush_window(self) -> None:
-        """Move all rows of the current window to the host stores and commit the new columns."""
+    def _flush_window(self, epoch_end: bool = False) -> None:
+        """Move all rows of the current window to the host stores and commit the new columns.
+
+        Distributed: mid-epoch, rows only move to this rank's host; at the epoch's
+        end every rank's rows are summed (see :mod:`twinpeaks.distributed`).
+        """
+        if self._sync is not None and not epoch_end:
+            self._sync.hold(self)
+            return
+        reduced = self._sync.reduce(self) if self._sync is not None else None
         w = self._writer
         assert w is not None
         for rec in self._records:
             for phase, pd in rec.phases.items():
-                n = self._step[phase] - self._window_start[phase]
-                if n <= 0:
-                    continue
-                counts, stats, extra = pd.take(n)
-                start = self._window_start[phase]
+                if reduced is not None:
+                    if (rec.id, phase) not in reduced:
+                        continue
+                    start, counts, stats, extra = reduced[rec.id, phase]
+                else:
+                    n = self._step[phase] - self._window_start[phase]
+                    if n <= 0:
+                        continue
+                    counts, stats, extra = pd.take(n)
+                    start = self._window_start[phase]
                 pd.store.append(start, counts, stats)
                 pd.epoch.append(start, counts, stats)
                 for k, arr in extra.items():
@@ -612,7 +676,7 @@ class ActivationsHistogram:
         self._close_epoch(final=False)
 
     def _close_epoch(self, final: bool) -> None:
-        self._flush_window()
+        self._flush_window(epoch_end=True)
         w = self._writer
         assert w is not None
         phases = [p for p in self._step if self._step[p] > self._epoch_first[p]]
@@ -634,14 +698,16 @@ class ActivationsHistogram:
             self._epoch_first[phase] = end
         if merge:
             old = self.run.epoch_info(epoch).steps
-            steps = {**{p: list(v) for p, v in old.items()}, **steps}
+            # a phase already in that epoch (valid, then another evaluate()) keeps its first step
+            steps = {**{p: list(v) for p, v in old.items()},
+                     **{p: [old[p][0], *v[1:]] if p in old else v for p, v in steps.items()}}
         w.put_epoch(epoch, steps)
         w.commit()
         if not merge:
             self.epoch += 1
         if self._run is not None:
             self._run.refresh()
-        for listener in self._listeners:
+        for listener in self._listeners if self._sync is None or self._sync.writes else []:  # charts: rank 0 only
             try:
                 listener(self)
             except Exception as exc:  # a chart must never stop training

@@ -17,10 +17,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import print_progress, train
+    import torch
 
     if args.epochs < 1:
         raise ValueError(f"--epochs must be at least 1, got {args.epochs}")
+
+    # The demo's models are tiny: extra intra-op threads only add contention (measured: the
+    # multiclass demo trained in 120 s with the default threads on a loaded 2-core machine,
+    # in 22 s with one). Restored afterwards: cli.main may run inside a larger process.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _demo(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ..demo import DEMO_RECORDING, print_progress, train, write_charts
+    from ..live import live_path
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.task}.tp"
@@ -30,7 +46,21 @@ def run(args: argparse.Namespace) -> int:
             Path(str(path) + suffix).unlink(missing_ok=True)
     t0 = time.perf_counter()
     print(f"training a {args.task} model for {args.epochs} epochs, recording every layer ...")
-    train(args.task, path, args.epochs, progress=print_progress)
+    print(f"live chart (redrawn every epoch, open it in an image viewer): {live_path(path)}")
+    done = [0]
+
+    def progress(msg: str) -> None:  # one line per epoch, with a bar
+        done[0] += 1
+        k = min(done[0], args.epochs)
+        print_progress(f"[{'#' * k}{'.' * (args.epochs - k)}] {msg}" if msg.startswith("epoch") else msg)
+
+    train(args.task, path, args.epochs, progress=progress, live=True, **DEMO_RECORDING[args.task])
+    print(f"trained in {time.perf_counter() - t0:.1f} s; drawing charts ...")
+    charts = write_charts(path, out, args.task)
+    print(f"\nrun file: {path}   (what it holds: twinpeaks info {path})")
+    print("charts, and what to look at:")
+    for png, what in charts:
+        print(f"  {png}\n      {what}")
+    print(f"more: twinpeaks plot {path} --chart twinpeaks --epoch 0   (any epoch, layer or phase; see --help)")
     print(f"done in {time.perf_counter() - t0:.1f} s")
-    print(f"run file: {path}   (inspect it with: twinpeaks info {path})")
     return 0

@@ -1,0 +1,34 @@
+"""Shared by the example scripts: a fresh run path and the charts (when this twinpeaks has them)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import twinpeaks as tp
+
+
+def fresh_run(name: str) -> Path:
+    """``runs/<name>.tp``, removed first if an earlier run of the example left it (twinpeaks never overwrites)."""
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else f"runs/{name}.tp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return path
+
+
+def report(adapter, path: Path) -> None:
+    """Print what the run holds and save the three charts next to it."""
+    run = adapter.run
+    print(f"{path}: {run.epochs} epochs, phases {run.phases}, {run.n_steps('train')} train steps, "
+          f"{len(run.layers)} layers, last layer {run.layers[-1].name!r}")
+    if not hasattr(tp, "plot_twin_peaks"):
+        print("(this twinpeaks has no charts module: charts skipped)")
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for name in ("plot_colorful_dimension", "plot_twin_peaks", "plot_twin_peaks_history"):
+        out = path.with_name(f"{path.stem}-{name[5:].replace('_', '-')}.png")
+        getattr(adapter, name)().savefig(out)
+        print(f"wrote {out}")
