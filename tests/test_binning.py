@@ -48,6 +48,24 @@ def test_matches_numpy_random(kernel, dtype, data, lo, width, bins):
     assert got.dtype == np.int64
     np.testing.assert_array_equal(got, oracle(x, edges))
     assert got.sum() == x.numel()
+    check_hot_path(x, b)
+
+
+
+def check_hot_path(x, b):
+    """The recorder's hot path: finite counts (NaN and +-inf are "binned minus counted") and stats parts."""
+    x = x.float()
+    want = oracle(x, b.edges.double().numpy())
+    got = binning.bin_finite(x, b).numpy()
+    np.testing.assert_array_equal(got, want[:-1])  # NaN and +-inf left to "binned minus counted"
+    assert x.numel() - got.sum() == want[-1]
+    add, peak = (t.double().numpy() for t in binning.stats_parts(x))
+    v = x.double().numpy()
+    assert add[2] == np.count_nonzero(v)
+    if np.isfinite(v).all():
+        np.testing.assert_array_equal(peak, [-v.min(), v.max()])
+    if (np.abs(v) < 1e15).all():  # float32 sums of squares overflow past ~1e19
+        np.testing.assert_allclose(add[:2], [v.sum(), (v * v).sum()], rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -60,6 +78,7 @@ def test_values_on_edges_and_neighbours(kernel, dtype, lo, hi, bins):
     down = torch.nextafter(e, torch.full_like(e, -math.inf))
     x = torch.cat([e, up, down, torch.tensor([math.nan, math.inf, -math.inf, 1e30, -1e30])]).to(dtype)
     np.testing.assert_array_equal(binning.bin_values(x, b).numpy(), oracle(x, b.edges.double().numpy()))
+    check_hot_path(x, b)
 
 
 def test_float32_edges_are_the_linspace():

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import twinpeaks as tp
+from twinpeaks.recorder import AUTO_SAMPLE, EXACT_BELOW
 from helpers import Capture, assert_hist_equals
 
 
@@ -265,8 +266,21 @@ def test_sampling_keeps_small_outputs_exact_and_reports_seen(tmp_run):
         hist.end_epoch()
     run = tp.open_run(tmp_run)
     conv = run.histogram("0", "valid", epoch=0)
-    assert conv.seen == 3 * 4 * 64 * 32 * 32 and 3 * 60_000 < conv.total < conv.seen
+    assert conv.seen == 3 * 4 * 64 * 32 * 32 and 3 * AUTO_SAMPLE // 2 < conv.total <= 3 * AUTO_SAMPLE
     assert_hist_equals(run.histogram(-1, "valid", epoch=0), cap.all("train"))  # last layer exact
+
+
+def test_a_large_last_layer_is_still_binned_exactly(tmp_run):
+    """Twin Peaks and the diagnosis read the last layer: sample="auto" never samples it, whatever its size."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5000))  # 8 x 5000 = 40k > EXACT_BELOW
+    cap = Capture(model[2])
+    with tp.ActivationsHistogram(model, tmp_run) as hist:
+        for _ in range(2):
+            model(torch.randn(8, 8))
+        hist.end_epoch()
+    h = tp.open_run(tmp_run).histogram(-1, epoch=0)
+    assert h.seen == h.total == 2 * 8 * 5000 > 2 * EXACT_BELOW
+    assert_hist_equals(h, cap.all("train"))
 
 
 def test_memory_stays_bounded_over_many_steps(tmp_run):

@@ -17,12 +17,14 @@ Design constraints (the hot path is every forward of every hooked layer):
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import math
 import os
 import random
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
@@ -40,9 +42,11 @@ from .runfile import RunWriter
 log = logging.getLogger("twinpeaks")
 
 #: Outputs with at most this many elements per call are always binned exactly.
-EXACT_BELOW = 1 << 16
-#: With ``sample="auto"``, larger outputs are binned on a strided sample of about this many elements.
-AUTO_SAMPLE = 1 << 16
+EXACT_BELOW = 1 << 14
+#: With ``sample="auto"``, larger outputs are binned on a sample of about this many elements.
+AUTO_SAMPLE = 1 << 12
+#: Sampled elements come in contiguous blocks of this many.
+SAMPLE_BLOCK = 16
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
 
@@ -76,15 +80,23 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 class _PhaseData:
-    """Device buffers (one row per step of the current window) and host stores of one record in one phase."""
+    """Device buffers (one row per step of the current window) and host stores of one record in one phase.
+
+    On the device: ``counts`` (float64, exact to 2**53) of the ``B + 3`` slots,
+    where the hot path adds only finite values and the nonfinite slot is
+    recovered at :meth:`take` as binned minus counted; ``sums`` (sum, sum of
+    squares, non-zeros) and ``peaks`` (-min, max), combined by max. On the host:
+    ``binned``/``seen`` element counts per row, and the sampling plan per shape.
+    """
 
     def __init__(self, rows: int, slots: int, device: torch.device, max_columns: int, extra: dict[str, int]):
-        self.counts = torch.zeros(rows, slots, dtype=torch.int64, device=device)
-        self.stats = torch.zeros(rows, 5, dtype=torch.float64, device=device)
-        self.stats[:, 3] = math.inf
-        self.stats[:, 4] = -math.inf
+        self.counts = torch.zeros(rows, slots, dtype=torch.float64, device=device)
+        self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow
+        self.sums = torch.zeros(rows, 3, dtype=torch.float64, device=device)
+        self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
         self.binned = np.zeros(rows, np.int64)
         self.seen = np.zeros(rows, np.int64)
+        self.plans: dict[tuple, tuple[int, int, bool]] = {}  # (shape, strides) -> (stride, binned, dense)
         self.store = ColumnStore(max_columns, (slots,))
         self.epoch = ColumnStore(256, (slots,))
         self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
@@ -92,21 +104,38 @@ class _PhaseData:
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Move the first ``n`` rows to the host (the flush's only sync) and reset them."""
-        # .cpu() is a no-op on CPU and .numpy() shares memory: copy before resetting
-        counts = self.counts[:n].cpu().numpy().copy()
-        dev = self.stats[:n].cpu().numpy().copy()
+        # .cpu() is a no-op on CPU and .numpy() shares memory: copy (astype) before resetting
+        counts = self.counts[:n].cpu().numpy().astype(np.int64)
+        sums = self.sums[:n].cpu().numpy().copy()
+        peaks = self.peaks[:n].cpu().numpy().copy()
+        binned = self.binned[:n].copy()
+        counts[:, -1] += binned - counts.sum(axis=1)  # NaN and +-inf: binned but not counted
         stats = empty_stats(n)
-        stats[:, 0], stats[:, 1], stats[:, 2:] = self.binned[:n], self.seen[:n], dev
+        stats[:, 0], stats[:, 1] = binned, self.seen[:n]
+        stats[:, 2:4] = sums[:, :2]
+        stats[:, 4] = binned - sums[:, 2]
+        stats[:, 5], stats[:, 6] = -peaks[:, 0], peaks[:, 1]
         extra = {k: v[:n].cpu().numpy().copy() for k, v in self.extra.items()}
         self.counts[:n] = 0
-        self.stats[:n, :3] = 0
-        self.stats[:n, 3] = math.inf
-        self.stats[:n, 4] = -math.inf
+        self.sums[:n] = 0
+        self.peaks[:n] = -math.inf
         self.binned[:n] = 0
         self.seen[:n] = 0
         for v in self.extra.values():
             v[:n] = 0
         return counts, stats, extra
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill a block of its storage exactly once (any dimension order)."""
+    expected = 1
+    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
+        if size == 1:
+            continue
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 class _Record:
@@ -145,9 +174,10 @@ class ActivationsHistogram:
             ``+-max(10, 4 x max|x|)`` (or ``[0, 1]`` for probabilities), since logits grow
             as a model learns (see :func:`twinpeaks.binning.auto_bounds`).
         per_class: for the last layer, also one histogram per output column.
-        sample: ``"auto"`` (outputs up to 65,536 elements binned exactly, larger ones
-            on a strided sample of about that many elements with a random offset
-            per step), or a fraction in (0, 1]; 1.0 = every element, exact.
+        sample: ``"auto"`` (the last layer and outputs up to 16,384 elements per call
+            binned exactly, larger ones on a sample of 4,096: evenly spaced 16-element
+            blocks with a random offset per step), or a fraction in (0, 1]; 1.0 = every
+            element, exact.
         classes: class names, stored in the run for the charts.
         margin: widening of automatic ranges, as a multiple of the first batch's span.
         flush_every: steps kept on the device before rows move to the host.
@@ -402,6 +432,9 @@ class ActivationsHistogram:
         return self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
 
     def _begin_step(self, module: nn.Module, args: Any) -> None:
+        if torch.compiler.is_compiling():  # traced: the bookkeeping runs at run time inside an opaque op
+            torch.ops.twinpeaks.begin_step(self._token, id(self))
+            return
         if not self._manual_steps:
             self._start_step(self._current_phase())
 
@@ -417,32 +450,40 @@ class ActivationsHistogram:
         self._phase, self._row = phase, row
 
     def _make_hook(self, module_index: int) -> Callable[..., None]:
+        _LIVE[id(self)] = self
+        if getattr(self, "_token", None) is None:
+            self._token = torch.zeros(1)
         pick = self._output if self._output is not None and module_index == len(self._selected) - 1 else None
 
         def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if torch.compiler.is_compiling():  # traced: one opaque op, no graph break (see _observe_op)
+                pairs = list(flatten(pick(out) if pick is not None else out))
+                if pairs:
+                    torch.ops.twinpeaks.observe([t.detach() for _, t in pairs], self._token, id(self),
+                                                module_index, repr(tuple(p for p, _ in pairs)))
+                return
             try:
                 with torch.no_grad():
                     if pick is not None:
                         out = pick(out)
-                    self._observe(module_index, out)
+                    self._observe(module_index, flatten(out), type(out).__name__)
             except Exception as exc:  # never crash the user's training
                 self._warn_once(self._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
         return hook
 
-    def _observe(self, module_index: int, out: Any) -> None:
+    def _observe(self, module_index: int, pairs: Any, kind: str) -> None:
         if self._phase is None:  # a layer called outside a forward of the model
             self._start_step(self._current_phase())
         recs = self._by_module[module_index]
         found = False
-        for path, t in flatten(out):
+        for path, t in pairs:
             found = True
             rec = recs.get(path)
             if rec is None:
                 rec = self._add_subrecord(module_index, path)
             self._bin(rec, t)
         if not found:
-            self._warn_once(self._selected[module_index][0],
-                            f"returned {type(out).__name__}, which holds no tensor: nothing to bin")
+            self._warn_once(self._selected[module_index][0], f"returned {kind}, which holds no tensor: nothing to bin")
 
     def _add_subrecord(self, module_index: int, path: tuple) -> _Record:
         recs = self._by_module[module_index]
@@ -462,38 +503,63 @@ class ActivationsHistogram:
         if rec.out_shape is None:
             rec.out_shape = list(t.shape)
             rec.dirty = True
-        flat = t.detach().reshape(-1)
-        stride = self._stride(n)
-        k = n
-        if stride > 1:
-            offset = self._rng.randrange(stride)
-            flat = flat[offset::stride]
-            k = len(range(offset, n, stride))
-        v = flat.float() if flat.dtype != torch.float32 else flat
-        if rec.bounds is None:
-            rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
-                          else self._sync.auto_bounds(v, self.bins, self.margin, rec.id, output=rec.last)
-                          if self._sync else binning.auto_bounds(v, self.bins, self.margin, output=rec.last))
         pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
         if pd is None:
             pd = self._phase_data(rec, t)
+        key = (t.shape, t.stride())
+        plan = pd.plans.get(key)
+        if plan is None:
+            plan = pd.plans[key] = (*self._stride(n, t.shape, rec.last), _dense(t))
+        stride, blocks, dense = plan
+        # a dense layout (contiguous, or permuted like a transposed attention output) is read
+        # in storage order without a copy: a histogram does not care about element order
+        flat = t.detach()
+        if not dense:
+            flat = flat.reshape(-1)
+        if blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
+            offset = flat.storage_offset() + self._rng.randrange(stride - SAMPLE_BLOCK + 1)
+            flat = flat.as_strided((blocks, SAMPLE_BLOCK), (stride, 1), offset).reshape(-1)
+            k = blocks * SAMPLE_BLOCK
+        else:
+            k = n
+            if dense:
+                flat = flat.as_strided((n,), (1,), flat.storage_offset())
+        # one contiguous float32 copy of a sample: the five passes below then read it from cache
+        v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
+        if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
+            rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
+                          else self._sync.auto_bounds(t.detach(), self.bins, self.margin, rec.id, output=rec.last)
+                          if self._sync else binning.auto_bounds(t.detach(), self.bins, self.margin, output=rec.last))
         row = self._row
-        pd.counts[row] += binning.bin_values(v, rec.bounds)
-        st = binning.value_stats(v)
-        buf = pd.stats[row]
-        buf[:3] += st[:3]
-        buf[3:] = torch.stack([torch.minimum(buf[3], st[3]), torch.maximum(buf[4], st[4])])
+        pd.finite[row].add_(binning.bin_finite(v, rec.bounds))
+        add, peak = binning.stats_parts(v)
+        pd.sums[row].add_(add)
+        peaks = pd.peaks[row]
+        torch.maximum(peaks, peak, out=peaks)
         pd.binned[row] += k
         pd.seen[row] += n
         if rec.last and (rec.classes or "truth" in pd.extra):
             self._bin_last(rec, pd, t)
 
-    def _stride(self, n: int) -> int:
-        if self.sample == "auto":
-            return 1 if n <= EXACT_BELOW else -(-n // AUTO_SAMPLE)
-        if self.sample >= 1 or n <= EXACT_BELOW:
-            return 1
-        return max(1, round(1 / self.sample))
+    def _stride(self, n: int, shape: tuple[int, ...], last: bool = False) -> tuple[int, int]:
+        """Sampling plan for an output of ``n`` elements: ``(block stride, blocks)``; ``(1, 0)``: bin all.
+
+        Samples are contiguous blocks (cache lines, not scattered elements: a
+        strided gather of single floats costs a cache miss each). The stride is
+        made coprime with the size of one batch item, so that the blocks of a
+        step walk through every position of a feature map.
+        """
+        if n <= EXACT_BELOW or self.sample == 1 or (last and self.sample == "auto"):
+            return 1, 0  # small outputs, and the last layer that Twin Peaks and the diagnosis read: exact
+        want = AUTO_SAMPLE if self.sample == "auto" else n * float(self.sample)
+        blocks = max(1, int(want) // SAMPLE_BLOCK)
+        stride = n // blocks
+        if stride < 2 * SAMPLE_BLOCK:
+            return 1, 0
+        item = math.prod(shape[1:]) if len(shape) > 1 else 1
+        while math.gcd(stride, item) != 1 and stride > SAMPLE_BLOCK:
+            stride -= 1
+        return stride, blocks
 
     def _phase_data(self, rec: _Record, t: torch.Tensor) -> _PhaseData:
         extra: dict[str, int] = {}
@@ -686,3 +752,44 @@ class ActivationsHistogram:
     def add_listener(self, fn: Callable[[ActivationsHistogram], None]) -> None:
         """Call ``fn(hist)`` after every closed epoch (live charts use this)."""
         self._listeners.append(fn)
+
+
+#: Recorders with hooks, by id, for the compiled-graph op below (weak: a dropped recorder just stops recording).
+_LIVE: weakref.WeakValueDictionary[int, ActivationsHistogram] = weakref.WeakValueDictionary()
+
+
+@torch.library.custom_op("twinpeaks::observe", mutates_args=("token",))
+def _observe_op(ts: list[torch.Tensor], token: torch.Tensor, recorder: int, module_index: int, paths: str) -> None:
+    """A hook's work as one opaque operator, so that ``torch.compile`` keeps the graph whole.
+
+    Dynamo traces forward hooks registered before compiling; binning (Python
+    state, ``torch.histogram``) cannot be traced, so the traced hook calls this
+    op, which runs the eager hook body at run time. ``token`` is a declared
+    mutation that keeps the op from being removed as dead code.
+    """
+    hist = _LIVE.get(recorder)
+    if hist is None:
+        return
+    try:
+        with torch.no_grad():
+            hist._observe(module_index, zip(ast.literal_eval(paths), ts), "a tuple")
+    except Exception as exc:  # never crash the user's training
+        hist._warn_once(hist._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
+
+
+@_observe_op.register_fake
+def _observe_fake(ts: list[torch.Tensor], token: torch.Tensor, recorder: int, module_index: int, paths: str) -> None:
+    return None
+
+
+@torch.library.custom_op("twinpeaks::begin_step", mutates_args=("token",))
+def _begin_step_op(token: torch.Tensor, recorder: int) -> None:
+    """The root pre-hook's bookkeeping (phase, step, flush) as an opaque op, for compiled graphs."""
+    hist = _LIVE.get(recorder)
+    if hist is not None:
+        hist._begin_step(hist.root, ())
+
+
+@_begin_step_op.register_fake
+def _begin_step_fake(token: torch.Tensor, recorder: int) -> None:
+    return None

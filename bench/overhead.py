@@ -1,0 +1,460 @@
+"""Overhead of recording activation histograms, against no telemetry and other approaches.
+
+Run ``python bench/overhead.py`` (``make bench``); ``--quick`` for a smoke run.
+
+Every workload is a real training step (forward, loss, backward, optimizer step)
+on fixed synthetic data. The variants of one workload are measured in the same
+process, interleaved (A B C ... A B C ...), each round timing a few steps of
+each; the table reports the median step time over rounds and its ratio to no
+telemetry. Besides the table (printed, and written as JSON under
+``bench/results/``), it measures the peak RSS growth over 20,000 recorded MLP
+steps, the run-file size, the ``end_epoch`` flush of 60 layers x 100 bins and
+the rendering of a 60-layer colorful grid of a 10,000-step run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import twinpeaks as tp
+from twinpeaks.recorder import leaf_modules
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# -- workloads --------------------------------------------------------------------------
+def cnn(width: int = 32) -> nn.Module:
+    """7 conv/BN/ReLU blocks, two max-pools, adaptive pool, linear head (24 leaf modules)."""
+    chans = [1, width, width, width, 2 * width, 2 * width, 2 * width, 2 * width]
+    layers: list[nn.Module] = []
+    for i in range(7):
+        layers += [nn.Conv2d(chans[i], chans[i + 1], 3, padding=1, bias=False), nn.BatchNorm2d(chans[i + 1]), nn.ReLU()]
+        if i in (1, 3):
+            layers.append(nn.MaxPool2d(2))
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(chans[-1], 10)]
+    return nn.Sequential(*layers)
+
+
+def mlp(features: int = 64, hidden: int = 512, depth: int = 4, classes: int = 10) -> nn.Module:
+    """A tabular MLP: Linear/BatchNorm/ReLU(inplace) blocks, like fastai's tabular model."""
+    layers: list[nn.Module] = []
+    width = features
+    for _ in range(depth):
+        layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers.append(nn.Linear(width, classes))
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """A small transformer encoder classifier over token ids."""
+
+    def __init__(self, vocab: int = 1000, d: int = 128, heads: int = 4, layers: int = 2, classes: int = 2):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.enc = nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(d, heads, dim_feedforward=2 * d, batch_first=True), layers,
+            enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.enc(self.emb(x))).mean(1))
+
+
+def workloads(quick: bool, scale: int = 1) -> dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(0)
+    b = (32 if quick else 128) * scale
+    out = {
+        "cnn": (cnn(16), torch.randn(b, 1, 28, 28, generator=g), torch.randint(0, 10, (b,), generator=g)),
+        "mlp": (mlp(), torch.randn(8 * b, 64, generator=g), torch.randint(0, 10, (8 * b,), generator=g)),
+        "transformer": (Encoder(), torch.randint(0, 1000, (b // 16, 128), generator=g),
+                        torch.randint(0, 2, (b // 16,), generator=g)),
+    }
+    return out
+
+
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str = "none") -> Callable[[], None]:
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss()
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+# -- variants: each an object with attach() / detach() / after_step() ----------------------
+class NoTelemetry:
+    def attach(self) -> None: ...
+    def detach(self) -> None: ...
+    def after_step(self) -> None: ...
+
+
+class Hooks:
+    """Forward hooks on every leaf module, running ``fn(output)``."""
+
+    def __init__(self, model: nn.Module, fn: Callable[[torch.Tensor], None]):
+        self.mods = [m for _, m in leaf_modules(model)]
+        self.fn = fn
+        self.handles: list[Any] = []
+
+    def _hook(self, module: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            with torch.no_grad():
+                self.fn(out)
+
+    def attach(self) -> None:
+        self.handles = [m.register_forward_hook(self._hook) for m in self.mods]
+
+    def detach(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    def after_step(self) -> None: ...
+
+
+def floor_variant(model: nn.Module, device: torch.device) -> Hooks:
+    """One read of every activation (a sum into a running total): the least an exact method pays."""
+    acc = torch.zeros((), dtype=torch.float64, device=device)
+    return Hooks(model, lambda out: acc.add_(out.sum()))
+
+
+def original_variant(model: nn.Module) -> Hooks:
+    """colorfuldim's approach: clone every output to the host, ``histc`` it there, every batch.
+
+    The original also ``torch.cat``-s the growing history each batch (quadratic);
+    this keeps the histograms in a list, so it is a lower bound on its cost.
+    """
+    kept: list[torch.Tensor] = []
+
+    def fn(out: torch.Tensor) -> None:
+        kept.append(torch.histc(out.clone().detach().cpu().float(), 100, -1, 1))
+        if len(kept) > 10_000:
+            kept.clear()
+
+    return Hooks(model, fn)
+
+
+class Twinpeaks:
+    def __init__(self, model: nn.Module, **kwargs: Any):
+        self.hist = tp.ActivationsHistogram(model, None, **kwargs)
+        self.hist.attach()
+        self.hist.detach()
+
+    def attach(self) -> None:
+        self.hist.attach()
+
+    def detach(self) -> None:
+        self.hist.detach()
+
+    def after_step(self) -> None: ...
+
+
+class FastaiStats:
+    """fastai's ``ActivationStats(with_hist=True)`` on a tiny ``Learner`` wrapping the same model.
+
+    Its hooks are registered by its own ``before_fit`` and its per-batch storage
+    runs in ``after_batch``, as in ``Learner.fit``; only fastai's training loop
+    is replaced by the benchmark's step.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        from fastai.callback.hook import ActivationStats
+        from fastai.data.core import DataLoaders
+        from fastai.learner import Learner
+
+        ds = list(zip(x[:8], y[:8]))
+        dls = DataLoaders.from_dsets(ds, ds, bs=4, device=x.device)
+        self.learn = Learner(dls, model, loss_func=nn.CrossEntropyLoss(), cbs=[])
+        self.cb = ActivationStats(with_hist=True)
+        self.learn.add_cb(self.cb)
+        self.learn.training = True
+
+    def attach(self) -> None:
+        self.cb.before_fit()
+
+    def detach(self) -> None:
+        self.cb.after_fit()
+
+    def after_step(self) -> None:
+        self.cb.after_batch()
+
+
+def variants(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, Any], dict[str, str]]:
+    out: dict[str, Any] = {
+        "none": NoTelemetry(),
+        "floor (one read)": floor_variant(model, x.device),
+        "twinpeaks default": Twinpeaks(model),
+        "twinpeaks exact": Twinpeaks(model, sample=1.0),
+        "original (host copy + histc)": original_variant(model),
+    }
+    skipped = {}
+    try:
+        out["fastai ActivationStats(hist)"] = FastaiStats(model, x, y)
+    except Exception as exc:  # fastai missing or incompatible: say so in the table
+        skipped["fastai ActivationStats(hist)"] = f"{type(exc).__name__}: {exc}"
+    return out, skipped
+
+
+def measure(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, rounds: int, steps: int,
+            amp: str = "none", sync_check: bool = False) -> dict[str, Any]:
+    """Median step time of every variant, interleaved; ``sync_check`` runs the steps of every variant but
+    the original and fastai (which copy to the host by design) under
+    ``torch.cuda.set_sync_debug_mode("error")``, which raises on any host-device synchronisation."""
+    step = make_step(model, x, y, amp)
+    cuda = x.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    model.train()
+    for _ in range(3):
+        step()
+    vs, skipped = variants(model, x, y)
+    times: dict[str, list[float]] = {k: [] for k in vs}
+    cpu: dict[str, list[float]] = {k: [] for k in vs}
+    for r in range(rounds):
+        order = list(vs.items())
+        order = order[r % len(order):] + order[:r % len(order)]  # rotate: no variant always first
+        for key, var in order:
+            var.attach()
+            step()  # one untimed step after switching
+            var.after_step()
+            # the baseline and the floor are checked too: a sync there is the model's, not twinpeaks'
+            checked = sync_check and not key.startswith(("original", "fastai"))
+            sync()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            if checked:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                for _ in range(steps):
+                    step()
+                    var.after_step()
+            finally:
+                if checked:
+                    torch.cuda.set_sync_debug_mode("default")
+            sync()
+            cpu[key].append((time.thread_time() - c0) / steps)
+            times[key].append((time.perf_counter() - t0) / steps)
+            var.detach()
+    base, cpu_base = statistics.median(times["none"]), statistics.median(cpu["none"])
+    rows = {}
+    for key, ts in times.items():
+        med, cmed = statistics.median(ts), statistics.median(cpu[key])
+        rows[key] = {"cpu_ms": cmed * 1e3, "cpu_ratio": cmed / cpu_base, "wall_ms": med * 1e3, "wall_ratio": med / base}
+    for key, why in skipped.items():
+        rows[key] = {"skipped": why}
+    n_act = activations_per_step(model, x)
+    return {"workload": name, "device": str(x.device), "amp": amp, "sync_checked": sync_check, "leaf_modules": len(leaf_modules(model)), "activations_per_step": n_act,
+            "batch": len(x), "rounds": rounds, "steps_per_round": steps, "variants": rows}
+
+
+def activations_per_step(model: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def fn(out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel()
+
+    h = Hooks(model, fn)
+    h.attach()
+    with torch.no_grad():
+        model(x)
+    h.detach()
+    return total
+
+
+# -- the other figures --------------------------------------------------------------------
+def rss_mb() -> float:
+    """Peak resident memory of this process in MiB (Linux VmHWM: unlike ru_maxrss, not inherited over exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def memory_and_file_in_child(steps: int) -> dict[str, Any]:
+    """:func:`memory_and_file` in a fresh process, so that earlier workloads do not set the peak."""
+    code = f"import json, overhead; print(json.dumps(overhead.memory_and_file({steps})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def memory_and_file(steps: int) -> dict[str, Any]:
+    """Peak RSS growth over ``steps`` recorded steps of a small-batch MLP, and the run file's size."""
+    torch.set_num_threads(1)
+    model = mlp(hidden=64, depth=4)
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    step = make_step(model, x, y)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mem.tp"
+        hist = tp.ActivationsHistogram(model, path)
+        marks = {}
+        with hist:
+            for i in range(steps):
+                step()
+                if (i + 1) % 1000 == 0:
+                    hist.end_epoch()
+                if i + 1 in (100, 1000, steps // 2, steps):
+                    gc.collect()
+                    marks[i + 1] = rss_mb()
+        size = path.stat().st_size
+    return {"steps": steps, "layers": len(leaf_modules(model)), "peak_rss_mb": marks,
+            "rss_growth_100_to_end_mb": marks[steps] - marks[100],
+            "rss_growth_1000_to_end_mb": marks[steps] - marks[1000], "run_file_mb": size / 2**20}
+
+
+def deep_model(layers: int = 60) -> nn.Module:
+    mods: list[nn.Module] = []
+    for _ in range(layers // 2):
+        mods += [nn.Linear(32, 32), nn.Tanh()]
+    return nn.Sequential(*mods)
+
+
+def flush_time(epochs: int, steps: int) -> dict[str, Any]:
+    """Median ``end_epoch`` time for 60 layers x 100 bins, ``steps`` training steps per epoch."""
+    model = deep_model()
+    x = torch.randn(16, 32)
+    times = []
+    hist = tp.ActivationsHistogram(model, None, bins=100)
+    with tempfile.TemporaryDirectory() as tmp:
+        hist = tp.ActivationsHistogram(model, Path(tmp) / "flush.tp", bins=100)
+        with hist, torch.no_grad():
+            for _ in range(epochs):
+                model.train()
+                for _ in range(steps):
+                    model(x)
+                model.eval()
+                for _ in range(max(1, steps // 5)):
+                    model(x)
+                t0 = time.perf_counter()
+                hist.end_epoch()
+                times.append(time.perf_counter() - t0)
+    return {"layers": len(leaf_modules(model)), "bins": 100, "steps_per_epoch": steps, "epochs": epochs,
+            "median_ms": statistics.median(times) * 1e3, "max_ms": max(times) * 1e3}
+
+
+def render_time(steps: int) -> dict[str, Any]:
+    """Time to render the 60-layer colorful grid of a ``steps``-step run (needs ``twinpeaks.charts``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from twinpeaks import charts  # noqa: F401
+    except ImportError as exc:
+        return {"skipped": f"twinpeaks.charts is not available ({exc}); run again after it is merged"}
+    model = deep_model()
+    x = torch.randn(4, 32)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grid.tp"
+        with tp.ActivationsHistogram(model, path) as hist, torch.no_grad():
+            for i in range(steps):
+                model(x)
+                if (i + 1) % 1000 == 0:
+                    hist.end_epoch()
+        run = tp.open_run(path)
+        t0 = time.perf_counter()
+        fig = tp.plot_colorful_dimension(run)
+        fig.savefig(Path(tmp) / "grid.png")
+        took = time.perf_counter() - t0
+    return {"layers": len(run.layers), "steps": steps, "seconds": took}
+
+
+# -- output -------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "gpu": gpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(), "load_avg": os.getloadavg()}
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """Markdown table: median step CPU time (this thread) and wall time, and their ratios to no telemetry."""
+    lines = ["| workload | variant | CPU ms/step | CPU ratio | wall ms/step | wall ratio |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        w = r["workload"] + ("" if r["amp"] == "none" else f" {r['amp']}") + ("" if r["device"] == "cpu" else " (gpu)")
+        for key, row in r["variants"].items():
+            if "skipped" in row:
+                lines.append(f"| {w} | {key} | skipped: {row['skipped'][:80]} | | | |")
+            else:
+                lines.append(f"| {w} | {key} | {row['cpu_ms']:.1f} | {row['cpu_ratio']:.3f} "
+                             f"| {row['wall_ms']:.1f} | {row['wall_ratio']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small batches, few rounds: a smoke run")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 12, quick 3)")
+    ap.add_argument("--only", nargs="*", default=None, help="workloads to run (cnn mlp transformer)")
+    ap.add_argument("--skip-extras", action="store_true", help="only the overhead table")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared machine, 2-thread steps wait on a descheduled thread)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--scale", type=int, default=1, help="batch multiplier (fill a GPU)")
+    ap.add_argument("--amp", choices=["none", "fp16", "bf16"], default="none", help="autocast dtype")
+    ap.add_argument("--sync-check", action="store_true",
+                    help='run twinpeaks steps under torch.cuda.set_sync_debug_mode("error")')
+    ap.add_argument("--out", type=Path, default=None, help="JSON output path")
+    args = ap.parse_args(argv)
+    rounds = args.rounds or (3 if args.quick else 12)
+    steps = 2 if args.quick else 3
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    results = []
+    dev = torch.device(args.device)
+    for name, (model, x, y) in workloads(args.quick, args.scale).items():
+        if args.only and name not in args.only:
+            continue
+        print(f"measuring {name} ...", file=sys.stderr, flush=True)
+        model, x, y = model.to(dev), x.to(dev), y.to(dev)
+        results.append(measure(name, model, x, y, rounds, steps, args.amp, args.sync_check))
+    report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "overhead": results}
+    print(table(results))
+    if not args.skip_extras:
+        print("memory and run file ...", file=sys.stderr, flush=True)
+        report["memory"] = memory_and_file_in_child(2_000 if args.quick else 20_000)
+        report["flush"] = flush_time(3 if args.quick else 10, 100)
+        report["render"] = render_time(1_000 if args.quick else 10_000)
+        for key in ("memory", "flush", "render"):
+            print(f"{key}: {json.dumps(report[key])}")
+    out = args.out or RESULTS / f"overhead{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
