@@ -31,13 +31,14 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/twinpeaks demo --out twinpeaks-demo
 
 test: $(TEST_STAMP)
+	$(PY) -m ruff check twinpeaks tests bench examples scripts
 	$(PY) -m pytest -q
 
 bench: $(TEST_STAMP)
 	$(PY) bench/overhead.py
 
 lint: $(TEST_STAMP)
-	$(PY) -m ruff check twinpeaks tests bench examples
+	$(PY) -m ruff check twinpeaks tests bench examples scripts
 
 clean:
 	rm -rf $(VENV) twinpeaks-demo .pytest_cache

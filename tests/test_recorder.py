@@ -5,11 +5,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from helpers import Capture, assert_hist_equals
 from torch import nn
 
 import twinpeaks as tp
 from twinpeaks.recorder import AUTO_SAMPLE, EXACT_BELOW
-from helpers import Capture, assert_hist_equals
 
 
 def mlp(inplace=True):
@@ -289,7 +289,7 @@ def test_memory_stays_bounded_over_many_steps(tmp_run):
     x = torch.randn(2, 4)
     with hist, torch.no_grad():
         model.train()
-        for epoch in range(4):
+        for _ in range(4):
             for _ in range(5000):
                 model(x)
             hist.end_epoch()

@@ -1,7 +1,6 @@
 """The run file: crash safety, concurrent reading, versioning, data-only storage."""
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess

@@ -25,8 +25,8 @@ import os
 import random
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
