@@ -345,8 +345,18 @@ def test_lightning_strategy_ddp_on_two_cpu_processes(tmp_path):
     script = Path(__file__).with_name("lightning_ddp_script.py")
     root = str(Path(__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(script), str(path)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=240)
+    for attempt in range(2):
+        path.unlink(missing_ok=True)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        proc = subprocess.run([sys.executable, str(script), str(path)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=240)
+        # Seen once in about 20 runs: SIGABRT ("terminate called without an active exception") at interpreter
+        # exit, after `Trainer.fit` returned and the run was closed; a gloo teardown race outside the recording.
+        # One retry for exactly that; any other failure, or the abort twice, fails the test.
+        exit_abort = proc.returncode == -6 and "terminate called without an active exception" in proc.stderr
+        if not (exit_abort and "`Trainer.fit` stopped" in proc.stderr and attempt == 0):
+            break
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tp.open_run(path)
     assert run.epochs == 2 and run.phases == ["train", "valid"]

@@ -123,6 +123,7 @@ class DistSync:
             self.data = self.ctrl if self.backend == "gloo" else dist.group.WORLD
         else:
             self.ctrl = self.data = group
+        self._own_ctrl = group is None
         self.monitored = str(dist.get_backend(self.ctrl)) == "gloo"
         self.timeout = timeout
         self._held: dict[tuple[int, str], list[_Rows]] = {}
@@ -331,6 +332,22 @@ class DistSync:
             msg = f"the last epoch was not written: {exc}"
             log.error(msg)
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def release(self) -> None:
+        """Destroy the private control group (after the last collective of ``close()``).
+
+        A gloo group left alive past the training framework's own teardown can abort the
+        process at exit ("terminate called without an active exception"); a group the user
+        passed to :func:`configure` is theirs and stays.
+        """
+        if not self._own_ctrl or self.ctrl is None:
+            return
+        group, self.ctrl = self.ctrl, None
+        try:
+            if dist.is_initialized():
+                dist.destroy_process_group(group)
+        except Exception as exc:  # teardown is best effort: never fail the user's close()
+            log.debug("twinpeaks: could not destroy its control group: %r", exc)
 
     # -- control -------------------------------------------------------------------------------
     def _handshake(self, what: str, payload: dict) -> list[dict]:

@@ -334,6 +334,8 @@ class ActivationsHistogram:
         if self._writer is None:
             return
         self.flush()
+        if self._sync is not None:
+            self._sync.release()
         if self.path is not None:
             if self._run is not None:
                 self._run.close()
