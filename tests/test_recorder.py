@@ -326,3 +326,12 @@ def test_ddp_style_and_compile_wrappers_are_unwrapped(tmp_run):
     compiled = torch.compile(model, backend="eager")
     hist = tp.ActivationsHistogram(compiled, tmp_run)
     assert hist.root is model
+
+
+def test_asking_for_a_phase_that_was_not_recorded_says_which_exist(tmp_run):
+    model = mlp()
+    with tp.ActivationsHistogram(model, tmp_run) as hist:
+        model(torch.randn(2, 6))
+        hist.end_epoch()
+    with pytest.raises(ValueError, match=r"phase 'valid' was not recorded; this run has \['train'\]"):
+        tp.open_run(tmp_run).histogram(-1, "valid", epoch=0)

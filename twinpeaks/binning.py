@@ -269,19 +269,3 @@ def _bin_cpu(v: torch.Tensor, bounds: Bounds, nonfinite: bool = True) -> torch.T
     if not nonfinite:
         return row
     return torch.cat([row, (total - row.sum()).view(1)])
-
-
-#: Per-call statistics, in this order, float64: sum, sum of squares, exact zeros, min, max.
-STAT_FIELDS = ("sum", "sumsq", "zeros", "min", "max")
-
-
-def value_stats(values: torch.Tensor) -> torch.Tensor:
-    """``[sum, sum of squares, exact zeros, min, max]`` of ``values`` as float64, on their device.
-
-    Non-finite values propagate into sum/min/max on purpose: an exploding layer
-    should show as such in the telemetry lines.
-    """
-    v = values.reshape(-1).float()
-    mn, mx = torch.aminmax(v)
-    zeros = v.numel() - torch.count_nonzero(v)
-    return torch.stack([v.sum(), torch.dot(v, v), zeros.float(), mn, mx]).double()

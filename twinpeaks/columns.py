@@ -81,6 +81,15 @@ class ColumnStore:
     def __len__(self) -> int:
         return len(self.steps)
 
+    def clear(self) -> None:
+        """Drop every column and start again at one step per column (an epoch store at epoch end)."""
+        self.width = 1
+        self.steps = self.steps[:0]
+        self.counts = self.counts[:0]
+        self.stats = self.stats[:0]
+        self.written = 0
+        self.rewrite = False
+
     def append(self, start: int, counts: np.ndarray, stats: np.ndarray) -> None:
         """Append consecutive per-step rows beginning at step ``start``."""
         n = len(counts)

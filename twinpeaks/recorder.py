@@ -697,8 +697,8 @@ class ActivationsHistogram:
                 if pd is None or not len(pd.epoch):
                     continue
                 self._write_summary(rec, phase, epoch, pd, lq_first, add=merge)
-                pd.epoch = ColumnStore(pd.epoch.cap, pd.epoch.counts.shape[1:])
-                pd.epoch_extra = {k: ColumnStore(s.cap, s.counts.shape[1:]) for k, s in pd.epoch_extra.items()}
+                for store in (pd.epoch, *pd.epoch_extra.values()):
+                    store.clear()
             self._epoch_first[phase] = end
         if merge:
             old = self.run.epoch_info(epoch).steps

@@ -348,17 +348,12 @@ class Run:
                 stats = np.vstack([stats, st])
             summ = self._array(info.id, phase, "summary", e)
             steps += int(summ[1 if last_quarter else 0]) if summ is not None else 0
-        if pick is None and kind in ("counts", "lq_counts") and not steps and epoch is not None:
-            self._check_phase(info, phase, epochs)
+        if pick is None and not steps and epoch is not None and phase not in self.phases:
+            raise ValueError(f"phase {phase!r} was not recorded; this run has {self.phases}")
         stats = combine_stats(stats)
         counts, under, over, nonfinite = slots_to_parts(row)
         seen = int(stats[STATS.index("seen")]) if pick is None else int(row.sum())
         return Histogram(counts.copy(), edges, int(under), int(over), int(nonfinite), steps, seen, stats)
-
-    def _check_phase(self, info: LayerInfo, phase: str, epochs: range | list[int]) -> None:
-        known = self.phases
-        if phase not in known:
-            raise ValueError(f"phase {phase!r} was not recorded; this run has {known}")
 
     def steps(self, layer: int | str, phase: str = "train") -> np.ndarray:
         """Per-step (or per merged column) counts: int64 ``[n_columns, bins]``."""
