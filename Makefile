@@ -8,6 +8,8 @@ TORCH := torch==2.13.0
 SUM := $(shell cksum < pyproject.toml | cut -d' ' -f1)
 DEMO_STAMP := $(VENV)/.stamp-demo-$(SUM)
 TEST_STAMP := $(VENV)/.stamp-test-$(SUM)
+# the C binning kernel, rebuilt in place when its source changes (pip install -e builds it the first time)
+KERNEL := $(VENV)/.stamp-kernel
 
 .PHONY: demo test bench lint clean
 
@@ -27,18 +29,22 @@ $(TEST_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip uninstall -q -y torchvision
 	touch $@ $(DEMO_STAMP)
 
-demo: $(DEMO_STAMP)
+$(KERNEL): twinpeaks/_cbin.c setup.py | $(PY)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+demo: $(DEMO_STAMP) $(KERNEL)
 	$(VENV)/bin/twinpeaks demo --out twinpeaks-demo
 
-test: $(TEST_STAMP)
+test: $(TEST_STAMP) $(KERNEL)
 	$(PY) -m ruff check twinpeaks tests bench examples scripts
 	$(PY) -m pytest -q
 
-bench: $(TEST_STAMP)
+bench: $(TEST_STAMP) $(KERNEL)
 	$(PY) bench/overhead.py
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check twinpeaks tests bench examples scripts
 
 clean:
-	rm -rf $(VENV) twinpeaks-demo .pytest_cache
+	rm -rf $(VENV) twinpeaks-demo .pytest_cache build twinpeaks/_cbin*.so

@@ -22,7 +22,8 @@ def bounds_for(lo, hi, bins, kernel):
 
 def oracle(values: torch.Tensor, edges: np.ndarray) -> np.ndarray:
     """numpy's histogram plus the three extra slots, as twinpeaks lays them out."""
-    v = values.float().numpy().astype(np.float64).ravel()
+    with np.errstate(invalid="ignore"):  # NaN payloads
+        v = values.float().numpy().astype(np.float64).ravel()
     finite = np.isfinite(v)
     counts, _ = np.histogram(v[finite], bins=edges)
     under = int((v[finite] < edges[0]).sum())
@@ -53,7 +54,9 @@ def test_matches_numpy_random(kernel, dtype, data, lo, width, bins):
 
 
 def check_hot_path(x, b):
-    """The recorder's hot path: finite counts (NaN and +-inf are "binned minus counted") and stats parts."""
+    """The recorder's hot paths: the C kernel, and the torch one (finite counts; NaN and +-inf are "binned
+    minus counted") with its stats parts."""
+    check_c_kernel(x, b)
     x = x.float()
     want = oracle(x, b.edges.double().numpy())
     got = binning.bin_finite(x, b).numpy()
@@ -66,6 +69,107 @@ def check_hot_path(x, b):
         np.testing.assert_array_equal(peak, [-v.min(), v.max()])
     if (np.abs(v) < 1e15).all():  # float32 sums of squares overflow past ~1e19
         np.testing.assert_allclose(add[:2], [v.sum(), (v * v).sum()], rtol=1e-4, atol=1e-3)
+
+
+def kernel_rows(b):
+    return (torch.zeros(binning.n_slots(b.bins), dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+            torch.full((2,), -math.inf, dtype=torch.float64))
+
+
+def check_c_kernel(x, b):
+    """The C kernel on ``x`` in its own dtype: slots = numpy, stats = numpy in float64, peaks like torch.aminmax."""
+    counts, sums, peaks = kernel_rows(b)
+    binning.kernel_observe(x, b, counts, sums, peaks)
+    want = oracle(x, b.edges.double().numpy())
+    np.testing.assert_array_equal(counts.numpy(), want)
+    v = x.float().double().numpy().ravel()
+    assert sums[2] == np.count_nonzero(v)
+    if np.isnan(v).any():
+        assert np.isnan(peaks.numpy()).all()
+    else:
+        np.testing.assert_array_equal(peaks.numpy(), [-v.min(), v.max()])
+    with np.errstate(all="ignore"):
+        want_sums = [v.sum(), (v * v).sum()]
+    np.testing.assert_allclose(sums[:2].numpy(), want_sums, rtol=1e-9, atol=1e-9)
+
+
+def test_c_kernel_is_built():
+    """`make test` must exercise the C kernel, not fall back to torch silently."""
+    assert binning._cbin is not None and binning.KERNEL
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, torch.float64], ids=str)
+def test_c_kernel_every_dtype_value(dtype):
+    """Every float16/bfloat16 bit pattern (subnormals, inf, NaN) converts like torch; float64 rounds like .float()."""
+    if dtype in (torch.float16, torch.bfloat16):
+        x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
+    else:
+        x = torch.randn(10_000, dtype=dtype) * 3
+        x[:3] = torch.tensor([math.nan, math.inf, 1e-40])
+    for lo, hi, bins in [(-1, 1, 100), (-70000, 70000, 7), (0, 1e-6, 13)]:
+        check_c_kernel(x, binning.fixed_bounds(lo, hi, bins, torch.device("cpu")))
+
+
+@pytest.mark.parametrize("lo,hi,bins", [(1e6, 1e6 + 1, 100), (-1e-30, 1e-30, 1000), (3.0, 3.0000005, 50)])
+def test_c_kernel_ranges_float32_cannot_scale(lo, hi, bins):
+    """Bins narrower than float32 resolves (repeated edges) still match numpy: the kernel searches the edges."""
+    b = binning.fixed_bounds(lo, hi, bins, torch.device("cpu"))
+    e = b.edges
+    x = torch.cat([e, torch.nextafter(e, torch.full_like(e, math.inf)), torch.nextafter(e, torch.full_like(e, -math.inf)),
+                   torch.linspace(lo, hi, 997)])
+    check_c_kernel(x, b)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lo=st.floats(-1e5, 1e5), width=st.floats(1e-4, 1e5), bins=st.integers(1, 3000), seed=st.integers(0, 2**32 - 1))
+def test_c_kernel_edges_of_any_range(lo, width, bins, seed):
+    """The scaled guess plus one-bin fix (or the edge search) is exact on every edge and its float32 neighbours."""
+    hi = lo + width
+    if not np.float32(lo) < np.float32(hi):
+        return
+    b = binning.fixed_bounds(lo, hi, bins, torch.device("cpu"))
+    e = b.edges
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([e, torch.nextafter(e, torch.full_like(e, math.inf)), torch.nextafter(e, torch.full_like(e, -math.inf)),
+                   lo + torch.rand(1000, generator=g) * width])
+    counts, sums, peaks = kernel_rows(b)
+    binning.kernel_observe(x, b, counts, sums, peaks)
+    np.testing.assert_array_equal(counts.numpy(), oracle(x, b.edges.double().numpy()))
+
+
+def test_c_kernel_reads_only_the_planned_blocks():
+    """Sampling: `blocks` runs of `block` elements, `stride` apart from `offset`; everything else is untouched."""
+    b = binning.fixed_bounds(0, 100, 100, torch.device("cpu"))
+    x = torch.arange(1000, dtype=torch.float32) % 100 + 0.5
+    counts, sums, peaks = kernel_rows(b)
+    binning.kernel_observe(x, b, counts, sums, peaks, stride=100, blocks=10, block=16, offset=7)
+    picked = torch.cat([x[7 + 100 * i: 7 + 100 * i + 16] for i in range(10)])
+    np.testing.assert_array_equal(counts.numpy(), oracle(picked, b.edges.double().numpy()))
+    assert sums.tolist() == [float(picked.double().sum()), float((picked.double() ** 2).sum()), 160.0]
+    with pytest.raises(ValueError, match="sampling plan"):
+        binning.kernel_observe(x, b, counts, sums, peaks, stride=100, blocks=10, block=16, offset=90)
+    with pytest.raises(ValueError, match="contiguous"):
+        binning.kernel_observe(x.view(10, 100)[:, :50], b, counts, sums, peaks)
+    # a dense permutation is read in storage order: same histogram as the contiguous copy
+    y = torch.randn(30, 40)
+    c1, c2 = kernel_rows(b), kernel_rows(b)
+    binning.kernel_observe(y.t(), b, *c1)
+    binning.kernel_observe(y.t().contiguous(), b, *c2)
+    for r1, r2 in zip(c1, c2):
+        np.testing.assert_allclose(r1.numpy(), r2.numpy(), rtol=1e-12)
+
+
+def test_c_kernel_adds_into_rows():
+    """Rows accumulate over calls: counts and sums add up, peaks keep the maximum, a NaN stays."""
+    b = binning.fixed_bounds(-1, 1, 4, torch.device("cpu"))
+    counts, sums, peaks = kernel_rows(b)
+    binning.kernel_observe(torch.tensor([0.5, -0.5]), b, counts, sums, peaks)
+    binning.kernel_observe(torch.tensor([3.0]), b, counts, sums, peaks)
+    assert counts.tolist() == [0, 0, 1, 0, 1, 1, 0] and sums.tolist() == [3.0, 9.5, 3.0]
+    assert peaks.tolist() == [0.5, 3.0]
+    binning.kernel_observe(torch.tensor([math.nan]), b, counts, sums, peaks)
+    binning.kernel_observe(torch.tensor([5.0]), b, counts, sums, peaks)
+    assert math.isnan(peaks[0]) and math.isnan(peaks[1]) and counts[-1] == 1
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -44,9 +44,11 @@ log = logging.getLogger("twinpeaks")
 #: Outputs with at most this many elements per call are always binned exactly.
 EXACT_BELOW = 1 << 14
 #: With ``sample="auto"``, larger outputs are binned on a sample of about this many elements.
-AUTO_SAMPLE = 1 << 12
+AUTO_SAMPLE = 1 << 13
 #: Sampled elements come in contiguous blocks of this many.
 SAMPLE_BLOCK = 16
+_SKIP = ()  # plan of an output that is not binned (empty, complex)
+_cbin_observe = binning._cbin.observe if binning._cbin is not None else None
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
 
@@ -94,13 +96,16 @@ class _PhaseData:
         self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow
         self.sums = torch.zeros(rows, 3, dtype=torch.float64, device=device)
         self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
-        self.binned = np.zeros(rows, np.int64)
-        self.seen = np.zeros(rows, np.int64)
-        self.plans: dict[tuple, tuple[int, int, bool]] = {}  # (shape, strides) -> (stride, binned, dense)
+        self.binned = [0] * rows  # lists: a Python int adds faster than a numpy element
+        self.seen = [0] * rows
+        self.plans: dict[tuple, tuple] = {}  # (shape, strides, dtype) -> ActivationsHistogram._plan()
         self.store = ColumnStore(max_columns, (slots,))
         self.epoch = ColumnStore(256, (slots,))
         self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
         self.epoch_extra = {k: ColumnStore(256, (c, slots)) for k, c in extra.items()}
+        # CPU: each row's addresses in the three buffers, for the C kernel
+        self.addr = [(self.counts[r].data_ptr(), self.sums[r].data_ptr(), self.peaks[r].data_ptr())
+                     for r in range(rows)] if device.type == "cpu" else None
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Move the first ``n`` rows to the host (the flush's only sync) and reset them."""
@@ -108,7 +113,7 @@ class _PhaseData:
         counts = self.counts[:n].cpu().numpy().astype(np.int64)
         sums = self.sums[:n].cpu().numpy().copy()
         peaks = self.peaks[:n].cpu().numpy().copy()
-        binned = self.binned[:n].copy()
+        binned = np.array(self.binned[:n], np.int64)
         counts[:, -1] += binned - counts.sum(axis=1)  # NaN and +-inf: binned but not counted
         stats = empty_stats(n)
         stats[:, 0], stats[:, 1] = binned, self.seen[:n]
@@ -119,23 +124,11 @@ class _PhaseData:
         self.counts[:n] = 0
         self.sums[:n] = 0
         self.peaks[:n] = -math.inf
-        self.binned[:n] = 0
-        self.seen[:n] = 0
+        self.binned[:n] = [0] * n
+        self.seen[:n] = [0] * n
         for v in self.extra.values():
             v[:n] = 0
         return counts, stats, extra
-
-
-def _dense(t: torch.Tensor) -> bool:
-    """Whether ``t``'s elements fill a block of its storage exactly once (any dimension order)."""
-    expected = 1
-    for size, stride in sorted(zip(t.shape, t.stride()), key=lambda d: d[1]):
-        if size == 1:
-            continue
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 class _Record:
@@ -175,7 +168,7 @@ class ActivationsHistogram:
             as a model learns (see :func:`twinpeaks.binning.auto_bounds`).
         per_class: for the last layer, also one histogram per output column.
         sample: ``"auto"`` (the last layer and outputs up to 16,384 elements per call
-            binned exactly, larger ones on a sample of 4,096: evenly spaced 16-element
+            binned exactly, larger ones on a sample of 8,192: evenly spaced 16-element
             blocks with a random offset per step), or a fraction in (0, 1]; 1.0 = every
             element, exact.
         classes: class names, stored in the run for the charts.
@@ -398,8 +391,8 @@ class ActivationsHistogram:
         if self._targets_after is None:
             self._targets_after = bool(self._pending)
         if self._targets_after:
-            for rec, phase, row, slots in self._pending:
-                self._count_truth(rec, phase, row, slots, y)
+            for rec, phase, row, out in self._pending:
+                self._count_truth(rec, phase, row, out, y)
             self._pending = []
         else:
             self._targets = y
@@ -456,6 +449,7 @@ class ActivationsHistogram:
         if getattr(self, "_token", None) is None:
             self._token = torch.zeros(1)
         pick = self._output if self._output is not None and module_index == len(self._selected) - 1 else None
+        main = self._by_module[module_index][()]  # the record of a plain tensor output
 
         def hook(module: nn.Module, args: Any, out: Any) -> None:
             if torch.compiler.is_compiling():  # traced: one opaque op, no graph break (see _observe_op)
@@ -465,9 +459,12 @@ class ActivationsHistogram:
                                                 module_index, repr(tuple(p for p, _ in pairs)))
                 return
             try:
-                with torch.no_grad():
-                    if pick is not None:
+                if pick is not None:
+                    with torch.no_grad():
                         out = pick(out)
+                if isinstance(out, torch.Tensor) and self._phase is not None:
+                    self._bin(main, out)  # the common case, kept short: this runs for every layer, every step
+                else:
                     self._observe(module_index, flatten(out), type(out).__name__)
             except Exception as exc:  # never crash the user's training
                 self._warn_once(self._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
@@ -496,52 +493,79 @@ class ActivationsHistogram:
         return rec
 
     def _bin(self, rec: _Record, t: torch.Tensor) -> None:
+        pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
+        plan = pd.plans.get((t.shape, t.stride(), t.dtype)) if pd is not None else None
+        if plan is None:
+            with torch.no_grad():
+                plan = self._plan(rec, t)
+            if plan is _SKIP:
+                return
+            pd = rec.phases[self._phase]  # type: ignore[index]
+        stride, blocks, k, n, code, size, dense = plan
+        row = self._row
+        if code >= 0:  # the C kernel: one pass over the memory, no torch operation
+            src = t if dense else t.reshape(-1)  # a dense layout (even permuted) is read in storage order
+            ptr = src.data_ptr()
+            if blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
+                ptr += int(self._rng.random() * (stride - SAMPLE_BLOCK + 1)) * size
+            c, s, p = pd.addr[row]  # type: ignore[index]
+            _cbin_observe(ptr, code, n, stride, blocks, SAMPLE_BLOCK, rec.bounds.edges_ptr, self.bins, c, s, p)  # type: ignore[union-attr]
+        else:
+            with torch.no_grad():
+                self._bin_torch(rec, pd, t, row, stride, blocks, dense)
+        pd.binned[row] += k
+        pd.seen[row] += n
+        if rec.last and (rec.classes or "truth" in pd.extra):
+            with torch.no_grad():
+                self._bin_last(rec, pd, t)
+
+    def _plan(self, rec: _Record, t: torch.Tensor) -> tuple:
+        """How to bin outputs like ``t`` (shape, strides, dtype) of ``rec`` in this phase, made once and cached.
+
+        ``(stride, blocks, binned, elements, kernel dtype code or -1, element size, dense)``, or ``_SKIP``.
+        Creates the phase's buffers and the layer's bounds on first use.
+        """
         n = t.numel()
         if n == 0:
-            return
+            return _SKIP
         if t.is_complex():
             self._warn_once(rec.name, "has a complex output: not binned")
-            return
+            return _SKIP
         if rec.out_shape is None:
             rec.out_shape = list(t.shape)
             rec.dirty = True
         pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
         if pd is None:
             pd = self._phase_data(rec, t)
-        key = (t.shape, t.stride())
-        plan = pd.plans.get(key)
-        if plan is None:
-            plan = pd.plans[key] = (*self._stride(n, t.shape, rec.last), _dense(t))
-        stride, blocks, dense = plan
-        # a dense layout (contiguous, or permuted like a transposed attention output) is read
-        # in storage order without a copy: a histogram does not care about element order
+        if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
+            rec.bounds = (binning.fixed_bounds(*self.range, self.bins, t.device) if self.range
+                          else self._sync.auto_bounds(t.detach(), self.bins, self.margin, rec.id, output=rec.last)
+                          if self._sync else binning.auto_bounds(t.detach(), self.bins, self.margin, output=rec.last))
+        stride, blocks = self._stride(n, t.shape, rec.last)
+        kernel = pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
+        code = binning.KERNEL_DTYPES[t.dtype] if kernel else -1
+        plan = (stride, blocks, blocks * SAMPLE_BLOCK if blocks else n, n, code, t.element_size(), binning.is_dense(t))
+        pd.plans[(t.shape, t.stride(), t.dtype)] = plan
+        return plan
+
+    def _bin_torch(self, rec: _Record, pd: _PhaseData, t: torch.Tensor, row: int, stride: int, blocks: int,
+                   dense: bool) -> None:
+        """The same as the C kernel with torch operations: other devices and dtypes, or no kernel."""
         flat = t.detach()
         if not dense:
             flat = flat.reshape(-1)
-        if blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
+        if blocks:
             offset = flat.storage_offset() + self._rng.randrange(stride - SAMPLE_BLOCK + 1)
             flat = flat.as_strided((blocks, SAMPLE_BLOCK), (stride, 1), offset).reshape(-1)
-            k = blocks * SAMPLE_BLOCK
-        else:
-            k = n
-            if dense:
-                flat = flat.as_strided((n,), (1,), flat.storage_offset())
+        elif dense:
+            flat = flat.as_strided((t.numel(),), (1,), flat.storage_offset())
         # one contiguous float32 copy of a sample: the five passes below then read it from cache
         v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
-        if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
-            rec.bounds = (binning.fixed_bounds(*self.range, self.bins, v.device) if self.range
-                          else self._sync.auto_bounds(t.detach(), self.bins, self.margin, rec.id, output=rec.last)
-                          if self._sync else binning.auto_bounds(t.detach(), self.bins, self.margin, output=rec.last))
-        row = self._row
-        pd.finite[row].add_(binning.bin_finite(v, rec.bounds))
+        pd.finite[row].add_(binning.bin_finite(v, rec.bounds))  # type: ignore[arg-type]
         add, peak = binning.stats_parts(v)
         pd.sums[row].add_(add)
         peaks = pd.peaks[row]
         torch.maximum(peaks, peak, out=peaks)
-        pd.binned[row] += k
-        pd.seen[row] += n
-        if rec.last and (rec.classes or "truth" in pd.extra):
-            self._bin_last(rec, pd, t)
 
     def _stride(self, n: int, shape: tuple[int, ...], last: bool = False) -> tuple[int, int]:
         """Sampling plan for an output of ``n`` elements: ``(block stride, blocks)``; ``(1, 0)``: bin all.
@@ -581,29 +605,35 @@ class ActivationsHistogram:
 
     def _bin_last(self, rec: _Record, pd: _PhaseData, t: torch.Tensor) -> None:
         cols = t.shape[-1] if t.dim() >= 2 else 1
-        slots = binning.slot_index(t.detach().reshape(-1, cols), rec.bounds)  # type: ignore[arg-type]
+        out = t.detach().reshape(-1, cols)
+        slots = None
         s = binning.n_slots(self.bins)
         if "classes" in pd.extra and cols == rec.classes:
+            slots = binning.slot_index(out, rec.bounds)  # type: ignore[arg-type]
             offs = torch.arange(cols, device=slots.device) * s
             pd.extra["classes"][self._row] += binning.count_slots(slots + offs, cols * s).view(cols, s)
         if self._targets is not None:
-            self._count_truth(rec, self._phase, self._row, slots, self._targets)  # type: ignore[arg-type]
+            self._count_truth(rec, self._phase, self._row, out, self._targets, slots)  # type: ignore[arg-type]
             self._targets = None
         elif self._targets_after is not False:
-            self._pending.append((rec, self._phase, self._row, slots))  # type: ignore[arg-type]
+            # binned when targets() comes after the forward: a copy, in case the output is changed in place
+            self._pending.append((rec, self._phase, self._row, out.clone()))  # type: ignore[arg-type]
 
-    def _count_truth(self, rec: _Record, phase: str, row: int, slots: torch.Tensor, y: torch.Tensor) -> None:
+    def _count_truth(self, rec: _Record, phase: str, row: int, out: torch.Tensor, y: torch.Tensor,
+                     slots: torch.Tensor | None = None) -> None:
         pd = rec.phases[phase]
-        b, cols = slots.shape
-        y = y.to(slots.device)
+        b, cols = out.shape
+        y = y.to(out.device)
         if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
             yes = y.reshape(b, cols) > 0.5
         elif y.numel() == b and cols > 1 and not y.is_floating_point():
             yes = torch.nn.functional.one_hot(y.reshape(b).long().clamp(0, cols - 1), cols).bool()
         else:
-            self._warn_once(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(slots.shape)}: "
+            self._warn_once(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(out.shape)}: "
                                       "truth split skipped (pass class indices [batch] or 0/1 per output)")
             return
+        if slots is None:
+            slots = binning.slot_index(out, rec.bounds)  # type: ignore[arg-type]
         s = binning.n_slots(self.bins)
         pd.extra["truth"][row] += binning.count_slots(slots + (~yes).long() * s, 2 * s).view(2, s)
 
