@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import twinpeaks as tp
+from twinpeaks import runfile
 from twinpeaks.runfile import SCHEMA_VERSION, decode, encode
 
 WRITER = textwrap.dedent("""
@@ -89,8 +90,8 @@ def test_unknown_schema_and_non_run_files_give_clear_errors(tmp_path, tmp_run):
         model(torch.randn(1, 2))
         hist.end_epoch()
     with sqlite3.connect(tmp_run) as conn:
-        conn.execute("UPDATE meta SET value=? WHERE key='schema'", (json.dumps(SCHEMA_VERSION + 1),))
-    with pytest.raises(tp.RunFileError, match=f"schema {SCHEMA_VERSION + 1}.*upgrade"):
+        conn.execute("UPDATE meta SET value=? WHERE key='schema'", (json.dumps(max(runfile.READABLE_SCHEMAS) + 1),))
+    with pytest.raises(tp.RunFileError, match=f"schema {max(runfile.READABLE_SCHEMAS) + 1}.*upgrade"):
         tp.open_run(tmp_run)
     junk = tmp_path / "junk.tp"
     junk.write_text("hello")
@@ -105,12 +106,42 @@ def test_unknown_schema_and_non_run_files_give_clear_errors(tmp_path, tmp_run):
 
 
 def test_arrays_are_raw_little_endian_with_dtype_and_shape():
-    a = np.arange(12, dtype=">i8").reshape(3, 4)
+    a = np.arange(12, dtype=">f8").reshape(3, 4)
     dtype, shape, data = encode(a)
-    assert dtype == "<i8" and json.loads(shape) == [3, 4] and data == a.astype("<i8").tobytes()
+    assert dtype == "<f8" and json.loads(shape) == [3, 4] and data == a.astype("<f8").tobytes()
     np.testing.assert_array_equal(decode(dtype, shape, data), a)
+    # counts: non-negative integers are stored in the narrowest unsigned type, read back as int64
+    for values, stored in [([0, 255], "|u1"), ([0, 65535], "<u2"), ([1, 2**32 - 1], "<u4"), ([0, 2**40], "<i8"),
+                           ([-1, 5], "<i8")]:
+        arr = np.array(values, dtype=">i8")
+        dtype, shape, data = encode(arr)
+        assert dtype == stored
+        back = decode(dtype, shape, data)
+        assert back.dtype == np.int64 and back.tolist() == values
     with pytest.raises(tp.RunFileError, match="unsupported dtype"):
         decode("|O", "[1]", b"\0" * 8)
+
+
+def test_schema_1_files_still_open(tmp_run):
+    """Schema 1 (int64 arrays) reads like schema 2: rewrite a run's arrays as int64 and call it schema 1."""
+    model = torch.nn.Linear(2, 3)
+    with tp.ActivationsHistogram(model, tmp_run) as hist:
+        for _ in range(4):
+            model(torch.randn(5, 2))
+        hist.end_epoch()
+    want = tp.open_run(tmp_run).histogram(-1, "train", epoch=0)
+    with sqlite3.connect(tmp_run) as conn:
+        rows = conn.execute("SELECT rowid, dtype, shape, data FROM arrays").fetchall()
+        assert any(dt in ("|u1", "<u2") for _, dt, _, _ in rows)
+        for rowid, dt, shape, data in rows:
+            if np.dtype(dt).kind == "u":
+                wide = np.frombuffer(data, np.dtype(dt)).astype("<i8")
+                conn.execute("UPDATE arrays SET dtype='<i8', data=? WHERE rowid=?", (wide.tobytes(), rowid))
+        conn.execute("UPDATE meta SET value='1' WHERE key='schema'")
+    got = tp.open_run(tmp_run).histogram(-1, "train", epoch=0)
+    assert got.counts.dtype == np.int64
+    np.testing.assert_array_equal(got.counts, want.counts)
+    assert got.total == want.total == 60
 
 
 def test_run_file_holds_no_pickle(tmp_run):
@@ -119,10 +150,10 @@ def test_run_file_holds_no_pickle(tmp_run):
         model(torch.randn(1, 2))
         hist.end_epoch()
     with sqlite3.connect(tmp_run) as conn:
-        dtypes = {d for (d,) in conn.execute("SELECT DISTINCT dtype FROM arrays")}
-        blobs = [b for (b,) in conn.execute("SELECT data FROM arrays")]
-    assert dtypes <= {"<i8", "<f8"}
-    assert not any(b.startswith(b"\x80") for b in blobs)  # pickle protocol marker
+        rows = conn.execute("SELECT dtype, shape, data FROM arrays").fetchall()
+    assert {dt for dt, _, _ in rows} <= {"<i8", "<f8", "|u1", "<u2", "<u4"}
+    for dt, shape, data in rows:  # every blob is exactly its raw numbers: no room for a pickle
+        assert len(data) == np.dtype(dt).itemsize * int(np.prod(json.loads(shape)))
 
 
 def test_closed_run_file_alone_holds_everything(tmp_path, tmp_run):

@@ -72,23 +72,49 @@ class ColumnStore:
             raise ValueError(f"max_columns must be at least 2, got {cap}")
         self.cap = cap
         self.width = 1  # steps per column for new rows
-        self.steps = np.zeros((0, 2), dtype=np.int64)
-        self.counts = np.zeros((0, *shape), dtype=np.int64)
-        self.stats = empty_stats(0)
+        # buffers with spare rows, grown geometrically: an append copies only the new rows
+        self._n = 0
+        self._steps = np.zeros((0, 2), dtype=np.int64)
+        self._counts = np.zeros((0, *shape), dtype=np.int64)
+        self._stats = empty_stats(0)
         self.written = 0  # columns already persisted unchanged
         self.rewrite = False  # a merge happened since the last write
 
+    @property
+    def steps(self) -> np.ndarray:
+        """``[n, 2]`` int64: first step and end step (exclusive) of every column."""
+        return self._steps[:self._n]
+
+    @property
+    def counts(self) -> np.ndarray:
+        """``[n, *shape]`` int64 slot counts of every column."""
+        return self._counts[:self._n]
+
+    @property
+    def stats(self) -> np.ndarray:
+        """``[n, 7]`` float64 stats (:data:`STATS`) of every column."""
+        return self._stats[:self._n]
+
     def __len__(self) -> int:
-        return len(self.steps)
+        return self._n
 
     def clear(self) -> None:
         """Drop every column and start again at one step per column (an epoch store at epoch end)."""
         self.width = 1
-        self.steps = self.steps[:0]
-        self.counts = self.counts[:0]
-        self.stats = self.stats[:0]
+        self._n = 0
         self.written = 0
         self.rewrite = False
+
+    def _reserve(self, extra: int) -> None:
+        need = self._n + extra
+        if need <= len(self._steps):
+            return
+        size = max(need, 2 * len(self._steps), 16)
+        for name in ("_steps", "_counts", "_stats"):
+            old = getattr(self, name)
+            new = np.empty((size, *old.shape[1:]), dtype=old.dtype)
+            new[:self._n] = old[:self._n]
+            setattr(self, name, new)
 
     def append(self, start: int, counts: np.ndarray, stats: np.ndarray) -> None:
         """Append consecutive per-step rows beginning at step ``start``."""
@@ -97,22 +123,30 @@ class ColumnStore:
             return
         groups = np.arange(0, n, self.width)
         ends = np.minimum(groups + self.width, n)
-        steps = np.stack([start + groups, start + ends], axis=1)
         if self.width > 1:
             counts = np.add.reduceat(counts, groups, axis=0)
             stats = merge_stats(stats, groups)
-        self.steps = np.concatenate([self.steps, steps])
-        self.counts = np.concatenate([self.counts, counts])
-        self.stats = np.concatenate([self.stats, stats])
-        while len(self.steps) > self.cap:
+        k = len(groups)
+        self._reserve(k)
+        at = slice(self._n, self._n + k)
+        self._steps[at, 0] = start + groups
+        self._steps[at, 1] = start + ends
+        self._counts[at] = counts
+        self._stats[at] = stats
+        self._n += k
+        while self._n > self.cap:
             self._halve()
 
     def _halve(self) -> None:
-        groups = np.arange(0, len(self.steps), 2)
-        self.counts = np.add.reduceat(self.counts, groups, axis=0)
-        self.stats = merge_stats(self.stats, groups)
-        ends = np.append(groups[1:], len(self.steps)) - 1
-        self.steps = np.stack([self.steps[groups, 0], self.steps[ends, 1]], axis=1)
+        n = self._n
+        groups = np.arange(0, n, 2)
+        counts = np.add.reduceat(self.counts, groups, axis=0)
+        stats = merge_stats(self.stats, groups)
+        ends = np.append(groups[1:], n) - 1
+        steps = np.stack([self._steps[groups, 0], self._steps[ends, 1]], axis=1)
+        k = len(groups)
+        self._steps[:k], self._counts[:k], self._stats[:k] = steps, counts, stats
+        self._n = k
         self.width *= 2
         self.rewrite = True
         self.written = 0

@@ -121,13 +121,20 @@ class _PhaseData:
         stats[:, 4] = binned - sums[:, 2]
         stats[:, 5], stats[:, 6] = -peaks[:, 0], peaks[:, 1]
         extra = {k: v[:n].cpu().numpy().copy() for k, v in self.extra.items()}
-        self.counts[:n] = 0
-        self.sums[:n] = 0
-        self.peaks[:n] = -math.inf
+        if self.addr is not None:  # CPU: reset through numpy views, no torch operation
+            self.counts.numpy()[:n] = 0
+            self.sums.numpy()[:n] = 0
+            self.peaks.numpy()[:n] = -math.inf
+            for v in self.extra.values():
+                v.numpy()[:n] = 0
+        else:
+            self.counts[:n] = 0
+            self.sums[:n] = 0
+            self.peaks[:n] = -math.inf
+            for v in self.extra.values():
+                v[:n] = 0
         self.binned[:n] = [0] * n
         self.seen[:n] = [0] * n
-        for v in self.extra.values():
-            v[:n] = 0
         return counts, stats, extra
 
 
@@ -685,7 +692,8 @@ class ActivationsHistogram:
         for phase in self._step:
             self._window_start[phase] = self._step[phase]
         self._write_layers()
-        w.commit()
+        if not epoch_end:  # at an epoch's end, _close_epoch commits the columns with the epoch: one transaction
+            w.commit()
 
     def _write_layers(self) -> None:
         w = self._writer

@@ -10,8 +10,11 @@ Design constraints:
   the same row; nothing is pickled, so opening a run never runs code.
 * Versioned. ``meta`` holds the schema version and the twinpeaks version that
   wrote the file; a reader refuses a schema it does not know, with a message.
+* Compact. Integer arrays are stored in the narrowest of uint8/16/32 that holds
+  them when they are non-negative (schema 2; schema 1 stored int64), and read
+  back as int64: most per-step counts fit in 16 bits, a quarter of the bytes.
 
-Tables (schema 1):
+Tables (schema 2; schema 1 files read the same):
 
 ``meta(key, value)``
     JSON values: ``schema``, ``twinpeaks_version``, ``created``, ``options``,
@@ -44,7 +47,10 @@ import numpy as np
 
 from .errors import RunFileError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Schemas this version reads.
+READABLE_SCHEMAS = (1, 2)
+_NARROW = [(np.uint8, 1 << 8), (np.uint16, 1 << 16), (np.uint32, 1 << 32)]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -78,19 +84,26 @@ CREATE TABLE IF NOT EXISTS arrays (
 
 
 def encode(arr: np.ndarray) -> tuple[str, str, bytes]:
-    """``(dtype, shape, bytes)`` of an array, little-endian."""
+    """``(dtype, shape, bytes)`` of an array, little-endian; non-negative integers in the narrowest unsigned type."""
     arr = np.ascontiguousarray(arr)
+    if arr.dtype.kind in "iu" and arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo >= 0:
+            for dt, limit in _NARROW:
+                if hi < limit:
+                    arr = arr.astype(dt) if arr.dtype.itemsize > np.dtype(dt).itemsize else arr
+                    break
     le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    return le.dtype.str, json.dumps(list(arr.shape)), le.tobytes()
+    return le.dtype.str, "[" + ", ".join(map(str, arr.shape)) + "]", le.tobytes()
 
 
 def decode(dtype: str, shape: str, data: bytes) -> np.ndarray:
-    """Inverse of :func:`encode`; the result is native-endian and writable."""
+    """Inverse of :func:`encode`; the result is native-endian and writable, integers as int64."""
     dt = np.dtype(dtype)
     if dt.kind not in "iufb" or dt.hasobject:
         raise RunFileError(f"run file holds an array of unsupported dtype {dtype!r}")
     arr = np.frombuffer(data, dtype=dt).reshape(json.loads(shape))
-    return arr.astype(dt.newbyteorder("="))
+    return arr.astype(np.int64 if dt.kind in "iu" else dt.newbyteorder("="))
 
 
 class RunWriter:
@@ -98,6 +111,7 @@ class RunWriter:
 
     def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any]):
         self.path = None if path is None else Path(path)
+        self._arrays: list[tuple] = []
         if self.path is None:
             self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
@@ -129,12 +143,16 @@ class RunWriter:
         )
 
     def put_array(self, layer: int, phase: str, kind: str, epoch: int, part: int, arr: np.ndarray) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (layer, phase, kind, epoch, part, *encode(arr)),
-        )
+        """Queue an array for the next :meth:`commit` (written in one ``executemany``)."""
+        self._arrays.append((layer, phase, kind, epoch, part, *encode(arr)))
+
+    def _write_arrays(self) -> None:
+        if self._arrays:
+            self.conn.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._arrays)
+            self._arrays = []
 
     def drop_columns(self, layer: int, phase: str) -> None:
+        self._write_arrays()  # queued rows go first: the order of writes is the order of calls
         self.conn.execute("DELETE FROM arrays WHERE layer=? AND phase=? AND epoch=-1", (layer, phase))
 
     def put_epoch(self, epoch: int, steps: dict[str, list[int]]) -> None:
@@ -143,11 +161,12 @@ class RunWriter:
         )
 
     def commit(self) -> None:
+        self._write_arrays()
         self.conn.commit()
 
     def close(self) -> None:
         """Commit, fold the WAL into the main file (so the .tp file alone holds everything) and close."""
-        self.conn.commit()
+        self.commit()
         if self.path is not None:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
@@ -179,7 +198,7 @@ def check_schema(conn: sqlite3.Connection, where: str) -> None:
     if row is None:
         raise RunFileError(f"{where!r} is an SQLite file but not a twinpeaks run file")
     schema = json.loads(row[0])
-    if schema != SCHEMA_VERSION:
+    if schema not in READABLE_SCHEMAS:
         raise RunFileError(
             f"{where!r} has run-file schema {schema}; this twinpeaks reads schema {SCHEMA_VERSION}: "
             "upgrade twinpeaks (pip install -U twinpeaks) to open it"
