@@ -2,7 +2,7 @@
 
 Sampling error shrinks as 1/sqrt(elements binned): an epoch histogram of a
 sampled layer is within total variation 0.01 of the exact one once it holds
-about 150,000 binned elements (some 40 steps at the default budget); shorter
+about 150,000 binned elements (some 20 steps of 8,192 sampled values); shorter
 phases (a 10-batch validation) are held to 4/sqrt(binned).
 """
 

@@ -14,7 +14,7 @@ import torch
 
 import twinpeaks as tp
 from twinpeaks import runfile
-from twinpeaks.runfile import SCHEMA_VERSION, decode, encode
+from twinpeaks.runfile import decode, encode
 
 WRITER = textwrap.dedent("""
     import sys, time, torch, twinpeaks as tp
@@ -133,7 +133,7 @@ def test_schema_1_files_still_open(tmp_run):
     with sqlite3.connect(tmp_run) as conn:
         rows = conn.execute("SELECT rowid, dtype, shape, data FROM arrays").fetchall()
         assert any(dt in ("|u1", "<u2") for _, dt, _, _ in rows)
-        for rowid, dt, shape, data in rows:
+        for rowid, dt, _, data in rows:
             if np.dtype(dt).kind == "u":
                 wide = np.frombuffer(data, np.dtype(dt)).astype("<i8")
                 conn.execute("UPDATE arrays SET dtype='<i8', data=? WHERE rowid=?", (wide.tobytes(), rowid))

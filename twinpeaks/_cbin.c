@@ -11,6 +11,9 @@
  * Bins are exact against the B + 1 float32 edges, like numpy.histogram on the
  * values upcast to float32: half-open bins, the last one closed. A first guess
  * from the linear scale is corrected by comparing with the edges themselves.
+ * Each of LANES interleaved histograms and running stats takes every LANES-th
+ * element, so that runs of equal values (a ReLU's zeros) do not serialise on
+ * one counter.
  *
  * No torch or numpy headers: Python passes raw addresses (tensor.data_ptr()).
  * Python decides everything else (dtype, sampling plan, bounds).
@@ -23,7 +26,6 @@
 #include <string.h>
 
 enum { F32 = 0, F16 = 1, BF16 = 2, F64 = 3 };
-static const int64_t item_size[] = {4, 2, 2, 8};
 #define LANES 4
 /* sampled blocks are farther apart than hardware prefetchers follow: ask this many blocks ahead */
 #define AHEAD 8
@@ -31,6 +33,9 @@ static const int64_t item_size[] = {4, 2, 2, 8};
 #define PREFETCH(p) __builtin_prefetch(p)
 #else
 #define PREFETCH(p) ((void)(p))
+#endif
+#if defined(_MSC_VER)
+#define restrict __restrict
 #endif
 
 static float f16_table[65536];
@@ -113,7 +118,7 @@ static int64_t slot_slow(const acc_t *a, float x) {
         const CTYPE *base = (const CTYPE *)data;                                                    \
         const float *restrict e = a->fix;                                                           \
         const float lo = a->lo, hi = a->hi, scale = a->scale;                                       \
-        const int bins = a->bins, last = a->bins - 1, coarse = a->coarse;                           \
+        const int last = a->bins - 1, coarse = a->coarse;                                           \
         int64_t *restrict h0 = a->hist, *restrict h1 = h0 + a->stride;                              \
         int64_t *restrict h2 = h1 + a->stride, *restrict h3 = h2 + a->stride;                       \
         double sum0 = 0, sum1 = 0, sum2 = 0, sum3 = 0, sq0 = 0, sq1 = 0, sq2 = 0, sq3 = 0;          \
