@@ -76,8 +76,27 @@ def kernel_rows(b):
             torch.full((2,), -math.inf, dtype=torch.float64))
 
 
+PATHS = [True, False] if binning._cbin is not None and binning._cbin.simd() else [False]
+
+
+def c_paths():
+    """Each code path of the C kernel in turn (SSE2 and portable, where built), restored afterwards."""
+    was = binning._cbin.simd()
+    try:
+        for simd in PATHS:
+            binning._cbin.simd(simd)
+            yield simd
+    finally:
+        binning._cbin.simd(was)
+
+
 def check_c_kernel(x, b):
     """The C kernel on ``x`` in its own dtype: slots = numpy, stats = numpy in float64, peaks like torch.aminmax."""
+    for _ in c_paths():
+        check_c_kernel_once(x, b)
+
+
+def check_c_kernel_once(x, b):
     counts, sums, peaks = kernel_rows(b)
     binning.kernel_observe(x, b, counts, sums, peaks)
     want = oracle(x, b.edges.double().numpy())
@@ -132,12 +151,21 @@ def test_c_kernel_edges_of_any_range(lo, width, bins, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.cat([e, torch.nextafter(e, torch.full_like(e, math.inf)), torch.nextafter(e, torch.full_like(e, -math.inf)),
                    lo + torch.rand(1000, generator=g) * width])
-    counts, sums, peaks = kernel_rows(b)
-    binning.kernel_observe(x, b, counts, sums, peaks)
-    np.testing.assert_array_equal(counts.numpy(), oracle(x, b.edges.double().numpy()))
+    for _ in c_paths():
+        counts, sums, peaks = kernel_rows(b)
+        binning.kernel_observe(x, b, counts, sums, peaks)
+        np.testing.assert_array_equal(counts.numpy(), oracle(x, b.edges.double().numpy()))
 
 
-def test_c_kernel_reads_only_the_planned_blocks():
+@pytest.fixture(params=PATHS, ids=lambda simd: "sse2" if simd else "portable")
+def c_path(request):
+    """Runs a test on each code path of the C kernel."""
+    was = binning._cbin.simd(request.param)
+    yield request.param
+    binning._cbin.simd(was)
+
+
+def test_c_kernel_reads_only_the_planned_blocks(c_path):
     """Sampling: `blocks` runs of `block` elements, `stride` apart from `offset`; everything else is untouched."""
     b = binning.fixed_bounds(0, 100, 100, torch.device("cpu"))
     x = torch.arange(1000, dtype=torch.float32) % 100 + 0.5
@@ -159,7 +187,7 @@ def test_c_kernel_reads_only_the_planned_blocks():
         np.testing.assert_allclose(r1.numpy(), r2.numpy(), rtol=1e-12)
 
 
-def test_c_kernel_adds_into_rows():
+def test_c_kernel_adds_into_rows(c_path):
     """Rows accumulate over calls: counts and sums add up, peaks keep the maximum, a NaN stays."""
     b = binning.fixed_bounds(-1, 1, 4, torch.device("cpu"))
     counts, sums, peaks = kernel_rows(b)

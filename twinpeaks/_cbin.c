@@ -85,6 +85,18 @@ static int64_t slot_slow(const acc_t *a, float x) {
     return lo + 1;
 }
 
+/* The slot of one element (SSE2 tails). */
+static inline int64_t slot_of_scalar(const acc_t *a, float x) {
+    if ((x >= a->lo) & (x <= a->hi) & !a->coarse) {
+        int b = (int)((x - a->lo) * a->scale);
+        b = b > a->bins - 1 ? a->bins - 1 : b;
+        b -= x < a->fix[b];
+        b += x >= a->fix[b + 1];
+        return b + 1;
+    }
+    return slot_slow(a, x);
+}
+
 /* One element: slot into lane L's histogram, and the lane's running stats.
    In range, the scaled guess is at most one bin off (checked once per call, see
    `coarse`): it is fixed without branches, as values on an edge (exact zeros) come
@@ -151,6 +163,115 @@ static int64_t slot_slow(const acc_t *a, float x) {
         mx0 = mx1 > mx0 ? mx1 : mx0; mx2 = mx3 > mx2 ? mx3 : mx2; a->mx = mx2 > mx0 ? mx2 : mx0;    \
     }
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+/* SSE2 (every x86-64): four elements at a time for the range test, the scaled
+   guess and the stats (sums in float64, as in the scalar path); the edge fix and
+   the counter increments stay scalar, lane by lane into the LANES histograms. */
+#define LOADV_f32(p, i) _mm_loadu_ps((p) + (i))
+#define LOADV_bf16(p, i) \
+    _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)((p) + (i)))))
+#define LOADV_f16(p, i) \
+    _mm_set_ps(f16_table[(p)[(i) + 3]], f16_table[(p)[(i) + 2]], f16_table[(p)[(i) + 1]], f16_table[(p)[i]])
+#define LOADV_f64(p, i) \
+    _mm_movelh_ps(_mm_cvtpd_ps(_mm_loadu_pd((p) + (i))), _mm_cvtpd_ps(_mm_loadu_pd((p) + (i) + 2)))
+
+#define DEFINE_SPAN_SSE(NAME, CTYPE, LOADV, LOAD)                                                   \
+    static void NAME(acc_t *a, const void *data, int64_t block, int64_t blocks, int64_t stride) {   \
+        const CTYPE *base = (const CTYPE *)data;                                                    \
+        const float *restrict e = a->fix;                                                           \
+        const float lo = a->lo, hi = a->hi, scale = a->scale;                                       \
+        const int last = a->bins - 1, coarse = a->coarse;                                           \
+        int64_t *restrict h[LANES];                                                                 \
+        for (int l = 0; l < LANES; l++) h[l] = a->hist + l * a->stride;                             \
+        const __m128 vlo = _mm_set1_ps(lo), vhi = _mm_set1_ps(hi), vscale = _mm_set1_ps(scale);     \
+        const __m128 vtop = _mm_set1_ps((float)last), zero = _mm_setzero_ps();                      \
+        __m128d s_lo = _mm_setzero_pd(), s_hi = _mm_setzero_pd(), q_lo = s_lo, q_hi = s_lo;         \
+        __m128 mn = _mm_set1_ps(INFINITY), mx = _mm_set1_ps(-INFINITY);                             \
+        __m128i nz = _mm_setzero_si128();                                                           \
+        int64_t nz_wide = 0, since = 0;                                                             \
+        double sum_t = 0, sq_t = 0;                                                                 \
+        int64_t nz_t = 0;                                                                           \
+        float mn_t = INFINITY, mx_t = -INFINITY;                                                    \
+        float xs[4];                                                                                \
+        int32_t bs[4];                                                                              \
+        for (int64_t r = 0; r < blocks && r < AHEAD && blocks > 1; r++) {                          \
+            PREFETCH(base + r * stride);                                                            \
+            PREFETCH(base + r * stride + block - 1);                                                \
+        }                                                                                           \
+        for (int64_t r = 0; r < blocks; r++) {                                                      \
+            const CTYPE *p = base + r * stride;                                                     \
+            if (r + AHEAD < blocks) {                                                               \
+                PREFETCH(p + AHEAD * stride);                                                       \
+                PREFETCH(p + AHEAD * stride + block - 1);                                           \
+            }                                                                                       \
+            int64_t i = 0;                                                                          \
+            for (; i + 4 <= block; i += 4) {                                                        \
+                const __m128 x = LOADV(p, i);                                                       \
+                const __m128d x_lo = _mm_cvtps_pd(x), x_hi = _mm_cvtps_pd(_mm_movehl_ps(x, x));     \
+                s_lo = _mm_add_pd(s_lo, x_lo);                                                      \
+                s_hi = _mm_add_pd(s_hi, x_hi);                                                      \
+                q_lo = _mm_add_pd(q_lo, _mm_mul_pd(x_lo, x_lo));                                    \
+                q_hi = _mm_add_pd(q_hi, _mm_mul_pd(x_hi, x_hi));                                    \
+                mn = _mm_min_ps(x, mn); /* a NaN lane keeps mn: NaN shows in the sum of squares */  \
+                mx = _mm_max_ps(x, mx);                                                             \
+                nz = _mm_sub_epi32(nz, _mm_castps_si128(_mm_cmpneq_ps(x, zero)));                   \
+                if (++since == (1 << 28)) { /* int32 lanes: move to int64 before they overflow */  \
+                    int32_t c[4];                                                                   \
+                    _mm_storeu_si128((__m128i *)c, nz);                                             \
+                    nz_wide += (int64_t)c[0] + c[1] + c[2] + c[3];                                  \
+                    nz = _mm_setzero_si128();                                                       \
+                    since = 0;                                                                      \
+                }                                                                                   \
+                const __m128 in = _mm_and_ps(_mm_cmpge_ps(x, vlo), _mm_cmple_ps(x, vhi));           \
+                const int all_in = _mm_movemask_ps(in) == 15 && !coarse;                            \
+                const __m128 t = _mm_min_ps(_mm_mul_ps(_mm_sub_ps(x, vlo), vscale), vtop);          \
+                _mm_storeu_si128((__m128i *)bs, _mm_cvttps_epi32(_mm_and_ps(t, in)));               \
+                _mm_storeu_ps(xs, x);                                                               \
+                for (int l = 0; l < 4; l++) {                                                       \
+                    const float v = xs[l];                                                          \
+                    int64_t s_;                                                                     \
+                    if (all_in || ((v >= lo) & (v <= hi) & !coarse)) {                              \
+                        int b_ = bs[l];                                                             \
+                        b_ -= v < e[b_];                                                            \
+                        b_ += v >= e[b_ + 1];                                                       \
+                        s_ = b_ + 1;                                                                \
+                    } else {                                                                        \
+                        s_ = slot_slow(a, v);                                                       \
+                    }                                                                               \
+                    h[l][s_]++;                                                                     \
+                }                                                                                   \
+            }                                                                                       \
+            for (; i < block; i++) {                                                                \
+                const float v = LOAD(p[i]);                                                         \
+                h[0][slot_of_scalar(a, v)]++;                                                       \
+                sum_t += v;                                                                         \
+                sq_t += (double)v * v;                                                              \
+                nz_t += v != 0.0f;                                                                  \
+                mn_t = v < mn_t ? v : mn_t;                                                         \
+                mx_t = v > mx_t ? v : mx_t;                                                         \
+            }                                                                                       \
+        }                                                                                           \
+        double d[2], f[2];                                                                          \
+        _mm_storeu_pd(d, _mm_add_pd(s_lo, s_hi));                                                   \
+        _mm_storeu_pd(f, _mm_add_pd(q_lo, q_hi));                                                   \
+        a->sum = d[0] + d[1] + sum_t;                                                               \
+        a->sq = f[0] + f[1] + sq_t;                                                                 \
+        int32_t c[4];                                                                               \
+        _mm_storeu_si128((__m128i *)c, nz);                                                         \
+        a->nz = nz_wide + (int64_t)c[0] + c[1] + c[2] + c[3] + nz_t;                                \
+        float m4[4], x4[4];                                                                         \
+        _mm_storeu_ps(m4, mn);                                                                      \
+        _mm_storeu_ps(x4, mx);                                                                      \
+        a->mn = mn_t;                                                                               \
+        a->mx = mx_t;                                                                               \
+        for (int l = 0; l < 4; l++) {                                                               \
+            a->mn = m4[l] < a->mn ? m4[l] : a->mn;                                                  \
+            a->mx = x4[l] > a->mx ? x4[l] : a->mx;                                                  \
+        }                                                                                           \
+    }
+#endif
+
 static inline float load_f32(float v) { return v; }
 static inline float load_f16(uint16_t v) { return f16_table[v]; }
 static inline float load_bf16(uint16_t v) {
@@ -161,12 +282,25 @@ static inline float load_bf16(uint16_t v) {
 }
 static inline float load_f64(double v) { return (float)v; }
 
+typedef void (*span_fn)(acc_t *, const void *, int64_t, int64_t, int64_t);
+
+/* the portable path, and the SSE2 one where the compiler targets it; tests run both (simd()) */
 DEFINE_SPAN(span_f32, float, load_f32)
 DEFINE_SPAN(span_f16, uint16_t, load_f16)
 DEFINE_SPAN(span_bf16, uint16_t, load_bf16)
 DEFINE_SPAN(span_f64, double, load_f64)
-
-typedef void (*span_fn)(acc_t *, const void *, int64_t, int64_t, int64_t);
+static const span_fn scalar_spans[4] = {span_f32, span_f16, span_bf16, span_f64};
+#if defined(__SSE2__)
+DEFINE_SPAN_SSE(span_f32_sse, float, LOADV_f32, load_f32)
+DEFINE_SPAN_SSE(span_f16_sse, uint16_t, LOADV_f16, load_f16)
+DEFINE_SPAN_SSE(span_bf16_sse, uint16_t, LOADV_bf16, load_bf16)
+DEFINE_SPAN_SSE(span_f64_sse, double, LOADV_f64, load_f64)
+static const span_fn simd_spans[4] = {span_f32_sse, span_f16_sse, span_bf16_sse, span_f64_sse};
+static int use_simd = 1;
+#else
+static const span_fn *simd_spans = scalar_spans;
+static int use_simd = 0;
+#endif
 
 /*
  * observe(data, dtype, n, stride, blocks, block, edges, bins, counts, sums, peaks)
@@ -192,8 +326,7 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     const float *edges = (const float *)(uintptr_t)v[6];
     int bins = (int)v[7];
     double *counts = (double *)(uintptr_t)v[8], *sums = (double *)(uintptr_t)v[9], *peaks = (double *)(uintptr_t)v[10];
-    span_fn span = dtype == F32 ? span_f32 : dtype == F16 ? span_f16 : dtype == BF16 ? span_bf16
-                 : dtype == F64 ? span_f64 : NULL;
+    span_fn span = dtype >= F32 && dtype <= F64 ? (use_simd ? simd_spans : scalar_spans)[dtype] : NULL;
     if (!span || bins < 1 || n < 0 || blocks < 0 || (blocks && (block < 1 || stride < block))) {
         PyErr_SetString(PyExc_ValueError, "observe(): bad dtype, bins or sampling plan");
         return NULL;
@@ -245,7 +378,31 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
+/* simd(): whether the SSE2 path is used; simd(flag): switch it (tests check both paths), returns the old value */
+static PyObject *simd(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    int old = use_simd;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "simd() takes at most 1 argument");
+        return NULL;
+    }
+    if (nargs == 1) {
+        int flag = PyObject_IsTrue(args[0]);
+        if (flag < 0) return NULL;
+#if defined(__SSE2__)
+        use_simd = flag;
+#else
+        if (flag) {
+            PyErr_SetString(PyExc_ValueError, "this build has no SIMD path");
+            return NULL;
+        }
+#endif
+    }
+    return PyBool_FromLong(old);
+}
+
 static PyMethodDef methods[] = {
+    {"simd", (PyCFunction)(void (*)(void))simd, METH_FASTCALL, "simd([flag]): whether (or set that) the SSE2 path runs."},
     {"observe", (PyCFunction)(void (*)(void))observe, METH_FASTCALL,
      "observe(data, dtype, n, stride, blocks, block, edges, bins, counts, sums, peaks): bin into a step row."},
     {NULL, NULL, 0, NULL},
