@@ -72,7 +72,7 @@ def check_hot_path(x, b):
 
 
 def kernel_rows(b):
-    return (torch.zeros(binning.n_slots(b.bins), dtype=torch.float64), torch.zeros(3, dtype=torch.float64),
+    return (torch.zeros(binning.n_slots(b.bins), dtype=torch.float64), torch.zeros(5, dtype=torch.float64),
             torch.full((2,), -math.inf, dtype=torch.float64))
 
 
@@ -102,7 +102,7 @@ def check_c_kernel_once(x, b):
     want = oracle(x, b.edges.double().numpy())
     np.testing.assert_array_equal(counts.numpy(), want)
     v = x.float().double().numpy().ravel()
-    assert sums[2] == np.count_nonzero(v)
+    assert sums[2] == np.count_nonzero(v) and sums[3] == sums[4] == v.size
     if np.isnan(v).any():
         assert np.isnan(peaks.numpy()).all()
     else:
@@ -173,7 +173,7 @@ def test_c_kernel_reads_only_the_planned_blocks(c_path):
     binning.kernel_observe(x, b, counts, sums, peaks, stride=100, blocks=10, block=16, offset=7)
     picked = torch.cat([x[7 + 100 * i: 7 + 100 * i + 16] for i in range(10)])
     np.testing.assert_array_equal(counts.numpy(), oracle(picked, b.edges.double().numpy()))
-    assert sums.tolist() == [float(picked.double().sum()), float((picked.double() ** 2).sum()), 160.0]
+    assert sums.tolist() == [float(picked.double().sum()), float((picked.double() ** 2).sum()), 160.0, 160.0, 1000.0]
     with pytest.raises(ValueError, match="sampling plan"):
         binning.kernel_observe(x, b, counts, sums, peaks, stride=100, blocks=10, block=16, offset=90)
     with pytest.raises(ValueError, match="contiguous"):
@@ -193,7 +193,7 @@ def test_c_kernel_adds_into_rows(c_path):
     counts, sums, peaks = kernel_rows(b)
     binning.kernel_observe(torch.tensor([0.5, -0.5]), b, counts, sums, peaks)
     binning.kernel_observe(torch.tensor([3.0]), b, counts, sums, peaks)
-    assert counts.tolist() == [0, 0, 1, 0, 1, 1, 0] and sums.tolist() == [3.0, 9.5, 3.0]
+    assert counts.tolist() == [0, 0, 1, 0, 1, 1, 0] and sums.tolist() == [3.0, 9.5, 3.0, 3.0, 3.0]
     assert peaks.tolist() == [0.5, 3.0]
     binning.kernel_observe(torch.tensor([math.nan]), b, counts, sums, peaks)
     binning.kernel_observe(torch.tensor([5.0]), b, counts, sums, peaks)

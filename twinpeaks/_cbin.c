@@ -4,7 +4,7 @@
  * One call reads float32 / float16 / bfloat16 / float64 elements (all of them, or
  * evenly spaced blocks of them), and adds into a layer's step row:
  *   counts[B + 3]  underflow, bins 0..B-1, overflow, nonfinite (NaN, +-inf)
- *   sums[3]        sum, sum of squares, non-zeros
+ *   sums[5]        sum, sum of squares, non-zeros, elements binned, elements seen (n)
  *   peaks[2]       -min, max (NaN if any element is NaN, like torch.aminmax)
  * The row buffers are float64 (the recorder's device rows on CPU).
  *
@@ -307,7 +307,7 @@ static int use_simd = 0;
  *   blocks == 0: read n contiguous elements from data;
  *   otherwise:   read `blocks` runs of `block` elements starting at data + i * stride.
  * Addresses are ints (tensor.data_ptr()); edges is float32[bins + 1]; counts,
- * sums and peaks are float64 rows of bins + 3, 3 and 2.
+ * sums and peaks are float64 rows of bins + 3, 5 and 2.
  */
 static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -367,6 +367,8 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     sums[0] += a.sum;
     sums[1] += a.sq;
     sums[2] += (double)a.nz;
+    sums[3] += (double)total;
+    sums[4] += (double)n;
     if (total > 0) {  /* torch.maximum semantics: a NaN on either side wins; x * x is NaN only for a NaN */
         if (isnan(a.sq)) {
             peaks[0] = peaks[1] = NAN;

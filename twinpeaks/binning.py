@@ -274,9 +274,10 @@ def is_dense(t: torch.Tensor) -> bool:
 
 def kernel_observe(values: torch.Tensor, bounds: Bounds, counts: torch.Tensor, sums: torch.Tensor,
                    peaks: torch.Tensor, stride: int = 1, blocks: int = 0, block: int = 1, offset: int = 0) -> None:
-    """Add a CPU tensor's slot counts, ``[sum, sum of squares, non-zeros]`` and ``[-min, max]`` in place (C kernel).
+    """Add a CPU tensor's slot counts, sums and ``[-min, max]`` into float64 rows, in place (C kernel).
 
-    ``counts`` (``B + 3``), ``sums`` (3) and ``peaks`` (2) are contiguous float64
+    ``sums`` is ``[sum, sum of squares, non-zeros, elements binned, elements in values]``.
+    ``counts`` (``B + 3``), ``sums`` (5) and ``peaks`` (2) are contiguous float64
     CPU rows: counts add up, and so do sums; peaks take the maximum (NaN wins, as
     with ``torch.maximum``). ``values`` is read in memory order, so it must be
     contiguous or a dense permutation of its storage. With ``blocks > 0`` only
@@ -285,12 +286,14 @@ def kernel_observe(values: torch.Tensor, bounds: Bounds, counts: torch.Tensor, s
 
     Example:
         >>> b = fixed_bounds(-1.0, 1.0, 4, torch.device("cpu"))
-        >>> c, s, p = torch.zeros(7, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+        >>> c, s, p = (torch.zeros(k, dtype=torch.float64) for k in (7, 5, 2))
         >>> kernel_observe(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, float("inf")]), b, c, s, p)
         >>> c.tolist()
         [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     """
-    for row, size in ((counts, n_slots(bounds.bins)), (sums, 3), (peaks, 2)):
+    if _cbin is None:
+        raise RuntimeError("the C kernel twinpeaks._cbin is not built (no C compiler at install?): reinstall twinpeaks")
+    for row, size in ((counts, n_slots(bounds.bins)), (sums, 5), (peaks, 2)):
         if row.dtype != torch.float64 or row.device.type != "cpu" or not row.is_contiguous() or row.numel() != size:
             raise ValueError(f"kernel_observe needs contiguous float64 CPU rows of {size}, got {tuple(row.shape)}")
     if values.device.type != "cpu" or values.dtype not in KERNEL_DTYPES or not bounds.edges_ptr:

@@ -109,7 +109,8 @@ class ColumnStore:
         need = self._n + extra
         if need <= len(self._steps):
             return
-        size = max(need, 2 * len(self._steps), 16)
+        # geometric growth, but never past what a full store plus this append needs
+        size = max(need, min(2 * len(self._steps), self.cap + extra), 16)
         for name in ("_steps", "_counts", "_stats"):
             old = getattr(self, name)
             new = np.empty((size, *old.shape[1:]), dtype=old.dtype)

@@ -84,28 +84,26 @@ def unwrap(model: nn.Module) -> nn.Module:
 class _PhaseData:
     """Device buffers (one row per step of the current window) and host stores of one record in one phase.
 
-    On the device: ``counts`` (float64, exact to 2**53) of the ``B + 3`` slots,
-    where the hot path adds only finite values and the nonfinite slot is
-    recovered at :meth:`take` as binned minus counted; ``sums`` (sum, sum of
-    squares, non-zeros) and ``peaks`` (-min, max), combined by max. On the host:
-    ``binned``/``seen`` element counts per row, and the sampling plan per shape.
+    On the device: ``counts`` (float64, exact to 2**53) of the ``B + 3`` slots
+    (the torch path adds only finite values and the nonfinite slot is recovered
+    at :meth:`take` as binned minus counted; the C kernel counts it), ``sums``
+    (sum, sum of squares, non-zeros, elements binned, elements seen) and ``peaks``
+    (-min, max), combined by max. On the host: the binning plan per output layout.
     """
 
     def __init__(self, rows: int, slots: int, device: torch.device, max_columns: int, extra: dict[str, int]):
         self.counts = torch.zeros(rows, slots, dtype=torch.float64, device=device)
         self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow
-        self.sums = torch.zeros(rows, 3, dtype=torch.float64, device=device)
+        self.sums = torch.zeros(rows, 5, dtype=torch.float64, device=device)
         self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
-        self.binned = [0] * rows  # lists: a Python int adds faster than a numpy element
-        self.seen = [0] * rows
         self.plans: dict[tuple, tuple] = {}  # (shape, strides, dtype) -> ActivationsHistogram._plan()
         self.store = ColumnStore(max_columns, (slots,))
         self.epoch = ColumnStore(256, (slots,))
         self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
         self.epoch_extra = {k: ColumnStore(256, (c, slots)) for k, c in extra.items()}
-        # CPU: each row's addresses in the three buffers, for the C kernel
-        self.addr = [(self.counts[r].data_ptr(), self.sums[r].data_ptr(), self.peaks[r].data_ptr())
-                     for r in range(rows)] if device.type == "cpu" else None
+        # CPU: the buffers' addresses and the bytes of a counts row, for the C kernel
+        self.addr = (self.counts.data_ptr(), self.sums.data_ptr(), self.peaks.data_ptr(), slots * 8
+                     ) if device.type == "cpu" else None
 
     def take(self, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """Move the first ``n`` rows to the host (the flush's only sync) and reset them."""
@@ -113,10 +111,10 @@ class _PhaseData:
         counts = self.counts[:n].cpu().numpy().astype(np.int64)
         sums = self.sums[:n].cpu().numpy().copy()
         peaks = self.peaks[:n].cpu().numpy().copy()
-        binned = np.array(self.binned[:n], np.int64)
-        counts[:, -1] += binned - counts.sum(axis=1)  # NaN and +-inf: binned but not counted
+        binned = sums[:, 3].astype(np.int64)
+        counts[:, -1] += binned - counts.sum(axis=1)  # torch path: NaN and +-inf are binned but not counted
         stats = empty_stats(n)
-        stats[:, 0], stats[:, 1] = binned, self.seen[:n]
+        stats[:, 0], stats[:, 1] = binned, sums[:, 4]
         stats[:, 2:4] = sums[:, :2]
         stats[:, 4] = binned - sums[:, 2]
         stats[:, 5], stats[:, 6] = -peaks[:, 0], peaks[:, 1]
@@ -133,8 +131,6 @@ class _PhaseData:
             self.peaks[:n] = -math.inf
             for v in self.extra.values():
                 v[:n] = 0
-        self.binned[:n] = [0] * n
-        self.seen[:n] = [0] * n
         return counts, stats, extra
 
 
@@ -153,6 +149,7 @@ class _Record:
         self.edges_written = False
         self.classes = 0  # per-class columns
         self.phases: dict[str, _PhaseData] = {}
+        self.fast: tuple | None = None  # the plan of the last output binned (see ActivationsHistogram._plan)
         self.dirty = True  # layer row needs (re)writing
 
 
@@ -500,37 +497,37 @@ class ActivationsHistogram:
         return rec
 
     def _bin(self, rec: _Record, t: torch.Tensor) -> None:
-        pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
-        plan = pd.plans.get((t.shape, t.stride(), t.dtype)) if pd is not None else None
-        if plan is None:
+        # Runs for every layer, every step: kept to a few attribute reads. Everything that depends only on
+        # the output's layout and the phase sits in one cached tuple (see _plan).
+        key = (t.shape, t.stride(), t.dtype)
+        f = rec.fast
+        if f is None or f[0] != key or f[1] != self._phase:
             with torch.no_grad():
-                plan = self._plan(rec, t)
-            if plan is _SKIP:
+                f = self._plan(rec, t, key)
+            if f is _SKIP:
                 return
-            pd = rec.phases[self._phase]  # type: ignore[index]
-        stride, blocks, k, n, code, size, dense = plan
+        _, _, code, n, stride, blocks, size, dense, c0, s0, p0, cs, edges, pd, extra, _ = f
         row = self._row
         if code >= 0:  # the C kernel: one pass over the memory, no torch operation
             src = t if dense else t.reshape(-1)  # a dense layout (even permuted) is read in storage order
             ptr = src.data_ptr()
             if blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
                 ptr += int(self._rng.random() * (stride - SAMPLE_BLOCK + 1)) * size
-            c, s, p = pd.addr[row]  # type: ignore[index]
-            _cbin_observe(ptr, code, n, stride, blocks, SAMPLE_BLOCK, rec.bounds.edges_ptr, self.bins, c, s, p)  # type: ignore[union-attr]
+            _cbin_observe(ptr, code, n, stride, blocks, SAMPLE_BLOCK, edges, self.bins,
+                          c0 + row * cs, s0 + row * 40, p0 + row * 16)
         else:
             with torch.no_grad():
-                self._bin_torch(rec, pd, t, row, stride, blocks, dense)
-        pd.binned[row] += k
-        pd.seen[row] += n
-        if rec.last and (rec.classes or "truth" in pd.extra):
+                self._bin_torch(rec, pd, t, row, f)
+        if extra:  # the last layer: per-class and truth (YES/NO) counts
             with torch.no_grad():
                 self._bin_last(rec, pd, t)
 
-    def _plan(self, rec: _Record, t: torch.Tensor) -> tuple:
-        """How to bin outputs like ``t`` (shape, strides, dtype) of ``rec`` in this phase, made once and cached.
+    def _plan(self, rec: _Record, t: torch.Tensor, key: tuple) -> tuple:
+        """How to bin outputs of ``t``'s layout (``key``: shape, strides, dtype) in this phase; cached on ``rec``.
 
-        ``(stride, blocks, binned, elements, kernel dtype code or -1, element size, dense)``, or ``_SKIP``.
-        Creates the phase's buffers and the layer's bounds on first use.
+        ``(key, phase, kernel dtype code or -1, elements, block stride, blocks, element size, dense,
+        counts/sums/peaks addresses, counts row bytes, edges address, phase data, last-layer extras)``,
+        or ``_SKIP``. Creates the phase's buffers and the layer's bounds on first use.
         """
         n = t.numel()
         if n == 0:
@@ -538,26 +535,33 @@ class ActivationsHistogram:
         if t.is_complex():
             self._warn_once(rec.name, "has a complex output: not binned")
             return _SKIP
-        if rec.out_shape is None:
-            rec.out_shape = list(t.shape)
-            rec.dirty = True
         pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
-        if pd is None:
-            pd = self._phase_data(rec, t)
-        if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
-            rec.bounds = (binning.fixed_bounds(*self.range, self.bins, t.device) if self.range
-                          else self._sync.auto_bounds(t.detach(), self.bins, self.margin, rec.id, output=rec.last)
-                          if self._sync else binning.auto_bounds(t.detach(), self.bins, self.margin, output=rec.last))
-        stride, blocks = self._stride(n, t.shape, rec.last)
-        kernel = pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
-        code = binning.KERNEL_DTYPES[t.dtype] if kernel else -1
-        plan = (stride, blocks, blocks * SAMPLE_BLOCK if blocks else n, n, code, t.element_size(), binning.is_dense(t))
-        pd.plans[(t.shape, t.stride(), t.dtype)] = plan
+        plan = pd.plans.get(key) if pd is not None else None
+        if plan is None:
+            if rec.out_shape is None:
+                rec.out_shape = list(t.shape)
+                rec.dirty = True
+            if pd is None:
+                pd = self._phase_data(rec, t)
+            if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
+                rec.bounds = (binning.fixed_bounds(*self.range, self.bins, t.device) if self.range
+                              else self._sync.auto_bounds(t.detach(), self.bins, self.margin, rec.id, output=rec.last)
+                              if self._sync else binning.auto_bounds(t.detach(), self.bins, self.margin, output=rec.last))
+            stride, blocks = self._stride(n, t.shape, rec.last)
+            k = blocks * SAMPLE_BLOCK if blocks else n
+            kernel = pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
+            c0, s0, p0, cs = pd.addr if kernel else (0, 0, 0, 0)
+            with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
+                kn = torch.tensor([k, n], dtype=torch.float64, device=t.device)
+            plan = pd.plans[key] = (key, self._phase, binning.KERNEL_DTYPES[t.dtype] if kernel else -1, n, stride,
+                                    blocks, t.element_size(), binning.is_dense(t), c0, s0, p0, cs,
+                                    rec.bounds.edges_ptr, pd, rec.last and bool(rec.classes or "truth" in pd.extra), kn)
+        rec.fast = plan
         return plan
 
-    def _bin_torch(self, rec: _Record, pd: _PhaseData, t: torch.Tensor, row: int, stride: int, blocks: int,
-                   dense: bool) -> None:
+    def _bin_torch(self, rec: _Record, pd: _PhaseData, t: torch.Tensor, row: int, plan: tuple) -> None:
         """The same as the C kernel with torch operations: other devices and dtypes, or no kernel."""
+        stride, blocks, dense, kn = plan[4], plan[5], plan[7], plan[-1]
         flat = t.detach()
         if not dense:
             flat = flat.reshape(-1)
@@ -570,7 +574,9 @@ class ActivationsHistogram:
         v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
         pd.finite[row].add_(binning.bin_finite(v, rec.bounds))  # type: ignore[arg-type]
         add, peak = binning.stats_parts(v)
-        pd.sums[row].add_(add)
+        sums = pd.sums[row]
+        sums[:3].add_(add)
+        sums[3:].add_(kn)
         peaks = pd.peaks[row]
         torch.maximum(peaks, peak, out=peaks)
 
