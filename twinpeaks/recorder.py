@@ -26,7 +26,7 @@ import random
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ EXACT_BELOW = 1 << 14
 AUTO_SAMPLE = 1 << 13
 #: Sampled elements come in contiguous blocks of this many.
 SAMPLE_BLOCK = 16
-_SKIP = ()  # plan of an output that is not binned (empty, complex)
+_SKIP = None  # the plan of an output that is not binned (empty, complex)
 _cbin_observe = binning._cbin.observe if binning._cbin is not None else None
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
@@ -96,7 +96,7 @@ class _PhaseData:
         self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow
         self.sums = torch.zeros(rows, 5, dtype=torch.float64, device=device)
         self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
-        self.plans: dict[tuple, tuple] = {}  # (shape, strides, dtype) -> ActivationsHistogram._plan()
+        self.plans: dict[tuple, _Plan] = {}  # (shape, strides, dtype) -> ActivationsHistogram._plan()
         self.store = ColumnStore(max_columns, (slots,))
         self.epoch = ColumnStore(256, (slots,))
         self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
@@ -134,6 +134,27 @@ class _PhaseData:
         return counts, stats, extra
 
 
+class _Plan(NamedTuple):
+    """How to bin one output layout of one record in one phase, made once (see ActivationsHistogram._plan)."""
+
+    key: tuple  # (shape, strides, dtype) of the outputs it is for
+    phase: str
+    code: int  # the C kernel's dtype code, or -1: torch operations
+    n: int  # elements per output
+    stride: int  # sampling: block stride in elements
+    blocks: int  # sampling: blocks per output; 0 = every element
+    size: int  # bytes per element
+    dense: bool  # the elements fill their storage block: read in storage order
+    counts_addr: int  # C kernel: addresses of row 0 of the phase's counts, sums and peaks buffers
+    sums_addr: int
+    peaks_addr: int
+    row_bytes: int  # bytes per counts row
+    edges_addr: int
+    pd: _PhaseData
+    extra: bool  # the last layer with per-class or truth rows
+    kn: torch.Tensor  # torch path: [binned, seen] to add per output
+
+
 class _Record:
     """One recorded tensor: a module's output or one tensor inside it."""
 
@@ -149,7 +170,7 @@ class _Record:
         self.edges_written = False
         self.classes = 0  # per-class columns
         self.phases: dict[str, _PhaseData] = {}
-        self.fast: tuple | None = None  # the plan of the last output binned (see ActivationsHistogram._plan)
+        self.fast: _Plan | None = None  # the plan of the last output binned (see ActivationsHistogram._plan)
         self.dirty = True  # layer row needs (re)writing
 
 
@@ -501,12 +522,12 @@ class ActivationsHistogram:
         # the output's layout and the phase sits in one cached tuple (see _plan).
         key = (t.shape, t.stride(), t.dtype)
         f = rec.fast
-        if f is None or f[0] != key or f[1] != self._phase:
+        if f is None or f[0] != key or f[1] != self._phase:  # f.key, f.phase (indexing is faster)
             with torch.no_grad():
                 f = self._plan(rec, t, key)
             if f is _SKIP:
                 return
-        _, _, code, n, stride, blocks, size, dense, c0, s0, p0, cs, edges, pd, extra, _ = f
+        _, _, code, n, stride, blocks, size, dense, c0, s0, p0, cs, edges, pd, extra, _ = f  # type: ignore[misc]
         row = self._row
         if code >= 0:  # the C kernel: one pass over the memory, no torch operation
             src = t if dense else t.reshape(-1)  # a dense layout (even permuted) is read in storage order
@@ -522,12 +543,10 @@ class ActivationsHistogram:
             with torch.no_grad():
                 self._bin_last(rec, pd, t)
 
-    def _plan(self, rec: _Record, t: torch.Tensor, key: tuple) -> tuple:
+    def _plan(self, rec: _Record, t: torch.Tensor, key: tuple) -> _Plan | None:
         """How to bin outputs of ``t``'s layout (``key``: shape, strides, dtype) in this phase; cached on ``rec``.
 
-        ``(key, phase, kernel dtype code or -1, elements, block stride, blocks, element size, dense,
-        counts/sums/peaks addresses, counts row bytes, edges address, phase data, last-layer extras)``,
-        or ``_SKIP``. Creates the phase's buffers and the layer's bounds on first use.
+        ``_SKIP`` for outputs that are not binned. Creates the phase's buffers and the layer's bounds on first use.
         """
         n = t.numel()
         if n == 0:
@@ -553,20 +572,21 @@ class ActivationsHistogram:
             c0, s0, p0, cs = pd.addr if kernel else (0, 0, 0, 0)
             with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                 kn = torch.tensor([k, n], dtype=torch.float64, device=t.device)
-            plan = pd.plans[key] = (key, self._phase, binning.KERNEL_DTYPES[t.dtype] if kernel else -1, n, stride,
-                                    blocks, t.element_size(), binning.is_dense(t), c0, s0, p0, cs,
-                                    rec.bounds.edges_ptr, pd, rec.last and bool(rec.classes or "truth" in pd.extra), kn)
+            plan = pd.plans[key] = _Plan(
+                key, self._phase, binning.KERNEL_DTYPES[t.dtype] if kernel else -1,  # type: ignore[arg-type]
+                n, stride, blocks, t.element_size(), binning.is_dense(t), c0, s0, p0, cs, rec.bounds.edges_ptr, pd,
+                rec.last and bool(rec.classes or "truth" in pd.extra), kn)
         rec.fast = plan
         return plan
 
-    def _bin_torch(self, rec: _Record, pd: _PhaseData, t: torch.Tensor, row: int, plan: tuple) -> None:
+    def _bin_torch(self, rec: _Record, pd: _PhaseData, t: torch.Tensor, row: int, plan: _Plan) -> None:
         """The same as the C kernel with torch operations: other devices and dtypes, or no kernel."""
-        stride, blocks, dense, kn = plan[4], plan[5], plan[7], plan[-1]
+        stride, blocks, dense = plan.stride, plan.blocks, plan.dense
         flat = t.detach()
         if not dense:
             flat = flat.reshape(-1)
         if blocks:
-            offset = flat.storage_offset() + self._rng.randrange(stride - SAMPLE_BLOCK + 1)
+            offset = flat.storage_offset() + int(self._rng.random() * (stride - SAMPLE_BLOCK + 1))
             flat = flat.as_strided((blocks, SAMPLE_BLOCK), (stride, 1), offset).reshape(-1)
         elif dense:
             flat = flat.as_strided((t.numel(),), (1,), flat.storage_offset())
@@ -576,7 +596,7 @@ class ActivationsHistogram:
         add, peak = binning.stats_parts(v)
         sums = pd.sums[row]
         sums[:3].add_(add)
-        sums[3:].add_(kn)
+        sums[3:].add_(plan.kn)
         peaks = pd.peaks[row]
         torch.maximum(peaks, peak, out=peaks)
 
