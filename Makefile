@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 SUM := $(shell cksum < pyproject.toml | cut -d' ' -f1)
 DEMO_STAMP := $(VENV)/.stamp-demo-$(SUM)
 TEST_STAMP := $(VENV)/.stamp-test-$(SUM)
-# the C binning kernel, rebuilt in place when its source changes (pip install -e builds it the first time)
+# the C binning kernel, rebuilt in place when its source changes (the first pip install -e builds it too)
 KERNEL := $(VENV)/.stamp-kernel
 
 .PHONY: demo test bench lint clean
@@ -19,7 +19,7 @@ $(PY):
 $(DEMO_STAMP): pyproject.toml | $(PY)
 	$(PIP) $(TORCH)
 	$(PIP) -e '.[demo]' $(TORCH)
-	touch $@
+	touch $@ $(KERNEL)
 
 # fastai pulls torchvision; PyPI's build does not load beside the CPU torch ("torchvision::nms does not
 # exist") and breaks `import lightning` (torchmetrics imports it when installed): remove it.
@@ -27,24 +27,24 @@ $(TEST_STAMP): pyproject.toml | $(PY)
 	$(PIP) $(TORCH)
 	$(PIP) -e '.[test]' $(TORCH)
 	$(PY) -m pip uninstall -q -y torchvision
-	touch $@ $(DEMO_STAMP)
+	touch $@ $(DEMO_STAMP) $(KERNEL)
 
 $(KERNEL): twinpeaks/_cbin.c setup.py | $(PY)
-	$(PY) setup.py -q build_ext --inplace
+	$(PIP) --no-deps -e .
 	touch $@
 
 demo: $(DEMO_STAMP) $(KERNEL)
 	$(VENV)/bin/twinpeaks demo --out twinpeaks-demo
 
 test: $(TEST_STAMP) $(KERNEL)
-	$(PY) -m ruff check twinpeaks tests bench examples scripts
+	$(PY) -m ruff check setup.py twinpeaks tests bench examples scripts
 	$(PY) -m pytest -q
 
 bench: $(TEST_STAMP) $(KERNEL)
 	$(PY) bench/overhead.py
 
 lint: $(TEST_STAMP)
-	$(PY) -m ruff check twinpeaks tests bench examples scripts
+	$(PY) -m ruff check setup.py twinpeaks tests bench examples scripts
 
 clean:
 	rm -rf $(VENV) twinpeaks-demo .pytest_cache build twinpeaks/_cbin*.so
