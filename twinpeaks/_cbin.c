@@ -123,8 +123,21 @@ static inline int64_t slot_of_scalar(const acc_t *a, float x) {
         mx##L = x_ > mx##L ? x_ : mx##L;                             \
     } while (0)
 
-/* `blocks` runs of `block` elements, the i-th at element i * stride (one run: all of them).
-   Sampled runs lie farther apart than hardware prefetchers follow: ask AHEAD runs ahead. */
+/* Sampled runs lie farther apart than hardware prefetchers follow: ask for the first AHEAD runs, then,
+   at each run, for the one AHEAD runs later (first and last element: a run may straddle cache lines).
+   Used inside the span functions below (base, stride, block, blocks are theirs). */
+#define PREFETCH_FIRST_RUNS()                                             \
+    for (int64_t r_ = 0; r_ < blocks && r_ < AHEAD && blocks > 1; r_++) { \
+        PREFETCH(base + r_ * stride);                                     \
+        PREFETCH(base + r_ * stride + block - 1);                         \
+    }
+#define PREFETCH_RUN_AHEAD(r, p)                       \
+    if ((r) + AHEAD < blocks) {                        \
+        PREFETCH((p) + AHEAD * stride);                \
+        PREFETCH((p) + AHEAD * stride + block - 1);    \
+    }
+
+/* `blocks` runs of `block` elements, the i-th at element i * stride (one run: all of them). */
 #define DEFINE_SPAN(NAME, CTYPE, LOAD)                                                              \
     static void NAME(acc_t *a, const void *data, int64_t block, int64_t blocks, int64_t stride) {   \
         const CTYPE *base = (const CTYPE *)data;                                                    \
@@ -137,16 +150,10 @@ static inline int64_t slot_of_scalar(const acc_t *a, float x) {
         int64_t nz0 = 0, nz1 = 0, nz2 = 0, nz3 = 0;                                                 \
         float mn0 = INFINITY, mn1 = INFINITY, mn2 = INFINITY, mn3 = INFINITY;                       \
         float mx0 = -INFINITY, mx1 = -INFINITY, mx2 = -INFINITY, mx3 = -INFINITY;                   \
-        for (int64_t r = 0; r < blocks && r < AHEAD && blocks > 1; r++) {                          \
-            PREFETCH(base + r * stride);                                                            \
-            PREFETCH(base + r * stride + block - 1);                                                \
-        }                                                                                           \
+        PREFETCH_FIRST_RUNS();                                                                      \
         for (int64_t r = 0; r < blocks; r++) {                                                      \
             const CTYPE *p = base + r * stride;                                                     \
-            if (r + AHEAD < blocks) {                                                               \
-                PREFETCH(p + AHEAD * stride);                                                       \
-                PREFETCH(p + AHEAD * stride + block - 1);                                           \
-            }                                                                                       \
+            PREFETCH_RUN_AHEAD(r, p);                                                               \
             int64_t i = 0;                                                                          \
             for (; i + LANES <= block; i += LANES) {                                                \
                 TAKE(0, LOAD(p[i]));                                                                \
@@ -195,16 +202,10 @@ static inline int64_t slot_of_scalar(const acc_t *a, float x) {
         float mn_t = INFINITY, mx_t = -INFINITY;                                                    \
         float xs[4];                                                                                \
         int32_t bs[4];                                                                              \
-        for (int64_t r = 0; r < blocks && r < AHEAD && blocks > 1; r++) {                          \
-            PREFETCH(base + r * stride);                                                            \
-            PREFETCH(base + r * stride + block - 1);                                                \
-        }                                                                                           \
+        PREFETCH_FIRST_RUNS();                                                                      \
         for (int64_t r = 0; r < blocks; r++) {                                                      \
             const CTYPE *p = base + r * stride;                                                     \
-            if (r + AHEAD < blocks) {                                                               \
-                PREFETCH(p + AHEAD * stride);                                                       \
-                PREFETCH(p + AHEAD * stride + block - 1);                                           \
-            }                                                                                       \
+            PREFETCH_RUN_AHEAD(r, p);                                                               \
             int64_t i = 0;                                                                          \
             for (; i + 4 <= block; i += 4) {                                                        \
                 const __m128 x = LOADV(p, i);                                                       \
