@@ -270,6 +270,55 @@ def test_sampling_keeps_small_outputs_exact_and_reports_seen(tmp_run):
     assert_hist_equals(run.histogram(-1, "valid", epoch=0), cap.all("train"))  # last layer exact
 
 
+@pytest.mark.parametrize("sample", ["auto", 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_c_kernel_and_torch_path_record_the_same(tmp_path, monkeypatch, sample, dtype):
+    """The recorder's two CPU paths (C kernel, torch operations) draw the same samples and count the same.
+
+    Covers what the kernel adds besides the bins: nonfinite values, element counts, sums, min/max, a
+    permuted (dense, non-contiguous) output, and a non-dense one.
+    """
+    from twinpeaks import binning
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 64, 3, padding=1)  # 4 x 64 x 32 x 32 = 262k elements: sampled in "auto"
+            self.perm = nn.Identity()
+            self.strided = nn.Identity()
+            self.head = nn.Linear(32, 3)
+
+        def forward(self, x):
+            h = self.conv(x)
+            h[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+            p = self.perm(h.permute(0, 2, 3, 1))  # dense, not contiguous
+            s = self.strided(p[..., ::2])  # not dense: binned from a copy
+            return self.head(s.mean(dim=(1, 2))[:, :32])
+
+    runs = {}
+    for kernel in (True, False):
+        monkeypatch.setattr(binning, "KERNEL", kernel)
+        torch.manual_seed(0)
+        model = Net().to(dtype)
+        path = tmp_path / f"{kernel}.tp"
+        with tp.ActivationsHistogram(model, path, sample=sample) as hist, torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(4, 1, 32, 32, dtype=dtype))
+            hist.end_epoch()
+        runs[kernel] = tp.open_run(path)
+    for layer in runs[True].layers:
+        a, b = (runs[k].histogram(layer.name, "train", epoch=0) for k in (True, False))
+        np.testing.assert_array_equal(a.counts, b.counts)
+        assert (a.underflow, a.overflow, a.nonfinite, a.total, a.seen) == (b.underflow, b.overflow, b.nonfinite,
+                                                                          b.total, b.seen)
+        if layer.name == "conv":
+            assert (a.total < a.seen) == (sample == "auto")
+        if layer.name == "perm" and sample == 1.0:
+            assert a.nonfinite == 9
+        np.testing.assert_allclose([a.mean, a.std], [b.mean, b.std], rtol=1e-5, equal_nan=True)
+        assert (a.min, a.max) == (b.min, b.max) or np.isnan([a.min, b.min]).all()
+
+
 def test_a_large_last_layer_is_still_binned_exactly(tmp_run):
     """Twin Peaks and the diagnosis read the last layer: sample="auto" never samples it, whatever its size."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5000))  # 8 x 5000 = 40k > EXACT_BELOW
