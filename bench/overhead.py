@@ -465,7 +465,7 @@ def inside_table(results: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small batches, few rounds: a smoke run")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 16, quick 3)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 30, quick 3)")
     ap.add_argument("--only", nargs="*", default=None, help="workloads to run (cnn mlp transformer)")
     ap.add_argument("--skip-extras", action="store_true", help="only the overhead table")
     ap.add_argument("--threads", type=int, default=1,
@@ -477,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
                     help='run twinpeaks steps under torch.cuda.set_sync_debug_mode("error")')
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
-    rounds = args.rounds or (3 if args.quick else 16)
+    rounds = args.rounds or (3 if args.quick else 30)
     steps = 2 if args.quick else 3
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
