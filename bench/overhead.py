@@ -84,8 +84,8 @@ def workloads(quick: bool, scale: int = 1) -> dict[str, tuple[nn.Module, torch.T
     out = {
         "cnn": (cnn(16), torch.randn(b, 1, 28, 28, generator=g), torch.randint(0, 10, (b,), generator=g)),
         "mlp": (mlp(), torch.randn(8 * b, 64, generator=g), torch.randint(0, 10, (8 * b,), generator=g)),
-        "transformer": (Encoder(), torch.randint(0, 1000, (b // 16, 128), generator=g),
-                        torch.randint(0, 2, (b // 16,), generator=g)),
+        "transformer": (Encoder(), torch.randint(0, 1000, (b * 5 // 64, 128), generator=g),
+                        torch.randint(0, 2, (b * 5 // 64,), generator=g)),
     }
     return out
 
