@@ -38,6 +38,7 @@ demo: $(DEMO_STAMP) $(KERNEL)
 
 test: $(TEST_STAMP) $(KERNEL)
 	$(PY) -m ruff check setup.py twinpeaks tests bench examples scripts
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 bench: $(TEST_STAMP) $(KERNEL)
@@ -45,6 +46,7 @@ bench: $(TEST_STAMP) $(KERNEL)
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check setup.py twinpeaks tests bench examples scripts
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) twinpeaks-demo .pytest_cache build twinpeaks/_cbin*.so

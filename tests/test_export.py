@@ -165,3 +165,14 @@ def test_cli_export(rec, tmp_path, capsys):
     assert accumulate(tmp_path / "tb").Tags()["histograms"]
     assert cli.main(["export", str(tmp_path / "missing.tp"), "--tensorboard", str(tmp_path / "tb2")]) == 2
     assert "no run file" in capsys.readouterr().err
+
+
+def test_wandb_bad_mode_fails_early_naming_it(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    rec = Recorded(tmp_path / "run.tp", epochs=1, bins=10, test=False)
+    with pytest.raises(ValueError, match="mode must be one of offline, online, disabled, shared.*'ofline'"):
+        tp.export_wandb(rec.path, "twinpeaks-test", mode="ofline")
+    monkeypatch.setenv("WANDB_MODE", "nope")
+    with pytest.raises(ValueError, match="WANDB_MODE.*'nope'"):
+        tp.export_wandb(rec.path, "twinpeaks-test")

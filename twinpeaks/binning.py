@@ -86,8 +86,11 @@ def check_range(lo: float, hi: float, bins: int) -> None:
         raise ValueError(f"range {(lo, hi)!r} collapses in float32; widen it")
 
 
-def slots_to_parts(row: np.ndarray) -> tuple[np.ndarray, int, int, int]:
-    """Split a slot row (or the last axis of a stack of rows) into counts, under, over, nonfinite."""
+def slots_to_parts(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split a slot row (or the last axis of a stack of rows) into counts, under, over, nonfinite.
+
+    For one row the last three are 0-d arrays (use ``int()``); for a stack, one value per row.
+    """
     row = np.asarray(row)
     return row[..., 1:-2], row[..., 0], row[..., -2], row[..., -1]
 

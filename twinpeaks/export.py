@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -138,7 +138,8 @@ def _write_tensorboard(run: Run, writer: Any) -> int:
             if phase == "train":
                 cols = run.columns(info, phase)
                 nonfinite += int(cols.nonfinite.sum())
-                rows = zip(cols.starts.tolist(), cols.counts, cols.underflow, cols.overflow, cols.stats)
+                rows: list[tuple[Any, ...]] = list(
+                    zip(cols.starts.tolist(), cols.counts, cols.underflow, cols.overflow, cols.stats))
             else:
                 rows = []
                 for e in range(run.epochs):
@@ -185,6 +186,9 @@ def wandb_bins(counts: np.ndarray, edges: np.ndarray, under: int = 0, over: int 
     return counts, edges
 
 
+_WANDB_MODES = ("offline", "online", "disabled", "shared")
+
+
 def export_wandb(
     run: Run | str | os.PathLike,
     project: str,
@@ -220,12 +224,14 @@ def export_wandb(
         import wandb
     except ImportError:
         raise ImportError("W&B export needs wandb: pip install 'twinpeaks[wandb]'") from None
+    mode = mode or os.environ.get("WANDB_MODE") or "offline"
+    if mode not in _WANDB_MODES:
+        raise ValueError(f"mode must be one of {', '.join(_WANDB_MODES)} (or WANDB_MODE), got {mode!r}")
     r = open_run(run)
     try:
-        mode = mode or os.environ.get("WANDB_MODE") or "offline"
         meta = r.meta
         wrun = wandb.init(
-            project=project, name=name or (r.path.stem if r.path else None), mode=mode,
+            project=project, name=name or (r.path.stem if r.path else None), mode=cast(Any, mode),
             dir=None if dir is None else str(dir), reinit="create_new",
             config={"twinpeaks": {"run_file": str(r.path) if r.path else None, "model": meta.get("model"),
                                   **(meta.get("options") or {})}},

@@ -24,7 +24,7 @@ from ._adapter import Recording, class_targets, require
 _callback = require("fastai.callback.core", "fastai")
 
 
-class ActivationsHistogram(Recording, _callback.Callback):
+class ActivationsHistogram(Recording, _callback.Callback):  # type: ignore[name-defined]  # imported lazily
     """fastai callback recording every layer's activation histograms (available as ``learn.activations_histogram``).
 
     Args:
@@ -89,7 +89,7 @@ class ActivationsHistogram(Recording, _callback.Callback):
             return
         hist = self.recorder
         hist.begin_step("train" if self.learn.training else self._phase)
-        yb = getattr(self.learn, "yb", ())
+        yb: Any = getattr(self.learn, "yb", ())
         y = class_targets(yb[0]) if len(yb) else None
         if y is not None:
             hist.targets(y)

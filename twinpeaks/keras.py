@@ -103,7 +103,7 @@ def _targets(y: Any) -> Any:
     return t
 
 
-class ActivationsHistogram(Recording, keras.callbacks.Callback):
+class ActivationsHistogram(Recording, keras.callbacks.Callback):  # type: ignore[name-defined]  # imported lazily
     """Keras callback recording every layer's activation histograms, every step (torch backend).
 
     Args:
@@ -141,7 +141,8 @@ class ActivationsHistogram(Recording, keras.callbacks.Callback):
             raise ValueError(f"probe_batch and probe_every must be positive ints, got {probe_batch!r}, {probe_every!r}")
         super().__init__()
         self._init_recording({"path": path, **options})
-        self._probe_args = (probe, probe_valid, probe_batch, probe_every) if backend == "jax" else None
+        self._probe_args: tuple[Any, ...] | None = (
+            (probe, probe_valid, probe_batch, probe_every) if backend == "jax" else None)
         self._probe: Probe | None = None
         self._fitting = False
 
@@ -154,13 +155,13 @@ class ActivationsHistogram(Recording, keras.callbacks.Callback):
             self.recorder.attach()
             return
         if self._hist is None:
-            layers = KerasLayers(self.model)
-            names = [name for name, _ in layers.named_children()]
+            wrapped = KerasLayers(self.model)
+            names = [name for name, _ in wrapped.named_children()]
             modules = self._options.get("modules")
             if modules is not None:  # Keras layer names or indices into the layer list
                 modules = [names[m] if isinstance(m, int) and not isinstance(m, bool) else m for m in modules]
             self._options = {**self._options, "modules": modules or names}
-            self._recorder(layers)
+            self._recorder(wrapped)
         self.recorder.attach()
         model, compute_loss = self.model, self.model.compute_loss
 
@@ -174,7 +175,7 @@ class ActivationsHistogram(Recording, keras.callbacks.Callback):
 
     def _stop(self) -> None:
         if self._probe is None:
-            vars(self.model).pop("compute_loss", None)
+            self.model.__dict__.pop("compute_loss", None)
         self.recorder.detach()
         self.recorder.flush()  # an unfinished epoch; an evaluate() after fit joins the last epoch
 

@@ -35,7 +35,7 @@ def batch_targets(batch: Any) -> Any:
     return None
 
 
-class ActivationsHistogram(Recording, _pl.Callback):
+class ActivationsHistogram(Recording, _pl.Callback):  # type: ignore[name-defined]  # imported lazily
     """Lightning callback recording every layer's activation histograms of the ``LightningModule``.
 
     Args:

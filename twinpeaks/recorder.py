@@ -48,7 +48,13 @@ AUTO_SAMPLE = 1 << 13
 #: Sampled elements come in contiguous blocks of this many.
 SAMPLE_BLOCK = 16
 _SKIP = None  # the plan of an output that is not binned (empty, complex)
-_cbin_observe = binning._cbin.observe if binning._cbin is not None else None
+
+
+def _no_kernel(*args: Any) -> None:
+    raise RuntimeError("twinpeaks._cbin is not built")  # never called: plans use the kernel only when it is built
+
+
+_cbin_observe: Callable[..., None] = binning._cbin.observe if binning._cbin is not None else _no_kernel
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
 
@@ -569,7 +575,7 @@ class ActivationsHistogram:
             stride, blocks = self._stride(n, t.shape, rec.last)
             k = blocks * SAMPLE_BLOCK if blocks else n
             kernel = pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
-            c0, s0, p0, cs = pd.addr if kernel else (0, 0, 0, 0)
+            c0, s0, p0, cs = (pd.addr if kernel else None) or (0, 0, 0, 0)
             with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                 kn = torch.tensor([k, n], dtype=torch.float64, device=t.device)
             plan = pd.plans[key] = _Plan(

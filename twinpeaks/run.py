@@ -46,6 +46,11 @@ class LayerInfo:
         return self.out_shape is not None
 
 
+#: A layer as the reading functions take it: a name, an index into ``Run.layers`` (negative counts
+#: from the end), or a :class:`LayerInfo` of the same run.
+LayerRef = int | str | LayerInfo
+
+
 @dataclass(frozen=True)
 class Histogram:
     """Counts of one layer over some steps, with everything outside the range.
@@ -257,7 +262,7 @@ class Run:
         ).fetchone()
         return int(decode(row[1], row[2], row[0])[-1, 1]) if row else 0
 
-    def layer(self, layer: int | str) -> LayerInfo:
+    def layer(self, layer: LayerRef) -> LayerInfo:
         """A layer by name or by index into :attr:`layers` (negative counts from the end)."""
         layers = self.layers
         if isinstance(layer, (int, np.integer)) and not isinstance(layer, bool):
@@ -273,7 +278,7 @@ class Run:
         more = ", ..." if len(layers) > 8 else ""
         raise LayerNotFound(f"no layer named {layer!r} in this run; layers are {names}{more}")
 
-    def edges(self, layer: int | str) -> np.ndarray:
+    def edges(self, layer: LayerRef) -> np.ndarray:
         """float64 ``[bins + 1]`` bin edges of a layer (empty if it never recorded)."""
         info = self.layer(layer)
         row = self._conn.execute(
@@ -284,7 +289,7 @@ class Run:
     # -- histograms ----------------------------------------------------------
     def histogram(
         self,
-        layer: int | str,
+        layer: LayerRef,
         phase: str = "train",
         epoch: int | None = None,
         column: int | None = None,
@@ -355,11 +360,11 @@ class Run:
         seen = int(stats[STATS.index("seen")]) if pick is None else int(row.sum())
         return Histogram(counts.copy(), edges, int(under), int(over), int(nonfinite), steps, seen, stats)
 
-    def steps(self, layer: int | str, phase: str = "train") -> np.ndarray:
+    def steps(self, layer: LayerRef, phase: str = "train") -> np.ndarray:
         """Per-step (or per merged column) counts: int64 ``[n_columns, bins]``."""
         return self.columns(layer, phase).counts
 
-    def columns(self, layer: int | str, phase: str = "train") -> Columns:
+    def columns(self, layer: LayerRef, phase: str = "train") -> Columns:
         """Per-step columns with their step ranges, out-of-range counts and stats."""
         info = self.layer(layer)
         parts: dict[str, list[np.ndarray]] = {"col_steps": [], "col_counts": [], "col_stats": []}

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 from ._adapter import Recording, class_targets, require
@@ -36,7 +37,7 @@ def logits(out: Any) -> Any:
 
 def _in_predict() -> bool:
     """Whether the innermost ``Trainer.evaluate``/``Trainer.predict`` on the stack is ``predict``."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name in ("predict", "evaluate") and isinstance(frame.f_locals.get("self"), _tr.Trainer):
             return frame.f_code.co_name == "predict"
@@ -44,7 +45,7 @@ def _in_predict() -> bool:
     return False
 
 
-class ActivationsHistogram(Recording, _tr.TrainerCallback):
+class ActivationsHistogram(Recording, _tr.TrainerCallback):  # type: ignore[name-defined]  # imported lazily
     """``TrainerCallback`` recording every layer's activation histograms, the logits last.
 
     Args:

@@ -18,10 +18,11 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from ..run import Columns, LayerInfo, Run
+from ..run import Columns, LayerInfo, LayerRef, Run
 from .common import (
     as_run,
     class_names,
@@ -34,6 +35,11 @@ from .common import (
     style,
 )
 from .twin_peaks import _palette
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from matplotlib.image import AxesImage
 
 CMAP = "magma"
 EPOCH_COLOR = "#4aa8ff"
@@ -67,9 +73,9 @@ def _out_shares(cols: Columns) -> tuple[np.ndarray, np.ndarray]:
 
 
 def draw_colorful(
-    ax: object,
+    ax: Axes,
     run: Run,
-    layer: int | str | LayerInfo,
+    layer: LayerRef,
     *,
     phase: str = "train",
     show_epochs: bool = True,
@@ -77,7 +83,7 @@ def draw_colorful(
     show_layer_info: bool = False,
     vmax: float | None = None,
     cols: Columns | None = None,
-) -> object:
+) -> AxesImage:
     """Draw one layer's Colorful Dimension into ``ax``; return the image artist."""
     from matplotlib.colors import PowerNorm
     from matplotlib.ticker import MaxNLocator
@@ -151,7 +157,7 @@ def _epoch_bounds(run: Run, phase: str, cols: Columns) -> dict[int, tuple[int, i
     return out
 
 
-def _profiles(ax: object, run: Run, info: LayerInfo, phase: str, cols: Columns,
+def _profiles(ax: Axes, run: Run, info: LayerInfo, phase: str, cols: Columns,
               bounds: dict[int, tuple[int, int]]) -> None:
     """Each epoch's mean histogram as a curve over its segment (one per class with per-class data)."""
     groups: list[tuple[str | None, dict]] = (
@@ -166,7 +172,7 @@ def _profiles(ax: object, run: Run, info: LayerInfo, phase: str, cols: Columns,
             share = h.counts / h.total if h.total else np.zeros(len(h.counts))
             centers, share = rebin(h.centers, share, display_factor(info.bins, PROFILE_POINTS))
             curves.append((x0, x1, name, share, centers))
-    peaks = {}  # each epoch's curves share one scale: shapes show, whatever the epoch's spread
+    peaks: dict[float, float] = {}  # each epoch's curves share one scale: shapes show, whatever the epoch's spread
     for x0, _, _, share, _ in curves:
         peaks[x0] = max(peaks.get(x0, 0.0), float(share.max()))
     palette = _palette(len(groups))
@@ -193,7 +199,7 @@ def plot_colorful_dimension(
     phase: str = "train",
     shared_scale: bool = False,
     show_stats: bool = True,
-    ax: object | None = None,
+    ax: Axes | None = None,
 ) -> object:
     """The Colorful Dimension of one layer or a grid of layers.
 
@@ -240,7 +246,7 @@ def plot_colorful_dimension(
         nrows = -(-n // ncols)
         big = n > BIG_GRID  # constrained layout would cost seconds: a fixed layout instead
         if ax is not None:
-            fig, axes = ax.figure, [ax]  # type: ignore[attr-defined]
+            fig, axes = cast("Figure", ax.figure), [ax]
         else:
             width, height = figsize or (4.8 * ncols + (0.8 if shared_scale or n == 1 else 0), 2.7 * nrows + 0.7)
             fig = new_figure((width, height), constrained=not big)
@@ -261,7 +267,7 @@ def plot_colorful_dimension(
         for a in axes[n:]:
             a.set_visible(False)
         if ax is None:
-            if shared_scale or n == 1:
+            if (shared_scale or n == 1) and im is not None:
                 fig.colorbar(im, ax=axes[:n], label="log(1 + count per step)", shrink=0.9, pad=0.02)
             scale = "shared" if shared_scale else "per layer"
             note = (f"colour: log(1 + count per step), {scale} scale; red strips: share of values outside the range; "

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..run import PHASES, Run
+from ..run import PHASES, LayerRef, Run
 from .common import (
     PHASE_COLORS,
     PHASE_STYLES,
@@ -30,6 +31,9 @@ from .common import (
     rebin,
     style,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 TRUTH_COLORS = {"YES": "#1f77b4", "NO": "#ff7f0e"}
 
@@ -71,7 +75,7 @@ def _phases(run: Run, epoch: int, phases: Sequence[str] | None) -> list[str]:
 def twin_peaks_curves(
     run: Run,
     epoch: int = -1,
-    layer: int | str = -1,
+    layer: LayerRef = -1,
     *,
     per_class: bool = False,
     by_truth: bool = False,
@@ -127,10 +131,10 @@ def _label(c: Curve, with_group: bool) -> str:
 
 
 def draw_twin_peaks(
-    ax: object,
+    ax: Axes,
     run: Run,
     epoch: int = -1,
-    layer: int | str = -1,
+    layer: LayerRef = -1,
     *,
     per_class: bool = False,
     by_truth: bool = False,
@@ -206,7 +210,7 @@ def _palette(n: int) -> list:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
-def _shade_overlap(ax: object, curves: list[Curve]) -> None:
+def _shade_overlap(ax: Axes, curves: list[Curve]) -> None:
     """Grey area under both the YES and the NO curve of the last evaluation phase: where mistakes are."""
     by = {(c.phase, c.group): c for c in curves}
     evals = [c.phase for c in curves if c.phase != "train"] or ["train"]
@@ -219,7 +223,7 @@ def _shade_overlap(ax: object, curves: list[Curve]) -> None:
                     label=f"overlap {phase}: {100 * low.sum():.1f}%")
 
 
-def _out_of_range_note(ax: object, curves: list[Curve], edges: np.ndarray) -> None:
+def _out_of_range_note(ax: Axes, curves: list[Curve], edges: np.ndarray) -> None:
     """Text at the left/right edge listing the share of each curve below/above the range."""
     for side, attr, x, ha, arrow in (("below", "under", 0.01, "left", "<"), ("above", "over", 0.99, "right", ">")):
         parts = [f"{c.group + ' ' if c.group else ''}{c.phase} {100 * getattr(c, attr):.1f}%"
@@ -237,12 +241,12 @@ def _out_of_range_note(ax: object, curves: list[Curve], edges: np.ndarray) -> No
 def plot_twin_peaks(
     run: Run | str | os.PathLike,
     epoch: int = -1,
-    layer: int | str = -1,
+    layer: LayerRef = -1,
     per_class: bool = False,
     *,
     by_truth: bool = False,
     phases: Sequence[str] | None = None,
-    ax: object | None = None,
+    ax: Axes | None = None,
     figsize: tuple[float, float] = (7.0, 4.0),
     max_points: int = 80,
     zoom: bool = True,
@@ -281,7 +285,7 @@ def plot_twin_peaks(
 
 def plot_twin_peaks_history(
     run: Run | str | os.PathLike,
-    layer: int | str = -1,
+    layer: LayerRef = -1,
     *,
     per_class: bool = False,
     by_truth: bool = False,

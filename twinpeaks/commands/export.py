@@ -18,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import export_tensorboard, export_wandb
 
+    out: object
     if args.tensorboard:
         out = export_tensorboard(args.run, args.tensorboard)
         print(f"wrote TensorBoard histograms to {out}   (view: tensorboard --logdir {out})")

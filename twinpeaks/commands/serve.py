@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     server = make_server(args.directory, args.host, args.port)
     host, port = server.server_address[:2]
+    host = host.decode() if isinstance(host, bytes) else host
     shown = f"[{host}]" if ":" in host else host
     print(f"twinpeaks dashboard of {args.directory}: http://{shown}:{port}/   (Ctrl-C to stop)", flush=True)
     if not is_loopback(args.host):

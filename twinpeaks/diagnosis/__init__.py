@@ -31,7 +31,7 @@ import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -338,7 +338,7 @@ class _Diagnoser:
         self.metrics[(name, phase, layer)] = arr
         return arr
 
-    def _hist(self, layer: Any, phase: str, epoch: int, truth: str | None = None) -> Any:
+    def _hist(self, layer: Any, phase: str, epoch: int, truth: Literal["yes", "no"] | None = None) -> Any:
         # train: the last quarter of the epoch (what Twin Peaks compares), valid: all of it
         return self.run.histogram(layer, phase, epoch, truth=truth, last_quarter=phase == "train")
 
@@ -392,7 +392,7 @@ class _Diagnoser:
     def _last_layer_metrics(self) -> str:
         """Separation, AUC, overlap, bimodality per phase; train-valid distance and gap. Returns the task."""
         truth_seen = False
-        parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}  # yes, no, all, x
         for phase in self.phases:
             sep, sepm, auc, ovl, bim, rows = [], [], [], [], [], []
             for e in range(self.n):

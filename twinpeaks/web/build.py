@@ -34,7 +34,7 @@ RunLike = Run | str | os.PathLike
 
 def static_text(name: str) -> str:
     """A file of ``twinpeaks/web/static`` (the page's JavaScript and CSS)."""
-    return resources.files("twinpeaks.web").joinpath("static", name).read_text(encoding="utf-8")
+    return resources.files("twinpeaks.web").joinpath("static").joinpath(name).read_text(encoding="utf-8")
 
 
 def plotly_js() -> str:

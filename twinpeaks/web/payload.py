@@ -250,8 +250,8 @@ def run_payload(
     return payload
 
 
-def report_payload(runs: Sequence[Run], names: Sequence[str] | None = None, **options: Any) -> dict:
-    """The payload of a page showing ``runs`` side by side."""
+def report_payload(runs: Sequence[Run], names: Sequence[str | None] | None = None, **options: Any) -> dict:
+    """The payload of a page showing ``runs`` side by side (a name of None: the run's own)."""
     names = list(names) if names is not None else [None] * len(runs)
     return {
         "twinpeaks_version": __version__,

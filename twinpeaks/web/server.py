@@ -277,11 +277,14 @@ def make_server(directory: str | os.PathLike, host: str = "127.0.0.1", port: int
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
     handler = type("RunHandler", (Handler,), {"directory": RunDirectory(directory),
                                               "loopback_only": is_loopback(host)})
-    server_cls = ThreadingHTTPServer
+    server_cls: type[ThreadingHTTPServer] = ThreadingHTTPServer
     if ":" in host:
         import socket
 
-        server_cls = type("ThreadingHTTPServerV6", (ThreadingHTTPServer,), {"address_family": socket.AF_INET6})
+        class ThreadingHTTPServerV6(ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+
+        server_cls = ThreadingHTTPServerV6
     server = server_cls((host, port), handler)
     server.daemon_threads = True
     if not is_loopback(host):
