@@ -95,6 +95,19 @@ def test_every_step_through_torch_hooks(fitted):
     assert_hist_equals(run.histogram(-1, "test", epoch=1), torch.cat(calls[-2:]))
 
 
+def test_predict_is_recorded_as_test(tmp_path):
+    (x, y), (xv, _) = _data()
+    model = _model()
+    cb = ActivationsHistogram(path=tmp_path / "p.tp")
+    model.fit(x, y, batch_size=BS, epochs=1, verbose=0, callbacks=[cb])
+    last = Outputs(model.get_layer("logits"))
+    model.predict(xv, batch_size=BS, verbose=0, callbacks=[cb])
+    last.remove()
+    run = cb.run
+    assert run.epochs == 1 and run.phases == ["train", "test"] and run.n_steps("test") == 2
+    assert_hist_equals(run.histogram(-1, "test", epoch=0), torch.cat([t for _, t in last.calls]))
+
+
 def test_modules_by_keras_name_or_index(tmp_path):
     (x, y), (xv, yv) = _data()
     model = _model()

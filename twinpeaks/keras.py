@@ -106,6 +106,8 @@ def _targets(y: Any) -> Any:
 class ActivationsHistogram(Recording, keras.callbacks.Callback):  # type: ignore[name-defined]  # imported lazily
     """Keras callback recording every layer's activation histograms, every step (torch backend).
 
+    ``fit`` records ``train`` and ``valid``; ``evaluate`` and ``predict`` outside ``fit`` record ``test``.
+
     Args:
         path: run file to create; the other options are those of :class:`twinpeaks.ActivationsHistogram`
             (``modules`` by Keras layer name or index, ``bins, range, per_class, sample, classes, ...``).
@@ -211,3 +213,14 @@ class ActivationsHistogram(Recording, keras.callbacks.Callback):  # type: ignore
     def on_test_end(self, logs: Any = None) -> None:
         if not self._fitting and self._probe_args is None:
             self._stop()
+
+    # predict() is a test pass without targets, as the Hugging Face adapter records it
+    def on_predict_begin(self, logs: Any = None) -> None:
+        self.on_test_begin(logs)
+
+    def on_predict_batch_begin(self, batch: int, logs: Any = None) -> None:
+        if self._probe_args is None:
+            self.recorder.begin_step("test")
+
+    def on_predict_end(self, logs: Any = None) -> None:
+        self.on_test_end(logs)
