@@ -132,6 +132,7 @@ def worker(scenario: str, out: Path) -> None:
     cap.save(out / f"cap{rank}.npz")
     if scenario == "even":
         fsdp_epoch(x, y, rank, out)
+        fsdp1_epoch(x, y, rank, out)
     dist.destroy_process_group()
 
 
@@ -149,6 +150,19 @@ def fsdp_epoch(x, y, rank, out):
     tp.distributed.configure(hist, group=torch.distributed.new_group(backend="gloo"), timeout=20)  # a user's group
     with hist:
         train(model, model, hist, Capture(model[2]), shard(x, y, rank, STEPS, BATCH), [], epochs=1)
+
+
+def fsdp1_epoch(x, y, rank, out):
+    """One epoch of the same training with FSDP1 ``FullyShardedDataParallel`` (CPU, gloo), each Linear a unit."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    import twinpeaks as tp
+
+    fsdp = FSDP(make_model(), device_id=torch.device("cpu"), auto_wrap_policy=ModuleWrapPolicy({nn.Linear}))
+    hist = tp.ActivationsHistogram(fsdp, out / f"fsdp1_{rank}.tp", bins=40, sample=1.0)
+    with hist:
+        train(fsdp, fsdp, hist, Capture(fsdp.module[2]), shard(x, y, rank, STEPS, BATCH), [], epochs=1)
 
 
 # -- the tests (parent process) ------------------------------------------------------------------------
@@ -266,6 +280,18 @@ def test_fsdp2_fully_shard_run_equals_ddp_run(even):
 
     fsdp, ddp_run = tp.open_run(even / "fsdp0.tp"), tp.open_run(even / "run0.tp")
     assert [layer.name for layer in fsdp.layers] == ["0", "1", "2"] and fsdp.epochs == 1
+    for layer in range(3):
+        np.testing.assert_array_equal(fsdp.histogram(layer, "train", epoch=0).counts,
+                                      ddp_run.histogram(layer, "train", epoch=0).counts)
+
+
+def test_fsdp1_units_are_unwrapped_and_equal_the_ddp_run(even):
+    """FSDP1: the root and every unit are unwrapped: layers keep the user's names, histograms equal DDP's."""
+    import twinpeaks as tp
+
+    fsdp, ddp_run = tp.open_run(even / "fsdp1_0.tp"), tp.open_run(even / "run0.tp")
+    assert [layer.name for layer in fsdp.layers] == ["0", "1", "2"] and fsdp.epochs == 1
+    assert [layer.type for layer in fsdp.layers] == ["Linear", "ReLU", "Linear"]
     for layer in range(3):
         np.testing.assert_array_equal(fsdp.histogram(layer, "train", epoch=0).counts,
                                       ddp_run.histogram(layer, "train", epoch=0).counts)

@@ -63,25 +63,45 @@ class TwinpeaksWarning(UserWarning):
     """Something twinpeaks skipped so that training could go on."""
 
 
+#: Attributes through which wrappers hold the module they wrap, left out of layer names: FSDP1 units
+#: (``FullyShardedDataParallel``) and activation checkpointing (``checkpoint_wrapper``).
+_WRAPPED = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+def layer_name(qualified: str) -> str:
+    """A module's name without wrapper segments: ``0._fsdp_wrapped_module`` -> ``0``.
+
+    Example:
+        >>> layer_name("blocks.1._checkpoint_wrapped_module.mlp")
+        'blocks.1.mlp'
+    """
+    return ".".join(p for p in qualified.split(".") if p not in _WRAPPED)
+
+
+def named_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Every module by :func:`layer_name`; a wrapper and the module it wraps share a name: the module wins."""
+    return {layer_name(name): m for name, m in model.named_modules()}
+
+
 def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every leaf module in registration order, parameter-less ones included.
+    """Every leaf module in registration order, parameter-less ones included, named without wrappers.
 
     Containers that cannot be called (an empty ``ModuleList``) are left out; a
     model that is itself a leaf is its own only layer.
     """
     leaves = [
-        (name, m) for name, m in model.named_modules()
-        if not any(True for _ in m.children()) and not isinstance(m, _CONTAINERS) and name
+        (layer_name(name), m) for name, m in model.named_modules()
+        if not any(True for _ in m.children()) and not isinstance(m, _CONTAINERS) and layer_name(name)
     ]
     return leaves or [(type(model).__name__, model)]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP/DataParallel/``torch.compile`` wrappers."""
+    """The user's module inside DDP/DataParallel/FSDP1/``torch.compile`` wrappers."""
     while True:
         inner = getattr(model, "module", None) if isinstance(
             model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else None
-        inner = inner or getattr(model, "_orig_mod", None)
+        inner = inner or getattr(model, "_orig_mod", None) or getattr(model, "_fsdp_wrapped_module", None)
         if not isinstance(inner, nn.Module):
             return model
         model = inner
@@ -188,7 +208,8 @@ class ActivationsHistogram:
     names a phase explicitly. ``end_epoch()`` closes an epoch and commits it.
 
     Args:
-        model: the module to record (DDP/``torch.compile`` wrappers are unwrapped).
+        model: the module to record (DDP, DataParallel, FSDP1 and ``torch.compile`` wrappers are unwrapped;
+            FSDP1 units and activation-checkpoint wrappers inside it are left out of layer names).
         path: run file to create (never overwritten); None keeps the run in memory.
         modules: None = every leaf module, parameter-less ones included; or a list
             of qualified names / integer indices into that leaf list.
@@ -309,7 +330,7 @@ class ActivationsHistogram:
             return leaves
         if isinstance(modules, (str, int)):
             modules = [modules]
-        by_name = dict(self.root.named_modules())
+        by_name = named_modules(self.root)
         picked: list[tuple[str, nn.Module]] = []
         for m in modules:
             if isinstance(m, bool) or not isinstance(m, (str, int)):
