@@ -319,6 +319,28 @@ def test_c_kernel_and_torch_path_record_the_same(tmp_path, monkeypatch, sample, 
         assert (a.min, a.max) == (b.min, b.max) or np.isnan([a.min, b.min]).all()
 
 
+def test_tensor_subclass_outputs_take_the_torch_path(tmp_run):
+    """A tensor subclass (a DTensor may hold no local memory) is binned with torch operations, not by address."""
+
+    class Tagged(torch.Tensor):
+        pass
+
+    class Emit(nn.Module):
+        def forward(self, x):
+            return (x * 2).as_subclass(Tagged)
+
+    model = nn.Sequential(nn.Linear(4, 4), Emit(), nn.Linear(4, 2))  # the subclass propagates to the head
+    caps = [Capture(m) for m in model]
+    with tp.ActivationsHistogram(model, tmp_run) as hist:
+        for _ in range(3):
+            model(torch.randn(5, 4))
+        hist.end_epoch()
+        assert [rec.fast.code for rec in hist._records] == [0, -1, -1]  # float32 kernel, torch, torch
+    run = tp.open_run(tmp_run)
+    for i, cap in enumerate(caps):
+        assert_hist_equals(run.histogram(i, epoch=0), cap.all("train"))
+
+
 def test_a_large_last_layer_is_still_binned_exactly(tmp_run):
     """Twin Peaks and the diagnosis read the last layer: sample="auto" never samples it, whatever its size."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5000))  # 8 x 5000 = 40k > EXACT_BELOW

@@ -122,7 +122,7 @@ class _PhaseData:
         self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow
         self.sums = torch.zeros(rows, 5, dtype=torch.float64, device=device)
         self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
-        self.plans: dict[tuple, _Plan] = {}  # (shape, strides, dtype) -> ActivationsHistogram._plan()
+        self.plans: dict[tuple, _Plan] = {}  # (shape, strides, dtype, type) -> ActivationsHistogram._plan()
         self.store = ColumnStore(max_columns, (slots,))
         self.epoch = ColumnStore(256, (slots,))
         self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
@@ -163,7 +163,7 @@ class _PhaseData:
 class _Plan(NamedTuple):
     """How to bin one output layout of one record in one phase, made once (see ActivationsHistogram._plan)."""
 
-    key: tuple  # (shape, strides, dtype) of the outputs it is for
+    key: tuple  # (shape, strides, dtype, type) of the outputs it is for
     phase: str
     code: int  # the C kernel's dtype code, or -1: torch operations
     n: int  # elements per output
@@ -547,7 +547,7 @@ class ActivationsHistogram:
     def _bin(self, rec: _Record, t: torch.Tensor) -> None:
         # Runs for every layer, every step: kept to a few attribute reads. Everything that depends only on
         # the output's layout and the phase sits in one cached tuple (see _plan).
-        key = (t.shape, t.stride(), t.dtype)
+        key = (t.shape, t.stride(), t.dtype, type(t))
         f = rec.fast
         if f is None or f[0] != key or f[1] != self._phase:  # f.key, f.phase (indexing is faster)
             with torch.no_grad():
@@ -571,7 +571,7 @@ class ActivationsHistogram:
                 self._bin_last(rec, pd, t)
 
     def _plan(self, rec: _Record, t: torch.Tensor, key: tuple) -> _Plan | None:
-        """How to bin outputs of ``t``'s layout (``key``: shape, strides, dtype) in this phase; cached on ``rec``.
+        """How to bin outputs of ``t``'s layout (``key``: shape, strides, dtype, type) in this phase; cached on ``rec``.
 
         ``_SKIP`` for outputs that are not binned. Creates the phase's buffers and the layer's bounds on first use.
         """
@@ -595,7 +595,8 @@ class ActivationsHistogram:
                               if self._sync else binning.auto_bounds(t.detach(), self.bins, self.margin, output=rec.last))
             stride, blocks = self._stride(n, t.shape, rec.last)
             k = blocks * SAMPLE_BLOCK if blocks else n
-            kernel = pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
+            kernel = (pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
+                      and type(t) in (torch.Tensor, nn.Parameter))  # a subclass (DTensor, ...) may hold no memory
             c0, s0, p0, cs = (pd.addr if kernel else None) or (0, 0, 0, 0)
             with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                 kn = torch.tensor([k, n], dtype=torch.float64, device=t.device)
