@@ -1,5 +1,6 @@
 """Binning is exact against numpy.histogram with the same edges, for every dtype and edge case."""
 
+import contextlib
 import dataclasses
 import math
 
@@ -79,15 +80,21 @@ def kernel_rows(b):
 PATHS = [True, False] if binning._cbin is not None and binning._cbin.simd() else [False]
 
 
-def c_paths():
-    """Each code path of the C kernel in turn (SSE2 and portable, where built), restored afterwards."""
-    was = binning._cbin.simd()
+@contextlib.contextmanager
+def using_simd(simd):
+    """The C kernel's SSE2 path on or off for a while."""
+    was = binning._cbin.simd(simd)
     try:
-        for simd in PATHS:
-            binning._cbin.simd(simd)
-            yield simd
+        yield simd
     finally:
         binning._cbin.simd(was)
+
+
+def c_paths():
+    """Each code path of the C kernel in turn (SSE2 and portable, where built), restored afterwards."""
+    for simd in PATHS:
+        with using_simd(simd):
+            yield simd
 
 
 def check_c_kernel(x, b):
@@ -160,9 +167,8 @@ def test_c_kernel_edges_of_any_range(lo, width, bins, seed):
 @pytest.fixture(params=PATHS, ids=lambda simd: "sse2" if simd else "portable")
 def c_path(request):
     """Runs a test on each code path of the C kernel."""
-    was = binning._cbin.simd(request.param)
-    yield request.param
-    binning._cbin.simd(was)
+    with using_simd(request.param) as simd:
+        yield simd
 
 
 def test_c_kernel_reads_only_the_planned_blocks(c_path):

@@ -145,18 +145,10 @@ class _PhaseData:
         stats[:, 4] = binned - sums[:, 2]
         stats[:, 5], stats[:, 6] = -peaks[:, 0], peaks[:, 1]
         extra = {k: v[:n].cpu().numpy().copy() for k, v in self.extra.items()}
-        if self.addr is not None:  # CPU: reset through numpy views, no torch operation
-            self.counts.numpy()[:n] = 0
-            self.sums.numpy()[:n] = 0
-            self.peaks.numpy()[:n] = -math.inf
-            for v in self.extra.values():
-                v.numpy()[:n] = 0
-        else:
-            self.counts[:n] = 0
-            self.sums[:n] = 0
-            self.peaks[:n] = -math.inf
-            for v in self.extra.values():
-                v[:n] = 0
+        for buf, value in ((self.counts, 0), (self.sums, 0), (self.peaks, -math.inf),
+                           *((v, 0) for v in self.extra.values())):
+            # CPU: reset through a numpy view, no torch operation
+            (buf.numpy() if self.addr is not None else buf)[:n] = value
         return counts, stats, extra
 
 
@@ -178,7 +170,7 @@ class _Plan(NamedTuple):
     edges_addr: int
     pd: _PhaseData
     extra: bool  # the last layer with per-class or truth rows
-    kn: torch.Tensor  # torch path: [binned, seen] to add per output
+    kn: torch.Tensor | None  # torch path: [binned, seen] to add per output
 
 
 class _Record:
@@ -565,7 +557,7 @@ class ActivationsHistogram:
                           c0 + row * cs, s0 + row * 40, p0 + row * 16)
         else:
             with torch.no_grad():
-                self._bin_torch(rec, pd, t, row, f)
+                self._bin_torch(rec, t, row, f)
         if extra:  # the last layer: per-class and truth (YES/NO) counts
             with torch.no_grad():
                 self._bin_last(rec, pd, t)
@@ -598,8 +590,10 @@ class ActivationsHistogram:
             kernel = (pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
                       and type(t) in (torch.Tensor, nn.Parameter))  # a subclass (DTensor, ...) may hold no memory
             c0, s0, p0, cs = (pd.addr if kernel else None) or (0, 0, 0, 0)
-            with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
-                kn = torch.tensor([k, n], dtype=torch.float64, device=t.device)
+            kn = None
+            if not kernel:
+                with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
+                    kn = torch.tensor([k, n], dtype=torch.float64, device=t.device)
             plan = pd.plans[key] = _Plan(
                 key, self._phase, binning.KERNEL_DTYPES[t.dtype] if kernel else -1,  # type: ignore[arg-type]
                 n, stride, blocks, t.element_size(), binning.is_dense(t), c0, s0, p0, cs, rec.bounds.edges_ptr, pd,
@@ -607,9 +601,9 @@ class ActivationsHistogram:
         rec.fast = plan
         return plan
 
-    def _bin_torch(self, rec: _Record, pd: _PhaseData, t: torch.Tensor, row: int, plan: _Plan) -> None:
+    def _bin_torch(self, rec: _Record, t: torch.Tensor, row: int, plan: _Plan) -> None:
         """The same as the C kernel with torch operations: other devices and dtypes, or no kernel."""
-        stride, blocks, dense = plan.stride, plan.blocks, plan.dense
+        stride, blocks, dense, pd = plan.stride, plan.blocks, plan.dense, plan.pd
         flat = t.detach()
         if not dense:
             flat = flat.reshape(-1)
@@ -624,7 +618,7 @@ class ActivationsHistogram:
         add, peak = binning.stats_parts(v)
         sums = pd.sums[row]
         sums[:3].add_(add)
-        sums[3:].add_(plan.kn)
+        sums[3:].add_(plan.kn)  # type: ignore[arg-type]  # set for every torch-path plan
         peaks = pd.peaks[row]
         torch.maximum(peaks, peak, out=peaks)
 
