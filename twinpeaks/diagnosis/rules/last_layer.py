@@ -1,0 +1,65 @@
+"""The last layer's Twin Peaks metrics, and what kind of run it is (classification, unlabeled, regression)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import metrics as M
+from ..registry import measure
+
+if TYPE_CHECKING:
+    from ..core import Context
+
+
+@measure(10, {
+    "separation": (True, False, "YES vs NO peaks of the last layer: sqrt(2) * Phi^-1(AUC) (a d')"),
+    "separation_moments": (True, False, "YES vs NO: (mean_yes - mean_no) / pooled std of the histograms"),
+    "auc": (True, False, "P(a YES output > a NO output) of the last layer"),
+    "overlap": (True, False, "shared area of the normalised YES and NO histograms"),
+    "bimodality": (True, False, "Sarle's bimodality coefficient of the last layer's histogram"),
+    "train_valid_distance": (False, False, "W1 / pooled spread between train (last quarter) and valid histograms"),
+    "separation_gap": (False, False, "train separation minus valid separation"),
+})
+def last_layer(ctx: Context) -> None:
+    """Separation, AUC, overlap, bimodality per phase; train-valid distance and gap; sets ``ctx.task``."""
+    truth_seen = False
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}  # yes, no, all, x
+    for phase in ctx.phases:
+        sep, sepm, auc, ovl, bim, rows = [], [], [], [], [], []
+        for e in range(ctx.n):
+            yes, no, h = (ctx.hist(ctx.last, phase, e, t) for t in ("yes", "no", None))
+            cy, x = M.with_outside(yes.counts, yes.edges, yes.underflow, yes.overflow)
+            cn, _ = M.with_outside(no.counts, no.edges, no.underflow, no.overflow)
+            ch, _ = M.with_outside(h.counts, h.edges, h.underflow, h.overflow)
+            truth_seen |= bool(cy.sum() and cn.sum())
+            sep.append(M.auc_separation(cy, cn))
+            sepm.append(M.separation(cy, cn, x))
+            auc.append(M.auc(cy, cn))
+            ovl.append(M.overlap(cy, cn))
+            bim.append(M.bimodality(ch, x))
+            rows.append((cy, cn, ch, x))
+        parts[phase] = rows
+        for name, vals in (("separation", sep), ("separation_moments", sepm), ("auc", auc),
+                           ("overlap", ovl), ("bimodality", bim)):
+            ctx.put(name, phase, None, vals)
+    if "train" in parts and "valid" in parts:
+        dist = []
+        for (ty, tn, th, x), (vy, vn, vh, _) in zip(parts["train"], parts["valid"]):
+            if truth_seen:
+                both = [v for v in (M.spread_distance(ty, vy, x), M.spread_distance(tn, vn, x)) if np.isfinite(v)]
+                dist.append(float(np.mean(both)) if both else np.nan)
+            else:
+                dist.append(M.spread_distance(th, vh, x))
+        ctx.put("train_valid_distance", None, None, dist)
+        if truth_seen:
+            gap = ctx.metrics[("separation", "train", None)] - ctx.metrics[("separation", "valid", None)]
+            ctx.put("separation_gap", None, None, list(gap))
+    shape = ctx.last.out_shape or ()
+    outputs = shape[-1] if len(shape) >= 2 else 1
+    if outputs == 1 and not ctx.run.classes:
+        # framework adapters pass a regression's targets too: one output and no class names is a regression
+        ctx.task = "regression"
+    else:
+        ctx.task = "classification" if truth_seen else "unlabeled"
