@@ -36,8 +36,10 @@ class Finding:
         severity: ``"info"``, ``"warning"`` or ``"problem"``.
         layer: the layer concerned (its name), or None for the whole run.
         epoch: the first epoch it shows in, or None.
-        message: one sentence for people.
+        message: one sentence for people: what the charts show.
         evidence: the numbers behind it.
+        cause: the likely cause, in a few words ("" for an info).
+        remedy: what to change, concretely ("" for an info).
     """
 
     kind: str
@@ -46,6 +48,8 @@ class Finding:
     epoch: int | None
     message: str
     evidence: dict[str, float] = field(default_factory=dict)
+    cause: str = ""
+    remedy: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (non-finite numbers become None)."""
@@ -177,6 +181,9 @@ class Diagnosis:
             where = "".join([f" [{f.layer}]" if f.layer is not None else "",
                              f" from epoch {f.epoch}" if f.epoch is not None else ""])
             lines.append(f"  {f.severity.upper():<8}{f.kind}{where}: {f.message}")
+            if f.cause or f.remedy:
+                lines.append(" " * 10 + "; ".join(x for x in (f"likely cause: {f.cause}" if f.cause else "",
+                                                              f"remedy: {f.remedy}" if f.remedy else "") if x))
         return "\n".join(lines)
 
 
@@ -260,10 +267,26 @@ class Context:
         self.last: LayerInfo = self.layers[-1]
 
     def add(self, kind: str, severity: str, layer: str | None, epoch: int | None, message: str,
-            evidence: dict[str, float]) -> None:
+            evidence: dict[str, float], *, cause: str = "", remedy: str = "") -> None:
         """Add a finding (evidence values become floats)."""
         self.findings.append(Finding(kind, severity, layer, epoch, message,
-                                     {k: float(v) for k, v in evidence.items()}))
+                                     {k: float(v) for k, v in evidence.items()}, cause, remedy))
+
+    def dead_before(self, layer: LayerInfo) -> str | None:
+        """The first layer found dead (problem) before ``layer`` in run order, if any."""
+        dead = {f.layer for f in self.findings if f.kind == "dead" and f.severity == "problem"}
+        for other in self.layers:
+            if other.index >= layer.index:
+                return None
+            if other.name in dead:
+                return other.name
+        return None
+
+    @property
+    def user_range(self) -> bool:
+        """Whether the run was recorded with a range the user fixed (``range=(lo, hi)``)."""
+        options = self.run.meta.get("options") or {}
+        return options.get("range") is not None
 
     def put(self, name: str, phase: str | None, layer: str | None, values: list[float]) -> np.ndarray:
         """Store one metric's values per epoch."""

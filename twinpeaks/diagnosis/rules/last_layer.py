@@ -14,20 +14,32 @@ if TYPE_CHECKING:
 
 
 @measure(10, {
-    "separation": (True, False, "YES vs NO peaks of the last layer: sqrt(2) * Phi^-1(AUC) (a d')"),
+    "separation": (True, False, "YES vs NO peaks of the last layer: the label-aware separation where targets "
+                   "were recorded, else the label-free one"),
+    "separation_label_aware": (True, False, "YES vs NO by the targets: sqrt(2) * Phi^-1(AUC) (a d')"),
+    "separation_label_free": (True, False, "YES vs NO by the (K-1):1 mass split of the last layer, as a d'"),
     "separation_moments": (True, False, "YES vs NO: (mean_yes - mean_no) / pooled std of the histograms"),
     "auc": (True, False, "P(a YES output > a NO output) of the last layer"),
     "overlap": (True, False, "shared area of the normalised YES and NO histograms"),
-    "bimodality": (True, False, "Sarle's bimodality coefficient of the last layer's histogram"),
+    "bimodality": (True, False, "Sarle's bimodality coefficient of the last layer's histogram (not used)"),
     "train_valid_distance": (False, False, "W1 / pooled spread between train (last quarter) and valid histograms"),
     "separation_gap": (False, False, "train separation minus valid separation"),
 })
 def last_layer(ctx: Context) -> None:
-    """Separation, AUC, overlap, bimodality per phase; train-valid distance and gap; sets ``ctx.task``."""
+    """Separation (label-aware and label-free), AUC, overlap per phase; train-valid distance and gap.
+
+    Sets ``ctx.task``. The label-free separation
+    (:func:`~twinpeaks.diagnosis.metrics.label_free_separation`) reads the
+    last layer's histogram alone, with ``K`` the last dimension of its output
+    shape; ``separation`` is the label-aware one where targets were recorded,
+    else the label-free one.
+    """
+    shape = ctx.last.out_shape or ()
+    outputs = shape[-1] if len(shape) >= 2 else 1
     truth_seen = False
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}  # yes, no, all, x
     for phase in ctx.phases:
-        sep, sepm, auc, ovl, bim, rows = [], [], [], [], [], []
+        sep, sepm, auc, ovl, bim, free, rows = [], [], [], [], [], [], []
         for e in range(ctx.n):
             yes, no, h = (ctx.hist(ctx.last, phase, e, t) for t in ("yes", "no", None))
             cy, x = M.with_outside(yes.counts, yes.edges, yes.underflow, yes.overflow)
@@ -39,11 +51,15 @@ def last_layer(ctx: Context) -> None:
             auc.append(M.auc(cy, cn))
             ovl.append(M.overlap(cy, cn))
             bim.append(M.bimodality(ch, x))
+            free.append(M.label_free_separation(ch, x, outputs))
             rows.append((cy, cn, ch, x))
         parts[phase] = rows
-        for name, vals in (("separation", sep), ("separation_moments", sepm), ("auc", auc),
-                           ("overlap", ovl), ("bimodality", bim)):
+        for name, vals in (("separation_label_aware", sep), ("separation_moments", sepm), ("auc", auc),
+                           ("overlap", ovl), ("bimodality", bim), ("separation_label_free", free)):
             ctx.put(name, phase, None, vals)
+    for phase in ctx.phases:
+        pick = "separation_label_aware" if truth_seen else "separation_label_free"
+        ctx.put("separation", phase, None, list(ctx.metrics[(pick, phase, None)]))
     if "train" in parts and "valid" in parts:
         dist = []
         for (ty, tn, th, x), (vy, vn, vh, _) in zip(parts["train"], parts["valid"]):
@@ -53,11 +69,8 @@ def last_layer(ctx: Context) -> None:
             else:
                 dist.append(M.spread_distance(th, vh, x))
         ctx.put("train_valid_distance", None, None, dist)
-        if truth_seen:
-            gap = ctx.metrics[("separation", "train", None)] - ctx.metrics[("separation", "valid", None)]
-            ctx.put("separation_gap", None, None, list(gap))
-    shape = ctx.last.out_shape or ()
-    outputs = shape[-1] if len(shape) >= 2 else 1
+        gap = ctx.metrics[("separation", "train", None)] - ctx.metrics[("separation", "valid", None)]
+        ctx.put("separation_gap", None, None, list(gap))
     if outputs == 1 and not ctx.run.classes:
         # framework adapters pass a regression's targets too: one output and no class names is a regression
         ctx.task = "regression"

@@ -36,4 +36,8 @@ def check_saturated(ctx: Context) -> None:
         ctx.add("saturated", severity, layer.name, since,
                 f"layer {layer.name!r} ({layer.type}) is saturated: {edge[-1]:.0%} of its values sit at "
                 f"the extremes of their span ({h.min:.3g} and {h.max:.3g}) since epoch {since}",
-                {"edge_fraction": edge[-1], "min": h.min, "max": h.max})
+                {"edge_fraction": edge[-1], "min": h.min, "max": h.max},
+                cause=f"the inputs of {layer.name!r} are too large for its squashing function (weights initialised "
+                      "too large, or inputs not normalised)",
+                remedy="scale the initial weights of the layer before it down (default init), normalise the inputs, "
+                       "or add a normalisation layer before the activation")

@@ -56,9 +56,10 @@ def step_jump(ctx: Context) -> None:
     "jump_floor": (0.15, "median step jump (in spreads) in an epoch above which a layer jumps, if also ..."),
     "jump_noise": (3.0, "... above this many times the batch noise ``2 / sqrt(values per step)`` and ..."),
     "jump_baseline": (5.0, "... above this many times the layer's own calm level"),
-    "jump_layers": (1 / 3, "share of the layers that must jump in the same epoch"),
+    "jump_layers": (1 / 2, "share of the layers that must jump in the same epoch"),
     "jump_severe": (1.0, "a layer jumping this many spreads per step is enough on its own"),
-}, doc="layer statistics jump between steps far beyond batch noise, or values became NaN/inf")
+    "blowup": (1000.0, "a hidden layer's spread growing this many times from its first step: blown up"),
+}, doc="training blew up: values NaN/inf, spreads grown 1000x, layers killed, or steps jumping far beyond noise")
 def check_unstable(ctx: Context) -> None:
     """Unstable: non-finite values, or step jumps far beyond batch noise and the run's calm level.
 
@@ -71,6 +72,13 @@ def check_unstable(ctx: Context) -> None:
     that is too high moves the whole network. Layers fed by a dead layer
     compute on nothing and are not judged. Non-finite values give one
     finding per layer.
+
+    Two more signs of a learning rate far too high, each enough on its own:
+    a hidden layer (not the last: logits grow as a classifier learns) whose
+    spread grows ``blowup`` times from its first step, and a layer alive at
+    its first step that training killed (found ``dead``, see
+    :mod:`.dead`). The finding names the first layer (in run order) where it
+    shows.
     """
     t = ctx.t
     dead = {f.layer: f.epoch or 0 for f in ctx.findings if f.kind == "dead" and f.severity == "problem"}
@@ -84,7 +92,9 @@ def check_unstable(ctx: Context) -> None:
             share = float(np.nanmax(nonfinite))
             ctx.add("unstable", "problem", layer.name, int(bad[0]),
                     f"layer {layer.name!r} produced NaN or infinite values from epoch {int(bad[0])} "
-                    f"(up to {share:.1%} of its values): training diverged", {"nonfinite_share": share})
+                    f"(up to {share:.1%} of its values): training diverged", {"nonfinite_share": share},
+                    cause="training diverged: " + _CAUSE + ", or a log/division of zero in the model",
+                    remedy=_REMEDY)
         per_epoch, calm, noise = jumps(ctx, layer)
         jm = np.nan_to_num(np.asarray(per_epoch))
         limit = max(t.jump_floor, t.jump_noise * noise, t.jump_baseline * (calm if np.isfinite(calm) else 0))
@@ -92,6 +102,8 @@ def check_unstable(ctx: Context) -> None:
         hot[i, :dead_since] = jm[:dead_since] > limit
         if layer.name in dead:
             dead_since = min(dead_since, dead[layer.name])
+    if _blowup_or_collapse(ctx):
+        return
     jm_all = np.nan_to_num(np.array([ctx.metrics[("step_jump", None, layer.name)] for layer in ctx.layers]))
     share_hot = hot.mean(axis=0)
     severe = (hot & (jm_all > t.jump_severe)).any(axis=0)
@@ -102,10 +114,51 @@ def check_unstable(ctx: Context) -> None:
     names = [layer.name for i, layer in enumerate(ctx.layers) if hot[i, first]]
     worst = int(np.nanargmax(np.where(hot[:, first], jm_all[:, first], -np.inf)))
     shown = ", ".join(repr(n) for n in names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
-    ctx.add("unstable", "problem", ctx.layers[worst].name, first,
+    ctx.add("unstable", "problem", names[0], first,
             f"activations jump between steps far beyond batch noise and the run's calm level in "
             f"{len(names)} of {len(ctx.layers)} layers ({shown}) from epoch {first}; worst "
             f"{ctx.layers[worst].name!r} moves {jm_all[worst, first]:.2f} spreads per step: the learning rate "
             "is likely too high",
             {"layers": len(names), "share_of_layers": share_hot[first], "max_jump": jm_all[worst, first],
-             "ratio": level[worst, first]})
+             "ratio": level[worst, first]}, cause=_CAUSE, remedy=_REMEDY)
+
+
+_CAUSE = "a learning rate far too high (or no warm-up)"
+_REMEDY = "lower the learning rate ~10x (or add warm-up / gradient clipping), then check again"
+
+
+def _blowup_or_collapse(ctx: Context) -> bool:
+    """Blown-up spreads or layers killed by training: one ``unstable`` problem; True if found."""
+    collapsed = [f for f in ctx.findings if f.kind == "dead" and f.severity == "problem"
+                 and f.evidence.get("zero_fraction_first_step", 1.0) < ctx.t.dead_warning]
+    grown: list[tuple[str, float, int]] = []
+    ends = np.array([ctx.run.epoch_info(e).steps.get("train", (0, 0, 0))[1] for e in range(ctx.n)])
+    if "train" in ctx.phases:
+        for layer in ctx.layers[:-1]:
+            c = ctx.run.columns(layer, "train")
+            sd = c.std
+            ok = np.flatnonzero(np.isfinite(sd) & (sd > 0))
+            if len(ok) < 2:
+                continue
+            growth = sd[ok] / sd[ok[0]]
+            over = np.flatnonzero(growth >= ctx.t.blowup)
+            if len(over):
+                epoch = int(np.searchsorted(ends, c.starts[ok[over[0]]], side="right"))
+                grown.append((layer.name, float(growth.max()), min(epoch, ctx.n - 1)))
+    if not (collapsed or grown):
+        return False
+    if grown:
+        name, g, epoch = grown[0]
+        what = (f"the spread of layer {name!r} grew {g:.3g}x from its first step (epoch {epoch})"
+                + (f", and of {len(grown) - 1} more layer(s)" if len(grown) > 1 else ""))
+    else:
+        f = collapsed[0]
+        name, epoch, g = str(f.layer), int(f.epoch or 0), float("nan")
+        what = (f"training killed layer {name!r}: {f.evidence['zero_fraction_first_step']:.0%} zeros at its first "
+                f"step, {f.evidence['zero_fraction']:.0%} at the end")
+    if grown and collapsed:
+        what += f", and training killed layer {collapsed[0].layer!r}"
+    ctx.add("unstable", "problem", name, epoch, f"training blew up: {what}",
+            {"spread_growth": g, "layers_grown": len(grown), "layers_killed": len(collapsed)},
+            cause=_CAUSE, remedy=_REMEDY)
+    return True
