@@ -31,9 +31,10 @@ import scenarios as S  # noqa: E402
 
 import twinpeaks as tp  # noqa: E402
 
-#: seeds the thresholds were chosen on, and the held-out seeds the scores are reported on
-TUNE_SEEDS = (0, 1)
-TEST_SEEDS = (2, 3)
+#: seeds the thresholds were chosen on (2 and 3 were also seen while building the rules), and the
+#: held-out seeds the scores are reported on (run once, after the thresholds were fixed)
+TUNE_SEEDS = (0, 1, 2, 3)
+TEST_SEEDS = (4, 5)
 #: the kinds a scenario's truth can name (the problems the suite builds in)
 KINDS = ("overfitting", "unstable", "dead", "saturated", "vanishing")
 

@@ -8,7 +8,18 @@ new module here that uses :func:`twinpeaks.diagnosis.registry.rule`, plus
 its import line below.
 """
 
-from . import dead, last_layer, layer_health, out_of_range, overfitting, saturated, separation, twin_peaks, unstable, vanishing
+from . import (
+           dead,
+           last_layer,
+           layer_health,
+           out_of_range,
+           overfitting,
+           saturated,
+           separation,
+           twin_peaks,
+           unstable,
+           vanishing,
+)
 
 __all__ = ["dead", "last_layer", "layer_health", "out_of_range", "overfitting", "saturated", "separation",
            "twin_peaks", "unstable", "vanishing"]

@@ -12,8 +12,11 @@ if TYPE_CHECKING:
     from ..core import Context
 
 
-@rule("overfitting", 60, tasks=("classification",), thresholds={
+@rule("overfitting", 60, tasks=("classification", "unlabeled"), thresholds={
     "overfit_gap": (1.0, "train minus valid separation that counts as a gap"),
+    "overfit_gap_free": (0.5, "the same without labels (label-free separation), where the distance is not used"),
+    "overfit_noise": (2.0, "... and the gap must exceed this many times its sampling noise (small valid sets)"),
+    "overfit_epochs": (4, "epochs the drift must last after valid separation stopped improving"),
     "overfit_distance": (1.5, "train-valid distance this many times its early level counts as drift"),
     "overfit_share": (0.8, "share of the epochs from the onset to the end that must show it"),
     "overfit_plateau": (0.05, "valid separation within this fraction of its best: it stopped improving"),
@@ -25,10 +28,18 @@ def check_overfitting(ctx: Context) -> None:
     ``overfit_share`` of the epochs from ``E`` to the end (and at the end), both
     hold: the train separation exceeds the valid one by ``overfit_gap``, and
     ``train_valid_distance`` is ``overfit_distance`` times its early level (its
-    minimum over epochs 1 to 3: epoch 0 is a transient). ``E`` is the earliest
+    minimum over epochs 1 to 3: epoch 0 is a transient); the gap must also
+    exceed ``overfit_noise`` times its sampling noise. ``E`` is the earliest
     such epoch, moved on to the first epoch whose valid separation is within
     ``overfit_plateau`` of its best (valid stopped improving while train goes
-    on: where the valid loss turns up). Needs 4 epochs or more.
+    on: where the valid loss turns up); it must be ``overfit_epochs`` or more
+    before the end (a valid separation still at its best is no overfitting).
+    Needs 4 epochs or more.
+
+    Without labels the separations are the label-free ones and the gap limit
+    is ``overfit_gap_free``; the train-valid distance of the whole histogram
+    is not required (it mixes the YES and NO peaks, which move in opposite
+    directions).
     """
     t = ctx.t
     gap = ctx.metrics.get(("separation_gap", None, None))
@@ -39,7 +50,12 @@ def check_overfitting(ctx: Context) -> None:
     if not len(early):
         return
     base = float(np.min(early))
-    drift = (gap >= t.overfit_gap) & (dist >= t.overfit_distance * max(base, 1e-3))
+    labels = ctx.task == "classification"
+    floor = t.overfit_noise * _gap_noise(ctx)
+    if labels:
+        drift = (gap >= np.maximum(t.overfit_gap, floor)) & (dist >= t.overfit_distance * max(base, 1e-3))
+    else:
+        drift = np.nan_to_num(gap) >= np.maximum(t.overfit_gap_free, floor)
     if not drift[-1]:
         return
     vsep = ctx.metrics[("separation", "valid", None)]
@@ -52,11 +68,46 @@ def check_overfitting(ctx: Context) -> None:
     if onset is None:
         return
     onset = max(onset, int(np.argmax(plateau)))
+    if ctx.n - onset < t.overfit_epochs:
+        return
     ev = {"gap_last": gap[-1], "distance_last": dist[-1], "distance_early": base,
           "valid_separation_best": float(np.nanmax(vsep)), "valid_separation_best_epoch": int(np.nanargmax(vsep)),
           "valid_separation_last": vsep[-1]}
-    severity = "problem" if gap[-1] >= 2 * t.overfit_gap else "warning"
+    limit = t.overfit_gap if labels else t.overfit_gap_free
+    # without labels it is a reading of shapes: a warning at most
+    severity = "problem" if labels and gap[-1] >= 2 * limit else "warning"
+    how = (f"their distance is {dist[-1] / max(base, 1e-3):.1f}x its early level" if labels
+           else "read without labels")
     ctx.add("overfitting", severity, ctx.last.name, onset,
             f"train and valid peaks of the last layer drift apart from epoch {onset}: train separation "
-            f"exceeds valid by {gap[-1]:.2f} at the end and their distance is {dist[-1] / max(base, 1e-3):.1f}x "
-            f"its early level, while valid separation peaked at epoch {ev['valid_separation_best_epoch']}", ev)
+            f"exceeds valid by {gap[-1]:.2f} at the end and {how}, while valid separation peaked at epoch "
+            f"{ev['valid_separation_best_epoch']}", ev,
+            cause="the model memorises its training set: too few samples for its size, or too many epochs",
+            remedy=f"stop at about epoch {ev['valid_separation_best_epoch']} (early stopping), or add data, "
+                   "augmentation, weight decay or dropout, or use a smaller model")
+
+
+def _gap_noise(ctx: Context) -> np.ndarray:
+    """Sampling noise of the train-valid separation gap per epoch (NaN-free; 0 where unknown).
+
+    A separation ``d`` measured on ``n`` YES and ``m`` NO values has a standard
+    error of about ``sqrt(1/n + 1/m + d^2 / (2 (n + m)))`` (that of a d'); the
+    gap's adds the train (last quarter) and valid ones. With ``K`` outputs per
+    sample, ``n = values / K`` and ``m = n (K - 1)``.
+    """
+    shape = ctx.last.out_shape or ()
+    k = max(shape[-1] if len(shape) >= 2 else 1, 2)
+    out = np.zeros(ctx.n)
+    for e in range(ctx.n):
+        var = 0.0
+        for phase in ("train", "valid"):
+            total = ctx.hist(ctx.last, phase, e).total
+            d = ctx.metrics[("separation", phase, None)][e]
+            if not total or not np.isfinite(d):
+                continue
+            n = max(total / k, 1.0)
+            m = n * (k - 1)
+            var += 1 / n + 1 / m + d * d / (2 * (n + m))
+        out[e] = np.sqrt(var)
+    return out
+

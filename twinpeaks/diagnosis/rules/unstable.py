@@ -53,10 +53,10 @@ def step_jump(ctx: Context) -> None:
 
 
 @rule("unstable", 40, thresholds={
-    "jump_floor": (0.15, "median step jump (in spreads) in an epoch above which a layer jumps, if also ..."),
-    "jump_noise": (3.0, "... above this many times the batch noise ``2 / sqrt(values per step)`` and ..."),
-    "jump_baseline": (5.0, "... above this many times the layer's own calm level"),
-    "jump_layers": (1 / 2, "share of the layers that must jump in the same epoch"),
+    "jump_floor": (0.3, "median step jump (in spreads) in an epoch above which a layer jumps, if also ..."),
+    "jump_noise": (6.0, "... above this many times the batch noise ``2 / sqrt(values per step)`` and ..."),
+    "jump_baseline": (10.0, "... above this many times the layer's own calm level"),
+    "jump_layers": (1 / 3, "share of the layers that must jump in the same epoch"),
     "jump_severe": (1.0, "a layer jumping this many spreads per step is enough on its own"),
     "blowup": (1000.0, "a hidden layer's spread growing this many times from its first step: blown up"),
 }, doc="training blew up: values NaN/inf, spreads grown 1000x, layers killed, or steps jumping far beyond noise")
@@ -130,7 +130,8 @@ _REMEDY = "lower the learning rate ~10x (or add warm-up / gradient clipping), th
 def _blowup_or_collapse(ctx: Context) -> bool:
     """Blown-up spreads or layers killed by training: one ``unstable`` problem; True if found."""
     collapsed = [f for f in ctx.findings if f.kind == "dead" and f.severity == "problem"
-                 and f.evidence.get("zero_fraction_first_step", 1.0) < ctx.t.dead_warning]
+                 and f.evidence.get("zero_fraction_first_step", 1.0) < ctx.t.dead_warning
+                 and ctx.dead_before(ctx.run.layer(str(f.layer))) is None]  # not starved by a dead layer before
     grown: list[tuple[str, float, int]] = []
     ends = np.array([ctx.run.epoch_info(e).steps.get("train", (0, 0, 0))[1] for e in range(ctx.n)])
     if "train" in ctx.phases:

@@ -40,9 +40,14 @@ def check_vanishing(ctx: Context) -> None:
     counts only when the model does not learn either (its last valid
     separation below ``separation_weak``, for a classifier): a constant by
     design (a position embedding) is not a problem. The layer named is the
-    first quiet one.
+    first quiet one. Not judged when a layer is dead or saturated (a
+    problem): those findings explain a signal that stops.
     """
-    dead = {f.layer for f in ctx.findings if f.kind == "dead"}
+    # layers that are dead or saturated (or fed by one) are explained by those findings
+    blocked = [i for i, layer in enumerate(ctx.layers) if any(
+        f.layer == layer.name and f.severity == "problem" for f in ctx.findings if f.kind in ("dead", "saturated"))]
+    if blocked:
+        return
     if ctx.task != "regression":
         phase = "valid" if "valid" in ctx.phases else "train"
         sep = ctx.metrics[("separation", phase, None)]
@@ -52,7 +57,7 @@ def check_vanishing(ctx: Context) -> None:
     start = None
     levels = {}
     for layer in ctx.layers:
-        if layer.name in dead or layer is ctx.last:
+        if layer is ctx.last:
             run, start = 0, None
             continue
         v = float(ctx.metrics[("batch_variation", None, layer.name)][0])
