@@ -57,7 +57,12 @@ def last_layer(ctx: Context) -> None:
         for name, vals in (("separation_label_aware", sep), ("separation_moments", sepm), ("auc", auc),
                            ("overlap", ovl), ("bimodality", bim), ("separation_label_free", free)):
             ctx.put(name, phase, None, vals)
+    regression = outputs == 1 and not ctx.run.classes
     for phase in ctx.phases:
+        if regression:  # one peak by design: no separation of any kind
+            ctx.put("separation_label_free", phase, None, [np.nan] * ctx.n)
+            ctx.put("separation", phase, None, [np.nan] * ctx.n)
+            continue
         pick = "separation_label_aware" if truth_seen else "separation_label_free"
         ctx.put("separation", phase, None, list(ctx.metrics[(pick, phase, None)]))
     if "train" in parts and "valid" in parts:
@@ -71,7 +76,7 @@ def last_layer(ctx: Context) -> None:
         ctx.put("train_valid_distance", None, None, dist)
         gap = ctx.metrics[("separation", "train", None)] - ctx.metrics[("separation", "valid", None)]
         ctx.put("separation_gap", None, None, list(gap))
-    if outputs == 1 and not ctx.run.classes:
+    if regression:
         # framework adapters pass a regression's targets too: one output and no class names is a regression
         ctx.task = "regression"
     else:

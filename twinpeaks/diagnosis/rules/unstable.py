@@ -135,7 +135,10 @@ def _blowup_or_collapse(ctx: Context) -> bool:
     grown: list[tuple[str, float, int]] = []
     ends = np.array([ctx.run.epoch_info(e).steps.get("train", (0, 0, 0))[1] for e in range(ctx.n)])
     if "train" in ctx.phases:
+        dead = {f.layer for f in ctx.findings if f.kind == "dead"}
         for layer in ctx.layers[:-1]:
+            if layer.name in dead or ctx.dead_before(layer) is not None:
+                continue  # computes on nothing: its spread starts from (almost) 0
             c = ctx.run.columns(layer, "train")
             sd = c.std
             ok = np.flatnonzero(np.isfinite(sd) & (sd > 0))
