@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 @rule("overfitting", 60, tasks=("classification", "unlabeled"), thresholds={
     "overfit_gap": (1.0, "train minus valid separation that counts as a gap"),
     "overfit_gap_free": (0.5, "the same without labels (label-free separation), where the distance is not used"),
-    "overfit_noise": (2.0, "... and the gap must exceed this many times its sampling noise (small valid sets)"),
+    "overfit_noise": (2.0, "the mean gap from the onset must exceed this many times its sampling noise"),
     "overfit_epochs": (4, "epochs the drift must last after valid separation stopped improving"),
     "overfit_distance": (1.5, "train-valid distance this many times its early level counts as drift"),
     "overfit_share": (0.8, "share of the epochs from the onset to the end that must show it"),
@@ -28,12 +28,13 @@ def check_overfitting(ctx: Context) -> None:
     ``overfit_share`` of the epochs from ``E`` to the end (and at the end), both
     hold: the train separation exceeds the valid one by ``overfit_gap``, and
     ``train_valid_distance`` is ``overfit_distance`` times its early level (its
-    minimum over epochs 1 to 3: epoch 0 is a transient); the gap must also
-    exceed ``overfit_noise`` times its sampling noise. ``E`` is the earliest
+    minimum over epochs 1 to 3: epoch 0 is a transient). ``E`` is the earliest
     such epoch, moved on to the first epoch whose valid separation is within
     ``overfit_plateau`` of its best (valid stopped improving while train goes
     on: where the valid loss turns up); it must be ``overfit_epochs`` or more
-    before the end (a valid separation still at its best is no overfitting).
+    before the end (a valid separation still at its best is no overfitting),
+    and the mean gap from ``E`` on must exceed ``overfit_noise`` times its
+    sampling noise (a small valid set gives noisy separations).
     Needs 4 epochs or more.
 
     Without labels the separations are the label-free ones and the gap limit
@@ -51,11 +52,10 @@ def check_overfitting(ctx: Context) -> None:
         return
     base = float(np.min(early))
     labels = ctx.task == "classification"
-    floor = t.overfit_noise * _gap_noise(ctx)
     if labels:
-        drift = (gap >= np.maximum(t.overfit_gap, floor)) & (dist >= t.overfit_distance * max(base, 1e-3))
+        drift = (gap >= t.overfit_gap) & (dist >= t.overfit_distance * max(base, 1e-3))
     else:
-        drift = np.nan_to_num(gap) >= np.maximum(t.overfit_gap_free, floor)
+        drift = np.nan_to_num(gap) >= t.overfit_gap_free
     if not drift[-1]:
         return
     vsep = ctx.metrics[("separation", "valid", None)]
@@ -69,6 +69,14 @@ def check_overfitting(ctx: Context) -> None:
         return
     onset = max(onset, int(np.argmax(plateau)))
     if ctx.n - onset < t.overfit_epochs:
+        return
+    # the mean gap from the onset must stand out of its sampling noise: the train (last quarter) samples
+    # differ from epoch to epoch (their noise averages out), the valid ones are the same every epoch
+    se_train, se_valid = _gap_noise(ctx)
+    span = slice(onset, ctx.n)
+    width = ctx.n - onset
+    noise = float(np.sqrt(np.mean(se_valid[span] ** 2) + np.mean(se_train[span] ** 2) / width))
+    if float(np.nanmean(gap[span])) < t.overfit_noise * noise:
         return
     ev = {"gap_last": gap[-1], "distance_last": dist[-1], "distance_early": base,
           "valid_separation_best": float(np.nanmax(vsep)), "valid_separation_best_epoch": int(np.nanargmax(vsep)),
@@ -87,27 +95,23 @@ def check_overfitting(ctx: Context) -> None:
                    "augmentation, weight decay or dropout, or use a smaller model")
 
 
-def _gap_noise(ctx: Context) -> np.ndarray:
-    """Sampling noise of the train-valid separation gap per epoch (NaN-free; 0 where unknown).
+def _gap_noise(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+    """Sampling noise of the train (last quarter) and valid separations per epoch (0 where unknown).
 
     A separation ``d`` measured on ``n`` YES and ``m`` NO values has a standard
-    error of about ``sqrt(1/n + 1/m + d^2 / (2 (n + m)))`` (that of a d'); the
-    gap's adds the train (last quarter) and valid ones. With ``K`` outputs per
-    sample, ``n = values / K`` and ``m = n (K - 1)``.
+    error of about ``sqrt(1/n + 1/m + d^2 / (2 (n + m)))`` (that of a d').
+    With ``K`` outputs per sample, ``n = values / K`` and ``m = n (K - 1)``.
     """
     shape = ctx.last.out_shape or ()
     k = max(shape[-1] if len(shape) >= 2 else 1, 2)
-    out = np.zeros(ctx.n)
-    for e in range(ctx.n):
-        var = 0.0
-        for phase in ("train", "valid"):
+    out = {"train": np.zeros(ctx.n), "valid": np.zeros(ctx.n)}
+    for phase in ("train", "valid"):
+        for e in range(ctx.n):
             total = ctx.hist(ctx.last, phase, e).total
             d = ctx.metrics[("separation", phase, None)][e]
             if not total or not np.isfinite(d):
                 continue
             n = max(total / k, 1.0)
             m = n * (k - 1)
-            var += 1 / n + 1 / m + d * d / (2 * (n + m))
-        out[e] = np.sqrt(var)
-    return out
-
+            out[phase][e] = np.sqrt(1 / n + 1 / m + d * d / (2 * (n + m)))
+    return out["train"], out["valid"]
