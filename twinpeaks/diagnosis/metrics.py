@@ -313,7 +313,9 @@ def label_free_separation(counts: np.ndarray, x: np.ndarray, outputs: int, spike
     label-aware :func:`auc_separation` (which is also ``D`` on that mixture),
     clipped at the same 5.26. ``counts`` and ``x`` as laid out by
     :func:`with_outside` (values beyond the range sit just outside it, so the
-    top group's spread is then a guess).
+    top group's spread is then a guess). Each value counts as spread over
+    its bin (Sheppard's correction: ``width^2 / 12`` added to each group's
+    variance), so a coarse histogram does not read as narrow peaks.
 
     A top group with (almost) no spread, under ``spike`` times the rest's
     while it lies inside the range, is an output stuck at one value whatever
@@ -334,11 +336,17 @@ def label_free_separation(counts: np.ndarray, x: np.ndarray, outputs: int, spike
     w = 1.0 / max(int(outputs), 2)
     x = np.asarray(x, np.float64)
     top, rest = top_split(c, w)
-    s_top, s_rest = moments(top, x)[1], moments(rest, x)[1]
+    # Sheppard's correction: each value lies anywhere in its bin, not at its centre (coarse bins would
+    # otherwise make narrow peaks, and a large separation out of an unresolved histogram)
+    width2 = np.gradient(x) ** 2 / 12 if len(x) > 1 else np.zeros(1)
+    (m_top, s_top), (m_rest, s_rest) = moments(top, x), moments(rest, x)
+    v_top = s_top**2 + float(np.sum(top * width2) / max(top.sum(), 1e-300))
+    v_rest = s_rest**2 + float(np.sum(rest * width2) / max(rest.sum(), 1e-300))
     if c[-1] < 0.5 * w * n and s_rest > 0 and s_top < spike * s_rest:
         return 0.0
-    raw = separation(top, rest, x)
-    if not np.isfinite(raw):
-        return float("nan") if np.isnan(raw) else clip
+    pooled = np.sqrt((v_top + v_rest) / 2)
+    if not (np.isfinite(pooled) and pooled > 0):
+        return float("nan")
+    raw = (m_top - m_rest) / pooled
     ds, f = _split_curve(round(w, 6))
     return float(min(np.interp(raw, f, ds, left=0.0, right=ds[-1]), clip))

@@ -68,6 +68,7 @@ def check_out_of_range(ctx: Context) -> None:
                     f"the values of layer {layer.name!r} {how} past the recorded range {rng}: "
                     f"{first_step:.0%} outside at the first step, {share[-1]:.0%} in epoch {ctx.n - 1} "
                     f"(spread x{growth:.3g}); {suggest}", ev,
-                    cause=("the values exploded (see unstable)" if how == "exploded"
+                    cause=("the automatic range is taken from the first batch and the values grew beyond it"
+                           if not ctx.user_range else "the values exploded (see unstable)" if how == "exploded"
                            else "the values grew as the model learned"),
                     remedy=suggest if ctx.user_range else "nothing to fix in training; " + suggest)

@@ -58,7 +58,10 @@ def check_overfitting(ctx: Context) -> None:
         drift = np.nan_to_num(gap) >= t.overfit_gap_free
     if not drift[-1]:
         return
-    vsep = ctx.metrics[("separation", "valid", None)]
+    vsep = ctx.metrics[("separation", "valid", None)].copy()
+    vsep[0] = np.nan  # epoch 0 is a transient (and without labels an untrained model's offsets can read high)
+    if not np.isfinite(vsep).any():
+        return
     plateau = np.nan_to_num(vsep, nan=-np.inf) >= np.nanmax(vsep) - t.overfit_plateau * abs(np.nanmax(vsep))
     onset = None
     for e in range(1, ctx.n):
@@ -91,7 +94,7 @@ def check_overfitting(ctx: Context) -> None:
             f"exceeds valid by {gap[-1]:.2f} at the end and {how}, while valid separation peaked at epoch "
             f"{ev['valid_separation_best_epoch']}", ev,
             cause="the model memorises its training set: too few samples for its size, or too many epochs",
-            remedy=f"stop at about epoch {ev['valid_separation_best_epoch']} (early stopping), or add data, "
+            remedy=f"stop at about epoch {onset} (early stopping), or add data, "
                    "augmentation, weight decay or dropout, or use a smaller model")
 
 
