@@ -32,7 +32,7 @@ class Scenario:
 
     name: str
     data: str  #: "digits", "digits37", "cancer", "wine", "iris", "diabetes", "digits_multilabel"
-    model: str  #: "mlp", "cnn", "lstm", "transformer", "deep_sigmoid", "tanh_mlp"
+    model: str  #: "mlp", "cnn", "rescnn", "lstm", "transformer", "deep_sigmoid", "tanh_mlp"
     truth: tuple[str, ...] = ()  #: finding kinds the run must get (warning or problem); () = healthy
     also: tuple[str, ...] = ()  #: kinds that are true consequences of the defect: allowed, not required
     epochs: int = 8
@@ -142,6 +142,19 @@ class LastStep(nn.Module):
         return x[0][:, -1]
 
 
+class ResBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the input, then ReLU."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(),
+                                  nn.Conv2d(c, c, 3, padding=1), nn.BatchNorm2d(c))
+        self.out = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x + self.body(x))
+
+
 class Encoder(nn.Module):
     """Row embedding + learned positions + one transformer encoder layer + mean pool."""
 
@@ -165,6 +178,9 @@ def make_model(s: Scenario, n_in: int, n_out: int) -> nn.Module:
         m = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(),
                           nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(512, 64), nn.ReLU(), nn.Linear(64, n_out))
+    elif s.model == "rescnn":
+        m = nn.Sequential(nn.Unflatten(1, (1, 8, 8)), nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          ResBlock(16), ResBlock(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, n_out))
     elif s.model == "lstm":
         m = nn.Sequential(Rows(), nn.LSTM(8, 64, batch_first=True), LastStep(), nn.Linear(64, n_out))
     elif s.model == "transformer":
@@ -257,6 +273,7 @@ _BASE: list[Scenario] = [
              what="10 digits, MLP, SGD one-cycle to 0.1"),
     Scenario("cnn_digits", "digits", "cnn", what="10 digits, small CNN, Adam 3e-3"),
     Scenario("cnn_digits_sgd", "digits", "cnn", opt="sgd", lr=0.05, what="10 digits, small CNN, SGD 0.05"),
+    Scenario("rescnn_digits", "digits", "rescnn", epochs=6, what="10 digits, residual CNN with BatchNorm, Adam 3e-3"),
     Scenario("lstm_digits", "digits", "lstm", lr=1e-2, epochs=10, what="10 digits as 8 rows, LSTM, Adam 1e-2"),
     Scenario("transformer_digits", "digits", "transformer", lr=3e-3, epochs=10, schedule="onecycle",
              what="10 digits as 8 rows, 1 encoder layer, Adam one-cycle 3e-3"),

@@ -161,11 +161,13 @@ class Diagnosis:
     def __str__(self) -> str:
         lines = [f"{self.source}: {self.task}, {self.epochs} epoch{'s' if self.epochs != 1 else ''}, "
                  f"phases {', '.join(self.phases) or 'none'}"]
-        sep = self.metric("separation") if self.task == "classification" else None
+        sep = self.metric("separation") if self.task in ("classification", "unlabeled") else None
         if sep is not None and np.isfinite(sep).any():
             phase = "valid" if "valid" in self.phases else "train"
             shown = np.unique(np.linspace(0, len(sep) - 1, min(len(sep), 10)).round().astype(int))
-            lines.append(f"  {phase} separation by epoch: " + "  ".join(f"{e}: {_fmt(sep[e])}" for e in shown))
+            how = " (label-free)" if self.task == "unlabeled" else ""
+            lines.append(f"  {phase} separation{how} by epoch: "
+                         + "  ".join(f"{e}: {_fmt(sep[e])}" for e in shown))
         if not self.findings:
             lines.append("  no findings: nothing looks wrong")
         shown_per_kind: dict[tuple[str, str], int] = {}
@@ -208,8 +210,9 @@ def diagnose(run: Run | str | os.PathLike, *, thresholds: Thresholds | None = No
     regression's targets too; a one-output binary classifier is recognised by
     ``classes=[...]``); otherwise ``classification`` when YES/NO (truth)
     histograms were recorded (``hist.targets(y)``); otherwise ``unlabeled``
-    (the bimodality of the last layer stands in for separation). A regression
-    run gets ``no_twin_peaks`` and never a separation claim.
+    (the label-free separation, from the (K-1):1 mass split of the last
+    layer, stands in for the label-aware one). A regression run gets
+    ``no_twin_peaks`` and never a separation claim.
 
     Args:
         run: a :class:`~twinpeaks.run.Run` or the path of a run file.
