@@ -44,6 +44,11 @@ def check_separation(ctx: Context) -> None:
     span = f"from {sep[first]:.2f} (epoch {first}) to {sep[last]:.2f} (epoch {last})" if trend != "stayed" \
         else f"at about {sep[last]:.2f}"
     if ctx.task == "unlabeled":
+        shape = ctx.last.out_shape or ()
+        yes_share = 1 / max(shape[-1] if len(shape) >= 2 else 1, 2)
+        if 0.5 * yes_share <= oor < 0.5:  # the top 1/K (the YES peak) is partly beyond the range
+            caveat = (f" ({oor:.0%} of the outputs fall outside the recorded range, so the YES peak's shape is "
+                      "guessed: a rough reading)")
         dead = ctx.dead_before(ctx.last)
         if dead is not None:
             ctx.add("no_twin_peaks", "info", ctx.last.name, None,
