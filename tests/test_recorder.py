@@ -366,8 +366,9 @@ def test_memory_stays_bounded_over_many_steps(tmp_run):
             for _ in range(5000):
                 model(x)
             hist.end_epoch()
-        sizes = [len(rec.phases["train"].store) for rec in hist._records]
-        epoch_sizes = [len(rec.phases["train"].epoch) for rec in hist._records]
+        hosts = [hist._writer.columns(rec.id, "train") for rec in hist._records]
+        sizes = [len(h.store) for h in hosts]
+        epoch_sizes = [len(h.epoch) for h in hosts]
     assert max(sizes) <= 100 and max(epoch_sizes) == 0
     run = tp.open_run(tmp_run)
     assert len(run.columns(-1)) <= 100 and run.n_steps("train") == 20_000
