@@ -113,7 +113,7 @@ class Columns:
     underflow: np.ndarray
     overflow: np.ndarray
     nonfinite: np.ndarray
-    stats: np.ndarray  #: float64 ``[n, 7]`` in :data:`twinpeaks.columns.STATS` order
+    stats: np.ndarray  #: float64 ``[n, 7]`` in :data:`twinpeaks.format.STATS` order
     edges: np.ndarray
 
     def __len__(self) -> int:
