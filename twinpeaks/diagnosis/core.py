@@ -18,13 +18,13 @@ from typing import Any, Literal
 import numpy as np
 
 from ..run import Histogram, LayerInfo, LayerRef, Run, open_run
-from . import registry
+from .registry import MEASURES, RULES, kinds, metrics
 from .thresholds import Thresholds
 
 SEVERITIES = ("info", "warning", "problem")
-KINDS = registry.kinds()
+KINDS = kinds()
 #: metric name -> (per phase, per layer, one line): what :meth:`Diagnosis.metric` serves
-METRICS: dict[str, tuple[bool, bool, str]] = registry.metrics()
+METRICS: dict[str, tuple[bool, bool, str]] = metrics()
 
 
 @dataclass(frozen=True)
@@ -227,9 +227,9 @@ def diagnose(run: Run | str | os.PathLike, *, thresholds: Thresholds | None = No
     r = open_run(run)
     try:
         ctx = Context(r, t)
-        for m in registry.MEASURES:
+        for m in MEASURES:
             m.fn(ctx)
-        for rule in registry.RULES:
+        for rule in RULES:
             if ctx.task in rule.tasks:
                 rule.fn(ctx)
         return Diagnosis(ctx.source, ctx.task, ctx.n, list(r.phases), [layer.name for layer in ctx.layers],

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import registry
-from . import rules as _rules  # noqa: F401  (importing the rules registers their thresholds)
+from .registry import thresholds as declared
+from .rules import REGISTERED  # noqa: F401  (importing the rules registers their thresholds)
 
 
 class Thresholds:
@@ -26,7 +26,7 @@ class Thresholds:
     _values: dict[str, float]
 
     def __init__(self, **overrides: float):
-        known = registry.thresholds()
+        known = declared()
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ValueError(f"unknown threshold(s) {unknown}; thresholds are {', '.join(known)}")
@@ -54,7 +54,7 @@ class Thresholds:
     @staticmethod
     def describe() -> dict[str, str]:
         """Every threshold's one-line meaning by name."""
-        return {name: doc for name, (_, doc) in registry.thresholds().items()}
+        return {name: doc for name, (_, doc) in declared().items()}
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Thresholds) and self._values == other._values
@@ -63,5 +63,5 @@ class Thresholds:
         return hash(tuple(sorted(self._values.items())))
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self._values.items() if v != registry.thresholds()[k][0]}
+        changed = {k: v for k, v in self._values.items() if v != declared()[k][0]}
         return "Thresholds(" + ", ".join(f"{k}={v!r}" for k, v in changed.items()) + ")"

@@ -21,5 +21,9 @@ from . import (
            vanishing,
 )
 
-__all__ = ["dead", "last_layer", "layer_health", "out_of_range", "overfitting", "saturated", "separation",
+#: every rule module, registered by being imported
+REGISTERED = (dead, last_layer, layer_health, out_of_range, overfitting, saturated, separation, twin_peaks, unstable,
+              vanishing)
+
+__all__ = ["REGISTERED", "dead", "last_layer", "layer_health", "out_of_range", "overfitting", "saturated", "separation",
            "twin_peaks", "unstable", "vanishing"]

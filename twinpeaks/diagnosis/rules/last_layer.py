@@ -6,7 +6,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import metrics as M
+from ..metrics import (
+    auc,
+    auc_separation,
+    bimodality,
+    label_free_separation,
+    overlap,
+    separation,
+    spread_distance,
+    with_outside,
+)
 from ..registry import measure
 
 if TYPE_CHECKING:
@@ -39,22 +48,22 @@ def last_layer(ctx: Context) -> None:
     truth_seen = False
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}  # yes, no, all, x
     for phase in ctx.phases:
-        sep, sepm, auc, ovl, bim, free, rows = [], [], [], [], [], [], []
+        sep, sepm, aucs, ovl, bim, free, rows = [], [], [], [], [], [], []
         for e in range(ctx.n):
             yes, no, h = (ctx.hist(ctx.last, phase, e, t) for t in ("yes", "no", None))
-            cy, x = M.with_outside(yes.counts, yes.edges, yes.underflow, yes.overflow)
-            cn, _ = M.with_outside(no.counts, no.edges, no.underflow, no.overflow)
-            ch, _ = M.with_outside(h.counts, h.edges, h.underflow, h.overflow)
+            cy, x = with_outside(yes.counts, yes.edges, yes.underflow, yes.overflow)
+            cn, _ = with_outside(no.counts, no.edges, no.underflow, no.overflow)
+            ch, _ = with_outside(h.counts, h.edges, h.underflow, h.overflow)
             truth_seen |= bool(cy.sum() and cn.sum())
-            sep.append(M.auc_separation(cy, cn))
-            sepm.append(M.separation(cy, cn, x))
-            auc.append(M.auc(cy, cn))
-            ovl.append(M.overlap(cy, cn))
-            bim.append(M.bimodality(ch, x))
-            free.append(M.label_free_separation(ch, x, outputs))
+            sep.append(auc_separation(cy, cn))
+            sepm.append(separation(cy, cn, x))
+            aucs.append(auc(cy, cn))
+            ovl.append(overlap(cy, cn))
+            bim.append(bimodality(ch, x))
+            free.append(label_free_separation(ch, x, outputs))
             rows.append((cy, cn, ch, x))
         parts[phase] = rows
-        for name, vals in (("separation_label_aware", sep), ("separation_moments", sepm), ("auc", auc),
+        for name, vals in (("separation_label_aware", sep), ("separation_moments", sepm), ("auc", aucs),
                            ("overlap", ovl), ("bimodality", bim), ("separation_label_free", free)):
             ctx.put(name, phase, None, vals)
     regression = outputs == 1 and not ctx.run.classes
@@ -69,10 +78,10 @@ def last_layer(ctx: Context) -> None:
         dist = []
         for (ty, tn, th, x), (vy, vn, vh, _) in zip(parts["train"], parts["valid"]):
             if truth_seen:
-                both = [v for v in (M.spread_distance(ty, vy, x), M.spread_distance(tn, vn, x)) if np.isfinite(v)]
+                both = [v for v in (spread_distance(ty, vy, x), spread_distance(tn, vn, x)) if np.isfinite(v)]
                 dist.append(float(np.mean(both)) if both else np.nan)
             else:
-                dist.append(M.spread_distance(th, vh, x))
+                dist.append(spread_distance(th, vh, x))
         ctx.put("train_valid_distance", None, None, dist)
         gap = ctx.metrics[("separation", "train", None)] - ctx.metrics[("separation", "valid", None)]
         ctx.put("separation_gap", None, None, list(gap))

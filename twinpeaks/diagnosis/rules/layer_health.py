@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ...columns import STATS
-from .. import metrics as M
+from ..metrics import edge_fraction
 from ..registry import measure
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def layer_health(ctx: Context) -> None:
                     continue
                 zeros = float(h.stats[STATS.index("zeros")])
                 oor = (h.underflow + h.overflow) / total
-                edge = M.edge_fraction(h.counts, h.edges, h.min, h.max, zeros) if oor < 0.01 else np.nan
+                edge = edge_fraction(h.counts, h.edges, h.min, h.max, zeros) if oor < 0.01 else np.nan
                 rows.append((h.zero_fraction, oor, h.nonfinite / total, edge, h.std))
             cols = np.array(rows, dtype=np.float64).reshape(ctx.n, 5).T
             for name, col in zip(("zero_fraction", "out_of_range", "nonfinite", "edge_fraction", "std"), cols):

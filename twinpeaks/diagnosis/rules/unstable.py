@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import metrics as M
+from ..metrics import step_jumps
 from ..registry import measure, rule
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ def jumps(ctx: Context, layer: Any) -> tuple[list[float], float, float]:
     if "train" in ctx.run.phases:
         c = ctx.run.columns(layer, "train")
         if len(c) >= 2:
-            jm = M.step_jumps(c.mean, c.std)
+            jm = step_jumps(c.mean, c.std)
             ends = np.array([ctx.run.epoch_info(e).steps.get("train", (0, 0, 0))[1] for e in range(ctx.n)])
             epoch_of = np.searchsorted(ends, c.starts[1:], side="right")
             per_epoch = []
