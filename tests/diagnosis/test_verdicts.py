@@ -22,7 +22,7 @@ from twinpeaks.diagnosis import metrics as M
 
 pytest.importorskip("sklearn")
 
-_spec = importlib.util.spec_from_file_location("scenarios", Path(__file__).parents[1] / "bench" / "scenarios.py")
+_spec = importlib.util.spec_from_file_location("scenarios", Path(__file__).parents[2] / "bench" / "scenarios.py")
 S = importlib.util.module_from_spec(_spec)
 sys.modules["scenarios"] = S
 _spec.loader.exec_module(S)
