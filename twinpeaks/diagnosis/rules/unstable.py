@@ -75,7 +75,8 @@ def check_unstable(ctx: Context) -> None:
 
     Two more signs of a learning rate far too high, each enough on its own:
     a hidden layer (not the last: logits grow as a classifier learns) whose
-    spread grows ``blowup`` times from its first step, and a layer alive at
+    spread grows ``blowup`` times from its first step (a layer without spread
+    at its first step, zero-initialised, is not judged), and a layer alive at
     its first step that training killed (found ``dead``, see
     :mod:`.dead`). The finding names the first layer (in run order) where it
     shows.
@@ -142,8 +143,8 @@ def _blowup_or_collapse(ctx: Context) -> bool:
             c = ctx.run.columns(layer, "train")
             sd = c.std
             ok = np.flatnonzero(np.isfinite(sd) & (sd > 0))
-            if len(ok) < 2:
-                continue
+            if len(ok) < 2 or ok[0] != 0:
+                continue  # no spread at the first step: zero-initialised by design (BatchNorm weight 0), it grows
             growth = sd[ok] / sd[ok[0]]
             over = np.flatnonzero(growth >= ctx.t.blowup)
             if len(over):
