@@ -277,26 +277,19 @@ def _bin_of(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
 
 
 def _fit_e(mn: torch.Tensor, mx: torch.Tensor, bins: int) -> torch.Tensor:
-    """:func:`twinpeaks.grids.fit_e` on 0-d float64 tensors: the smallest of a few candidates that fits."""
+    """:func:`twinpeaks.grids.fit_e` of float64 tensors ``[k]`` (int64 ``[k]``): the smallest fitting candidate.
+
+    The guess from the span is within a few exponents of the answer; seven candidates
+    around it are checked at once (fitting is monotone in ``e``).
+    """
     big = torch.maximum(mn.abs(), mx.abs())
-    lo = torch.clamp(torch.where(big > 0, _floor_log2(big.clamp(min=1e-308)) - grids.RESOLUTION,
-                                 torch.full_like(big, grids.E_MIN, dtype=torch.int64)), min=grids.E_MIN)
+    lo = torch.where(big > 0, _floor_log2(torch.where(big > 0, big, 1.0)) - grids.RESOLUTION, grids.E_MIN)
+    lo = lo.clamp(min=grids.E_MIN)
     per = (mx * 0.5 - mn * 0.5) / bins
-    guess = torch.where(per > 0, _ceil_log2(torch.where(per > 0, per, torch.ones_like(per))) - 1, lo)
-    cand = torch.maximum(guess.reshape(1) + torch.arange(-2, 5, device=mn.device), lo.reshape(1))
-    ok = (_bin_of(mx.reshape(1), cand) - _bin_of(mn.reshape(1), cand)) <= bins - 1
-    return torch.where(ok, cand, torch.full_like(cand, 1 << 20)).amin().clamp(max=cand[-1])
-
-
-def _choose(mn: torch.Tensor, mx: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`twinpeaks.grids.choose` on 0-d float64 tensors (finite ``mn <= mx``): int64 ``e`` and float64 ``o``."""
-    one = torch.where(mn == 0, torch.full_like(mn, grids.ZERO_E, dtype=torch.int64),
-                      _floor_log2(mn.abs().clamp(min=1e-308)) - grids._ceil_log2(bins))
-    one = one.clamp(min=grids.E_MIN)
-    same = mn == mx
-    e = torch.where(same, one, _fit_e(mn, mx, bins))
-    o = _bin_of(mn, e) - torch.where(same, float(bins // 2), 0.0)
-    return e, o
+    guess = torch.where(per > 0, _ceil_log2(torch.where(per > 0, per, 1.0)) - 1, lo)
+    cand = torch.maximum(guess[:, None] + torch.arange(-2, 5, device=mn.device), lo[:, None])
+    ok = (_bin_of(mx[:, None], cand) - _bin_of(mn[:, None], cand)) <= bins - 1
+    return torch.where(ok, cand, cand[:, -1:]).amin(dim=1)
 
 
 def observe_auto(values: torch.Tensor, grid: torch.Tensor, counts: torch.Tensor) -> None:
@@ -306,7 +299,8 @@ def observe_auto(values: torch.Tensor, grid: torch.Tensor, counts: torch.Tensor)
     ``counts`` its ``B + 3`` row (float64 or int64). As docs/grids.md says: the
     finite min and max of ``values`` coarsen the row's grid, the counts move to
     the new grid (exact), then every finite value goes to ``floor(x / 2**e) - o``.
-    Equal to :func:`twinpeaks.grids.observe` count for count.
+    Equal to :func:`twinpeaks.grids.observe` count for count. (About 60 small
+    tensor operations per call, whatever the size: a device kernel can replace it.)
 
     Example:
         >>> g, row = new_grids(1)[0], torch.zeros(7, dtype=torch.int64)
@@ -320,17 +314,15 @@ def observe_auto(values: torch.Tensor, grid: torch.Tensor, counts: torch.Tensor)
     if not v.numel():
         return
     fin = torch.isfinite(v)
-    inf = torch.tensor(math.inf, dtype=torch.float64, device=v.device)
-    mn = torch.where(fin, v, inf).amin()
-    mx = torch.where(fin, v, -inf).amax()
+    mn = torch.where(fin, v, math.inf).amin()
+    mx = torch.where(fin, v, -math.inf).amax()
     has = mn <= mx
-    mn_s = torch.where(has, mn, torch.zeros_like(mn))
-    mx_s = torch.where(has, mx, torch.zeros_like(mx))
-    ce, co = _choose(mn_s, mx_s, bins)
+    mn = torch.where(has, mn, 0.0)
+    mx = torch.where(has, mx, 0.0)
     # the row: its grid and occupied bins
     unset = torch.isnan(grid[0])
-    e_r = torch.where(unset, ce.double(), grid[0]).long()
-    o_r = torch.where(unset, co, grid[1])
+    e_r = torch.where(unset, 0.0, grid[0]).long()
+    o_r = torch.where(unset, 0.0, grid[1])
     cnt = counts[1:-2]
     idx = torch.arange(bins, device=v.device)
     occ = cnt != 0
@@ -338,27 +330,32 @@ def observe_auto(values: torch.Tensor, grid: torch.Tensor, counts: torch.Tensor)
     last = torch.where(occ, idx, -1).amax()
     fresh = unset | (last < 0)
     step = _pow2(e_r)
-    inside = (mn_s >= o_r * step) & (mx_s < (o_r + bins) * step)
-    amin = torch.minimum((o_r + first) * step, mn_s)
-    amax = torch.maximum((o_r + last.clamp(min=0)) * step, mx_s)
-    e2 = torch.maximum(torch.maximum(e_r, ce), _fit_e(amin, amax, bins))
-    o2 = _bin_of(amin, e2)
-    keep = ~has | (~fresh & inside)
-    new_e = torch.where(keep, e_r, torch.where(fresh, ce, e2))
-    new_o = torch.where(keep, o_r, torch.where(fresh, co, o2))
-    # regrid (a no-op move when the grid stays; empty bins may land anywhere: clamped, they add 0)
-    k = (new_e - e_r).clamp(0, 62)
+    inside = (mn >= o_r * step) & (mx < (o_r + bins) * step)
+    amin = torch.minimum((o_r + first) * step, mn)
+    amax = torch.maximum((o_r + last) * step, mx)
+    # the call's own grid (choose) and the union's smallest fitting e, in one batch
+    fe = _fit_e(torch.stack([mn, amin]), torch.stack([mx, amax]), bins)
+    same = mn == mx
+    one = torch.where(mn == 0, grids.ZERO_E,
+                      _floor_log2(torch.where(mn == 0, 1.0, mn.abs())) - grids._ceil_log2(bins)).clamp(min=grids.E_MIN)
+    ce = torch.where(same, one, fe[0])
+    e2 = torch.maximum(torch.maximum(e_r, ce), fe[1])
+    e_new = torch.where(~has, e_r, torch.where(fresh, ce, torch.where(inside, e_r, e2)))
+    lo_val = torch.where(fresh, mn, amin)
+    o_new = _bin_of(lo_val, e_new) - torch.where(fresh & same, float(bins // 2), 0.0)
+    o_new = torch.where(~has | (~fresh & inside), o_r, o_new)
+    # regrid (the identity when the grid stays; empty bins may land anywhere: clamped, they add 0)
     src = o_r.long() + idx
-    dst = (torch.bitwise_right_shift(src, k) - new_o.long()).clamp(0, bins - 1)
+    dst = (torch.bitwise_right_shift(src, (e_new - e_r).clamp(0, 62)) - o_new.long()).clamp(0, bins - 1)
     counts[1:-2] = torch.zeros_like(cnt).index_add_(0, dst, cnt)
-    grid.copy_(torch.where(has | ~unset, torch.stack([new_e.double(), new_o]), grid))
-    counts.add_(count_slots(_auto_slot(v, new_e, new_o, bins), bins + EXTRA_SLOTS).to(counts.dtype))
+    grid.copy_(torch.where(has | ~unset, torch.stack([e_new.double(), o_new]), grid))
+    counts.add_(count_slots(_auto_slot(v, fin, e_new, o_new, bins), bins + EXTRA_SLOTS).to(counts.dtype))
 
 
-def _auto_slot(v: torch.Tensor, e: torch.Tensor, o: torch.Tensor, bins: int) -> torch.Tensor:
-    q = _bin_of(torch.where(torch.isfinite(v), v, torch.zeros_like(v)), e) - o
+def _auto_slot(v: torch.Tensor, fin: torch.Tensor, e: torch.Tensor, o: torch.Tensor, bins: int) -> torch.Tensor:
+    q = _bin_of(torch.where(fin, v, 0.0), e) - o
     slot = (q.clamp(-1, bins) + 1).long()
-    return slot.masked_fill_(~torch.isfinite(v), bins + 2)
+    return slot.masked_fill_(~fin, bins + 2)
 
 
 def auto_slots(values: torch.Tensor, grid: torch.Tensor, bins: int) -> torch.Tensor:
@@ -372,7 +369,7 @@ def auto_slots(values: torch.Tensor, grid: torch.Tensor, bins: int) -> torch.Ten
     unset = torch.isnan(grid[0])
     e = torch.where(unset, torch.zeros_like(grid[0]), grid[0]).long()
     o = torch.where(unset, torch.full_like(grid[1], -float(2 * bins + 4)), grid[1])
-    return _auto_slot(v, e, o, bins)
+    return _auto_slot(v, torch.isfinite(v), e, o, bins)
 
 
 def regrid_rows(counts: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:

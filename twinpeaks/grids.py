@@ -295,3 +295,40 @@ def combine(rows: Sequence[np.ndarray], grids: Sequence[Grid | None]) -> tuple[n
             out[..., 1:-2] += regrid(r[..., 1:-2], g, grid)
     return out, grid
 
+
+
+def host_grid(grid: np.ndarray) -> Grid | None:
+    """A stored ``[e, o]`` row (int64, or float64 with ``e`` NaN when unset) as a grid tuple, or None."""
+    e, o = grid[0], grid[1]
+    if isinstance(e, (float, np.floating)) and math.isnan(e):
+        return None
+    return int(e), int(o)
+
+
+def merge_groups(counts: np.ndarray, grid: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Combine consecutive rows by group starts (as ``np.add.reduceat`` takes them), each group on its common grid.
+
+    ``counts`` is ``[n, ..., B + 3]``, ``grid`` ``[n, 2]`` int64 ``(e, o)`` (a row with
+    no finite count may hold any grid). Returns ``[k, ..., B + 3]`` and ``[k, 2]``.
+    Groups whose rows share one grid are plain sums (the common case: one step's
+    rows of a layer that keeps its range).
+
+    Example:
+        >>> c = np.array([[0, 1, 2, 3, 4, 0, 0], [0, 0, 0, 0, 1, 0, 2]])
+        >>> m, g = merge_groups(c, np.array([[0, 0], [1, -2]]), np.array([0]))
+        >>> g.tolist(), m.tolist()
+        ([[1, 0]], [[0, 3, 8, 0, 0, 0, 2]])
+    """
+    n = len(counts)
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.append(starts[1:], n)
+    out = np.add.reduceat(counts, starts, axis=0) if n else counts[:0].copy()
+    out_grid = grid[starts].copy() if n else grid[:0].copy()
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        g = grid[a:b]
+        if b - a < 2 or (g == g[0]).all():
+            continue
+        row, common = combine(list(counts[a:b]), [(int(e), int(o)) for e, o in g])
+        out[k] = row
+        out_grid[k] = common if common is not None else (0, 0)
+    return out, out_grid
