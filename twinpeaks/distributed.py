@@ -11,13 +11,11 @@ Design constraints:
   (sum, sum of squares, zeros) add; minima and maxima combine. Every rank ends
   with the same rows; only rank 0 writes the file, the others keep the same run
   in memory (nothing on disk).
-* Identical bin edges. An automatic range is agreed on a layer's first recorded
-  call: its first batch's finite min and max are all-reduced once, then every
-  rank computes the same bounds (:func:`twinpeaks.binning.auto_bounds` depends
-  only on them). That is the one collective inside a training step; it needs
-  every rank to run the same layers in the same order on its first step (DDP
-  and FSDP do).
-* No collective in a training step otherwise. A full ``flush_every`` buffer
+* One grid per summed row. With automatic ranges every rank's step row has its
+  own grid (docs/grids.md); before summing, the ranks agree on a common grid per
+  row with two small all-reduces (the largest ``e``; then the lowest and highest
+  occupied bin at that ``e``), and each rank regrids its rows onto it (exact).
+* No collective in a training step. A full ``flush_every`` buffer
   moves its rows to the host of its own rank only. The collective flush runs in
   ``end_epoch()`` and ``close()``, which every rank must reach.
 * Aligned steps. A rank's i-th step of a phase is step i of the run; ranks with
@@ -41,7 +39,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import binning
+from . import binning, grids
 from .errors import TwinpeaksError
 
 if TYPE_CHECKING:
@@ -50,7 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("twinpeaks")
 
-_Rows = tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray]]  # start step, counts, stats, extra
+# start step, counts, stats, extra, grids (automatic ranges) or None
+_Rows = tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]
 
 
 def is_rank_zero() -> bool:
@@ -109,7 +108,7 @@ def setup(hist: ActivationsHistogram) -> DistSync | None:
 
 
 class DistSync:
-    """The collective side of one recorder: range agreement, host-held rows, the summing flush."""
+    """The collective side of one recorder: host-held rows, grid agreement, the summing flush."""
 
     def __init__(self, group: Any, timeout: timedelta | None):
         self.rank = dist.get_rank(group)
@@ -157,29 +156,6 @@ class DistSync:
                                      f"({len(info['layers'])} vs {len(names)}): every rank needs the same model and modules=")
         assert writer is not None
         return writer
-
-    # -- the one collective in a step ----------------------------------------------------------
-    def auto_bounds(self, values: torch.Tensor, bins: int, margin: float, record: int,
-                    output: bool = False) -> binning.Bounds:
-        """Automatic bounds from the first batch of every rank: finite min/max all-reduced once.
-
-        The same as :func:`twinpeaks.binning.auto_bounds` over all ranks' first
-        batches together (it depends on their min and max only).
-        """
-        v = values.reshape(-1).float()
-        finite = torch.isfinite(v)
-        inf = torch.full((), math.inf, device=v.device)  # a fill, not a copy from the host: no sync
-        mn = torch.where(finite, v, inf).amin() if v.numel() else inf
-        mx = torch.where(finite, v, -inf).amax() if v.numel() else -inf
-        rid = torch.full((), float(record), device=v.device)
-        buf = torch.stack([-mn, mx, rid, -rid]).double()
-        buf = buf.to(self._device(v.device))
-        dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.data)
-        if buf.device.type == "cpu" and buf[2] != -buf[3]:  # on an accelerator this check would sync the host
-            raise TwinpeaksError("ranks agreed automatic ranges of different layers: every rank must run the same "
-                                 "layers in the same order on its first step, or pass range=(lo, hi)")
-        lohi = torch.stack([-buf[0], buf[1]]).to(v.device)
-        return binning.auto_bounds(lohi, bins, margin, output=output)
 
     def _device(self, device: torch.device) -> torch.device:
         """Where tensors of the data group's collectives live: the host for gloo, else the accelerator."""
@@ -267,11 +243,11 @@ class DistSync:
                 if other[2] and not rec.classes:
                     rec.classes = other[2]
                 rec.dirty = True
-                if rec.bounds is None and hist.range is not None:
-                    rec.bounds = binning.fixed_bounds(*hist.range, hist.bins, torch.device("cpu"))
+                hist._know_range(rec)
                 with torch.inference_mode(False):
                     rec.phases[phase] = _PhaseData(hist.flush_every, slots, self._buffer_device(hist),
-                                                   hist.max_columns, {k: c[0] for k, c in spec.items()})
+                                                   hist.max_columns, {k: c[0] for k, c in spec.items()},
+                                                   auto=rec.fixed is None)
             specs.append((rec.id, spec))
         if not specs or n == 0:
             return {}
@@ -282,6 +258,8 @@ class DistSync:
         sums = np.zeros((len(specs), n, 5))
         ext = np.full((len(specs), 2, n), -np.inf)
         views: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []
+        auto = [hist._records[rid].fixed is None for rid, _ in specs]
+        local_grid = np.zeros((len(specs), n, 2), np.int64)
         o = 0
         for b, (rid, spec) in enumerate(specs):
             counts = ints[o:o + n * slots].reshape(n, slots)
@@ -291,20 +269,73 @@ class DistSync:
                 size = n * math.prod(shape) * slots
                 extra[k] = ints[o:o + size].reshape(n, *shape, slots)
                 o += size
-            for start, c, st, e in self._held.pop((rid, phase), []):
+            for start, c, st, e, g in self._held.pop((rid, phase), []):
                 r = slice(start - base, start - base + len(c))
                 counts[r], sums[b, r], ext[b, 0, r], ext[b, 1, r] = c, st[:, :5], -st[:, 5], st[:, 6]
+                if g is not None:
+                    local_grid[b, r] = g
                 for k, arr in e.items():
                     extra[k][r] = arr
             views.append((rid, counts, extra))
+        common = self._agree_grids(views, local_grid, auto, slots - binning.EXTRA_SLOTS)
         for arr, op in ((ints, dist.ReduceOp.SUM), (sums, dist.ReduceOp.SUM), (ext, dist.ReduceOp.MAX)):
             self._all_reduce(arr, op)
         out: dict[tuple[int, str], _Rows] = {}
         for b, (rid, counts, extra) in enumerate(views):
             stats = np.empty((n, 7))
             stats[:, :5], stats[:, 5], stats[:, 6] = sums[b], -ext[b, 0], ext[b, 1]
-            out[rid, phase] = (base, counts, stats, extra)
+            out[rid, phase] = (base, counts, stats, extra, common[b] if auto[b] else None)
         return out
+
+    def _agree_grids(self, views: list[tuple[int, np.ndarray, dict[str, np.ndarray]]], local: np.ndarray,
+                     auto: list[bool], bins: int) -> np.ndarray:
+        """Automatic ranges: one grid per row for all ranks, each rank's rows regridded onto it in place.
+
+        Two all-reduces: the largest ``e`` of every row (rows with no finite value
+        take no part), then the lowest and highest occupied bin at that ``e``. The
+        common grid is the smallest ``e`` >= it over which they fit, ``o`` the
+        lowest (docs/grids.md). Returns the grids ``[records, n, 2]``.
+        """
+        nrec, n = local.shape[:2]
+        common = np.zeros_like(local)
+        if not any(auto):
+            return common
+        none = np.iinfo(np.int64).min // 4
+        occ = np.zeros((nrec, n), bool)
+        lo_i = np.zeros((nrec, n), np.int64)
+        hi_i = np.zeros((nrec, n), np.int64)
+        for b, (_, counts, _) in enumerate(views):
+            bins_ = counts[:, 1:-2] > 0
+            occ[b] = bins_.any(axis=1) & auto[b]
+            lo_i[b] = np.where(occ[b], bins_.argmax(axis=1), 0)
+            hi_i[b] = np.where(occ[b], bins - 1 - bins_[:, ::-1].argmax(axis=1), 0)
+        e = np.where(occ, local[..., 0], none)
+        e_max = e.copy()
+        self._all_reduce(e_max, dist.ReduceOp.MAX)
+        live = e_max > none
+        k = np.where(occ, e_max - e, 0)
+        shift = lambda v: np.where(k < 62, v >> np.minimum(k, 62), np.where(v < 0, -1, 0))  # noqa: E731
+        lo = np.where(occ, shift(local[..., 1] + lo_i), np.iinfo(np.int64).max // 4)
+        hi = np.where(occ, shift(local[..., 1] + hi_i), np.iinfo(np.int64).min // 4)
+        ends = np.stack([-lo, hi])
+        self._all_reduce(ends, dist.ReduceOp.MAX)
+        lo, hi = -ends[0], ends[1]
+        up = np.zeros((nrec, n), np.int64)
+        while True:  # the smallest e >= e_max over which every rank's occupied bins fit
+            wide = live & ((hi >> up) - (lo >> up) > bins - 1)
+            if not wide.any():
+                break
+            up += wide
+        common[..., 0] = np.where(live, e_max + up, 0)
+        common[..., 1] = np.where(live, lo >> up, 0)
+        for b, (_, counts, extra) in enumerate(views):
+            for i in np.flatnonzero(occ[b]):
+                old, new = (int(local[b, i, 0]), int(local[b, i, 1])), (int(common[b, i, 0]), int(common[b, i, 1]))
+                if old != new:
+                    counts[i, 1:-2] = grids.regrid(counts[i, 1:-2], old, new)
+                    for arr in extra.values():
+                        arr[i, ..., 1:-2] = grids.regrid(arr[i, ..., 1:-2], old, new)
+        return common
 
     def _buffer_device(self, hist: ActivationsHistogram) -> torch.device:
         for rec in hist._records:

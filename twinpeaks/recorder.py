@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import binning, distributed
+from . import binning, distributed, grids
 from ._version import __version__
 from .columns import ColumnStore, combine_stats, empty_stats
 from .outputs import flatten, path_name
@@ -57,6 +57,36 @@ def _no_kernel(*args: Any) -> None:
 _cbin_observe: Callable[..., None] = binning._cbin.observe if binning._cbin is not None else _no_kernel
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 _EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
+
+
+def _as_range(value: Any, bins: int, what: str = "range") -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (lo, hi) or None, got {value!r}; e.g. range=(-10, 10)") from None
+    try:
+        binning.check_range(lo, hi, bins)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    return lo, hi
+
+
+def _check_range_option(value: Any, bins: int) -> Any:
+    """``range=`` as given, checked: None, ``(lo, hi)``, ``{layer name: (lo, hi) or None}`` or a function."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"range: dict keys must be layer names (str), got {k!r}")
+            out[k] = None if v is None else _as_range(v, bins, f"range[{k!r}]")
+        return out
+    if callable(value):
+        return value
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"range must be (lo, hi), a dict of layer names or a function, got {value!r}")
+    return _as_range(value, bins)
 
 
 class TwinpeaksWarning(UserWarning):
@@ -117,22 +147,32 @@ class _PhaseData:
     (-min, max), combined by max. On the host: the binning plan per output layout.
     """
 
-    def __init__(self, rows: int, slots: int, device: torch.device, max_columns: int, extra: dict[str, int]):
+    def __init__(self, rows: int, slots: int, device: torch.device, max_columns: int, extra: dict[str, int],
+                 auto: bool = True):
         self.counts = torch.zeros(rows, slots, dtype=torch.float64, device=device)
-        self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow
+        # automatic ranges: each row's grid (e, o), e NaN = unset (docs/grids.md); per-class/truth rows keep the
+        # grid they were last counted on (the row's grid then, or a finer one), moved onto the row's grid at take()
+        self.auto = auto
+        self.grids = binning.new_grids(rows, device) if auto else None
+        self.extra_grids = binning.new_grids(rows, device) if auto and extra else None
         self.sums = torch.zeros(rows, 5, dtype=torch.float64, device=device)
         self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
         self.plans: dict[tuple, _Plan] = {}  # (shape, strides, dtype, type) -> ActivationsHistogram._plan()
-        self.store = ColumnStore(max_columns, (slots,))
-        self.epoch = ColumnStore(256, (slots,))
+        self.store = ColumnStore(max_columns, (slots,), gridded=auto)
+        self.epoch = ColumnStore(256, (slots,), gridded=auto)
         self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
-        self.epoch_extra = {k: ColumnStore(256, (c, slots)) for k, c in extra.items()}
+        self.epoch_extra = {k: ColumnStore(256, (c, slots), gridded=auto) for k, c in extra.items()}
         # CPU: the buffers' addresses and the bytes of a counts row, for the C kernel
         self.addr = (self.counts.data_ptr(), self.sums.data_ptr(), self.peaks.data_ptr(), slots * 8
                      ) if device.type == "cpu" else None
+        self.grid_addr = self.grids.data_ptr() if auto and device.type == "cpu" else 0  # type: ignore[union-attr]
 
-    def take(self, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Move the first ``n`` rows to the host (the flush's only sync) and reset them."""
+    def take(self, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """Move the first ``n`` rows to the host (the flush's only sync) and reset them.
+
+        Returns counts, stats, per-class/truth rows and (automatic ranges) the rows'
+        int64 grids ``[n, 2]`` (``0, 0`` for a row with no finite value).
+        """
         # .cpu() is a no-op on CPU and .numpy() shares memory: copy (astype) before resetting
         counts = self.counts[:n].cpu().numpy().astype(np.int64)
         sums = self.sums[:n].cpu().numpy().copy()
@@ -145,11 +185,23 @@ class _PhaseData:
         stats[:, 4] = binned - sums[:, 2]
         stats[:, 5], stats[:, 6] = -peaks[:, 0], peaks[:, 1]
         extra = {k: v[:n].cpu().numpy().copy() for k, v in self.extra.items()}
+        grid = None
+        if self.grids is not None:
+            g = self.grids[:n].cpu().numpy()
+            unset = np.isnan(g[:, 0])
+            grid = np.where(unset[:, None], 0, g).astype(np.int64)
+            if self.extra_grids is not None:  # per-class/truth rows counted on an earlier (finer) grid of their row
+                eg = self.extra_grids[:n].cpu().numpy()
+                for i in np.flatnonzero(~unset & ~np.isnan(eg[:, 0]) & (eg != g).any(axis=1)):
+                    old, new = (int(eg[i, 0]), int(eg[i, 1])), (int(grid[i, 0]), int(grid[i, 1]))
+                    for arr in extra.values():
+                        arr[i, ..., 1:-2] = grids.regrid(arr[i, ..., 1:-2], old, new)
         for buf, value in ((self.counts, 0), (self.sums, 0), (self.peaks, -math.inf),
-                           *((v, 0) for v in self.extra.values())):
-            # CPU: reset through a numpy view, no torch operation
+                           *((v, 0) for v in self.extra.values()),
+                           *((g, math.nan) for g in (self.grids, self.extra_grids) if g is not None)):
+            # CPU: reset through a numpy view, no torch operation (a grid's o is reset too: harmless)
             (buf.numpy() if self.addr is not None else buf)[:n] = value
-        return counts, stats, extra
+        return counts, stats, extra, grid
 
 
 class _Plan(NamedTuple):
@@ -167,7 +219,9 @@ class _Plan(NamedTuple):
     sums_addr: int
     peaks_addr: int
     row_bytes: int  # bytes per counts row
-    edges_addr: int
+    edges_addr: int  # C kernel: a fixed range's float64 edges, or 0 (automatic)
+    grid_addr: int  # C kernel: row 0's grid (automatic), or 0
+    grid_bytes: int  # 16 (automatic: [e, o] float64 per row) or 0
     pd: _PhaseData
     extra: bool  # the last layer with per-class or truth rows
     kn: torch.Tensor | None  # torch path: [binned, seen] to add per output
@@ -184,7 +238,8 @@ class _Record:
         self.type = type_
         self.last = last  # belongs to the last hooked module: per-class and truth apply
         self.out_shape: list[int] | None = None
-        self.bounds: binning.Bounds | None = None
+        self.fixed: binning.Fixed | None = None  # a fixed range; None: automatic grids (docs/grids.md)
+        self.range_known = False  # the range (fixed or automatic) was looked up
         self.edges_written = False
         self.classes = 0  # per-class columns
         self.phases: dict[str, _PhaseData] = {}
@@ -206,17 +261,21 @@ class ActivationsHistogram:
         modules: None = every leaf module, parameter-less ones included; or a list
             of qualified names / integer indices into that leaf list.
         bins: bins per histogram.
-        range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
-            then frozen: hidden layers widened by ``margin`` x its span, the last layer
-            ``+-max(10, 4 x max|x|)`` (or ``[0, 1]`` for probabilities), since logits grow
-            as a model learns (see :func:`twinpeaks.binning.auto_bounds`).
+        range: None (the default): automatic, every step's histogram on a grid that holds
+            all of that step's values (docs/grids.md), so nothing falls out of range however
+            a layer grows, shrinks or shifts. ``(lo, hi)``: one fixed range for every layer,
+            binned as ``np.histogram(values, bins, range=(lo, hi))`` (values outside it are
+            counted as underflow/overflow). ``{layer name: (lo, hi) or None}``: fixed ranges
+            for some layers (a sub-record such as ``"lstm.0"`` also matches its module's
+            name), automatic for the others. A function ``name -> (lo, hi) or None``: the same,
+            decided per layer.
         per_class: for the last layer, also one histogram per output column.
         sample: ``"auto"`` (the last layer and outputs up to 16,384 elements per call
             binned exactly, larger ones on a sample of 8,192: evenly spaced 16-element
             blocks with a random offset per step), or a fraction in (0, 1]; 1.0 = every
             element, exact.
         classes: class names, stored in the run for the charts.
-        margin: widening of automatic ranges, as a multiple of the first batch's span.
+        margin: no longer used (automatic ranges follow every step's values); kept so that old calls still run.
         flush_every: steps kept on the device before rows move to the host.
         max_columns: per-step columns kept per layer and phase before merging pairwise.
         seed: seed of the sampling offsets.
@@ -258,13 +317,7 @@ class ActivationsHistogram:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
             raise ValueError(f"bins must be a positive int, got {bins!r}; e.g. bins=100")
-        if range is not None:
-            try:
-                lo, hi = (float(v) for v in range)
-            except (TypeError, ValueError):
-                raise ValueError(f"range must be (lo, hi) or None, got {range!r}; e.g. range=(-10, 10)") from None
-            binning.check_range(lo, hi, bins)
-            range = (lo, hi)
+        range = _check_range_option(range, bins)
         if sample != "auto" and not (isinstance(sample, (int, float)) and 0 < sample <= 1):
             raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
         if not (isinstance(margin, (int, float)) and margin >= 0):
@@ -291,6 +344,7 @@ class ActivationsHistogram:
         self._selected = self._select(modules)
         if output is not None:
             self._selected.append(("output", self.root))
+        self._check_range_names()
         self._handles: list[Any] = []
         self._writer: RunWriter | None = None
         self._records: list[_Record] = []
@@ -314,6 +368,37 @@ class ActivationsHistogram:
             from .live import LiveChart
 
             self.add_listener(LiveChart())
+
+    # -- ranges -----------------------------------------------------------------
+    def _check_range_names(self) -> None:
+        """Fail early on a ``range=`` that names no recorded layer, or a function that returns a bad range."""
+        names = [name for name, _ in self._selected]
+        if isinstance(self.range, dict):
+            unknown = [k for k in self.range if not any(k == n or k.startswith(n + ".") for n in names)]
+            if unknown:
+                shown = ", ".join(repr(n) for n in names[:6])
+                raise ValueError(f"range: no recorded layer named {unknown[0]!r}; recorded layers are {shown}, ...")
+        if callable(self.range) or isinstance(self.range, dict):
+            for name in names:
+                self._range_for(name)  # raises naming the layer
+        if self.bins < 2 and any(self._range_for(name) is None for name in names):
+            raise ValueError("bins must be >= 2 with automatic ranges (values of both signs need two bins); "
+                             "e.g. bins=100, or give every layer a range=(lo, hi)")
+
+    def _range_for(self, name: str, module_name: str | None = None) -> tuple[float, float] | None:
+        """The fixed range of a layer (or sub-record ``name`` of module ``module_name``), or None: automatic."""
+        r = self.range
+        if r is None or isinstance(r, tuple):
+            return r
+        if isinstance(r, dict):
+            got = r.get(name, r.get(module_name)) if module_name is not None else r.get(name)
+        else:
+            try:
+                got = r(name)
+            except Exception as exc:
+                raise ValueError(f"range: the function raised {exc!r} for layer {name!r}; it must return "
+                                 "(lo, hi) or None") from None
+        return None if got is None else _as_range(got, self.bins, f"range for layer {name!r}")
 
     # -- selection -----------------------------------------------------------
     def _select(self, modules: Sequence[str | int] | None) -> list[tuple[str, nn.Module]]:
@@ -350,6 +435,7 @@ class ActivationsHistogram:
             self._writer = self._sync.open_writer(self) if self._sync else RunWriter(self.path, self._meta())
             for i, (name, mod) in enumerate(self._selected):
                 rec = _Record(len(self._records), i, 0, name, type(mod).__name__, i == len(self._selected) - 1)
+                self._know_range(rec)
                 self._records.append(rec)
                 self._by_module.append({(): rec})
             self._write_layers()
@@ -393,7 +479,8 @@ class ActivationsHistogram:
             "model": type(self.root).__name__,
             "classes": self.classes,
             "options": {
-                "bins": self.bins, "range": self.range, "per_class": self.per_class,
+                "bins": self.bins, "per_class": self.per_class,
+                "range": self.range if not callable(self.range) else "function",
                 "sample": self.sample, "margin": self.margin, "flush_every": self.flush_every,
                 "max_columns": self.max_columns,
             },
@@ -546,14 +633,14 @@ class ActivationsHistogram:
                 f = self._plan(rec, t, key)
             if f is _SKIP:
                 return
-        _, _, code, n, stride, blocks, size, dense, c0, s0, p0, cs, edges, pd, extra, _ = f  # type: ignore[misc]
+        _, _, code, n, stride, blocks, size, dense, c0, s0, p0, cs, edges, g0, gs, pd, extra, _ = f  # type: ignore[misc]
         row = self._row
         if code >= 0:  # the C kernel: one pass over the memory, no torch operation
             src = t if dense else t.reshape(-1)  # a dense layout (even permuted) is read in storage order
             ptr = src.data_ptr()
             if blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
                 ptr += int(self._rng.random() * (stride - SAMPLE_BLOCK + 1)) * size
-            _cbin_observe(ptr, code, n, stride, blocks, SAMPLE_BLOCK, edges, self.bins,
+            _cbin_observe(ptr, code, n, stride, blocks, SAMPLE_BLOCK, edges, g0 + row * gs, self.bins,
                           c0 + row * cs, s0 + row * 40, p0 + row * 16)
         else:
             with torch.no_grad():
@@ -565,7 +652,8 @@ class ActivationsHistogram:
     def _plan(self, rec: _Record, t: torch.Tensor, key: tuple) -> _Plan | None:
         """How to bin outputs of ``t``'s layout (``key``: shape, strides, dtype, type) in this phase; cached on ``rec``.
 
-        ``_SKIP`` for outputs that are not binned. Creates the phase's buffers and the layer's bounds on first use.
+        ``_SKIP`` for outputs that are not binned. Creates the phase's buffers (and looks up the layer's range) on
+        first use.
         """
         n = t.numel()
         if n == 0:
@@ -579,24 +667,25 @@ class ActivationsHistogram:
             if rec.out_shape is None:
                 rec.out_shape = list(t.shape)
                 rec.dirty = True
+            self._know_range(rec)
+            if rec.fixed is not None and rec.fixed.edges.device != t.device:
+                rec.fixed = binning.fixed_grid(rec.fixed.lo, rec.fixed.hi, self.bins, t.device)
             if pd is None:
                 pd = self._phase_data(rec, t)
-            if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
-                rec.bounds = (binning.fixed_bounds(*self.range, self.bins, t.device) if self.range
-                              else self._sync.auto_bounds(t.detach(), self.bins, self.margin, rec.id, output=rec.last)
-                              if self._sync else binning.auto_bounds(t.detach(), self.bins, self.margin, output=rec.last))
             stride, blocks = self._stride(n, t.shape, rec.last)
             k = blocks * SAMPLE_BLOCK if blocks else n
-            kernel = (pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
+            kernel = (pd.addr is not None and binning.KERNEL and t.dtype in binning.KERNEL_DTYPES
                       and type(t) in (torch.Tensor, nn.Parameter))  # a subclass (DTensor, ...) may hold no memory
             c0, s0, p0, cs = (pd.addr if kernel else None) or (0, 0, 0, 0)
+            edges = rec.fixed.edges_ptr if rec.fixed is not None else 0
+            g0, gs = (pd.grid_addr, 16) if kernel and rec.fixed is None else (0, 0)
             kn = None
             if not kernel:
                 with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                     kn = torch.tensor([k, n], dtype=torch.float64, device=t.device)
             plan = pd.plans[key] = _Plan(
                 key, self._phase, binning.KERNEL_DTYPES[t.dtype] if kernel else -1,  # type: ignore[arg-type]
-                n, stride, blocks, t.element_size(), binning.is_dense(t), c0, s0, p0, cs, rec.bounds.edges_ptr, pd,
+                n, stride, blocks, t.element_size(), binning.is_dense(t), c0, s0, p0, cs, edges, g0, gs, pd,
                 rec.last and bool(rec.classes or "truth" in pd.extra), kn)
         rec.fast = plan
         return plan
@@ -612,9 +701,12 @@ class ActivationsHistogram:
             flat = flat.as_strided((blocks, SAMPLE_BLOCK), (stride, 1), offset).reshape(-1)
         elif dense:
             flat = flat.as_strided((t.numel(),), (1,), flat.storage_offset())
-        # one contiguous float32 copy of a sample: the five passes below then read it from cache
+        # one contiguous float32 copy of a sample for the stats; bins from the values themselves (upcast to float64)
         v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
-        pd.finite[row].add_(binning.bin_finite(v, rec.bounds))  # type: ignore[arg-type]
+        if rec.fixed is not None:
+            binning.observe_fixed(v if flat.dtype != torch.float64 else flat, rec.fixed, pd.counts[row])
+        else:
+            binning.observe_auto(v if flat.dtype != torch.float64 else flat, pd.grids[row], pd.counts[row])  # type: ignore[index]
         add, peak = binning.stats_parts(v)
         sums = pd.sums[row]
         sums[:3].add_(add)
@@ -654,7 +746,8 @@ class ActivationsHistogram:
             per_row = sum(extra.values()) * binning.n_slots(self.bins) * 8
             self._rows = min(self._rows, max(8, _EXTRA_BUDGET // per_row))
         with torch.inference_mode(False):  # buffers must stay normal tensors, updatable outside inference mode
-            pd = _PhaseData(self.flush_every, binning.n_slots(self.bins), t.device, self.max_columns, extra)
+            pd = _PhaseData(self.flush_every, binning.n_slots(self.bins), t.device, self.max_columns, extra,
+                            auto=rec.fixed is None)
         rec.phases[self._phase] = pd  # type: ignore[index]
         return pd
 
@@ -664,7 +757,7 @@ class ActivationsHistogram:
         slots = None
         s = binning.n_slots(self.bins)
         if "classes" in pd.extra and cols == rec.classes:
-            slots = binning.slot_index(out, rec.bounds)  # type: ignore[arg-type]
+            slots = self._slots(rec, pd, self._row, out)
             offs = torch.arange(cols, device=slots.device) * s
             pd.extra["classes"][self._row] += binning.count_slots(slots + offs, cols * s).view(cols, s)
         if self._targets is not None:
@@ -688,9 +781,36 @@ class ActivationsHistogram:
                                       "truth split skipped (pass class indices [batch] or 0/1 per output)")
             return
         if slots is None:
-            slots = binning.slot_index(out, rec.bounds)  # type: ignore[arg-type]
+            slots = self._slots(rec, pd, row, out)
         s = binning.n_slots(self.bins)
         pd.extra["truth"][row] += binning.count_slots(slots + (~yes).long() * s, 2 * s).view(2, s)
+
+    def _slots(self, rec: _Record, pd: _PhaseData, row: int, out: torch.Tensor) -> torch.Tensor:
+        """Slots of the last layer's outputs on its step row's grid, for the per-class and truth rows.
+
+        Automatic ranges: those rows first move onto the row's grid as it is now (it
+        may have coarsened since they were last counted: a second call in the step).
+        """
+        if rec.fixed is not None:
+            return binning.slot_index(out, rec.fixed)
+        g, eg = pd.grids[row], pd.extra_grids[row]  # type: ignore[index]
+        for buf in pd.extra.values():
+            buf[row] = binning.regrid_rows(buf[row], eg, g)
+        eg.copy_(g)
+        return binning.auto_slots(out, g, self.bins)
+
+    def _know_range(self, rec: _Record) -> None:
+        """Look up a record's range once: fixed (numpy's float64 edges) or automatic."""
+        if rec.range_known:
+            return
+        module = self._selected[rec.module_index][0]
+        try:
+            r = self._range_for(rec.name, module)
+        except ValueError as exc:  # a function that fails on a sub-record name: automatic, with one warning
+            self._warn_once(rec.name, f"{exc}; its range is automatic")
+            r = None
+        rec.fixed = binning.fixed_grid(r[0], r[1], self.bins) if r is not None else None
+        rec.range_known = True
 
     def _warn_once(self, key: str, what: str) -> None:
         if key in self._warned:
@@ -718,17 +838,17 @@ class ActivationsHistogram:
                 if reduced is not None:
                     if (rec.id, phase) not in reduced:
                         continue
-                    start, counts, stats, extra = reduced[rec.id, phase]
+                    start, counts, stats, extra, grid = reduced[rec.id, phase]
                 else:
                     n = self._step[phase] - self._window_start[phase]
                     if n <= 0:
                         continue
-                    counts, stats, extra = pd.take(n)
+                    counts, stats, extra, grid = pd.take(n)
                     start = self._window_start[phase]
-                pd.store.append(start, counts, stats)
-                pd.epoch.append(start, counts, stats)
+                pd.store.append(start, counts, stats, grid)
+                pd.epoch.append(start, counts, stats, grid)
                 for k, arr in extra.items():
-                    pd.epoch_extra[k].append(start, arr, stats)
+                    pd.epoch_extra[k].append(start, arr, stats, grid)
                 first, rewrite = pd.store.unwritten()
                 if rewrite:
                     w.drop_columns(rec.id, phase)
@@ -736,6 +856,8 @@ class ActivationsHistogram:
                     w.put_array(rec.id, phase, "col_steps", -1, first, pd.store.steps[first:])
                     w.put_array(rec.id, phase, "col_counts", -1, first, pd.store.counts[first:])
                     w.put_array(rec.id, phase, "col_stats", -1, first, pd.store.stats[first:])
+                    if pd.store.grid is not None:
+                        w.put_array(rec.id, phase, "col_grid", -1, first, pd.store.grid[first:])
                 pd.store.mark_written()
         for phase in self._step:
             self._window_start[phase] = self._step[phase]
@@ -751,8 +873,8 @@ class ActivationsHistogram:
                 w.put_layer(rec.id, rec.module_index, rec.sub_index, rec.name, rec.type,
                             rec.out_shape, self.bins, rec.classes)
                 rec.dirty = False
-            if rec.bounds is not None and not rec.edges_written:
-                w.put_array(rec.id, "", "edges", -1, 0, rec.bounds.edges.cpu().double().numpy())
+            if rec.fixed is not None and not rec.edges_written:  # automatic grids travel with every histogram
+                w.put_array(rec.id, "", "edges", -1, 0, rec.fixed.edges.cpu().numpy())
                 rec.edges_written = True
 
     def end_epoch(self) -> None:
@@ -806,26 +928,61 @@ class ActivationsHistogram:
     def _write_summary(self, rec: _Record, phase: str, epoch: int, pd: _PhaseData, lq_first: int, add: bool) -> None:
         w = self._writer
         assert w is not None
-        counts, stats, n = pd.epoch.total()
-        lq_counts, lq_stats, lq_n = pd.epoch.total(lq_first)
+        counts, stats, n, grid = pd.epoch.total()
+        lq_counts, lq_stats, lq_n, lq_grid = pd.epoch.total(lq_first)
         arrays = {"counts": counts, "stats": stats, "lq_counts": lq_counts, "lq_stats": lq_stats,
                   "summary": np.array([n, lq_n], np.int64)}
+        summary_grid = {"": grid, "lq_": lq_grid}  # per-class and truth rows share their summary's grid
         for k, store in pd.epoch_extra.items():
             name = "class" if k == "classes" else k
-            arrays[f"{name}_counts"] = store.total()[0]
-            arrays[f"{name}_lq"] = store.total(lq_first)[0]
+            arrays[f"{name}_counts"] = store.total(None, onto=grid)[0]
+            arrays[f"{name}_lq"] = store.total(lq_first, onto=lq_grid)[0]
         if add:
+            summary_grid = self._add_to_written(rec, phase, epoch, arrays, summary_grid) if pd.auto else summary_grid
             old_run = self.run
             for kind, arr in list(arrays.items()):
                 prev = old_run._array(rec.id, phase, kind, epoch)
-                if prev is None:
+                if prev is None or pd.auto and not kind.endswith("stats") and kind != "summary":
                     continue
                 if kind.endswith("stats"):
                     arrays[kind] = combine_stats(np.vstack([prev, arr]))
                 else:
                     arrays[kind] = prev + arr
+        if pd.auto:
+            for prefix, g in summary_grid.items():
+                arrays[prefix + "grid"] = np.array(g if g is not None else (0, 0), np.int64)
         for kind, arr in arrays.items():
             w.put_array(rec.id, phase, kind, epoch, 0, arr)
+
+    def _add_to_written(self, rec: _Record, phase: str, epoch: int, arrays: dict[str, np.ndarray],
+                        summary_grid: dict[str, tuple[int, int] | None]) -> dict[str, tuple[int, int] | None]:
+        """Automatic ranges: add new summary counts to an epoch's written ones on their common grid (exact)."""
+        run = self.run
+        out = dict(summary_grid)
+        for prefix, kinds in (("", ("counts", "class_counts", "truth_counts")), ("lq_", ("lq_counts", "class_lq",
+                                                                                       "truth_lq"))):
+            main = kinds[0]
+            prev = run._array(rec.id, phase, main, epoch)
+            if prev is None:
+                continue
+            pg = run._array(rec.id, phase, prefix + "grid", epoch)
+            prev_grid = None if pg is None or not prev[1:-2].any() else (int(pg[0]), int(pg[1]))
+            new_grid = summary_grid[prefix] if arrays[main][1:-2].any() else None
+            row, common = grids.combine([prev, arrays[main]], [prev_grid, new_grid])
+            arrays[main] = row
+            out[prefix] = common
+            for kind in kinds[1:]:
+                if kind not in arrays:
+                    continue
+                old = run._array(rec.id, phase, kind, epoch)
+                parts = [(arrays[kind], new_grid)] + ([(old, prev_grid)] if old is not None else [])
+                total = sum(p.copy() for p, _ in parts)
+                total[..., 1:-2] = 0
+                for p, g in parts:
+                    if g is not None and common is not None:
+                        total[..., 1:-2] += grids.regrid(p[..., 1:-2], g, common)
+                arrays[kind] = total
+        return out
 
     # -- reading back ------------------------------------------------------------------------
     @property
