@@ -10,8 +10,8 @@ from torch import nn
 
 import twinpeaks as tp
 from twinpeaks import grids
-from twinpeaks.run import on_common_grid
 from twinpeaks.recorder import AUTO_SAMPLE, EXACT_BELOW
+from twinpeaks.run import on_common_grid
 
 
 def mlp(inplace=True):

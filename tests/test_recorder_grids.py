@@ -283,7 +283,7 @@ def test_combining_epochs_is_exact_and_the_charts_use_each_columns_edges(tmp_pat
     cap = Capture(model[1])
     hist = tp.ActivationsHistogram(model, tmp_path / "c.tp", bins=50)
     with hist, torch.no_grad():
-        for e in range(3):
+        for _ in range(3):
             model.train()
             for _ in range(10):
                 model(torch.randn(16, 8))

@@ -161,6 +161,19 @@ class Columns:
         last = occ.shape[1] - 1 - occ[rows, ::-1].argmax(axis=1)
         return float(self.edges[rows, first].min()), float(self.edges[rows, last + 1].max())
 
+    def on_grid(self, grid: tuple[int, int]) -> np.ndarray:
+        """Counts of every column moved exactly onto one coarser-or-equal grid (e.g. :meth:`Run.layer_grid`).
+
+        Example:
+            >>> counts = run.columns("fc1").on_grid(run.layer_grid("fc1"))  # doctest: +SKIP
+        """
+        if self.grids is None:
+            raise ValueError("on_grid is for automatic ranges; a fixed range's columns share their edges already")
+        out = np.zeros_like(self.counts)
+        for i in np.flatnonzero(self.counts.any(axis=1)):
+            out[i] = grids.regrid(self.counts[i], (int(self.grids[i, 0]), int(self.grids[i, 1])), grid)
+        return out
+
     def resampled(self, axis: np.ndarray) -> np.ndarray:
         """Counts of every column spread onto common ``axis`` edges (float64 ``[n, len(axis) - 1]``), for drawing.
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import grids
 from .._version import __version__
 from ..run import Histogram, Run, on_common_grid
 
@@ -112,12 +113,11 @@ def heatmap(run: Run, layer: int, phase: str, max_columns: int = MAX_COLUMNS, ma
     g = groups(len(cols), max_columns)
     last = np.append(g[1:], len(cols)) - 1
     starts, ends = cols.starts[g], cols.ends[last]
-    if cols.fixed:
+    grid = None if cols.fixed else run.layer_grid(layer)
+    if grid is None:
         merged, edges = cols.counts, cols.edges[0]
-    else:  # automatic ranges: every column from its own edges onto one axis over where the values went
-        lo, hi = cols.value_range()
-        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, cols.counts.shape[1] + 1)
-        merged = cols.resampled(edges)
+    else:  # automatic ranges: every column moved exactly onto the layer's grid (where its values went over the run)
+        merged, edges = cols.on_grid(grid), grids.edges_of(grid, cols.counts.shape[1])
     counts, edges = merge_bins(np.add.reduceat(merged, g, axis=0), edges, max_bins)
     per_step = counts / np.maximum(ends - starts, 1)[:, None]
     scale = float(np.log1p(per_step.max())) if per_step.size else 0.0
