@@ -200,15 +200,10 @@ class ColumnStore:
         stats = combine_stats(self.stats[keep])
         if self._grid is None:
             return counts.sum(axis=0), stats, n_steps, None
-        gs = [(int(e), int(o)) for e, o in self.grid[keep]]  # type: ignore[index]
         if not len(counts):
             return counts.sum(axis=0), stats, n_steps, onto
         if onto is None:
-            row, grid = _grids.combine(list(counts), gs)
+            row, grid = _grids.combine(counts, self.grid[keep])  # type: ignore[index]
             return row, stats, n_steps, grid
-        out = counts.sum(axis=0)
-        out[..., 1:-2] = 0
-        for c, g in zip(counts, gs):
-            if c[..., 1:-2].any():
-                out[..., 1:-2] += _grids.regrid(c[..., 1:-2], g, onto)
+        out = _grids.sum_onto(counts, self.grid[keep], onto)  # type: ignore[index]
         return out, stats, n_steps, onto

@@ -271,8 +271,13 @@ def common_grid(grids: Sequence[Grid | None], extents: Sequence[tuple[int, int] 
     return e, bin_of(amin, e)
 
 
-def combine(rows: Sequence[np.ndarray], grids: Sequence[Grid | None]) -> tuple[np.ndarray, Grid | None]:
+def combine(rows: Sequence[np.ndarray] | np.ndarray, grids: Sequence[Grid | None] | np.ndarray
+            ) -> tuple[np.ndarray, Grid | None]:
     """Sum slot rows (``[..., B + 3]``, e.g. per-class rows) counted on different auto grids, exactly.
+
+    The grid is :func:`common_grid`'s; every row's bins move onto it (:func:`regrid`)
+    and add; underflow, overflow and nonfinite slots add as they are. Vectorised over
+    the rows (one ``bincount``), as epoch totals combine hundreds of them.
 
     Example:
         >>> a = np.array([0, 1, 2, 3, 4, 0, 0]); b = np.array([0, 0, 0, 0, 1, 0, 2])
@@ -280,21 +285,72 @@ def combine(rows: Sequence[np.ndarray], grids: Sequence[Grid | None]) -> tuple[n
         >>> g, row.tolist()
         ((1, 0), [0, 3, 8, 0, 0, 0, 2])
     """
-    if not rows:
+    if not len(rows):
         raise ValueError("combine needs at least one row")
-    bins = rows[0].shape[-1] - EXTRA_SLOTS
-    extents = [occupied(r, g) for r, g in zip(rows, grids)]
-    grid = common_grid(grids, extents, bins)
-    out = np.zeros_like(np.asarray(rows[0]), dtype=np.int64)
-    for r, g, x in zip(rows, grids, extents):
-        r = np.asarray(r)
-        out[..., 0] += r[..., 0]
-        out[..., -2:] += r[..., -2:]
-        if x is not None:
-            assert grid is not None and g is not None
-            out[..., 1:-2] += regrid(r[..., 1:-2], g, grid)
-    return out, grid
+    stack: np.ndarray = rows if isinstance(rows, np.ndarray) else np.stack([np.asarray(r) for r in rows])
+    n, bins = len(stack), stack.shape[-1] - EXTRA_SLOTS  # stack: [n, ..., B + 3]
+    out: np.ndarray = stack.sum(axis=0)
+    body: np.ndarray = stack[..., 1:-2].reshape(n, -1, bins)  # [n, m, B]
+    occ: np.ndarray = np.asarray(body.any(axis=1))  # [n, B]
+    if isinstance(grids, np.ndarray):  # [n, 2] int64: every row has a grid (one without finite counts: any)
+        g, live = grids.astype(np.int64, copy=False), occ.any(axis=1)
+    else:
+        live = occ.any(axis=1) & np.array([gr is not None for gr in grids])
+        g = np.array([gr if gr is not None else (0, 0) for gr in grids], dtype=np.int64)
+    if not live.any():
+        return out, None
+    g = g[live]
+    occ, body = occ[live], body[live]
+    first = occ.argmax(axis=1)
+    last = bins - 1 - occ[:, ::-1].argmax(axis=1)
+    if (g == g[0]).all():
+        common = (int(g[0, 0]), int(g[0, 1]))
+    else:
+        with np.errstate(over="ignore"):
+            amin = float(np.ldexp((g[:, 1] + first).astype(np.float64), g[:, 0]).min())
+            amax = float(np.ldexp((g[:, 1] + last).astype(np.float64), g[:, 0]).max())
+        e = max(int(g[:, 0].max()), fit_e(amin, amax, bins))
+        common = (e, bin_of(amin, e))
+    out[..., 1:-2] = _moved(body, occ, g, common).reshape(out[..., 1:-2].shape)
+    return out, common
 
+
+def _moved(body: np.ndarray, occ: np.ndarray, g: np.ndarray, target: Grid) -> np.ndarray:
+    """Bins ``body`` ``[n, m, B]`` on grids ``g`` ``[n, 2]`` (occupied bins ``occ`` ``[n, B]``) summed onto ``target``."""
+    n, m, bins = body.shape
+    k = target[0] - g[:, 0]
+    if (k < 0).any():
+        raise ValueError(f"regrid goes to a coarser grid only: {g[k < 0][0].tolist()} -> {target}")
+    src = g[:, 1:2] + np.arange(bins)
+    dst = np.where(k[:, None] < 63, src >> np.minimum(k, 62)[:, None], np.where(src < 0, -1, 0)) - target[1]
+    inside = (dst >= 0) & (dst < bins)
+    if (occ & ~inside).any():
+        raise ValueError(f"occupied bins fall outside the grid {target} they are moved onto")
+    idx = np.where(inside, dst, 0)[:, None, :] + (np.arange(m) * bins)[None, :, None]  # [n, m, B]
+    weights = np.where(inside[:, None, :], body, 0).astype(np.float64)
+    moved = np.bincount(idx.ravel(), weights=weights.ravel(), minlength=m * bins)
+    return np.rint(moved).astype(np.int64).reshape(m, bins)
+
+
+def sum_onto(rows: np.ndarray, grids: np.ndarray, target: Grid | None) -> np.ndarray:
+    """Rows ``[n, ..., B + 3]`` on grids ``[n, 2]`` summed onto one ``target`` grid that holds them all (exact).
+
+    Per-class and truth rows go onto their summary's grid this way. Rows without a
+    finite count may hold any grid; with ``target`` None there must be none with one.
+    """
+    stack: np.ndarray = np.asarray(rows)
+    n, bins = len(stack), stack.shape[-1] - EXTRA_SLOTS
+    out: np.ndarray = stack.sum(axis=0)
+    body: np.ndarray = stack[..., 1:-2].reshape(n, -1, bins)
+    occ: np.ndarray = np.asarray(body.any(axis=1))
+    live: np.ndarray = np.asarray(occ.any(axis=1))
+    if not live.any():
+        return out
+    if target is None:
+        raise ValueError("sum_onto: rows with finite counts need a target grid")
+    out[..., 1:-2] = _moved(body[live], occ[live], np.asarray(grids, np.int64)[live], target).reshape(
+        out[..., 1:-2].shape)
+    return out
 
 
 def host_grid(grid: np.ndarray) -> Grid | None:

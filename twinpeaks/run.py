@@ -408,7 +408,7 @@ class Run:
                 for phase in self.phases:
                     _, r, _, g = self._column_rows(info, phase)
                     if g is not None and len(r):
-                        sub, common = grids.combine(list(r), [tuple(x) for x in g.tolist()])
+                        sub, common = grids.combine(r, g)
                         rows.append(sub)
                         gs.append(common)
                 common = grids.combine(rows, gs)[1] if rows else None
@@ -454,7 +454,7 @@ class Run:
             raise ValueError("last_quarter needs an epoch; e.g. epoch=-1")
         if epoch is None and column is None and truth is None:
             steps_, rows, cstats, g = self._column_rows(info, phase)
-            row, grid = self._combine(info, list(rows), None if g is None else [tuple(x) for x in g.tolist()])
+            row, grid = self._combine(info, rows, g)
             stats = combine_stats(cstats)
             counts, under, over, nonfinite = slots_to_parts(row)
             return Histogram(counts.copy(), self._edges_of(info, grid), int(under), int(over), int(nonfinite),
@@ -501,10 +501,10 @@ class Run:
     def _auto(self, info: LayerInfo) -> bool:
         return not self.is_fixed(info)
 
-    def _combine(self, info: LayerInfo, rows: list[np.ndarray], gs: list | None
+    def _combine(self, info: LayerInfo, rows: list[np.ndarray] | np.ndarray, gs: list | np.ndarray | None
                  ) -> tuple[np.ndarray, tuple[int, int] | None]:
         """Rows summed: plain addition on a fixed range, exact regridding onto a common grid otherwise."""
-        if not rows:
+        if not len(rows):
             return np.zeros(n_slots(info.bins), np.int64), None
         if gs is None:
             return np.sum(rows, axis=0), None
