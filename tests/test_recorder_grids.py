@@ -29,7 +29,7 @@ def path(request, monkeypatch):
     if request.param == "torch":
         monkeypatch.setattr(binning, "KERNEL", False)
     elif not binning.KERNEL:
-        pytest.skip("the C kernel is not built")
+        pytest.skip("the C kernel is off (not built, or TWINPEAKS_KERNEL=torch)")
     return request.param
 
 
@@ -314,7 +314,7 @@ def test_combining_epochs_is_exact_and_the_charts_use_each_columns_edges(tmp_pat
 def test_torch_path_auto_grid_rows_equal_the_kernel(tmp_path, monkeypatch):
     """The device path (torch operations) and the C kernel give the same run, grid for grid."""
     if not binning.KERNEL:
-        pytest.skip("the C kernel is not built")
+        pytest.skip("the C kernel is off (not built, or TWINPEAKS_KERNEL=torch)")
     runs = []
     for kernel in (True, False):
         monkeypatch.setattr(binning, "KERNEL", kernel)
