@@ -36,10 +36,9 @@ import numpy as np
 import torch
 
 from . import grids
-
-#: Number of extra slots after the bins: underflow (first), overflow, nonfinite.
-EXTRA_SLOTS = 3
-_F32_MAX = float(np.finfo(np.float32).max)
+from .format import EXTRA_SLOTS as EXTRA_SLOTS  # the slot layout lives in twinpeaks.format
+from .format import n_slots as n_slots
+from .format import slots_to_parts as slots_to_parts
 
 try:
     from . import _cbin
@@ -52,9 +51,6 @@ KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.fl
 KERNEL = _cbin is not None and os.environ.get("TWINPEAKS_KERNEL", "c") != "torch"
 
 
-def n_slots(bins: int) -> int:
-    """Length of a slot row for ``bins`` bins: ``bins + 3``."""
-    return bins + EXTRA_SLOTS
 
 
 def check_range(lo: float, hi: float, bins: int) -> None:
@@ -65,15 +61,6 @@ def check_range(lo: float, hi: float, bins: int) -> None:
         raise ValueError(f"range must be two finite numbers lo < hi, got {(lo, hi)!r}; e.g. range=(-10, 10)")
     if not np.all(np.diff(grids.fixed_edges(lo, hi, bins)) > 0):
         raise ValueError(f"range {(lo, hi)!r} is too narrow for {bins} distinct float64 edges; widen it")
-
-
-def slots_to_parts(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split a slot row (or the last axis of a stack of rows) into counts, under, over, nonfinite.
-
-    For one row the last three are 0-d arrays (use ``int()``); for a stack, one value per row.
-    """
-    row = np.asarray(row)
-    return row[..., 1:-2], row[..., 0], row[..., -2], row[..., -1]
 
 
 @dataclass(frozen=True)

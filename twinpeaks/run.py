@@ -19,10 +19,10 @@ from typing import Any, Literal
 import numpy as np
 
 from . import grids
-from .binning import n_slots, slots_to_parts
-from .columns import STATS, combine_stats, empty_stats
 from .errors import LayerNotFound, TwinpeaksError
-from .runfile import check_schema, connect_reader, decode
+from .format import MAX, MIN, SEEN, STATS, combine_stats, decode, empty_stats, mean_std, n_slots, slots_to_parts
+from .format import zero_fraction as _zero_fraction
+from .runfile import connect_reader
 
 PHASES = ("train", "valid", "test")
 
@@ -86,34 +86,23 @@ class Histogram:
     @property
     def mean(self) -> float:
         """Mean of the binned values (exact, from running sums)."""
-        n = self.stats[STATS.index("binned")]
-        return float(self.stats[STATS.index("sum")] / n) if n else float("nan")
+        return float(mean_std(self.stats)[0])
 
     @property
     def std(self) -> float:
-        n = self.stats[STATS.index("binned")]
-        if not n:
-            return float("nan")
-        m = self.stats[STATS.index("sum")] / n
-        return float(np.sqrt(max(self.stats[STATS.index("sumsq")] / n - m * m, 0.0)))
+        return float(mean_std(self.stats)[1])
 
     @property
     def min(self) -> float:
-        return float(self.stats[STATS.index("min")])
+        return float(self.stats[MIN])
 
     @property
     def max(self) -> float:
-        return float(self.stats[STATS.index("max")])
+        return float(self.stats[MAX])
 
     @property
     def zero_fraction(self) -> float:
-        n = self.stats[STATS.index("binned")]
-        return float(self.stats[STATS.index("zeros")] / n) if n else float("nan")
-
-    def normalized(self) -> np.ndarray:
-        """Counts as fractions of everything binned (out-of-range mass included in the total)."""
-        t = self.total
-        return self.counts / t if t else np.zeros(len(self.counts))
+        return float(_zero_fraction(self.stats))
 
 
 @dataclass(frozen=True)
@@ -132,7 +121,7 @@ class Columns:
     underflow: np.ndarray
     overflow: np.ndarray
     nonfinite: np.ndarray
-    stats: np.ndarray  #: float64 ``[n, 7]`` in :data:`twinpeaks.columns.STATS` order
+    stats: np.ndarray  #: float64 ``[n, 7]`` in :data:`twinpeaks.format.STATS` order
     edges: np.ndarray  #: float64 ``[n, B + 1]``: each column's own edges
     grids: np.ndarray | None = None  #: int64 ``[n, 2]`` auto grids ``(e, o)``; None: a fixed range
 
@@ -199,14 +188,11 @@ class Columns:
 
     @property
     def mean(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self._stat("sum") / self.binned
+        return mean_std(self.stats)[0]
 
     @property
     def std(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m = self.mean
-            return np.sqrt(np.maximum(self._stat("sumsq") / self.binned - m * m, 0.0))
+        return mean_std(self.stats)[1]
 
     @property
     def min(self) -> np.ndarray:
@@ -458,7 +444,7 @@ class Run:
             stats = combine_stats(cstats)
             counts, under, over, nonfinite = slots_to_parts(row)
             return Histogram(counts.copy(), self._edges_of(info, grid), int(under), int(over), int(nonfinite),
-                             int((steps_[:, 1] - steps_[:, 0]).sum()), int(stats[STATS.index("seen")]), stats, grid)
+                             int((steps_[:, 1] - steps_[:, 0]).sum()), int(stats[SEEN]), stats, grid)
         epochs = range(self.epochs) if epoch is None else [self._epoch_index(epoch)]
         prefix = "lq_" if last_quarter else ""
         if column is not None:
@@ -494,7 +480,7 @@ class Run:
         row, grid = self._combine(info, parts, part_grids if self._auto(info) else None)
         stats = combine_stats(stats)
         counts, under, over, nonfinite = slots_to_parts(row)
-        seen = int(stats[STATS.index("seen")]) if pick is None else int(row.sum())
+        seen = int(stats[SEEN]) if pick is None else int(row.sum())
         return Histogram(counts.copy(), self._edges_of(info, grid), int(under), int(over), int(nonfinite), steps,
                          seen, stats, grid)
 
@@ -516,10 +502,6 @@ class Run:
         if self._auto(info):  # nothing finite: any grid; the centred one of 0
             return grids.edges_of(grids.choose(0.0, 0.0, info.bins), info.bins)
         return self.edges(info)
-
-    def steps(self, layer: LayerRef, phase: str = "train") -> np.ndarray:
-        """Per-step (or per merged column) counts: int64 ``[n_columns, bins]``."""
-        return self.columns(layer, phase).counts
 
     def columns(self, layer: LayerRef, phase: str = "train") -> Columns:
         """Per-step columns with their step ranges, out-of-range counts, stats and each column's edges."""
@@ -584,11 +566,6 @@ def open_run(path: str | os.PathLike | Run) -> Run:
         return path
     p = Path(path)
     return Run(connect_reader(p), p)
-
-
-def _memory_run(conn: sqlite3.Connection) -> Run:
-    check_schema(conn, "<memory>")
-    return Run(conn, None, owned=False)
 
 
 __all__ = ["Columns", "EpochInfo", "Histogram", "LayerInfo", "Run", "on_common_grid", "open_run", "TwinpeaksError"]

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from ..display import palette as _palette
 from ..run import Columns, LayerInfo, LayerRef, Run
 from .common import (
     as_run,
@@ -38,7 +39,6 @@ from .common import (
     rebin,
     style,
 )
-from .twin_peaks import _palette
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -57,11 +57,6 @@ def step_to_x(cols: Columns, steps: np.ndarray | float) -> np.ndarray:
     """Image x position (in columns) of a training step: exact for merged and partial columns."""
     knots = np.append(cols.starts, cols.ends[-1]).astype(float)
     return np.interp(steps, knots, np.arange(len(knots), dtype=float))
-
-
-def x_to_step(cols: Columns, x: np.ndarray | float) -> np.ndarray:
-    knots = np.append(cols.starts, cols.ends[-1]).astype(float)
-    return np.interp(x, np.arange(len(knots), dtype=float), knots)
 
 
 #: pixel rows of the common value axis of a layer with automatic ranges (at least its bins)
@@ -239,7 +234,7 @@ def plot_colorful_dimension(
     shared_scale: bool = False,
     show_stats: bool = True,
     ax: Axes | None = None,
-) -> object:
+) -> Figure:
     """The Colorful Dimension of one layer or a grid of layers.
 
     Args:

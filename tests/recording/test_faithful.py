@@ -1,6 +1,6 @@
 """The default (sampled) mode is faithful to exact mode: same data, same weights, two recorders at once.
 
-``pytest tests/test_faithful.py -s`` prints every layer's distance.
+``pytest tests/recording/test_faithful.py -s`` prints every layer's distance.
 
 Sampling error shrinks as 1/sqrt(elements binned): an epoch histogram of a
 sampled layer is within total variation 0.01 of the exact one once it holds

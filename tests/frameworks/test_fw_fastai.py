@@ -9,7 +9,6 @@ import torch
 pytest.importorskip("fastai")
 from fastai.callback.core import Callback  # noqa: E402
 from fastai.tabular.all import CategoryBlock, Normalize, RandomSplitter, TabularPandas, range_of, tabular_learner  # noqa: E402
-from fw_helpers import Outputs, assert_hist_equals, check_charts, check_run, check_truth_split  # noqa: E402
 
 from twinpeaks.fastai import ActivationsHistogram  # noqa: E402
 
@@ -35,18 +34,18 @@ def _fit(learn, epochs: int = 2) -> None:
 
 
 @pytest.fixture(scope="module")
-def tabular(cancer_dls, tmp_path_factory):
+def tabular(outputs, cancer_dls, tmp_path_factory):
     """Empty embedding ModuleList and ReLU(inplace=True): the model that broke the original."""
     path = tmp_path_factory.mktemp("fastai") / "a.tp"
     learn = tabular_learner(cancer_dls, layers=[16, 8], cbs=ActivationsHistogram(path=path))
     assert len(learn.model.embeds) == 0
-    last = Outputs(learn.model.layers[-1][0])
+    last = outputs(learn.model.layers[-1][0])
     _fit(learn)
     last.remove()
     return learn, last
 
 
-def test_tabular_no_categoricals(cancer_dls, tabular):
+def test_tabular_no_categoricals(assert_hist_equals, check_run, check_truth_split, cancer_dls, tabular):
     dls = cancer_dls
     learn, last = tabular
     cb = learn.activations_histogram
@@ -68,11 +67,11 @@ def test_tabular_no_categoricals(cancer_dls, tabular):
     assert cb.run.n_steps("valid") == 2 * n_valid
 
 
-def test_charts(tabular, tmp_path):
+def test_charts(check_charts, tabular, tmp_path):
     check_charts(tabular[0].activations_histogram, tmp_path)
 
 
-def test_get_preds_as_test_and_second_fit(cancer_dls, tmp_path):
+def test_get_preds_as_test_and_second_fit(assert_hist_equals, outputs, cancer_dls, tmp_path):
     dls = cancer_dls
     learn = tabular_learner(dls, layers=[8], cbs=ActivationsHistogram(path=tmp_path / "a.tp", bins=20))
     _fit(learn, 1)
@@ -81,7 +80,7 @@ def test_get_preds_as_test_and_second_fit(cancer_dls, tmp_path):
         learn.get_preds()  # not asked: not recorded
         learn.validate()
     assert cb.run.phases == ["train", "valid"]
-    last = Outputs(learn.model.layers[-1][0])
+    last = outputs(learn.model.layers[-1][0])
     with cb.phase("test"), learn.no_bar():
         preds, _ = learn.get_preds(dl=dls.valid)
     last.remove()
@@ -119,9 +118,9 @@ class _CPUAutocast(Callback):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU autocast check")
-def test_to_bf16(cancer_dls, tmp_path):
+def test_to_bf16(assert_hist_equals, outputs, cancer_dls, tmp_path):
     learn = tabular_learner(cancer_dls, layers=[8], cbs=[ActivationsHistogram(path=None), _CPUAutocast()]).to_bf16()
-    last = Outputs(learn.model.layers[-1][0], pick=lambda out: out)
+    last = outputs(learn.model.layers[-1][0], pick=lambda out: out)
     dtypes = []
     hook = learn.model.layers[-1][0].register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
     _fit(learn)
@@ -143,7 +142,7 @@ def test_fastai_mixed_precision_on_cpu_runs(cancer_dls, mode):
     assert learn.activations_histogram.run.n_steps("train") == learn.train_iter
 
 
-def test_awd_lstm_text_classifier(tmp_path):
+def test_awd_lstm_text_classifier(check_run, check_truth_split, tmp_path):
     text = pytest.importorskip("fastai.text.all")
     from sklearn.datasets import load_digits
 

@@ -13,14 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import Capture
 from torch import nn
 
 import twinpeaks as tp
 from twinpeaks import binning, grids
 from twinpeaks.run import on_common_grid
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "data"
 
 
 @pytest.fixture(params=["kernel", "torch"])
@@ -75,11 +74,11 @@ SCHEDULES = {
 
 
 @pytest.mark.parametrize("schedule", list(SCHEDULES))
-def test_growing_output_never_leaves_its_range(schedule, path, tmp_path):
+def test_growing_output_never_leaves_its_range(schedule, path, tmp_path, capture):
     """The issue's growing-output case (160 steps), and 10,000x growth, shrinking, a sign shift: 0% out of range."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), Grower(*SCHEDULES[schedule]))
-    cap = Capture(model[1])
+    cap = capture(model[1])
     hist = tp.ActivationsHistogram(model, tmp_path / "g.tp", bins=100)
     with hist, torch.no_grad():
         model.train()
@@ -106,7 +105,7 @@ def test_growing_output_never_leaves_its_range(schedule, path, tmp_path):
     assert occupied[-1] - occupied[0] >= 25
 
 
-def test_healthy_mlp_on_digits_keeps_every_value_in_range(tmp_path, capsys):
+def test_healthy_mlp_on_digits_keeps_every_value_in_range(tmp_path, capsys, capture):
     """The issue's healthy MLP: digits, Adam 3e-3, batch 32, 8 epochs, default settings: no layer loses values."""
     from sklearn.datasets import load_digits
 
@@ -119,7 +118,7 @@ def test_healthy_mlp_on_digits_keeps_every_value_in_range(tmp_path, capsys):
     xt, yt, xv, yv = x[:1400], y[:1400], x[1400:], y[1400:]
     model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    cap = Capture(model[2])
+    cap = capture(model[2])
     hist = tp.ActivationsHistogram(model, tmp_path / "mlp.tp")
     with hist:
         for _ in range(8):
@@ -161,11 +160,11 @@ def test_healthy_mlp_on_digits_keeps_every_value_in_range(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("lo,hi,bins", [(-1, 1, 100), (-0.5, 0.5, 50), (-3, 3, 200), (-8, 8, 100), (-0.3, 0.7, 37)])
-def test_fixed_range_every_step_equals_numpy_histogram(lo, hi, bins, path, tmp_path):
+def test_fixed_range_every_step_equals_numpy_histogram(lo, hi, bins, path, tmp_path, capture):
     """range=(lo, hi), sample=1.0: per-step counts are np.histogram(values, bins, range=(lo, hi)); ReLU zeros too."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 64), nn.ReLU(), nn.Linear(64, 5))
-    caps = [Capture(model[1]), Capture(model[2])]
+    caps = [capture(model[1]), capture(model[2])]
     hist = tp.ActivationsHistogram(model, tmp_path / "f.tp", bins=bins, range=(lo, hi), sample=1.0)
     with hist, torch.no_grad():
         for step in range(12):
@@ -189,7 +188,7 @@ def test_fixed_range_every_step_equals_numpy_histogram(lo, hi, bins, path, tmp_p
         assert relu.counts[zero_bin] >= zeros
 
 
-def test_shared_relu_called_three_times_per_step_is_one_exact_row(path, tmp_path):
+def test_shared_relu_called_three_times_per_step_is_one_exact_row(path, tmp_path, capture):
     """A shared module called 3 times per step with different ranges: one row, numpy on all its values."""
 
     class Net(nn.Module):
@@ -203,7 +202,7 @@ def test_shared_relu_called_three_times_per_step_is_one_exact_row(path, tmp_path
 
     torch.manual_seed(0)
     model = Net()
-    cap = Capture(model.act)
+    cap = capture(model.act)
     hist = tp.ActivationsHistogram(model, tmp_path / "s.tp", modules=["act"], sample=1.0)
     with hist, torch.no_grad():
         for _ in range(6):
@@ -215,10 +214,10 @@ def test_shared_relu_called_three_times_per_step_is_one_exact_row(path, tmp_path
     assert check_columns(run, "act", "train", per_step) == 0.0
 
 
-def test_per_layer_ranges_dict_and_function(path, tmp_path):
+def test_per_layer_ranges_dict_and_function(path, tmp_path, capture):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
-    caps = {n: Capture(model[int(n)]) for n in ("0", "1", "2")}
+    caps = {n: capture(model[int(n)]) for n in ("0", "1", "2")}
     for rng in ({"2": (-10, 10), "1": None}, lambda name: (-10, 10) if name == "2" else None):
         p = tmp_path / f"r{id(rng)}.tp"
         hist = tp.ActivationsHistogram(model, p, range=rng, sample=1.0)
@@ -276,11 +275,11 @@ def test_schema_2_file_still_opens_and_draws(tmp_path):
     tp.diagnose(run)
 
 
-def test_combining_epochs_is_exact_and_the_charts_use_each_columns_edges(tmp_path):
+def test_combining_epochs_is_exact_and_the_charts_use_each_columns_edges(tmp_path, capture):
     """Twin Peaks and the whole-run histogram regrid exactly; the Colorful Dimension's axis covers every value."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), Grower(lambda s: 1.2**s))
-    cap = Capture(model[1])
+    cap = capture(model[1])
     hist = tp.ActivationsHistogram(model, tmp_path / "c.tp", bins=50)
     with hist, torch.no_grad():
         for _ in range(3):

@@ -26,7 +26,7 @@ from twinpeaks.diagnosis import metrics as M
 pytest.importorskip("sklearn")  # the demo extra; brings scipy
 stats = pytest.importorskip("scipy.stats")
 
-_spec = importlib.util.spec_from_file_location("verdicts", Path(__file__).parents[1] / "examples" / "verdicts.py")
+_spec = importlib.util.spec_from_file_location("verdicts", Path(__file__).parents[2] / "examples" / "verdicts.py")
 verdicts = importlib.util.module_from_spec(_spec)
 sys.modules["verdicts"] = verdicts
 _spec.loader.exec_module(verdicts)

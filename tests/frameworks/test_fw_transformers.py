@@ -7,7 +7,6 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from fw_helpers import Outputs, assert_hist_equals, check_charts, check_run, check_truth_split  # noqa: E402
 
 from twinpeaks.transformers import ActivationsHistogram  # noqa: E402
 
@@ -56,11 +55,11 @@ def _args(tmp_path, **kw):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(outputs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hf")
     train, valid, test = _datasets()
     model = _model()
-    logits = Outputs(model, pick=lambda out: out.logits)
+    logits = outputs(model, pick=lambda out: out.logits)
     cb = ActivationsHistogram(path=tmp / "c.tp")
     trainer = transformers.Trainer(model=model, args=_args(tmp), train_dataset=train, eval_dataset=valid,
                                    callbacks=[cb])
@@ -71,7 +70,7 @@ def trained(tmp_path_factory):
     return cb, trainer, logits, preds
 
 
-def test_train_two_epochs(trained):
+def test_train_two_epochs(check_run, check_truth_split, trained):
     cb, trainer, logits, preds = trained
     run = cb.run
     # the evaluate() after training joins the last epoch
@@ -84,7 +83,7 @@ def test_train_two_epochs(trained):
     check_truth_split(run, "train")
 
 
-def test_logits_are_the_last_layer(trained):
+def test_logits_are_the_last_layer(assert_hist_equals, trained):
     cb, trainer, logits, preds = trained
     run = cb.run
     assert_hist_equals(run.histogram(-1, "train"), logits.values(training=True))
@@ -96,7 +95,7 @@ def test_logits_are_the_last_layer(trained):
                        torch.cat([valid[n_valid:2 * n_valid], valid[-n_valid:]]))
 
 
-def test_predict_is_test(trained):
+def test_predict_is_test(assert_hist_equals, trained):
     cb, trainer, logits, preds = trained
     run = cb.run
     assert run.phases == ["train", "valid", "test"] and run.epochs == 2
@@ -118,5 +117,5 @@ def test_no_evaluation_still_closes_epochs(tmp_path):
     assert cb.run.epoch_info(1).steps["train"][:2] == (2, 4)
 
 
-def test_charts(trained, tmp_path):
+def test_charts(check_charts, trained, tmp_path):
     check_charts(trained[0], tmp_path)

@@ -5,7 +5,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from helpers import Capture, assert_hist_equals
 from torch import nn
 
 import twinpeaks as tp
@@ -35,9 +34,9 @@ def train_epochs(model, hist, epochs=2, steps=5, valid=2, batch=8):
 
 
 @pytest.mark.parametrize("sample", [1.0, "auto"])
-def test_linear_before_inplace_relu_is_recorded_exactly(tmp_run, sample):
+def test_linear_before_inplace_relu_is_recorded_exactly(assert_hist_equals, capture, tmp_run, sample):
     model = mlp(inplace=True)
-    cap = Capture(model[0])
+    cap = capture(model[0])
     hist = tp.ActivationsHistogram(model, tmp_run, sample=sample)
     with hist:
         model.train()
@@ -57,9 +56,9 @@ def test_linear_before_inplace_relu_is_recorded_exactly(tmp_run, sample):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_half_precision_model_outputs(tmp_run, dtype):
+def test_half_precision_model_outputs(assert_hist_equals, capture, tmp_run, dtype):
     model = mlp(inplace=False).to(dtype)
-    cap = Capture(model[2])
+    cap = capture(model[2])
     with tp.ActivationsHistogram(model, tmp_run, sample=1.0, range=(-2, 2)) as hist:
         with torch.no_grad():
             for _ in range(3):
@@ -185,9 +184,9 @@ def test_existing_run_file_is_never_overwritten(tmp_run):
     assert tmp_run.read_bytes() == b"keep me"
 
 
-def test_round_trip_columns_epochs_and_whole_run_agree(tmp_run):
+def test_round_trip_columns_epochs_and_whole_run_agree(assert_hist_equals, capture, tmp_run):
     model = mlp()
-    cap = Capture(model[2])
+    cap = capture(model[2])
     hist = tp.ActivationsHistogram(model, tmp_run, flush_every=3, max_columns=4, sample=1.0)
     with hist:
         train_epochs(model, hist, epochs=3, steps=7, valid=0)
@@ -216,9 +215,9 @@ def test_round_trip_columns_epochs_and_whole_run_agree(tmp_run):
     assert_hist_equals(lq, ref)
 
 
-def test_per_class_and_truth_split(tmp_run):
+def test_per_class_and_truth_split(assert_hist_equals, capture, tmp_run):
     model = mlp()
-    cap = Capture(model[2])
+    cap = capture(model[2])
     ys = []
     with tp.ActivationsHistogram(model, tmp_run, per_class=True, classes="abcd") as hist:
         for i in range(4):
@@ -244,9 +243,9 @@ def test_per_class_and_truth_split(tmp_run):
     assert_hist_equals(run.histogram(-1, epoch=0, truth="no"), out[no_mask])
 
 
-def test_targets_after_the_forward_and_multilabel(tmp_run):
+def test_targets_after_the_forward_and_multilabel(assert_hist_equals, capture, tmp_run):
     model = mlp()
-    cap = Capture(model[2])
+    cap = capture(model[2])
     ys = []
     with tp.ActivationsHistogram(model, tmp_run) as hist:
         for _ in range(3):
@@ -261,9 +260,9 @@ def test_targets_after_the_forward_and_multilabel(tmp_run):
     assert_hist_equals(run.histogram(-1, epoch=0, truth="no"), out[~y])
 
 
-def test_sampling_keeps_small_outputs_exact_and_reports_seen(tmp_run):
+def test_sampling_keeps_small_outputs_exact_and_reports_seen(assert_hist_equals, capture, tmp_run):
     big = nn.Sequential(nn.Conv2d(1, 64, 3, padding=1), nn.Flatten(), nn.Linear(64 * 32 * 32, 3))
-    cap = Capture(big[2])
+    cap = capture(big[2])
     big.eval()
     with tp.ActivationsHistogram(big, tmp_run) as hist:
         with torch.no_grad():
@@ -325,7 +324,7 @@ def test_c_kernel_and_torch_path_record_the_same(tmp_path, monkeypatch, sample, 
         assert (a.min, a.max) == (b.min, b.max) or np.isnan([a.min, b.min]).all()
 
 
-def test_tensor_subclass_outputs_take_the_torch_path(tmp_run):
+def test_tensor_subclass_outputs_take_the_torch_path(assert_hist_equals, capture, tmp_run):
     """A tensor subclass (a DTensor may hold no local memory) is binned with torch operations, not by address."""
     from twinpeaks import binning
 
@@ -337,7 +336,7 @@ def test_tensor_subclass_outputs_take_the_torch_path(tmp_run):
             return (x * 2).as_subclass(Tagged)
 
     model = nn.Sequential(nn.Linear(4, 4), Emit(), nn.Linear(4, 2))  # the subclass propagates to the head
-    caps = [Capture(m) for m in model]
+    caps = [capture(m) for m in model]
     with tp.ActivationsHistogram(model, tmp_run) as hist:
         for _ in range(3):
             model(torch.randn(5, 4))
@@ -349,10 +348,10 @@ def test_tensor_subclass_outputs_take_the_torch_path(tmp_run):
         assert_hist_equals(run.histogram(i, epoch=0), cap.all("train"))
 
 
-def test_a_large_last_layer_is_still_binned_exactly(tmp_run):
+def test_a_large_last_layer_is_still_binned_exactly(assert_hist_equals, capture, tmp_run):
     """Twin Peaks and the diagnosis read the last layer: sample="auto" never samples it, whatever its size."""
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 5000))  # 8 x 5000 = 40k > EXACT_BELOW
-    cap = Capture(model[2])
+    cap = capture(model[2])
     with tp.ActivationsHistogram(model, tmp_run) as hist:
         for _ in range(2):
             model(torch.randn(8, 8))
@@ -372,8 +371,9 @@ def test_memory_stays_bounded_over_many_steps(tmp_run):
             for _ in range(5000):
                 model(x)
             hist.end_epoch()
-        sizes = [len(rec.phases["train"].store) for rec in hist._records]
-        epoch_sizes = [len(rec.phases["train"].epoch) for rec in hist._records]
+        hosts = [hist._writer.columns(rec.id, "train") for rec in hist._records]
+        sizes = [len(h.store) for h in hosts]
+        epoch_sizes = [len(h.epoch) for h in hosts]
     assert max(sizes) <= 100 and max(epoch_sizes) == 0
     run = tp.open_run(tmp_run)
     assert len(run.columns(-1)) <= 100 and run.n_steps("train") == 20_000

@@ -29,7 +29,6 @@ import keras  # noqa: E402
 if keras.backend.backend() != "torch":
     pytest.skip("keras was imported with another backend before this module", allow_module_level=True)
 
-from fw_helpers import Outputs, assert_hist_equals, check_charts, check_run, check_truth_split  # noqa: E402
 
 from twinpeaks.keras import ActivationsHistogram  # noqa: E402
 
@@ -59,10 +58,10 @@ def _model():
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(outputs, tmp_path_factory):
     (x, y), (xv, yv) = _data()
     model = _model()
-    last = Outputs(model.get_layer("logits"))  # a Keras layer is a torch module: hooks fire
+    last = outputs(model.get_layer("logits"))  # a Keras layer is a torch module: hooks fire
     model(x[:2])  # a call outside fit, before the callback: not recorded
     cb = ActivationsHistogram(path=tmp_path_factory.mktemp("keras") / "d.tp", classes=["a", "b", "c"])
     model.fit(x, y, batch_size=BS, epochs=2, validation_data=(xv, yv), verbose=0, callbacks=[cb])
@@ -71,7 +70,7 @@ def fitted(tmp_path_factory):
     return cb, model, last
 
 
-def test_fit_two_epochs(fitted):
+def test_fit_two_epochs(check_run, check_truth_split, fitted):
     cb, model, last = fitted
     run = cb.run
     assert [layer.name for layer in run.layers] == ["hidden", "drop", "logits"]
@@ -82,7 +81,7 @@ def test_fit_two_epochs(fitted):
     check_truth_split(run, "train")
 
 
-def test_every_step_through_torch_hooks(fitted):
+def test_every_step_through_torch_hooks(assert_hist_equals, fitted):
     """Calls of the last layer: ours, fit's build call, then per epoch 4 train + 2 valid, then 2 evaluate."""
     cb, model, last = fitted
     calls = [t for _, t in last.calls]
@@ -95,12 +94,12 @@ def test_every_step_through_torch_hooks(fitted):
     assert_hist_equals(run.histogram(-1, "test", epoch=1), torch.cat(calls[-2:]))
 
 
-def test_predict_is_recorded_as_test(tmp_path):
+def test_predict_is_recorded_as_test(assert_hist_equals, outputs, tmp_path):
     (x, y), (xv, _) = _data()
     model = _model()
     cb = ActivationsHistogram(path=tmp_path / "p.tp")
     model.fit(x, y, batch_size=BS, epochs=1, verbose=0, callbacks=[cb])
-    last = Outputs(model.get_layer("logits"))
+    last = outputs(model.get_layer("logits"))
     model.predict(xv, batch_size=BS, verbose=0, callbacks=[cb])
     last.remove()
     run = cb.run
@@ -117,7 +116,7 @@ def test_modules_by_keras_name_or_index(tmp_path):
     assert cb.run.epochs == 1 and cb.run.phases == ["train"]
 
 
-def test_charts(fitted, tmp_path):
+def test_charts(check_charts, fitted, tmp_path):
     check_charts(fitted[0], tmp_path)
 
 
@@ -146,7 +145,7 @@ print(json.dumps({"iterations": int(model.optimizer.iterations.numpy())}))
 """
 
 
-def test_jax_backend_records_a_probe(tmp_path):
+def test_jax_backend_records_a_probe(assert_hist_equals, check_run, check_truth_split, tmp_path):
     """In a subprocess: the backend is fixed when keras is imported."""
     import json
     import subprocess

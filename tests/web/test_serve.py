@@ -18,7 +18,6 @@ import threading
 import time
 
 import pytest
-from webhelpers import Page, Recorded, browser  # noqa: F401 - fixture
 
 from twinpeaks.web.server import make_server
 
@@ -26,12 +25,12 @@ SECRET = "TOPSECRET-do-not-serve"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
+def served(recorded_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("serve")
     root, outside = base / "runs", base / "outside"
     root.mkdir()
     outside.mkdir()
-    good = Recorded(root / "good.tp", epochs=2, test=False).path
+    good = recorded_run(root / "good.tp", epochs=2, test=False).path
     (root / "sub").mkdir()
     shutil.copy(good, root / "sub" / "nested.tp")
     (root / "corrupt.tp").write_bytes(b"this is not a run file at all " * 10)
@@ -187,11 +186,11 @@ def wait_for_epochs(pg, n, timeout_s=20.0):
     return False
 
 
-def test_dashboard_follows_a_growing_run(browser, served, tmp_path):  # noqa: F811
+def test_dashboard_follows_a_growing_run(new_page, browser, served, tmp_path):  # noqa: F811
     live = served["root"] / "live.tp"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(live)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
-    page = Page(browser)
+    page = new_page(browser)
     try:
         proc.stdin.write("go\n")
         proc.stdin.flush()

@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py: Lightning strategy="ddp" on 2 CPU processes with the twinpeaks callback.
+"""Run by tests/recording/test_distributed.py: Lightning strategy="ddp" on 2 CPU processes with the twinpeaks callback.
 
 Lightning's ddp launcher starts rank 1 by running this script again, so it must be a standalone file.
 """

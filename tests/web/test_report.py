@@ -13,7 +13,6 @@ import types
 import numpy as np
 import pytest
 import torch
-from webhelpers import Page, Recorded, browser  # noqa: F401 - fixture
 
 import twinpeaks as tp
 from twinpeaks import cli
@@ -21,13 +20,13 @@ from twinpeaks.web.payload import LEVELS, report_payload, run_payload
 
 
 @pytest.fixture(scope="module")
-def rec(tmp_path_factory):
-    return Recorded(tmp_path_factory.mktemp("rep") / "small.tp")
+def rec(recorded_run, tmp_path_factory):
+    return recorded_run(tmp_path_factory.mktemp("rep") / "small.tp")
 
 
 @pytest.fixture(scope="module")
-def rec_b(tmp_path_factory):
-    return Recorded(tmp_path_factory.mktemp("rep") / "other.tp", epochs=2, value_range=(-0.5, 0.5), test=False)
+def rec_b(recorded_run, tmp_path_factory):
+    return recorded_run(tmp_path_factory.mktemp("rep") / "other.tp", epochs=2, value_range=(-0.5, 0.5), test=False)
 
 
 def np_counts(values, edges):
@@ -140,9 +139,9 @@ def test_cli_report(rec, rec_b, tmp_path, capsys):
     assert "no run file" in capsys.readouterr().err
 
 
-def test_report_opens_offline_in_chromium(browser, rec, rec_b, tmp_path):  # noqa: F811
+def test_report_opens_offline_in_chromium(new_page, browser, rec, rec_b, tmp_path):  # noqa: F811
     out = tp.report([rec.path, rec_b.path], tmp_path / "report.html")
-    page = Page(browser, offline=True)
+    page = new_page(browser, offline=True)
     try:
         pg = page.page
         pg.goto(out.as_uri())
@@ -202,14 +201,14 @@ def fake_diagnose(monkeypatch):
     monkeypatch.setattr("twinpeaks.diagnosis.diagnose", fake)
 
 
-def test_findings_sorted_and_linked(fake_diagnose, browser, rec, tmp_path):  # noqa: F811
+def test_findings_sorted_and_linked(new_page, fake_diagnose, browser, rec, tmp_path):  # noqa: F811
     with tp.open_run(rec.path) as run:
         findings = report_payload([run])["runs"][0]["findings"]
     assert [f["severity"] for f in findings] == ["problem", "warning", "info"]
     assert findings[0]["evidence"] == {"fraction": 0.75}
     assert findings[1]["evidence"].startswith("[0, 1, 2") and len(findings[1]["evidence"]) < 4100  # capped
     out = tp.report(rec.path, tmp_path / "f.html")
-    page = Page(browser, offline=True)
+    page = new_page(browser, offline=True)
     try:
         pg = page.page
         pg.goto(out.as_uri())
@@ -229,11 +228,11 @@ def test_findings_sorted_and_linked(fake_diagnose, browser, rec, tmp_path):  # n
         page.close()
 
 
-def test_real_diagnosis_findings_appear(browser, rec, tmp_path):  # noqa: F811
+def test_real_diagnosis_findings_appear(new_page, browser, rec, tmp_path):  # noqa: F811
     with tp.open_run(rec.path) as run:
         n = len(tp.diagnose(run).findings)
     out = tp.report(rec.path, tmp_path / "d.html")
-    page = Page(browser, offline=True)
+    page = new_page(browser, offline=True)
     try:
         page.page.goto(out.as_uri())
         page.page.wait_for_selector("body[data-ready='1']", timeout=30_000)
@@ -245,7 +244,7 @@ def test_real_diagnosis_findings_appear(browser, rec, tmp_path):  # noqa: F811
         page.close()
 
 
-def test_run_before_its_first_epoch(browser, tmp_path):  # noqa: F811
+def test_run_before_its_first_epoch(new_page, browser, tmp_path):  # noqa: F811
     """A run still in its first epoch (flushed steps, no closed epoch) shows its heatmaps and says why no peaks."""
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU())
     hist = tp.ActivationsHistogram(model, tmp_path / "early.tp", flush_every=4).attach()
@@ -259,7 +258,7 @@ def test_run_before_its_first_epoch(browser, tmp_path):  # noqa: F811
     finally:
         hist.close()
     assert payload["twinpeaks"]["epochs"] == [] and payload["heatmaps"]["1"]["train"]["ends"][-1] == 8
-    page = Page(browser, offline=True)
+    page = new_page(browser, offline=True)
     try:
         page.page.goto(out.as_uri())
         page.page.wait_for_selector("body[data-ready='1']", timeout=30_000)

@@ -1,4 +1,4 @@
-"""Checks shared by the framework adapter tests (tests/test_fw_*.py): one oracle per number."""
+"""Fixtures shared by the framework adapter tests: one oracle per number."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
-from helpers import assert_hist_equals
 
 matplotlib.use("Agg")
 
@@ -64,8 +63,7 @@ def check_truth_split(run, phase: str = "valid", epoch: int = -1) -> None:
 
 
 def check_charts(adapter, tmp_path) -> None:
-    """The adapter's plot methods draw (only where the charts module exists)."""
-    pytest.importorskip("twinpeaks.charts")
+    """The adapter's plot methods draw."""
     import matplotlib.pyplot as plt
 
     for name in ("plot_colorful_dimension", "plot_twin_peaks", "plot_twin_peaks_history"):
@@ -76,4 +74,22 @@ def check_charts(adapter, tmp_path) -> None:
         plt.close(fig)
 
 
-__all__ = ["Outputs", "assert_hist_equals", "check_charts", "check_run", "check_truth_split"]
+@pytest.fixture(scope="session", name="outputs")
+def outputs_fixture():
+    """``outputs(module, pick=...)``: :class:`Outputs` of the module."""
+    return Outputs
+
+
+@pytest.fixture(scope="session", name="check_run")
+def check_run_fixture():
+    return check_run
+
+
+@pytest.fixture(scope="session", name="check_truth_split")
+def check_truth_split_fixture():
+    return check_truth_split
+
+
+@pytest.fixture(scope="session", name="check_charts")
+def check_charts_fixture():
+    return check_charts

@@ -13,7 +13,6 @@ except ImportError:
 except RuntimeError as exc:  # torchmetrics imports an installed torchvision built for another torch
     pytest.skip(f"lightning does not import here ({exc}): a torchvision that does not load beside this torch "
                 "is installed; pip uninstall torchvision", allow_module_level=True)
-from fw_helpers import Outputs, assert_hist_equals, check_charts, check_run, check_truth_split  # noqa: E402
 
 from twinpeaks.lightning import ActivationsHistogram  # noqa: E402
 
@@ -64,11 +63,11 @@ def _trainer(cb, **kw):
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
+def fitted(outputs, tmp_path_factory):
     torch.manual_seed(0)
     cb = ActivationsHistogram(path=tmp_path_factory.mktemp("pl") / "b.tp", classes=["a", "b", "c"], live=True)
     model = Wine()
-    last = Outputs(model.body[-1])
+    last = outputs(model.body[-1])
     trainer = _trainer(cb)
     train_dl, valid_dl = _loaders()
     trainer.fit(model, train_dl, valid_dl)
@@ -77,7 +76,7 @@ def fitted(tmp_path_factory):
     return cb, trainer, last
 
 
-def test_fit_two_epochs(fitted):
+def test_fit_two_epochs(check_run, check_truth_split, fitted):
     cb, trainer, last = fitted
     run = cb.run
     check_run(run, train_steps=4, valid_steps=2, last_train_total=N_TRAIN * 3, last_valid_total=N_VALID * 3,
@@ -87,7 +86,7 @@ def test_fit_two_epochs(fitted):
     check_truth_split(run, "train")
 
 
-def test_sanity_check_not_recorded_and_test_joins_last_epoch(fitted):
+def test_sanity_check_not_recorded_and_test_joins_last_epoch(assert_hist_equals, fitted):
     cb, trainer, last = fitted
     run = cb.run
     # eval-mode calls: 2 sanity batches, 2 x 2 validation batches, 2 test batches
@@ -98,12 +97,12 @@ def test_sanity_check_not_recorded_and_test_joins_last_epoch(fitted):
     assert_hist_equals(run.histogram(-1, "train"), last.values(training=True))
 
 
-def test_validation_of_epoch_e_belongs_to_epoch_e(tmp_path):
+def test_validation_of_epoch_e_belongs_to_epoch_e(assert_hist_equals, outputs, tmp_path):
     """Per-epoch valid histograms equal the outputs of the validation run after that epoch's training."""
     torch.manual_seed(0)
     cb = ActivationsHistogram(path=None, bins=30)
     model = Wine()
-    last = Outputs(model.body[-1])
+    last = outputs(model.body[-1])
     train_dl, valid_dl = _loaders()
     _trainer(cb, num_sanity_val_steps=0).fit(model, train_dl, valid_dl)
     valid = last.values(training=False)
@@ -111,13 +110,13 @@ def test_validation_of_epoch_e_belongs_to_epoch_e(tmp_path):
         assert_hist_equals(cb.run.histogram(-1, "valid", epoch=e), valid[e * N_VALID * 3:(e + 1) * N_VALID * 3])
 
 
-def test_bf16_mixed(tmp_path):
+def test_bf16_mixed(assert_hist_equals, outputs, tmp_path):
     torch.manual_seed(0)
     cb = ActivationsHistogram(path=None)
     model = Wine()
     dtypes = []
     model.body[-1].register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
-    last = Outputs(model.body[-1])
+    last = outputs(model.body[-1])
     trainer = _trainer(cb, precision="bf16-mixed")
     trainer.fit(model, *_loaders())
     assert set(dtypes) == {torch.bfloat16}
@@ -125,11 +124,10 @@ def test_bf16_mixed(tmp_path):
     assert_hist_equals(cb.run.histogram(-1, "train"), last.values(training=True))
 
 
-def test_charts(fitted, tmp_path):
+def test_charts(check_charts, fitted, tmp_path):
     check_charts(fitted[0], tmp_path)
 
 
 def test_live_option_passes_through(fitted):
-    pytest.importorskip("twinpeaks.live")
     cb = fitted[0]
     assert (cb.run.path.parent / "b.tp.live.png").stat().st_size > 0

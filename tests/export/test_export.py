@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from webhelpers import Recorded
 
 import twinpeaks as tp
 from twinpeaks import cli
@@ -15,9 +14,9 @@ from twinpeaks.export import WANDB_MAX_BINS, tb_buckets, wandb_bins
 
 
 @pytest.fixture(scope="module")
-def rec(tmp_path_factory):
+def rec(recorded_run, tmp_path_factory):
     # a narrow range so that both out-of-range buckets are used
-    return Recorded(tmp_path_factory.mktemp("exp") / "exp.tp", epochs=2, value_range=(-0.2, 0.2), bins=20)
+    return recorded_run(tmp_path_factory.mktemp("exp") / "exp.tp", epochs=2, value_range=(-0.2, 0.2), bins=20)
 
 
 def np_parts(values, edges):
@@ -111,14 +110,14 @@ def read_wandb_records(path: Path):
     return records
 
 
-def test_wandb_offline_histograms(tmp_path, monkeypatch):
+def test_wandb_offline_histograms(recorded_run, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     import json
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    rec = Recorded(tmp_path / "wide.tp", epochs=2, bins=1000, test=False)
+    rec = recorded_run(tmp_path / "wide.tp", epochs=2, bins=1000, test=False)
     out = Path(tp.export_wandb(rec.path, "twinpeaks-test"))
     assert out.is_dir() and out.is_relative_to(tmp_path)
     (wandb_file,) = out.glob("*.wandb")
@@ -167,10 +166,10 @@ def test_cli_export(rec, tmp_path, capsys):
     assert "no run file" in capsys.readouterr().err
 
 
-def test_wandb_bad_mode_fails_early_naming_it(tmp_path, monkeypatch):
+def test_wandb_bad_mode_fails_early_naming_it(recorded_run, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    rec = Recorded(tmp_path / "run.tp", epochs=1, bins=10, test=False)
+    rec = recorded_run(tmp_path / "run.tp", epochs=1, bins=10, test=False)
     with pytest.raises(ValueError, match="mode must be one of offline, online, disabled, shared.*'ofline'"):
         tp.export_wandb(rec.path, "twinpeaks-test", mode="ofline")
     monkeypatch.setenv("WANDB_MODE", "nope")

@@ -7,7 +7,6 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
-from chart_helpers import CLASSES, record_run
 
 import twinpeaks as tp
 from twinpeaks.charts.colorful import step_to_x
@@ -15,7 +14,7 @@ from twinpeaks.charts.twin_peaks import twin_peaks_curves
 
 
 @pytest.fixture(scope="module")
-def run_path(tmp_path_factory):
+def run_path(record_run, tmp_path_factory):
     path = tmp_path_factory.mktemp("charts") / "run.tp"
     record_run(path)
     return path
@@ -65,12 +64,12 @@ def test_twin_peaks_rebinning_keeps_the_sum(run):
         np.testing.assert_allclose(r.share[:2], [c.share[:3].sum(), c.share[3:6].sum()])
 
 
-def test_per_class_legend_labels_are_class_names(run):
+def test_per_class_legend_labels_are_class_names(chart_classes, run):
     fig = tp.plot_twin_peaks(run, per_class=True)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == CLASSES
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == chart_classes
     lines = gid_artists(fig, "twinpeaks:")
-    assert [line.get_gid() for line in lines] == [f"twinpeaks:valid:{c}" for c in CLASSES]
+    assert [line.get_gid() for line in lines] == [f"twinpeaks:valid:{c}" for c in chart_classes]
     for k, line in enumerate(lines):
         h = run.histogram(-1, "valid", -1, column=k)
         np.testing.assert_allclose(line.get_ydata(), h.counts / h.total)
@@ -92,7 +91,7 @@ def test_by_truth_draws_yes_and_no_and_their_overlap(run):
     assert f"overlap valid: {100 * overlap:.1f}%" in labels
 
 
-def test_by_truth_without_targets_says_what_to_do(tmp_path):
+def test_by_truth_without_targets_says_what_to_do(record_run, tmp_path):
     hist = record_run(tmp_path / "nt.tp", epochs=1, steps=2, valid=1, test=False, targets=False)
     with pytest.raises(ValueError, match="hist.targets"):
         tp.plot_twin_peaks(hist.path, by_truth=True)
@@ -110,7 +109,7 @@ def test_colorful_image_is_log1p_of_stored_counts(run):
         assert (x0, x1, y0, y1) == (0, len(cols), cols.edges[0, 0], cols.edges[0, -1])
 
 
-def test_colorful_lines_sit_on_stored_numbers(run):
+def test_colorful_lines_sit_on_stored_numbers(chart_classes, run):
     fig = tp.plot_colorful_dimension(run, layers=-1)
     ax = fig.axes[0]
     cols = run.columns(-1, "train")
@@ -129,8 +128,8 @@ def test_colorful_lines_sit_on_stored_numbers(run):
     np.testing.assert_allclose(np.asarray(over.get_array())[0], cols.overflow / total)
     assert cols.overflow.sum() > 0  # the fixture's logits leave the range: the strip has something to show
     # per-class profile curves: one per class per epoch, legend = class names
-    assert len(gid_artists(fig, "colorful:profile:")) == len(CLASSES) * run.epochs
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == CLASSES
+    assert len(gid_artists(fig, "colorful:profile:")) == len(chart_classes) * run.epochs
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == chart_classes
 
 
 def test_never_called_layer_is_listed_not_drawn(run):
@@ -144,7 +143,7 @@ def test_never_called_layer_is_listed_not_drawn(run):
         tp.plot_twin_peaks(run, layer="unused")
 
 
-def test_merged_columns_are_drawn_at_their_steps(tmp_path):
+def test_merged_columns_are_drawn_at_their_steps(record_run, tmp_path):
     hist = record_run(tmp_path / "m.tp", epochs=3, steps=5, valid=1, test=False, max_columns=4)
     with tp.open_run(hist.path) as run:
         cols = run.columns(-1, "train")
@@ -179,7 +178,8 @@ def test_charts_take_a_path_an_ax_and_a_shared_scale(run_path, run):
     fig = Figure()
     ax = fig.add_subplot()
     assert tp.plot_twin_peaks(str(run_path), ax=ax) is fig
-    assert tp.plot_colorful_dimension(run_path, layers="body.1", ax=Figure().add_subplot()) is not None
+    other = Figure()
+    assert tp.plot_colorful_dimension(run_path, layers="body.1", ax=other.add_subplot()) is other
     shared = tp.plot_colorful_dimension(run, shared_scale=True)
     vmax = max(np.log1p(run.columns(i, "train").counts).max() for i in (1, 2, 3))
     assert {im.get_clim() for im in gid_artists(shared, "colorful:image")} == {(0, vmax)}

@@ -368,8 +368,8 @@ def test_lightning_strategy_ddp_on_two_cpu_processes(tmp_path):
     """Lightning's own ddp launcher (2 CPU processes): one run file, both ranks' batches summed."""
     pytest.importorskip("lightning")
     path = tmp_path / "ddp.tp"
-    script = Path(__file__).with_name("lightning_ddp_script.py")
-    root = str(Path(__file__).parents[1])
+    script = Path(__file__).parents[1] / "frameworks" / "lightning_ddp_script.py"
+    root = str(Path(__file__).parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
     for attempt in range(2):
         path.unlink(missing_ok=True)

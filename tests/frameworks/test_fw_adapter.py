@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import torch
-from helpers import assert_hist_equals
 from torch import nn
 
 import twinpeaks as tp
@@ -39,7 +38,7 @@ def test_begin_step_makes_batches_the_steps():
     assert hist.run.n_steps("train") == 3 and h.steps == 3 and h.total == 3 * 2 * 5 * 2
 
 
-def test_output_records_the_models_output_last():
+def test_output_records_the_models_output_last(assert_hist_equals):
     model = Twice()
     seen = []
     model.register_forward_hook(lambda m, a, out: seen.append(out["logits"].detach().clone()))

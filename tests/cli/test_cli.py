@@ -9,13 +9,12 @@ matplotlib.use("Agg")
 
 import matplotlib.image
 import pytest
-from chart_helpers import record_run
 
 from twinpeaks import cli
 
 
 @pytest.fixture(scope="module")
-def run_path(tmp_path_factory):
+def run_path(record_run, tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "run.tp"
     record_run(path, epochs=2, steps=3, valid=1)
     return path

@@ -14,7 +14,7 @@ import torch
 
 import twinpeaks as tp
 from twinpeaks import runfile
-from twinpeaks.runfile import decode, encode
+from twinpeaks.format import decode, encode
 
 WRITER = textwrap.dedent("""
     import sys, time, torch, twinpeaks as tp
