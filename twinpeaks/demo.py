@@ -171,7 +171,7 @@ DEMO_RECORDING: dict[str, dict] = {"binary": {}, "multiclass": {}, "regression":
 #: What to look for in each demo chart, by task.
 LOOK_AT = {
     "colorful": "every layer over training: colour = log(1 + count) per step, blue lines = epochs, "
-                "white = mean +-1 std, curves = each epoch's histogram; red strips = values outside the range",
+                "white = mean +-1 std, curves = each epoch's histogram; every column on its own bins (automatic ranges hold every value)",
     "twinpeaks": {
         "binary": "the last layer's outputs split into a NO peak (left) and a YES peak (right); "
                   "valid (solid) should sit on train (dashed)",
