@@ -21,6 +21,7 @@ import numpy as np
 from .binning import n_slots, slots_to_parts
 from .columns import STATS, combine_stats, empty_stats
 from .errors import LayerNotFound, TwinpeaksError
+from .rundir import resolve_run
 from .runfile import check_schema, connect_reader, decode
 
 PHASES = ("train", "valid", "test")
@@ -403,15 +404,23 @@ class Run:
 def open_run(path: str | os.PathLike | Run) -> Run:
     """Open a run file for reading; it may still be being written.
 
+    ``path`` may be a folder of runs (``"runs"`` or ``"runs/"``): the newest run
+    directly in it is opened, the one with the latest time in its twinpeaks name
+    (``2026-11-29_231500.tp``; see :mod:`twinpeaks.rundir`). ``run.path`` says which.
+
     Raises :class:`~twinpeaks.errors.RunFileError` with a one-line reason if the
-    file is missing, not a run file, or of a schema this version cannot read.
+    file is missing, not a run file, or of a schema this version cannot read, or
+    if the folder holds no run.
 
     Example:
         >>> run = tp.open_run("runs/exp1.tp")  # doctest: +SKIP
+        >>> newest = tp.open_run("runs/")      # doctest: +SKIP
+        >>> print(newest.path)                 # doctest: +SKIP
+        runs/2026-11-29_231500.tp
     """
     if isinstance(path, Run):
         return path
-    p = Path(path)
+    p = resolve_run(path)
     return Run(connect_reader(p), p)
 
 
