@@ -138,7 +138,7 @@ class DistSync:
             hist.path = None  # only rank 0 writes; the others keep the same summed run in memory
         writer, error = None, None
         try:
-            writer = RunWriter(hist.path, hist._meta())
+            writer = RunWriter(hist.path, hist._meta(), overwrite=hist.overwrite, claimed=hist._claimed)
             writer.set_meta("distributed", {"world_size": self.world, "backend": self.backend})
             writer.commit()
         except Exception as exc:  # reported to every rank below, then raised here

@@ -26,6 +26,7 @@ import random
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -35,8 +36,10 @@ from torch import nn
 from . import binning, distributed
 from ._version import __version__
 from .columns import ColumnStore, combine_stats, empty_stats
-from .outputs import flatten, path_name
+from .outputs import flatten, is_main, path_name
+from .recording.probe import CompositeProbe
 from .run import Run, _memory_run, open_run
+from .rundir import claim, claim_run_path, names_a_folder, next_run_path, refuse_existing
 from .runfile import RunWriter
 
 log = logging.getLogger("twinpeaks")
@@ -94,6 +97,15 @@ def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
         if not any(True for _ in m.children()) and not isinstance(m, _CONTAINERS) and layer_name(name)
     ]
     return leaves or [(type(model).__name__, model)]
+
+
+def composite_candidates(model: nn.Module) -> dict[int, str]:
+    """``id -> layer name`` of the modules that may be layers leaf hooks miss (see :mod:`twinpeaks.recording.probe`).
+
+    Modules with children, except containers and the model itself.
+    """
+    return {id(m): layer_name(name) for name, m in model.named_modules()
+            if m is not model and layer_name(name) and not isinstance(m, _CONTAINERS) and any(True for _ in m.children())}
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -190,6 +202,7 @@ class _Record:
         self.phases: dict[str, _PhaseData] = {}
         self.fast: _Plan | None = None  # the plan of the last output binned (see ActivationsHistogram._plan)
         self.dirty = True  # layer row needs (re)writing
+        self.listed = False  # a layer row was written
 
 
 class ActivationsHistogram:
@@ -202,9 +215,14 @@ class ActivationsHistogram:
     Args:
         model: the module to record (DDP, DataParallel, FSDP1 and ``torch.compile`` wrappers are unwrapped;
             FSDP1 units and activation-checkpoint wrappers inside it are left out of layer names).
-        path: run file to create (never overwritten); None keeps the run in memory.
-        modules: None = every leaf module, parameter-less ones included; or a list
-            of qualified names / integer indices into that leaf list.
+        path: run file to create; a folder (it exists, or the path ends with ``/``) for a new run file in it
+            each time, named by the time (``runs/2026-11-29_231500.tp``, see :mod:`twinpeaks.rundir`;
+            ``hist.path`` says which); None keeps the run in memory. An existing run file is refused
+            here, when the recorder is made, unless ``overwrite``.
+        modules: None = every leaf module, parameter-less ones included, and every module whose
+            children do not run through their own forward (attention: see
+            :mod:`twinpeaks.recording.probe`); or a list of qualified names / integer indices into
+            the leaf list.
         bins: bins per histogram.
         range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
             then frozen: hidden layers widened by ``margin`` x its span, the last layer
@@ -224,6 +242,9 @@ class ActivationsHistogram:
             output cell; elsewhere: ``<path>.live.png``). See :mod:`twinpeaks.live`.
         output: also record the model's own output, passed through this function
             (e.g. ``lambda out: out.logits``), as the last layer, named ``"output"``.
+        overwrite: replace an existing run file at ``path`` when recording starts (the new
+            empty run is renamed over it: the path always holds a whole run file). Default:
+            an existing run is never overwritten.
 
     Example:
         >>> hist = tp.ActivationsHistogram(model, path="runs/exp1.tp")  # doctest: +SKIP
@@ -253,6 +274,7 @@ class ActivationsHistogram:
         seed: int = 0,
         live: bool = False,
         output: Callable[[Any], Any] | None = None,
+        overwrite: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -273,9 +295,18 @@ class ActivationsHistogram:
             raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
         if classes is not None:
             classes = [str(c) for c in classes]
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+        self._folder: Path | None = None
+        if path is not None:
+            refuse_existing(path, overwrite)  # now, not after the user's set-up: a second run of a script fails here
+            if names_a_folder(path):
+                self._folder = Path(path)
+                path = next_run_path(self._folder)  # claimed (created) when recording starts
         self.model = model
         self.root = unwrap(model)
         self.path = path
+        self.overwrite = overwrite
         self.bins = bins
         self.range = range
         self.per_class = bool(per_class)
@@ -289,8 +320,15 @@ class ActivationsHistogram:
             raise TypeError(f"output must be a function of the model's output or None, got {output!r}")
         self._output = output
         self._selected = self._select(modules)
+        self._probe: CompositeProbe | None = None
+        self._probe_started = False
+        self._claimed = False
+        self._hooked = 0
+        self._probe_wanted = modules is None  # default selection: also the layers leaf hooks miss
+        self._output_index = len(self._selected) if output is not None else -1
         if output is not None:
             self._selected.append(("output", self.root))
+        self._order = {id(m): k for k, m in enumerate(self.root.modules())}  # layers are listed in this order
         self._handles: list[Any] = []
         self._writer: RunWriter | None = None
         self._records: list[_Record] = []
@@ -347,20 +385,73 @@ class ActivationsHistogram:
             return self
         if self._writer is None:
             self._sync = distributed.setup(self)
-            self._writer = self._sync.open_writer(self) if self._sync else RunWriter(self.path, self._meta())
+            claimed = self._claimed = False
+            if self._folder is not None and (self._sync is None or self._sync.writes):
+                claimed = self._claimed = True
+                if self.path is None or not claim(self.path):  # taken since the recorder was made: the next free name
+                    self.path = claim_run_path(self._folder)
+            self._writer = self._sync.open_writer(self) if self._sync else RunWriter(
+                self.path, self._meta(), overwrite=self.overwrite, claimed=claimed)
             for i, (name, mod) in enumerate(self._selected):
-                rec = _Record(len(self._records), i, 0, name, type(mod).__name__, i == len(self._selected) - 1)
+                rec = _Record(len(self._records), self._module_order(i, mod), 0, name, type(mod).__name__,
+                              i == len(self._selected) - 1)
                 self._records.append(rec)
                 self._by_module.append({(): rec})
-            self._write_layers()
+            if self._probe_wanted:  # layers are written once the first step showed which modules are layers
+                self._probe = CompositeProbe(self.root, composite_candidates(self.root), self._observe_composite)
+            else:
+                self._write_layers()
             self._writer.commit()
         self._handles.append(self.root.register_forward_pre_hook(self._begin_step))
         for i, (_, mod) in enumerate(self._selected):
             self._handles.append(mod.register_forward_hook(self._make_hook(i)))
+        self._hooked = len(self._selected)
         return self
+
+    def _module_order(self, index: int, module: nn.Module) -> int:
+        """Where a selected module's records are listed: the model's order, the ``output`` record last."""
+        return len(self._order) if index == self._output_index else self._order.get(id(module), len(self._order))
+
+    # -- layers that leaf hooks miss (see twinpeaks.recording.probe) ---------------------------
+    def _observe_composite(self, name: str, module: nn.Module, out: Any) -> None:
+        """The probe saw ``module`` run with no descendant running: record this output as its layer."""
+        try:
+            index = next((i for i, (_, m) in enumerate(self._selected) if m is module and i != self._output_index),
+                         None)
+            if index is None:
+                index = len(self._selected)
+                self._selected.append((name, module))
+                rec = _Record(len(self._records), self._module_order(index, module), 0, name, type(module).__name__,
+                              False)
+                self._records.append(rec)
+                self._by_module.append({(): rec})
+            with torch.no_grad():
+                self._observe(index, flatten(out), type(out).__name__)
+        except Exception as exc:  # never crash the user's training
+            self._warn_once(name, f"recording failed and is skipped ({exc!r})")
+
+    def _settle(self) -> None:
+        """End the probe (after the first step): hook the layers found, leave out their never-run descendants."""
+        probe, self._probe = self._probe, None
+        if probe is None:
+            return
+        layers = [m for _, m in probe.finish()]
+        inside = {id(d) for m in layers for d in m.modules() if d is not m}
+        if self._handles:  # attached: the layers found get the ordinary hook (attach hooks every selected module)
+            for i in range(self._hooked, len(self._selected)):
+                self._handles.append(self._selected[i][1].register_forward_hook(self._make_hook(i)))
+            self._hooked = len(self._selected)
+        owner = {id(r): i for i, recs in enumerate(self._by_module) for r in recs.values()}
+        for rec in self._records:
+            if id(self._selected[owner[id(rec)]][1]) in inside and rec.out_shape is None:
+                rec.dirty = False  # part of a layer found, and never ran itself: not listed as never called
+        self._write_layers()
 
     def detach(self) -> None:
         """Remove the hooks; recorded data stays. Attach again to go on recording."""
+        if self._probe is not None:
+            self._probe.remove()
+            self._settle()
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -478,6 +569,10 @@ class ActivationsHistogram:
             self._start_step(self._current_phase())
 
     def _start_step(self, phase: str) -> None:
+        if self._probe is not None:  # the probe watches the first step; the next one settles the layers
+            if self._probe_started:
+                self._settle()
+            self._probe_started = True
         self._pending = []
         if phase not in self._step:
             self._step[phase] = self._window_start[phase] = self._epoch_first[phase] = 0
@@ -492,7 +587,7 @@ class ActivationsHistogram:
         _LIVE[id(self)] = self
         if getattr(self, "_token", None) is None:
             self._token = torch.zeros(1)
-        pick = self._output if self._output is not None and module_index == len(self._selected) - 1 else None
+        pick = self._output if module_index == self._output_index else None
         main = self._by_module[module_index][()]  # the record of a plain tensor output
 
         def hook(module: nn.Module, args: Any, out: Any) -> None:
@@ -521,6 +616,7 @@ class ActivationsHistogram:
         found = False
         for path, t in pairs:
             found = True
+            path = () if is_main(path) else path  # the first tensor of a tuple is the module's own layer
             rec = recs.get(path)
             if rec is None:
                 rec = self._add_subrecord(module_index, path)
@@ -531,7 +627,7 @@ class ActivationsHistogram:
     def _add_subrecord(self, module_index: int, path: tuple) -> _Record:
         recs = self._by_module[module_index]
         base = recs[()]
-        rec = _Record(len(self._records), module_index, len(recs), path_name(base.name, path), base.type, base.last)
+        rec = _Record(len(self._records), base.module_index, len(recs), path_name(base.name, path), base.type, base.last)
         recs[path] = rec
         self._records.append(rec)
         return rec
@@ -707,6 +803,8 @@ class ActivationsHistogram:
         Distributed: mid-epoch, rows only move to this rank's host; at the epoch's
         end every rank's rows are summed (see :mod:`twinpeaks.distributed`).
         """
+        if self._probe is not None:
+            self._settle()
         if self._sync is not None and not epoch_end:
             self._sync.hold(self)
             return
@@ -746,8 +844,16 @@ class ActivationsHistogram:
     def _write_layers(self) -> None:
         w = self._writer
         assert w is not None
+        for recs in self._by_module:  # a module that returned only a dict: its keys are its layers, itself not
+            main = recs[()]
+            if main.out_shape is None and any(r.out_shape is not None for r in recs.values()):
+                main.dirty = False
+                if main.listed:
+                    w.drop_layer(main.id)
+                    main.listed = False
         for rec in self._records:
             if rec.dirty:
+                rec.listed = True
                 w.put_layer(rec.id, rec.module_index, rec.sub_index, rec.name, rec.type,
                             rec.out_shape, self.bins, rec.classes)
                 rec.dirty = False

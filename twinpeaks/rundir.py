@@ -135,6 +135,46 @@ def resolve_run(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def refuse_existing(path: str | os.PathLike, overwrite: bool = False) -> None:
+    """Fail now, with the fix in the message, if a new run could not be written at ``path``.
+
+    A folder (see :func:`names_a_folder`) always takes a new run. A file path that
+    exists is refused unless ``overwrite``; ``overwrite`` replaces a regular file only.
+
+    Example:
+        >>> refuse_existing("runs/exp1.tp")  # doctest: +SKIP
+        Traceback (most recent call last):
+        FileExistsError: path 'runs/exp1.tp' already exists; twinpeaks never overwrites a run unless told: ...
+    """
+    if names_a_folder(path):
+        if os.path.lexists(path) and not Path(path).is_dir():
+            raise NotADirectoryError(f"path {os.fspath(path)!r} ends with a separator but is not a folder")
+        return
+    p = Path(path)
+    if not os.path.lexists(p):
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"path {str(p)!r} already exists; twinpeaks never overwrites a run unless told: pass overwrite=True "
+            f"to replace it, or a folder (path={str(p.parent / '')!r}) to get a new, sortable run name each time"
+        )
+    if p.is_symlink() or not p.is_file():
+        raise FileExistsError(f"path {str(p)!r} exists and is not a regular file: overwrite=True replaces run files only")
+
+
+def claim(path: str | os.PathLike) -> bool:
+    """Create ``path`` as an empty file if nothing is there (``O_EXCL``; its folder made if missing); False if taken."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if any(os.path.lexists(f"{os.fspath(path)}{s}") for s in ("-wal", "-shm", "-journal")):
+        return False
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    os.close(fd)
+    return True
+
+
 def next_run_path(folder: str | os.PathLike, now: datetime | None = None) -> Path:
     """The path a new run in ``folder`` gets now: free, and sorting after every twinpeaks name there.
 
@@ -175,16 +215,12 @@ def claim_run_path(folder: str | os.PathLike, now: datetime | None = None, *, at
     d.mkdir(parents=True, exist_ok=True)
     for _ in range(attempts):
         path = next_run_path(d, now)
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            continue  # another process took it between the look and the create
-        os.close(fd)
-        return path
+        if claim(path):  # else another process took it between the look and the create
+            return path
     raise RunFileError(f"found no free run name in {str(folder)!r} after {attempts} tries")
 
 
 __all__ = [
-    "RUN_SUFFIX", "claim_run_path", "list_runs", "names_a_folder", "newest_run", "next_run_path",
+    "RUN_SUFFIX", "claim", "claim_run_path", "refuse_existing", "list_runs", "names_a_folder", "newest_run", "next_run_path",
     "parse_run_name", "resolve_run", "run_name", "run_sort_key",
 ]
