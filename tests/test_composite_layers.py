@@ -225,3 +225,29 @@ def test_the_probe_leaves_no_hook_behind_after_the_first_step(tmp_run):
     assert names <= post  # every layer keeps its ordinary hook ...
     assert {n.rsplit(".", 1)[-1] for n in post - names} == {"out_proj"}  # ... and the probe's post-hooks are gone
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())  # detached: all gone
+
+
+def test_compiled_transformer_keeps_one_graph_and_its_leaves(tmp_path):
+    """Attached, then compiled: the probe's hooks do nothing while traced (no graph break, no recompile)."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    try:
+        model = EncoderClassifier()
+        model.train()
+        hist = tp.ActivationsHistogram(model, None, **OPTS)
+        hist.attach()
+        f = torch.compile(model, backend="eager")
+        for _ in range(3):
+            f(torch.randn(4, 5, 8)).sum().backward()
+        hist.end_epoch()
+        counters = torch._dynamo.utils.counters
+        assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+        assert counters["stats"]["unique_graphs"] <= 2  # as with modules=["head"] (no probe): measured 2 too
+        run = hist.run
+        leaves = [n for n, m in model.named_modules() if not any(True for _ in m.children()) and n]
+        called = {layer.name for layer in run.layers if layer.called}
+        assert set(leaves) - called == {f"encoder.layers.{i}.self_attn.out_proj" for i in range(2)}
+        assert run.n_steps("train") == 3
+        hist.close()
+    finally:
+        torch._dynamo.reset()
