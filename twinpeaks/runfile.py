@@ -46,11 +46,11 @@ from typing import Any
 import numpy as np
 
 from .errors import RunFileError
+from .format import encode
 
 SCHEMA_VERSION = 2
 #: Schemas this version reads.
 READABLE_SCHEMAS = (1, 2)
-_NARROW = [(np.uint8, 1 << 8), (np.uint16, 1 << 16), (np.uint32, 1 << 32)]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -81,29 +81,6 @@ CREATE TABLE IF NOT EXISTS arrays (
     PRIMARY KEY (layer, phase, kind, epoch, part)
 );
 """
-
-
-def encode(arr: np.ndarray) -> tuple[str, str, bytes]:
-    """``(dtype, shape, bytes)`` of an array, little-endian; non-negative integers in the narrowest unsigned type."""
-    arr = np.ascontiguousarray(arr)
-    if arr.dtype.kind in "iu" and arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo >= 0:
-            for dt, limit in _NARROW:
-                if hi < limit:
-                    arr = arr.astype(dt) if arr.dtype.itemsize > np.dtype(dt).itemsize else arr
-                    break
-    le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    return le.dtype.str, "[" + ", ".join(map(str, arr.shape)) + "]", le.tobytes()
-
-
-def decode(dtype: str, shape: str, data: bytes) -> np.ndarray:
-    """Inverse of :func:`encode`; the result is native-endian and writable, integers as int64."""
-    dt = np.dtype(dtype)
-    if dt.kind not in "iufb" or dt.hasobject:
-        raise RunFileError(f"run file holds an array of unsupported dtype {dtype!r}")
-    arr = np.frombuffer(data, dtype=dt).reshape(json.loads(shape))
-    return arr.astype(np.int64 if dt.kind in "iu" else dt.newbyteorder("="))
 
 
 class RunWriter:

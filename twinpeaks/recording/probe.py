@@ -41,7 +41,7 @@ class CompositeProbe:
     def __init__(self, root: nn.Module, candidates: dict[int, str], on_layer: Callable[[str, nn.Module, Any], None]):
         self.root = root
         self.on_layer = on_layer
-        #: id -> layer name of the modules that may be such a layer (see ``composite_candidates``)
+        #: id -> layer name of the modules that may be such a layer (see :func:`.selection.composite_candidates`)
         self.candidates = candidates
         self.calls = 0
         self.traced = False
