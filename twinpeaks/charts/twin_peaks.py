@@ -330,6 +330,9 @@ def plot_twin_peaks_history(
         if per_class:
             names = class_names(r, info.columns)
             handles, labels = handles[:len(names)], names
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 8), frameon=False)
+        # as many entries per row as fit the figure's width (legend font 7 pt: about 0.06 in per character)
+        entry = 0.45 + 0.06 * max((len(lab) for lab in labels), default=1)
+        per_row = max(1, min(len(labels), 8, int(fig.get_figwidth() / entry)))
+        fig.legend(handles, labels, loc="outside lower center", ncols=per_row, frameon=False)
         fig.suptitle(f"Twin Peaks per epoch: {layer_title(info)}")
     return fig
