@@ -33,13 +33,13 @@ class LayerInfo:
 
     index: int  #: position in :attr:`Run.layers`
     id: int  #: id in the file
-    name: str  #: qualified module name (``features.3``; ``lstm.0`` for a sub-record)
+    name: str  #: qualified module name (``features.3``; ``lstm.1.0`` for a sub-record)
     type: str  #: module class name
     out_shape: tuple[int, ...] | None  #: shape of the first recorded output; None if never called
     bins: int
     columns: int  #: per-class columns recorded (0 without per-class data)
-    module_index: int
-    sub_index: int
+    module_index: int  #: orders the layers: the module's position in the model (older files: in the selection)
+    sub_index: int  #: 0: the module's own output (or its tuple's first tensor); then its other tensors
 
     @property
     def called(self) -> bool:

@@ -156,7 +156,8 @@ def refuse_existing(path: str | os.PathLike, overwrite: bool = False) -> None:
     if not overwrite:
         raise FileExistsError(
             f"path {str(p)!r} already exists; twinpeaks never overwrites a run unless told: pass overwrite=True "
-            f"to replace it, or a folder (path={str(p.parent / '')!r}) to get a new, sortable run name each time"
+            f"to replace it, or a folder (path={os.path.join(str(p.parent), '')!r}) to get a new, sortable run name "
+            "each time"
         )
     if p.is_symlink() or not p.is_file():
         raise FileExistsError(f"path {str(p)!r} exists and is not a regular file: overwrite=True replaces run files only")

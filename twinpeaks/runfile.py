@@ -21,7 +21,8 @@ Tables (schema 2; schema 1 files read the same):
     ``classes``, ``model``, ...
 ``layers(layer, module_index, sub_index, name, type, out_shape, bins, columns)``
     One row per record; ``out_shape`` JSON or NULL (never called);
-    ``columns`` is the number of per-class columns (0 without per-class data).
+    ``columns`` is the number of per-class columns (0 without per-class data);
+    rows are listed by ``(module_index, sub_index)``: the module's position in the model.
 ``epochs(epoch, closed_at, steps)``
     ``steps`` is JSON ``{phase: [first_step, end_step, last_quarter_first_step]}``.
 ``arrays(layer, phase, kind, epoch, part, dtype, shape, data)``

@@ -42,7 +42,7 @@ def test_an_existing_run_is_refused_when_the_recorder_is_made(tmp_run):
     with pytest.raises(FileExistsError) as err:
         tp.ActivationsHistogram(model(), tmp_run)  # not at attach: before any set-up that follows
     msg = str(err.value)
-    assert "overwrite=True" in msg and f"path={str(tmp_run.parent / '')!r}" in msg
+    assert "overwrite=True" in msg and f"path={str(tmp_run.parent) + os.sep!r}" in msg
     assert tmp_run.read_bytes() == before
 
 
