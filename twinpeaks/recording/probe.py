@@ -17,7 +17,9 @@ Design constraints:
   (``on_layer``), so no step is lost.
 * The probe ends with the first step (:meth:`CompositeProbe.finish`): its hooks
   are removed and the found layers get the recorder's ordinary hook, so the hot
-  path afterwards is the same as for any layer.
+  path afterwards is the same as for any layer. What the first step did not run
+  is decided as it stands then: a module that first runs later, and only then
+  without its children, is not found (name it with ``modules=``).
 * Under ``torch.compile`` the hooks do nothing (``is_compiling``): a first step
   that is traced finds nothing, and the inert hooks stay so that the graph is not
   compiled a second time. Name such layers with ``modules=`` to record them there.
