@@ -104,16 +104,25 @@ def list_runs(folder: str | os.PathLike) -> list[Path]:
     return sorted(found, key=run_sort_key)
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 def newest_run(folder: str | os.PathLike) -> Path:
     """The newest run file directly in ``folder``.
 
-    Raises :class:`~twinpeaks.errors.RunFileError` when the folder holds none.
+    Empty files are passed over: a name claimed by a recorder that has not written
+    its run yet (or died before it could). Raises :class:`~twinpeaks.errors.RunFileError`
+    when the folder holds no run.
 
     Example:
         >>> newest_run("runs")  # doctest: +SKIP
         PosixPath('runs/2026-11-30_090000.tp')
     """
-    runs = list_runs(folder)
+    runs = [p for p in list_runs(folder) if _size(p)]
     if not runs:
         deeper = next((p for p in sorted(Path(folder).rglob("*" + RUN_SUFFIX)) if p.is_file()), None)
         hint = f" (sub-folders do: give one, e.g. {str(deeper.parent)!r})" if deeper is not None else ""

@@ -31,7 +31,7 @@ T = datetime(2026, 11, 29, 23, 15, 0)
 
 
 def touch(path: Path, mtime: float | None = None) -> Path:
-    path.write_bytes(b"")
+    path.write_bytes(b"x")  # not empty: an empty file is a claimed name without a run
     if mtime is not None:
         os.utime(path, (mtime, mtime))
     return path
@@ -49,6 +49,8 @@ def test_names_sort_by_time_and_parse_back():
 
 def test_a_second_run_in_the_same_second_gets_a_suffix_and_sorts_after(tmp_path):
     paths = [claim_run_path(tmp_path, T) for _ in range(11)]
+    for p in paths:
+        p.write_bytes(b"run")
     assert [p.name for p in paths[:3]] == ["2026-11-29_231500.tp", "2026-11-29_231500_2.tp", "2026-11-29_231500_3.tp"]
     assert paths[-1].name == "2026-11-29_231500_11.tp"
     assert list_runs(tmp_path) == paths  # _10 and _11 after _9: by number, not by text
@@ -59,6 +61,7 @@ def test_a_second_run_in_the_same_second_gets_a_suffix_and_sorts_after(tmp_path)
 def test_a_new_name_sorts_last_even_if_the_clock_went_back(tmp_path):
     later = claim_run_path(tmp_path, T + timedelta(hours=2))
     new = claim_run_path(tmp_path, T)
+    new.write_bytes(b"run")
     assert new.name == "2026-11-30_011500_2.tp" and later.name == "2026-11-30_011500.tp"
     assert newest_run(tmp_path) == new
 
@@ -101,6 +104,15 @@ def test_other_names_count_by_modification_time_hidden_and_folders_skipped(tmp_p
     touch(tmp_path / f"{fresh.name}.live.png", now + 100)
     assert list_runs(tmp_path) == [old, named, fresh]
     assert newest_run(tmp_path) == fresh
+
+
+def test_a_claimed_name_without_a_run_yet_is_passed_over(tmp_path):
+    done = touch(tmp_path / run_name(T))
+    claim_run_path(tmp_path, T + timedelta(seconds=5))  # a recorder about to write, or one that died first
+    assert newest_run(tmp_path) == done
+    (tmp_path / run_name(T)).unlink()
+    with pytest.raises(RunFileError, match="no run files"):
+        newest_run(tmp_path)
 
 
 def test_folder_detection_and_errors(tmp_path):
