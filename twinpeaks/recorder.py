@@ -84,8 +84,9 @@ class ActivationsHistogram:
             FSDP1 units and activation-checkpoint wrappers inside it are left out of layer names).
         path: run file to create; a folder (it exists, or the path ends with ``/``) for a new run file in it
             each time, named by the time (``runs/2026-11-29_231500.tp``, see :mod:`twinpeaks.rundir`;
-            ``hist.path`` says which); None keeps the run in memory. An existing run file is refused
-            here, when the recorder is made, unless ``overwrite``.
+            ``hist.path`` says which; a ``pathlib.Path`` drops a trailing ``/``, so give a str or an
+            existing folder); None keeps the run in memory. An existing run file is refused here, when
+            the recorder is made, unless ``overwrite``.
         modules: None = every leaf module, parameter-less ones included, and every module whose
             children do not run through their own forward (attention: see
             :mod:`twinpeaks.recording.probe`); or a list of qualified names / integer indices into
