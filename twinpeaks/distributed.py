@@ -149,11 +149,15 @@ class DistSync:
         self._base: dict[str, int] = {}
 
     # -- attach ---------------------------------------------------------------------------
-    def open_writer(self, path: Any, meta: dict[str, Any], names: list[str]) -> RunWriter:
-        """Rank 0 creates the run file, the others (``path`` None) an in-memory run; a failure on any rank fails all."""
+    def open_writer(self, path: Any, meta: dict[str, Any], names: list[str], *, overwrite: bool = False,
+                    claimed: bool = False) -> RunWriter:
+        """Rank 0 creates the run file, the others (``path`` None) an in-memory run; a failure on any rank fails all.
+
+        ``overwrite`` and ``claimed`` are :class:`~twinpeaks.runfile.RunWriter`'s.
+        """
         writer, error = None, None
         try:
-            writer = RunWriter(path, meta)
+            writer = RunWriter(path, meta, overwrite=overwrite, claimed=claimed)
             writer.set_meta("distributed", {"world_size": self.world, "backend": self.backend})
             writer.commit()
         except Exception as exc:  # reported to every rank below, then raised here

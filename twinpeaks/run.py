@@ -22,6 +22,7 @@ from . import grids
 from .errors import LayerNotFound, TwinpeaksError
 from .format import MAX, MIN, SEEN, STATS, combine_stats, decode, empty_stats, mean_std, n_slots, slots_to_parts
 from .format import zero_fraction as _zero_fraction
+from .rundir import resolve_run
 from .runfile import connect_reader
 
 PHASES = ("train", "valid", "test")
@@ -33,13 +34,13 @@ class LayerInfo:
 
     index: int  #: position in :attr:`Run.layers`
     id: int  #: id in the file
-    name: str  #: qualified module name (``features.3``; ``lstm.0`` for a sub-record)
+    name: str  #: qualified module name (``features.3``; ``lstm.1.0`` for a sub-record)
     type: str  #: module class name
     out_shape: tuple[int, ...] | None  #: shape of the first recorded output; None if never called
     bins: int
     columns: int  #: per-class columns recorded (0 without per-class data)
-    module_index: int
-    sub_index: int
+    module_index: int  #: orders the layers: the module's position in the model (older files: in the selection)
+    sub_index: int  #: 0: the module's own output (or its tuple's first tensor); then its other tensors
 
     @property
     def called(self) -> bool:
@@ -556,15 +557,23 @@ class Run:
 def open_run(path: str | os.PathLike | Run) -> Run:
     """Open a run file for reading; it may still be being written.
 
+    ``path`` may be a folder of runs (``"runs"`` or ``"runs/"``): the newest run
+    directly in it is opened, the one with the latest time in its twinpeaks name
+    (``2026-11-29_231500.tp``; see :mod:`twinpeaks.rundir`). ``run.path`` says which.
+
     Raises :class:`~twinpeaks.errors.RunFileError` with a one-line reason if the
-    file is missing, not a run file, or of a schema this version cannot read.
+    file is missing, not a run file, or of a schema this version cannot read, or
+    if the folder holds no run.
 
     Example:
         >>> run = tp.open_run("runs/exp1.tp")  # doctest: +SKIP
+        >>> newest = tp.open_run("runs/")      # doctest: +SKIP
+        >>> print(newest.path)                 # doctest: +SKIP
+        runs/2026-11-29_231500.tp
     """
     if isinstance(path, Run):
         return path
-    p = Path(path)
+    p = resolve_run(path)
     return Run(connect_reader(p), p)
 
 

@@ -116,15 +116,15 @@ class Odd(nn.Module):
         }[self.kind]
 
 
-def test_tuple_outputs_make_subrecords_and_empty_modules_are_listed(tmp_run):
+def test_tuple_outputs_make_the_layer_and_subrecords_and_empty_modules_are_listed(tmp_run):
     model = Structured()
     with tp.ActivationsHistogram(model, tmp_run) as hist:
         model(torch.randn(2, 3, 5)).sum().backward()
         hist.end_epoch()
     run = tp.open_run(tmp_run)
     names = [layer.name for layer in run.layers]
-    assert names == ["lstm", "lstm.0", "lstm.1.0", "lstm.1.1", "unused", "head"]
-    assert run.layer("lstm.0").out_shape == (2, 3, 7)
+    assert names == ["lstm", "lstm.1.0", "lstm.1.1", "unused", "head"]  # the output sequence is the layer itself
+    assert run.layer("lstm").out_shape == (2, 3, 7)
     assert not run.layer("unused").called and run.layer(-1).name == "head"
     assert run.histogram("lstm.1.1", epoch=0).total == 1 * 2 * 7
 

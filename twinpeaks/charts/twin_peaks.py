@@ -26,6 +26,7 @@ from .common import (
     as_run,
     class_names,
     display_factor,
+    hold_y,
     layer_title,
     new_figure,
     plural,
@@ -159,6 +160,7 @@ def draw_twin_peaks(
         present = list(run.epoch_info(epoch).steps)
         phases = [next((p for p in ("valid", "test") if p in present), present[0])] if present else None
     curves = twin_peaks_curves(run, epoch, info, per_class=per_class, by_truth=by_truth, phases=phases)
+    before = ax.get_xlim() if ax.has_data() else None  # curves drawn into ax earlier stay in view
     half = (curves[0].centers[1] - curves[0].centers[0]) / 2 if len(curves[0].centers) > 1 else 0.5
     edges = np.array([curves[0].centers[0] - half, curves[0].centers[-1] + half])  # the curves' common bins
     curves = [c.rebinned(display_factor(info.bins, max_points)) for c in curves]
@@ -178,8 +180,9 @@ def draw_twin_peaks(
             ax.fill_between(c.centers, c.share, color=color, alpha=0.08 if c.phase == "train" else 0.15, lw=0)
     if by_truth:
         _shade_overlap(ax, curves)
-    ax.set_xlim(*(_data_limits(curves, edges) if zoom else (edges[0], edges[-1])))
-    ax.set_ylim(bottom=0)
+    lo, hi = _data_limits(curves, edges) if zoom else (float(edges[0]), float(edges[-1]))
+    ax.set_xlim(*((lo, hi) if before is None else (min(lo, *before), max(hi, *before))))
+    hold_y([ax])  # every curve in ax, also those drawn before this call
     if edges[0] < 0 < edges[-1]:
         ax.axvline(0, color="0.5", lw=0.7, zorder=0)
     if notes:
@@ -324,6 +327,7 @@ def plot_twin_peaks_history(
             else:
                 ax.set_xlabel("activation value")
         axes[0].set_xlim(min(lo for lo, _ in limits), max(hi for _, hi in limits))  # shared: every epoch's data
+        hold_y(axes[:len(epochs)])  # shared: the tallest peak of every epoch, not the first panel's
         for ax in axes[len(epochs):]:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
@@ -331,6 +335,9 @@ def plot_twin_peaks_history(
         if per_class:
             names = class_names(r, info.columns)
             handles, labels = handles[:len(names)], names
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 8), frameon=False)
+        # as many entries per row as fit the figure's width (legend font 7 pt: about 0.06 in per character)
+        entry = 0.45 + 0.06 * max((len(lab) for lab in labels), default=1)
+        per_row = max(1, min(len(labels), 8, int(fig.get_figwidth() / entry)))
+        fig.legend(handles, labels, loc="outside lower center", ncols=per_row, frameon=False)
         fig.suptitle(f"Twin Peaks per epoch: {layer_title(info)}")
     return fig

@@ -178,6 +178,7 @@ class Record:
         self.name = name
         self.type = type_
         self.last = last  # belongs to the last hooked module: per-class and truth apply
+        self.module_name = name  # the module's layer name (a sub-record's is its module's)
         self.out_shape: list[int] | None = None
         self.fixed: binning.Fixed | None = None  # a fixed range; None: automatic grids (docs/grids.md)
         self.range_known = False  # looked up (see BinningEngine.know_range)

@@ -84,6 +84,10 @@ class EpochWriter:
                 w.put_array(rec.id, phase, "col_grid", -1, first, host.store.grid[first:])
         host.store.mark_written()
 
+    def drop_layer(self, layer: int) -> None:
+        """Remove a layer row that turned out to hold nothing (its module's outputs went to sub-records)."""
+        self.writer.drop_layer(layer)
+
     def write_layers(self, records: Iterable[LayerRecord]) -> None:
         """(Re)write the layer rows that changed, and every layer's edges once."""
         w = self.writer
