@@ -170,16 +170,14 @@ def print_progress(msg: str) -> None:
 
 
 #: Recording options of ``twinpeaks demo``: the library's defaults, on purpose (automatic ranges:
-#: each hidden layer from its first batch, the last layer +-max(10, 4 x max|x|), so the trained
-#: logits of every task stay inside it). The multiclass run's pooled layers grow about 7x and
-#: spill over their range in later epochs: the red strips of the colorful chart and the
-#: diagnosis' ``out_of_range`` finding show what that looks like.
+#: every step's histogram on a grid that holds all its values, docs/grids.md, so layers that grow,
+#: like the multiclass run's pooled layers, about 7x, stay whole on the charts).
 DEMO_RECORDING: dict[str, dict] = {"binary": {}, "multiclass": {}, "regression": {}}
 
 #: What to look for in each demo chart, by task.
 LOOK_AT = {
     "colorful": "every layer over training: colour = log(1 + count) per step, blue lines = epochs, "
-                "white = mean +-1 std, curves = each epoch's histogram; red strips = values outside the range",
+                "white = mean +-1 std, curves = each epoch's histogram; every column on its own bins (automatic ranges hold every value)",
     "twinpeaks": {
         "binary": "the last layer's outputs split into a NO peak (left) and a YES peak (right); "
                   "valid (solid) should sit on train (dashed)",

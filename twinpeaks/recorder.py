@@ -72,6 +72,36 @@ def _listener(option: str) -> Callable[[Any], None]:
     return getattr(import_module(module), name)()
 
 
+def _as_range(value: Any, bins: int, what: str = "range") -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (lo, hi) or None, got {value!r}; e.g. range=(-10, 10)") from None
+    try:
+        binning.check_range(lo, hi, bins)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    return lo, hi
+
+
+def _check_range_option(value: Any, bins: int) -> Any:
+    """``range=`` as given, checked: None, ``(lo, hi)``, ``{layer name: (lo, hi) or None}`` or a function."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"range: dict keys must be layer names (str), got {k!r}")
+            out[k] = None if v is None else _as_range(v, bins, f"range[{k!r}]")
+        return out
+    if callable(value):
+        return value
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"range must be (lo, hi), a dict of layer names or a function, got {value!r}")
+    return _as_range(value, bins)
+
+
 class ActivationsHistogram:
     """Record the histogram of every layer's output, every step, into a run file.
 
@@ -92,17 +122,21 @@ class ActivationsHistogram:
             :mod:`twinpeaks.recording.probe`); or a list of qualified names / integer indices into
             the leaf list.
         bins: bins per histogram.
-        range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
-            then frozen: hidden layers widened by ``margin`` x its span, the last layer
-            ``+-max(10, 4 x max|x|)`` (or ``[0, 1]`` for probabilities), since logits grow
-            as a model learns (see :func:`twinpeaks.binning.auto_bounds`).
+        range: None (the default): automatic, every step's histogram on a grid that holds
+            all of that step's values (docs/grids.md), so nothing falls out of range however
+            a layer grows, shrinks or shifts. ``(lo, hi)``: one fixed range for every layer,
+            binned as ``np.histogram(values, bins, range=(lo, hi))`` (values outside it are
+            counted as underflow/overflow). ``{layer name: (lo, hi) or None}``: fixed ranges
+            for some layers (a sub-record such as ``"lstm.0"`` also matches its module's
+            name), automatic for the others. A function ``name -> (lo, hi) or None``: the same,
+            decided per layer.
         per_class: for the last layer, also one histogram per output column.
         sample: ``"auto"`` (the last layer and outputs up to 16,384 elements per call
             binned exactly, larger ones on a sample of 8,192: evenly spaced 16-element
             blocks with a random offset per step), or a fraction in (0, 1]; 1.0 = every
             element, exact.
         classes: class names, stored in the run for the charts.
-        margin: widening of automatic ranges, as a multiple of the first batch's span.
+        margin: no longer used (automatic ranges follow every step's values); kept so that old calls still run.
         flush_every: steps kept on the device before rows move to the host.
         max_columns: per-step columns kept per layer and phase before merging pairwise.
         seed: seed of the sampling offsets.
@@ -128,7 +162,7 @@ class ActivationsHistogram:
         path: str | os.PathLike | None = None,
         modules: Sequence[str | int] | None = None,
         bins: int = 100,
-        range: tuple[float, float] | None = None,  # noqa: A002 - contract name
+        range: Any = None,  # noqa: A002 - contract name: None, (lo, hi), {layer: (lo, hi) | None} or a function
         per_class: bool = False,
         sample: float | str = "auto",
         *,
@@ -145,13 +179,7 @@ class ActivationsHistogram:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
             raise ValueError(f"bins must be a positive int, got {bins!r}; e.g. bins=100")
-        if range is not None:
-            try:
-                lo, hi = (float(v) for v in range)
-            except (TypeError, ValueError):
-                raise ValueError(f"range must be (lo, hi) or None, got {range!r}; e.g. range=(-10, 10)") from None
-            binning.check_range(lo, hi, bins)
-            range = (lo, hi)
+        range = _check_range_option(range, bins)
         if sample != "auto" and not (isinstance(sample, (int, float)) and 0 < sample <= 1):
             raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
         if not (isinstance(margin, (int, float)) and margin >= 0):
@@ -197,9 +225,11 @@ class ActivationsHistogram:
         if output is not None:
             self._selected.append(("output", self.root))
         self._order = {id(m): k for k, m in enumerate(self.root.modules())}  # layers are listed in this order
+        self._check_range_names()
         self.clock = StepClock(flush_every)
-        self.engine = BinningEngine(self.clock, bins=bins, range=range, margin=self.margin, sample=sample,
-                                    per_class=self.per_class, rows=flush_every, seed=seed, warn=self._warn_once)
+        self.engine = BinningEngine(self.clock, bins=bins, sample=sample, per_class=self.per_class, rows=flush_every,
+                                    seed=seed, warn=self._warn_once,
+                                    range_of=lambda rec: self._range_for(rec.name, rec.module_name))
         self._hooks = Hooks()
         self._sync: distributed.DistSync | None = None
         self._writer: EpochWriter | None = None
@@ -237,13 +267,13 @@ class ActivationsHistogram:
             if self._sync is not None:
                 writer = self._sync.open_writer(self.path, self._meta(), [name for name, _ in self._selected],
                                                 overwrite=self.overwrite, claimed=claimed)
-                self.engine.auto_bounds = self._sync_bounds
             else:
                 writer = RunWriter(self.path, self._meta(), overwrite=self.overwrite, claimed=claimed)
             self._writer = EpochWriter(writer, self.bins, self.max_columns)
             for i, (name, mod) in enumerate(self._selected):
                 rec = Record(len(self._records), self._module_order(i, mod), 0, name, type(mod).__name__,
                              i == len(self._selected) - 1)
+                self.engine.know_range(rec)  # a fixed range's edges are written with the layer
                 self._records.append(rec)
                 self._by_module.append({(): rec})
             if self._probe_wanted:  # layers are written once the first step showed which modules are layers
@@ -303,15 +333,44 @@ class ActivationsHistogram:
             "model": type(self.root).__name__,
             "classes": self.classes,
             "options": {
-                "bins": self.bins, "range": self.range, "per_class": self.per_class,
+                "bins": self.bins, "per_class": self.per_class,
+                "range": self.range if not callable(self.range) else "function",
                 "sample": self.sample, "margin": self.margin, "flush_every": self.flush_every,
                 "max_columns": self.max_columns,
             },
         }
 
-    def _sync_bounds(self, values: torch.Tensor, rec: Record) -> binning.Bounds:
-        assert self._sync is not None
-        return self._sync.auto_bounds(values, self.bins, self.margin, rec.id, output=rec.last)
+    # -- ranges -----------------------------------------------------------------
+    def _check_range_names(self) -> None:
+        """Fail early on a ``range=`` that names no recorded layer, or a function that returns a bad range."""
+        names = [name for name, _ in self._selected]
+        if isinstance(self.range, dict):  # any module of the model (composite layers are found while training)
+            known = [*named_modules(self.root), *names]
+            unknown = [k for k in self.range if not any(k == n or k.startswith(n + ".") for n in known if n)]
+            if unknown:
+                shown = ", ".join(repr(n) for n in names[:6])
+                raise ValueError(f"range: no recorded layer named {unknown[0]!r}; recorded layers are {shown}, ...")
+        if callable(self.range) or isinstance(self.range, dict):
+            for name in names:
+                self._range_for(name)  # raises naming the layer
+        if self.bins < 2 and any(self._range_for(name) is None for name in names):
+            raise ValueError("bins must be >= 2 with automatic ranges (values of both signs need two bins); "
+                             "e.g. bins=100, or give every layer a range=(lo, hi)")
+
+    def _range_for(self, name: str, module_name: str | None = None) -> tuple[float, float] | None:
+        """The fixed range of a layer (or sub-record ``name`` of module ``module_name``), or None: automatic."""
+        r = self.range
+        if r is None or isinstance(r, tuple):
+            return r
+        if isinstance(r, dict):
+            got = r.get(name, r.get(module_name)) if module_name is not None else r.get(name)
+        else:
+            try:
+                got = r(name)
+            except Exception as exc:
+                raise ValueError(f"range: the function raised {exc!r} for layer {name!r}; it must return "
+                                 "(lo, hi) or None") from None
+        return None if got is None else _as_range(got, self.bins, f"range for layer {name!r}")
 
     # -- phases ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -451,6 +510,7 @@ class ActivationsHistogram:
         recs = self._by_module[module_index]
         base = recs[()]
         rec = Record(len(self._records), base.module_index, len(recs), path_name(base.name, path), base.type, base.last)
+        rec.module_name = base.module_name
         recs[path] = rec
         self._records.append(rec)
         return rec
@@ -564,11 +624,10 @@ class ActivationsHistogram:
             if other.classes and not rec.classes:
                 rec.classes = other.classes
             rec.dirty = True
-            if rec.bounds is None and self.range is not None:
-                rec.bounds = binning.fixed_bounds(*self.range, self.bins, torch.device("cpu"))
+            self.engine.know_range(rec)
             extra = {k: shape[0] for k, (shape, _, _) in other.phases[phase].items()
-                     if k not in ("counts", "sums", "peaks")}
-            rec.phases[phase] = self.engine.new_buffers(self._buffer_device(), extra)
+                     if k not in ("counts", "sums", "peaks", "grid")}
+            rec.phases[phase] = self.engine.new_buffers(self._buffer_device(), extra, auto=rec.fixed is None)
         return self._sync.combine(agreed, {rec.id: {p: pd.shapes() for p, pd in rec.phases.items()}
                                            for rec in self._records})
 

@@ -14,7 +14,7 @@ Design constraints:
   them when they are non-negative (schema 2; schema 1 stored int64), and read
   back as int64: most per-step counts fit in 16 bits, a quarter of the bytes.
 
-Tables (schema 2; schema 1 files read the same):
+Tables (schema 3; schema 1 and 2 files read the same, with one float32-edged range per layer and no grids):
 
 ``meta(key, value)``
     JSON values: ``schema``, ``twinpeaks_version``, ``created``, ``options``,
@@ -26,13 +26,16 @@ Tables (schema 2; schema 1 files read the same):
 ``epochs(epoch, closed_at, steps)``
     ``steps`` is JSON ``{phase: [first_step, end_step, last_quarter_first_step]}``.
 ``arrays(layer, phase, kind, epoch, part, dtype, shape, data)``
-    Every array. ``kind`` is ``edges`` (float64 ``[B+1]``, phase ``""``),
-    step columns (``epoch = -1``, ``part`` = first column index of a segment):
-    ``col_steps`` int64 ``[n, 2]``, ``col_counts`` int64 ``[n, B+3]``,
-    ``col_stats`` float64 ``[n, 7]``; epoch summaries (``part = 0``):
-    ``counts``/``stats`` for the whole epoch, ``lq_counts``/``lq_stats`` for its
-    last quarter, ``class_counts``/``class_lq`` ``[C, B+3]`` and
-    ``truth_counts``/``truth_lq`` ``[2, B+3]`` (yes, no).
+    Every array. ``kind`` is ``edges`` (float64 ``[B+1]``, phase ``""``: numpy's
+    edges of a layer with a fixed range; a layer without it has automatic grids,
+    see docs/grids.md), step columns (``epoch = -1``, ``part`` = first column
+    index of a segment): ``col_steps`` int64 ``[n, 2]``, ``col_counts`` int64
+    ``[n, B+3]``, ``col_stats`` float64 ``[n, 7]``, ``col_grid`` int64 ``[n, 2]``
+    (each column's grid ``(e, o)``; auto layers only; ``0, 0`` for a column with
+    no finite value); epoch summaries (``part = 0``): ``counts``/``stats``/``grid``
+    for the whole epoch, ``lq_counts``/``lq_stats``/``lq_grid`` for its last
+    quarter, ``class_counts``/``class_lq`` ``[C, B+3]`` and ``truth_counts``/``truth_lq``
+    ``[2, B+3]`` (yes, no), counted on their summary's grid.
 """
 
 from __future__ import annotations
@@ -49,9 +52,9 @@ import numpy as np
 from .errors import RunFileError
 from .format import encode
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Schemas this version reads.
-READABLE_SCHEMAS = (1, 2)
+READABLE_SCHEMAS = (1, 2, 3)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

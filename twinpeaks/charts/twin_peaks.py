@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 import numpy as np
 
 from ..display import palette as _palette
-from ..run import PHASES, LayerRef, Run
+from ..run import PHASES, LayerRef, Run, on_common_grid
 from .common import (
     PHASE_COLORS,
     PHASE_STYLES,
@@ -107,16 +107,20 @@ def twin_peaks_curves(
         groups = [("YES", {"truth": "yes"}), ("NO", {"truth": "no"})]
     else:
         groups = [(None, {})]
-    curves = []
+    picked = []
     for phase in _phases(run, epoch, phases):
         lq = phase == "train"
         for group, kw in groups:
-            h = run.histogram(info, phase, epoch, last_quarter=lq, **kw)
-            total = h.total
-            if not total:
-                continue
-            curves.append(Curve(phase, group, h.centers, h.counts / total, h.underflow / total,
-                                h.overflow / total, h.nonfinite / total, h.steps, lq))
+            picked.append((phase, group, lq, run.histogram(info, phase, epoch, last_quarter=lq, **kw)))
+    # automatic ranges: each histogram has its own grid; one common grid makes the curves' bins line up (exact)
+    hists = on_common_grid([h for *_, h in picked])
+    curves = []
+    for (phase, group, lq, _), h in zip(picked, hists):
+        total = h.total
+        if not total:
+            continue
+        curves.append(Curve(phase, group, h.centers, h.counts / total, h.underflow / total,
+                            h.overflow / total, h.nonfinite / total, h.steps, lq))
     if by_truth and not curves:
         raise ValueError(f"layer {info.name!r} has no YES/NO data: give targets with hist.targets(y) while recording")
     if not curves:
@@ -157,7 +161,8 @@ def draw_twin_peaks(
         phases = [next((p for p in ("valid", "test") if p in present), present[0])] if present else None
     curves = twin_peaks_curves(run, epoch, info, per_class=per_class, by_truth=by_truth, phases=phases)
     before = ax.get_xlim() if ax.has_data() else None  # curves drawn into ax earlier stay in view
-    edges = run.edges(info)
+    half = (curves[0].centers[1] - curves[0].centers[0]) / 2 if len(curves[0].centers) > 1 else 0.5
+    edges = np.array([curves[0].centers[0] - half, curves[0].centers[-1] + half])  # the curves' common bins
     curves = [c.rebinned(display_factor(info.bins, max_points)) for c in curves]
     names = list(dict.fromkeys(c.group for c in curves))
     palette = _palette(len(names))
