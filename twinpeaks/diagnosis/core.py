@@ -285,11 +285,6 @@ class Context:
                 return other.name
         return None
 
-    @property
-    def user_range(self) -> bool:
-        """Whether the run was recorded with a range the user fixed (``range=(lo, hi)``)."""
-        options = self.run.meta.get("options") or {}
-        return options.get("range") is not None
 
     def put(self, name: str, phase: str | None, layer: str | None, values: list[float]) -> np.ndarray:
         """Store one metric's values per epoch."""

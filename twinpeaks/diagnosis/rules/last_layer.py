@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...run import on_common_grid
 from ..metrics import (
     auc,
     auc_separation,
@@ -47,10 +48,16 @@ def last_layer(ctx: Context) -> None:
     outputs = shape[-1] if len(shape) >= 2 else 1
     truth_seen = False
     parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}  # yes, no, all, x
+    # per epoch, every phase's yes/no/all histograms on one grid (automatic ranges: exact regridding)
+    on_grid: dict[tuple[str, int], list[Any]] = {}
+    for e in range(ctx.n):
+        hs = on_common_grid([ctx.hist(ctx.last, p, e, t) for p in ctx.phases for t in ("yes", "no", None)])
+        for i, p in enumerate(ctx.phases):
+            on_grid[p, e] = hs[3 * i:3 * i + 3]
     for phase in ctx.phases:
         sep, sepm, aucs, ovl, bim, free, rows = [], [], [], [], [], [], []
         for e in range(ctx.n):
-            yes, no, h = (ctx.hist(ctx.last, phase, e, t) for t in ("yes", "no", None))
+            yes, no, h = on_grid[phase, e]
             cy, x = with_outside(yes.counts, yes.edges, yes.underflow, yes.overflow)
             cn, _ = with_outside(no.counts, no.edges, no.underflow, no.overflow)
             ch, _ = with_outside(h.counts, h.edges, h.underflow, h.overflow)

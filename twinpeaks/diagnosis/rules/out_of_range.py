@@ -26,12 +26,12 @@ def check_out_of_range(ctx: Context) -> None:
     the last). The suggested range covers the observed minimum and maximum
     of the whole run, rounded outwards.
 
-    Only a range the user fixed (``range=(lo, hi)``, in the run's options) is
-    judged as a warning or problem: there the user chose the range and must
-    change it. Values beyond the automatic range are the recorder's business
-    (its grid follows the values): they give an ``info`` at most.
+    Only a range the user fixed (``range=``) is judged: an automatic range
+    follows the values and never clips.
     """
     for layer in ctx.layers:
+        if not ctx.run.is_fixed(layer):
+            continue  # an automatic range follows the values: nothing falls outside it
         shares = np.array([ctx.metrics[("out_of_range", p, layer.name)] for p in ctx.phases])
         last = np.nanmax(shares[:, -1]) if np.isfinite(shares[:, -1]).any() else np.nan
         if not (np.isfinite(last) and last >= ctx.t.range_warning):
@@ -51,16 +51,16 @@ def check_out_of_range(ctx: Context) -> None:
               "range_lo": edges[0], "range_hi": edges[-1], "observed_min": lo, "observed_max": hi,
               "spread_growth": growth}
         severity = "problem" if last >= ctx.t.range_problem else "warning"
-        if not ctx.user_range:
-            severity = "info"
         rng = f"[{edges[0]:.3g}, {edges[-1]:.3g}]"
-        suggest = f"record with range=({nice(lo, down=True):g}, {nice(hi, down=False):g})"
+        # per layer: one range rarely fits every layer; automatic ranges (the default) never clip
+        suggest = (f"record this layer with range={{{layer.name!r}: ({nice(lo, down=True):g}, "
+                   f"{nice(hi, down=False):g})}}, or leave it automatic (no range for it)")
         if np.isfinite(first_step) and first_step >= 0.5 * share[-1]:
             ctx.add("out_of_range", severity, layer.name, 0,
                     f"{share[-1]:.0%} of the {phase} values of layer {layer.name!r} fall outside the recorded "
                     f"range {rng}, as from the first step (values span {lo:.3g} to {hi:.3g}): the range is "
-                    f"wrong; {suggest}", ev, cause="the recorded range does not cover the layer's values",
-                    remedy=suggest if ctx.user_range else "nothing to fix in training; " + suggest)
+                    f"wrong; {suggest}", ev, cause="the range you fixed does not cover the layer's values",
+                    remedy=suggest)
         else:
             since = trailing_start(share >= ctx.t.range_warning)
             how = "exploded" if growth >= 10 and layer is not ctx.last else "grew"
@@ -68,7 +68,6 @@ def check_out_of_range(ctx: Context) -> None:
                     f"the values of layer {layer.name!r} {how} past the recorded range {rng}: "
                     f"{first_step:.0%} outside at the first step, {share[-1]:.0%} in epoch {ctx.n - 1} "
                     f"(spread x{growth:.3g}); {suggest}", ev,
-                    cause=("the automatic range is taken from the first batch and the values grew beyond it"
-                           if not ctx.user_range else "the values exploded (see unstable)" if how == "exploded"
+                    cause=("the values exploded (see unstable)" if how == "exploded"
                            else "the values grew as the model learned"),
-                    remedy=suggest if ctx.user_range else "nothing to fix in training; " + suggest)
+                    remedy=suggest)

@@ -35,7 +35,8 @@ def check_overfitting(ctx: Context) -> None:
     before the end (a valid separation still at its best is no overfitting),
     and the mean gap from ``E`` on must exceed ``overfit_noise`` times its
     sampling noise (a small valid set gives noisy separations).
-    Needs 4 epochs or more.
+    Needs 4 epochs or more; not judged when a layer before the last is dead
+    or the signal vanishes (the outputs do not follow the input).
 
     Without labels the separations are the label-free ones and the gap limit
     is ``overfit_gap_free``; the train-valid distance of the whole histogram
@@ -43,6 +44,8 @@ def check_overfitting(ctx: Context) -> None:
     directions).
     """
     t = ctx.t
+    if ctx.dead_before(ctx.last) is not None or any(f.kind == "vanishing" for f in ctx.findings):
+        return  # the outputs do not follow the input: no peaks to drift apart (dead and vanishing say why)
     gap = ctx.metrics.get(("separation_gap", None, None))
     dist = ctx.metrics.get(("train_valid_distance", None, None))
     if gap is None or dist is None or ctx.n < 4:
