@@ -37,7 +37,8 @@ def runs(tmp_path_factory):
     out = {}
     try:
         for name in ("mlp_digits", "mlp_digits_nolabels", "cnn_digits", "dead_mlp_nolabels", "lr_high_mlp",
-                     "vanishing_sigmoid_nolabels", "saturated_tanh", "overfit_mlp", "overfit_mlp_nolabels"):
+                     "vanishing_sigmoid_nolabels", "saturated_tanh", "overfit_mlp", "overfit_mlp_nolabels", "overfit_noise_nolabels",
+                     "label_noise_digits_nolabels"):
             t = S.train(S.SCENARIOS[name], 0, root / f"{name}.tp")
             out[name] = (t, tp.diagnose(t.path))
     finally:
@@ -94,6 +95,43 @@ def test_broken_run_gets_its_finding_with_cause_remedy_and_layer(runs, name, kin
     if layer is not None:
         assert f.layer == layer
     assert f"likely cause: {f.cause}" in str(d)
+
+
+def test_memorising_noisy_labels_is_overfitting_without_labels_by_the_top_split(runs):
+    # half the labels random, no targets: the peaks merge, the label-free separations read ~0 on train and
+    # valid alike, but the train outputs' top 1/K keeps standing out further than valid's
+    _, d = runs["overfit_noise_nolabels"]
+    assert d.task == "unlabeled"
+    (f,) = [f for f in d.findings if f.kind == "overfitting"]
+    assert f.severity == "warning" and f.layer == "4" and f.cause and f.remedy
+    ev = f.evidence
+    assert ev["top_split_gap_z"] >= 5 and ev["top_split_gap_mean"] >= ev["top_split_gap_noise"]  # measured: 6.5, 1.6x
+    assert f.epoch == ev["valid_top_split_best_epoch"] and d.epochs - f.epoch >= 4
+    gap = d.metric("top_split_gap")
+    np.testing.assert_allclose(gap, d.metric("top_split_separation", "train") - d.metric("top_split_separation", "valid"))
+    assert np.mean(gap[f.epoch:] > 0) > 0.75
+    # 30% random labels for 6 epochs is healthy: no overfitting by either reading
+    _, healthy = runs["label_noise_digits_nolabels"]
+    assert not _kinds(healthy) & {"overfitting"}, [f.message for f in healthy.findings]
+
+
+def test_top_split_separation_goes_on_where_the_label_free_one_reads_zero():
+    rng = np.random.default_rng(1)
+    edges = np.linspace(-8, 12, 201)
+    one, _ = M.with_outside(np.histogram(rng.normal(0, 1, 50_000), edges)[0], edges)
+    # a heavier top tail on one peak (memorised outputs) and a lighter one (a merged, flattened peak)
+    heavy, _ = M.with_outside(np.histogram(np.concatenate([rng.normal(0, 1, 47_000), rng.normal(2.2, 0.8, 3_000)]),
+                                           edges)[0], edges)
+    light, x = M.with_outside(np.histogram(rng.normal(0, 1, 50_000).clip(-9, 1.8), edges)[0], edges)
+    raw = {k: M.top_split_separation(c, x, 10) for k, c in (("one", one), ("heavy", heavy), ("light", light))}
+    assert raw["light"] < raw["one"] < raw["heavy"]  # it orders them ...
+    assert M.label_free_separation(light, x, 10) == 0.0  # ... where the mapped one is clipped at one peak
+    # scale-free; a spike reads 0, an empty histogram NaN
+    assert M.top_split_separation(heavy, x * 3, 10) == pytest.approx(raw["heavy"])
+    stuck = np.zeros(len(x))
+    stuck[150], stuck[40:80] = 1000, 9000 / 40
+    assert M.top_split_separation(stuck, x, 10) == 0.0
+    assert np.isnan(M.top_split_separation(np.zeros(len(x)), x, 10))
 
 
 def test_label_free_separation_recovers_the_d_of_a_mixture():

@@ -298,6 +298,47 @@ def _split_curve(w: float) -> tuple[np.ndarray, np.ndarray]:
     return ds, np.maximum.accumulate(np.asarray(out))
 
 
+def top_split_separation(counts: np.ndarray, x: np.ndarray, outputs: int, spike: float = 0.05) -> float:
+    """The raw separation of the top ``1/K`` of a last layer's values from the rest, before any mapping.
+
+    The quantity :func:`label_free_separation` maps back to a d': the means of
+    the top ``w = 1/K`` share (:func:`top_split`) and of the rest, apart in
+    their pooled spread, each value spread over its bin (Sheppard's
+    correction). Unlike the mapped one it does not clip at one normal peak
+    (where it reads about 2.9 for ``K = 10``), so it still follows how far the
+    top group stands out when the peaks merge (noisy labels): comparing it
+    between train and valid shows the train outputs standing out further
+    (memorisation) without labels. 0 for a spike (see
+    :func:`label_free_separation`); NaN for an empty histogram.
+
+    Example:
+        >>> x = np.linspace(-10, 10, 401)
+        >>> one = np.exp(-0.5 * x**2)
+        >>> two = 0.9 * one + 0.1 * np.exp(-0.5 * (x - 4) ** 2)
+        >>> bool(top_split_separation(two, x, 10) > top_split_separation(one, x, 10) > 2.5)
+        True
+    """
+    c = np.asarray(counts, np.float64)
+    n = c.sum()
+    if n <= 0:
+        return float("nan")
+    w = 1.0 / max(int(outputs), 2)
+    x = np.asarray(x, np.float64)
+    top, rest = top_split(c, w)
+    # Sheppard's correction: each value lies anywhere in its bin, not at its centre (coarse bins would
+    # otherwise make narrow peaks, and a large separation out of an unresolved histogram)
+    width2 = np.gradient(x) ** 2 / 12 if len(x) > 1 else np.zeros(1)
+    (m_top, s_top), (m_rest, s_rest) = moments(top, x), moments(rest, x)
+    v_top = s_top**2 + float(np.sum(top * width2) / max(top.sum(), 1e-300))
+    v_rest = s_rest**2 + float(np.sum(rest * width2) / max(rest.sum(), 1e-300))
+    if c[-1] < 0.5 * w * n and s_rest > 0 and s_top < spike * s_rest:
+        return 0.0
+    pooled = np.sqrt((v_top + v_rest) / 2)
+    if not (np.isfinite(pooled) and pooled > 0):
+        return float("nan")
+    return float((m_top - m_rest) / pooled)
+
+
 def label_free_separation(counts: np.ndarray, x: np.ndarray, outputs: int, spike: float = 0.05,
                           clip: float = 5.26) -> float:
     """Separation of the YES and NO peaks without labels, from the (K-1):1 mass split of the last layer.
@@ -334,19 +375,8 @@ def label_free_separation(counts: np.ndarray, x: np.ndarray, outputs: int, spike
     if n <= 0:
         return float("nan")
     w = 1.0 / max(int(outputs), 2)
-    x = np.asarray(x, np.float64)
-    top, rest = top_split(c, w)
-    # Sheppard's correction: each value lies anywhere in its bin, not at its centre (coarse bins would
-    # otherwise make narrow peaks, and a large separation out of an unresolved histogram)
-    width2 = np.gradient(x) ** 2 / 12 if len(x) > 1 else np.zeros(1)
-    (m_top, s_top), (m_rest, s_rest) = moments(top, x), moments(rest, x)
-    v_top = s_top**2 + float(np.sum(top * width2) / max(top.sum(), 1e-300))
-    v_rest = s_rest**2 + float(np.sum(rest * width2) / max(rest.sum(), 1e-300))
-    if c[-1] < 0.5 * w * n and s_rest > 0 and s_top < spike * s_rest:
-        return 0.0
-    pooled = np.sqrt((v_top + v_rest) / 2)
-    if not (np.isfinite(pooled) and pooled > 0):
+    raw = top_split_separation(c, x, outputs, spike)
+    if not np.isfinite(raw):
         return float("nan")
-    raw = (m_top - m_rest) / pooled
     ds, f = _split_curve(round(w, 6))
     return float(min(np.interp(raw, f, ds, left=0.0, right=ds[-1]), clip))

@@ -15,6 +15,7 @@ from ..metrics import (
     overlap,
     separation,
     spread_distance,
+    top_split_separation,
     with_outside,
 )
 from ..registry import measure
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     "bimodality": (True, False, "Sarle's bimodality coefficient of the last layer's histogram (not used)"),
     "train_valid_distance": (False, False, "W1 / pooled spread between train (last quarter) and valid histograms"),
     "separation_gap": (False, False, "train separation minus valid separation"),
+    "top_split_separation": (True, False, "the top 1/K of the last layer's values vs the rest, unmapped (not "
+                             "clipped at one peak): how far the top group stands out, labels or not"),
+    "top_split_gap": (False, False, "train minus valid top_split_separation (memorisation, read without labels)"),
 })
 def last_layer(ctx: Context) -> None:
     """Separation (label-aware and label-free), AUC, overlap per phase; train-valid distance and gap.
@@ -55,7 +59,7 @@ def last_layer(ctx: Context) -> None:
         for i, p in enumerate(ctx.phases):
             on_grid[p, e] = hs[3 * i:3 * i + 3]
     for phase in ctx.phases:
-        sep, sepm, aucs, ovl, bim, free, rows = [], [], [], [], [], [], []
+        sep, sepm, aucs, ovl, bim, free, raw, rows = [], [], [], [], [], [], [], []
         for e in range(ctx.n):
             yes, no, h = on_grid[phase, e]
             cy, x = with_outside(yes.counts, yes.edges, yes.underflow, yes.overflow)
@@ -68,16 +72,19 @@ def last_layer(ctx: Context) -> None:
             ovl.append(overlap(cy, cn))
             bim.append(bimodality(ch, x))
             free.append(label_free_separation(ch, x, outputs))
+            raw.append(top_split_separation(ch, x, outputs))
             rows.append((cy, cn, ch, x))
         parts[phase] = rows
         for name, vals in (("separation_label_aware", sep), ("separation_moments", sepm), ("auc", aucs),
-                           ("overlap", ovl), ("bimodality", bim), ("separation_label_free", free)):
+                           ("overlap", ovl), ("bimodality", bim), ("separation_label_free", free),
+                           ("top_split_separation", raw)):
             ctx.put(name, phase, None, vals)
     regression = outputs == 1 and not ctx.run.classes
     for phase in ctx.phases:
         if regression:  # one peak by design: no separation of any kind
             ctx.put("separation_label_free", phase, None, [np.nan] * ctx.n)
             ctx.put("separation", phase, None, [np.nan] * ctx.n)
+            ctx.put("top_split_separation", phase, None, [np.nan] * ctx.n)
             continue
         pick = "separation_label_aware" if truth_seen else "separation_label_free"
         ctx.put("separation", phase, None, list(ctx.metrics[(pick, phase, None)]))
@@ -92,6 +99,8 @@ def last_layer(ctx: Context) -> None:
         ctx.put("train_valid_distance", None, None, dist)
         gap = ctx.metrics[("separation", "train", None)] - ctx.metrics[("separation", "valid", None)]
         ctx.put("separation_gap", None, None, list(gap))
+        raw_gap = ctx.metrics[("top_split_separation", "train", None)] - ctx.metrics[("top_split_separation", "valid", None)]
+        ctx.put("top_split_gap", None, None, list(raw_gap))
     if regression:
         # framework adapters pass a regression's targets too: one output and no class names is a regression
         ctx.task = "regression"

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     "overfit_distance": (1.5, "train-valid distance this many times its early level counts as drift"),
     "overfit_share": (0.8, "share of the epochs from the onset to the end that must show it"),
     "overfit_plateau": (0.05, "valid separation within this fraction of its best: it stopped improving"),
+    "overfit_top_z": (5.0, "top-split reading: the mean train-valid gap from valid's best epoch over its "
+                           "epoch-to-epoch standard error"),
+    "overfit_top_noise": (1.0, "top-split reading: the same mean gap over its sampling noise (a small valid "
+                               "set reads the same samples every epoch)"),
 }, doc="the train and valid peaks of the last layer drift apart")
 def check_overfitting(ctx: Context) -> None:
     """Train and valid peaks drift apart: sustained separation gap and train-valid distance.
@@ -42,17 +46,40 @@ def check_overfitting(ctx: Context) -> None:
     is ``overfit_gap_free``; the train-valid distance of the whole histogram
     is not required (it mixes the YES and NO peaks, which move in opposite
     directions).
+
+    Where that reading finds nothing (memorising noisy labels merges the
+    peaks, so the label-free separations read 0 on train and valid alike),
+    the top-split one is tried, labels or not (a warning): the top ``1/K`` of
+    the last layer's values against the rest, unmapped
+    (``top_split_separation``), train minus valid (``top_split_gap``), from
+    the epoch (>= 1) where valid's reached its best to the end, ``overfit_epochs``
+    or more epochs: the train outputs keep standing out further than the
+    valid ones while valid's stopped improving. Its mean must exceed
+    ``overfit_top_z`` times its epoch-to-epoch standard error (it lasts) and
+    ``overfit_top_noise`` times its sampling noise (not a small valid set's
+    draw).
     """
-    t = ctx.t
     if ctx.dead_before(ctx.last) is not None or any(f.kind == "vanishing" for f in ctx.findings):
         return  # the outputs do not follow the input: no peaks to drift apart (dead and vanishing say why)
+    if _separation_drift(ctx):
+        return
+    before = {layer.name for layer in ctx.layers[:-1]}
+    if any(f.kind == "unstable" or (f.kind == "saturated" and f.severity == "problem" and f.layer in before)
+           for f in ctx.findings):
+        return  # blown up, or saturated on the way: the last layer's values sit on a few levels, not peaks
+    _top_split_drift(ctx)
+
+
+def _separation_drift(ctx: Context) -> bool:
+    """The separation reading of :func:`check_overfitting`; True where it found overfitting."""
+    t = ctx.t
     gap = ctx.metrics.get(("separation_gap", None, None))
     dist = ctx.metrics.get(("train_valid_distance", None, None))
     if gap is None or dist is None or ctx.n < 4:
-        return
+        return False
     early = dist[1:4][np.isfinite(dist[1:4])]
     if not len(early):
-        return
+        return False
     base = float(np.min(early))
     labels = ctx.task == "classification"
     if labels:
@@ -60,11 +87,11 @@ def check_overfitting(ctx: Context) -> None:
     else:
         drift = np.nan_to_num(gap) >= t.overfit_gap_free
     if not drift[-1]:
-        return
+        return False
     vsep = ctx.metrics[("separation", "valid", None)].copy()
     vsep[0] = np.nan  # epoch 0 is a transient (and without labels an untrained model's offsets can read high)
     if not np.isfinite(vsep).any():
-        return
+        return False
     plateau = np.nan_to_num(vsep, nan=-np.inf) >= np.nanmax(vsep) - t.overfit_plateau * abs(np.nanmax(vsep))
     onset = None
     for e in range(1, ctx.n):
@@ -72,10 +99,10 @@ def check_overfitting(ctx: Context) -> None:
             onset = e
             break
     if onset is None:
-        return
+        return False
     onset = max(onset, int(np.argmax(plateau)))
     if ctx.n - onset < t.overfit_epochs:
-        return
+        return False
     # the mean gap from the onset must stand out of its sampling noise: the train (last quarter) samples
     # differ from epoch to epoch (their noise averages out), the valid ones are the same every epoch
     se_train, se_valid = _gap_noise(ctx)
@@ -83,7 +110,7 @@ def check_overfitting(ctx: Context) -> None:
     width = ctx.n - onset
     noise = float(np.sqrt(np.mean(se_valid[span] ** 2) + np.mean(se_train[span] ** 2) / width))
     if float(np.nanmean(gap[span])) < t.overfit_noise * noise:
-        return
+        return False
     ev = {"gap_last": gap[-1], "distance_last": dist[-1], "distance_early": base,
           "valid_separation_best": float(np.nanmax(vsep)), "valid_separation_best_epoch": int(np.nanargmax(vsep)),
           "valid_separation_last": vsep[-1]}
@@ -99,9 +126,46 @@ def check_overfitting(ctx: Context) -> None:
             cause="the model memorises its training set: too few samples for its size, or too many epochs",
             remedy=f"stop at about epoch {onset} (early stopping), or add data, "
                    "augmentation, weight decay or dropout, or use a smaller model")
+    return True
 
 
-def _gap_noise(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+def _top_split_drift(ctx: Context) -> None:
+    """The top-split reading of :func:`check_overfitting` (labels or not): a warning."""
+    t = ctx.t
+    gap = ctx.get("top_split_gap")
+    if gap is None or ctx.n < 4:
+        return
+    vsep = ctx.metrics[("top_split_separation", "valid", None)].copy()
+    vsep[0] = np.nan  # epoch 0 is a transient
+    if not np.isfinite(vsep).any():
+        return
+    onset = int(np.nanargmax(vsep))
+    span = slice(onset, ctx.n)
+    g = gap[span]
+    g = g[np.isfinite(g)]
+    if ctx.n - onset < t.overfit_epochs or len(g) < t.overfit_epochs:
+        return
+    mean = float(np.mean(g))
+    spread = float(np.std(g, ddof=1))
+    z = mean / (spread / np.sqrt(len(g))) if spread > 0 else (np.inf if mean > 0 else 0.0)
+    se_train, se_valid = _gap_noise(ctx, "top_split_separation")
+    noise = float(np.sqrt(np.mean(se_valid[span] ** 2) + np.mean(se_train[span] ** 2) / len(g)))
+    if mean <= 0 or z < t.overfit_top_z or mean < t.overfit_top_noise * noise:
+        return
+    ev = {"top_split_gap_mean": mean, "top_split_gap_z": z, "top_split_gap_noise": noise,
+          "valid_top_split_best": float(vsep[onset]), "valid_top_split_best_epoch": onset,
+          "valid_top_split_last": float(vsep[-1]), "train_top_split_last": float(gap[-1] + vsep[-1])}
+    ctx.add("overfitting", "warning", ctx.last.name, onset,
+            f"the train outputs of the last layer stand out further than the valid ones from epoch {onset}: "
+            f"the top 1/K of train values sit {mean:.2f} spreads further from the rest than valid's on average "
+            f"({z:.1f} standard errors, {mean / max(noise, 1e-12):.1f}x the sampling noise), while valid's "
+            f"peaked at epoch {onset}; read from the histograms' shape alone", ev,
+            cause="the model memorises its training set (noisy or too few labels, too many epochs)",
+            remedy=f"stop at about epoch {onset} (early stopping), check the labels, or add data, "
+                   "augmentation, weight decay or dropout")
+
+
+def _gap_noise(ctx: Context, metric: str = "separation") -> tuple[np.ndarray, np.ndarray]:
     """Sampling noise of the train (last quarter) and valid separations per epoch (0 where unknown).
 
     A separation ``d`` measured on ``n`` YES and ``m`` NO values has a standard
@@ -114,7 +178,7 @@ def _gap_noise(ctx: Context) -> tuple[np.ndarray, np.ndarray]:
     for phase in ("train", "valid"):
         for e in range(ctx.n):
             total = ctx.hist(ctx.last, phase, e).total
-            d = ctx.metrics[("separation", phase, None)][e]
+            d = ctx.metrics[(metric, phase, None)][e]
             if not total or not np.isfinite(d):
                 continue
             n = max(total / k, 1.0)
