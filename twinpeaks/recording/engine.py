@@ -404,7 +404,8 @@ class BinningEngine:
         if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
             yes = y.reshape(b, cols) > 0.5
         elif y.numel() == b and cols > 1 and not y.is_floating_point():
-            yes = torch.nn.functional.one_hot(y.reshape(b).long().clamp(0, cols - 1), cols).bool()
+            # not one_hot: it reads the labels' min back to check them (a sync) on every device but CUDA and MPS
+            yes = y.reshape(b, 1).long().clamp(0, cols - 1) == torch.arange(cols, device=y.device)
         else:
             self.warn(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(out.shape)}: "
                                 "truth split skipped (pass class indices [batch] or 0/1 per output)")
