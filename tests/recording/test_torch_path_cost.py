@@ -98,10 +98,11 @@ def sync_ops(model: nn.Module, steps: list[tuple[torch.Tensor, torch.Tensor]], *
 
 @pytest.mark.parametrize("range_", [None, (-4, 4), {"0": (-4, 4)}], ids=["auto", "fixed", "mixed"])
 def test_no_host_sync_while_recording(torch_path, range_):
-    """Several steps of a small model, a shared ReLU called twice per step, per-class and truth rows, NaN and inf."""
+    """Several steps of a small model: a sampled layer (32,768 values), a shared ReLU called twice per step (two
+    layouts), per-class and truth rows, NaN and inf."""
     torch.manual_seed(0)
     relu = nn.ReLU()
-    model = nn.Sequential(nn.Linear(6, 16), relu, nn.Linear(16, 16), relu, nn.Linear(16, 3))
+    model = nn.Sequential(nn.Linear(6, 1024), relu, nn.Linear(1024, 16), relu, nn.Linear(16, 3))
     steps = []
     for s in range(6):
         x = torch.randn(32, 6) * (1 + 3 * s)
