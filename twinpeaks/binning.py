@@ -239,44 +239,18 @@ def stats_parts(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return add, torch.stack([-mn, mx])
 
 # -- auto grids with tensor operations (the device path): the functions of twinpeaks.grids, vectorised ----------
+#: Candidate exponents tried around the span's estimate (see :func:`observe_auto`).
+_CANDIDATES = (-3, 2)
+#: The smallest float64: a span of 0 per bin gets candidates below every limit.
+_TINY = 5e-324
+
+
 def _pow2(e: torch.Tensor) -> torch.Tensor:
-    """``2.0**e`` (float64, exact) of an int64 tensor, ``e`` in ``[-2044, 2046]``: two normal powers multiplied."""
-    h = torch.div(e, 2, rounding_mode="floor")
-    a = ((h + 1023) << 52).view(torch.float64)
-    b = ((e - h + 1023) << 52).view(torch.float64)
-    return a * b
+    """``2.0**e`` (float64, exact) of an int64 tensor, ``e`` in ``[-1022, 1024]`` (1024: inf), by its bits.
 
-
-def _floor_log2(x: torch.Tensor) -> torch.Tensor:
-    """``floor(log2(x))`` (int64) of positive finite float64 values, exactly."""
-    return torch.frexp(x)[1].long() - 1
-
-
-def _ceil_log2(x: torch.Tensor) -> torch.Tensor:
-    m, ex = torch.frexp(x)
-    return ex.long() - (m == 0.5).long()
-
-
-def _bin_of(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-    """``floor(x / 2**e)`` as float64 (exact), like :func:`twinpeaks.grids.bin_of`."""
-    q = torch.floor(x * _pow2(-e))
-    return torch.where((q == 0) & (x < 0), -torch.ones_like(q), q)
-
-
-def _fit_e(mn: torch.Tensor, mx: torch.Tensor, bins: int) -> torch.Tensor:
-    """:func:`twinpeaks.grids.fit_e` of float64 tensors ``[k]`` (int64 ``[k]``): the smallest fitting candidate.
-
-    The guess from the span is within a few exponents of the answer; seven candidates
-    around it are checked at once (fitting is monotone in ``e``).
+    Floor division by ``2**1024 = inf`` still gives ``floor(x / 2**1024)`` (0 or -1) for finite ``x``.
     """
-    big = torch.maximum(mn.abs(), mx.abs())
-    lo = torch.where(big > 0, _floor_log2(torch.where(big > 0, big, 1.0)) - grids.RESOLUTION, grids.E_MIN)
-    lo = lo.clamp(min=grids.E_MIN)
-    per = (mx * 0.5 - mn * 0.5) / bins
-    guess = torch.where(per > 0, _ceil_log2(torch.where(per > 0, per, 1.0)) - 1, lo)
-    cand = torch.maximum(guess[:, None] + torch.arange(-2, 5, device=mn.device), lo[:, None])
-    ok = (_bin_of(mx[:, None], cand) - _bin_of(mn[:, None], cand)) <= bins - 1
-    return torch.where(ok, cand, cand[:, -1:]).amin(dim=1)
+    return ((e + 1023) << 52).view(torch.float64)
 
 
 def observe_auto(values: torch.Tensor, grid: torch.Tensor, counts: torch.Tensor) -> None:
@@ -286,8 +260,15 @@ def observe_auto(values: torch.Tensor, grid: torch.Tensor, counts: torch.Tensor)
     ``counts`` its ``B + 3`` row (float64 or int64). As docs/grids.md says: the
     finite min and max of ``values`` coarsen the row's grid, the counts move to
     the new grid (exact), then every finite value goes to ``floor(x / 2**e) - o``.
-    Equal to :func:`twinpeaks.grids.observe` count for count. (About 60 small
-    tensor operations per call, whatever the size: a device kernel can replace it.)
+    Equal to :func:`twinpeaks.grids.observe` count for count.
+
+    About 115 small aten operations per call whatever the size, 70 of them besides
+    views (a device kernel can replace it), none of which reads a value back. The row's occupied bins
+    take part as values: the lower edge of old bin ``i``, ``(o + i) * 2**e``, goes
+    on any coarser aligned grid where every value of that bin goes, so regridding
+    the row and binning the call are one floor division and one scatter. The
+    exponent is the smallest that fits among a few candidates around
+    ``ceil(log2(span / (B - 1)))``, tested at once with the row's own.
 
     Example:
         >>> g, row = new_grids(1)[0], torch.zeros(7, dtype=torch.int64)
@@ -297,50 +278,58 @@ def observe_auto(values: torch.Tensor, grid: torch.Tensor, counts: torch.Tensor)
         ([1.0, -2.0], [0, 1, 0, 2, 1, 0, 1])
     """
     bins = counts.numel() - EXTRA_SLOTS
-    v = values.reshape(-1).double()
-    if not v.numel():
+    x = values.reshape(-1)
+    n = x.numel()
+    if not n:
         return
-    fin = torch.isfinite(v)
-    mn = torch.where(fin, v, math.inf).amin()
-    mx = torch.where(fin, v, -math.inf).amax()
-    has = mn <= mx
-    mn = torch.where(has, mn, 0.0)
-    mx = torch.where(has, mx, 0.0)
-    # the row: its grid and occupied bins
-    unset = torch.isnan(grid[0])
-    e_r = torch.where(unset, 0.0, grid[0]).long()
-    o_r = torch.where(unset, 0.0, grid[1])
-    cnt = counts[1:-2]
-    idx = torch.arange(bins, device=v.device)
-    occ = cnt != 0
-    first = torch.where(occ, idx, bins).amin()
-    last = torch.where(occ, idx, -1).amax()
-    fresh = unset | (last < 0)
-    step = _pow2(e_r)
-    inside = (mn >= o_r * step) & (mx < (o_r + bins) * step)
-    amin = torch.minimum((o_r + first) * step, mn)
-    amax = torch.maximum((o_r + last) * step, mx)
-    # the call's own grid (choose) and the union's smallest fitting e, in one batch
-    fe = _fit_e(torch.stack([mn, amin]), torch.stack([mx, amax]), bins)
-    same = mn == mx
-    one = torch.where(mn == 0, grids.ZERO_E,
-                      _floor_log2(torch.where(mn == 0, 1.0, mn.abs())) - grids._ceil_log2(bins)).clamp(min=grids.E_MIN)
-    ce = torch.where(same, one, fe[0])
-    e2 = torch.maximum(torch.maximum(e_r, ce), fe[1])
-    e_new = torch.where(~has, e_r, torch.where(fresh, ce, torch.where(inside, e_r, e2)))
-    lo_val = torch.where(fresh, mn, amin)
-    o_new = _bin_of(lo_val, e_new) - torch.where(fresh & same, float(bins // 2), 0.0)
-    o_new = torch.where(~has | (~fresh & inside), o_r, o_new)
-    # regrid (the identity when the grid stays; empty bins may land anywhere: clamped, they add 0)
-    src = o_r.long() + idx
-    dst = (torch.bitwise_right_shift(src, (e_new - e_r).clamp(0, 62)) - o_new.long()).clamp(0, bins - 1)
-    counts[1:-2] = torch.zeros_like(cnt).index_add_(0, dst, cnt)
-    grid.copy_(torch.where(has | ~unset, torch.stack([e_new.double(), o_new]), grid))
-    counts.add_(count_slots(_auto_slot(v, fin, e_new, o_new, bins), bins + EXTRA_SLOTS).to(counts.dtype))
+    clog = grids._ceil_log2(bins)
+    body = counts[1:-2]
+    gz = torch.nan_to_num(grid)  # the row's (e, o); unset: (0, 0), and then its bins are empty
+    e_r = gz[:1].long()
+    w_r = _pow2(e_r)
+    # the call's values, then the lower edges of the row's bins (made finite: +-inf and inf * 0 happen only at
+    # e >= 1023, where a grid holds every finite value and never changes); finite values and occupied bins count
+    xs = torch.cat([x, torch.nan_to_num((torch.arange(bins, dtype=torch.float64, device=x.device) + gz[1]) * w_r)])
+    skip = torch.cat([(x - x) != 0, body == 0])  # x - x: NaN for NaN and +-inf
+    lo_v, hi_v = xs.masked_fill(skip, math.inf), xs.masked_fill(skip, -math.inf)
+    # [A, Z, mn, mx, a]: min and max of the call and the row's occupied bins, of the call, the row's lowest (inf: none)
+    v = torch.stack([lo_v.amin(), hi_v.amax(), lo_v[:n].amin(), hi_v[:n].amax(), lo_v[n:].amin()])
+    mn = v[2]
+    # exponents of max(|A|, |Z|) (the resolution limit), of the span per bin (+ the smallest float64: a span
+    # that halves to 0 gets candidates below every limit), of mn (0: a stand-in that gives choose()'s ZERO_E)
+    a_z = v[:2]
+    half = a_z * 0.5
+    ex = torch.frexp(torch.stack([a_z.abs().amax(), (half[1] - half[0]) / (bins - 1) + _TINY,
+                                  mn.masked_fill(mn == 0, 2.0 ** (grids.ZERO_E + clog))]))[1].long()
+    # candidates around ceil(log2(span / (B - 1))) (the answer is among them), then the row's own exponent (if A and
+    # Z fit on it, the answer is at most it, and the row's exponent is one of the lower limits below)
+    cand = torch.cat([ex[1] + torch.arange(*_CANDIDATES, device=x.device), e_r])
+    q = torch.div(a_z[:, None], _pow2(cand), rounding_mode="floor")  # A and Z on each candidate grid
+    fit = torch.where(q[1] - q[0] <= bins - 1, cand, cand[-2]).amin()
+    d = q[:, -1] - gz[1]  # A and Z as bins of the row's grid: inside it iff the call is (the row's bins are)
+    fresh = v[4] == math.inf  # the row holds no finite count (its grid may be unset)
+    differ = mn != v[3]
+    # the largest of: the fit, the resolution limit, the row's exponent (E_MIN for a fresh row), choose()'s
+    # exponent for one value (which is the answer for a fresh row: it is >= the other three then)
+    e_new = torch.stack([fit, ex[0] - (1 + grids.RESOLUTION), e_r[0].masked_fill(fresh, grids.E_MIN),
+                         (ex[2] - (1 + clog)).masked_fill(differ, grids.E_MIN)]).amax()
+    w_new = _pow2(e_new[None])
+    o_new = torch.div(a_z[:1], w_new, rounding_mode="floor") - (fresh > differ) * float(bins // 2)  # centred: one value
+    # the grid changes when the row is fresh and the call has a finite value, or the row does not hold the call
+    change = (a_z[0] < math.inf) & (fresh | (d.clamp(0, bins - 1) != d).any())
+    torch.where(change, torch.cat([e_new[None].double(), o_new]), grid, out=grid)
+    # every finite value and occupied old bin onto the row's grid (NaN when nothing finite was ever binned: then
+    # every element is skipped), skipped ones to the nonfinite slot (old bins skipped are empty: they add 0); the
+    # row's bins are replaced by what lands there
+    slot = (torch.div(xs, _pow2(grid[:1].long()), rounding_mode="floor") - (grid[1] - 1)).clamp(0, bins + 1)
+    slot = slot.masked_fill_(skip, bins + 2).long()
+    weights = torch.nn.functional.pad(body, (n, 0), value=1)
+    body.zero_()
+    counts.index_put_((slot,), weights, accumulate=True)
 
 
 def _auto_slot(v: torch.Tensor, fin: torch.Tensor, e: torch.Tensor, o: torch.Tensor, bins: int) -> torch.Tensor:
-    q = _bin_of(torch.where(fin, v, 0.0), e) - o
+    q = torch.div(torch.where(fin, v, 0.0), _pow2(e), rounding_mode="floor") - o
     slot = (q.clamp(-1, bins) + 1).long()
     return slot.masked_fill_(~fin, bins + 2)
 

@@ -136,7 +136,9 @@ class ActivationsHistogram:
             blocks with a random offset per step), or a fraction in (0, 1]; 1.0 = every
             element, exact.
         classes: class names, stored in the run for the charts.
-        margin: no longer used (automatic ranges follow every step's values); kept so that old calls still run.
+        margin: deprecated, has no effect: automatic ranges follow every step's values (docs/grids.md), so
+            there is no range to widen. Still accepted so that old calls run; a value other than the
+            default 1.0 warns (:class:`twinpeaks.TwinpeaksWarning`) when the recorder is made.
         flush_every: steps kept on the device before rows move to the host.
         max_columns: per-step columns kept per layer and phase before merging pairwise.
         seed: seed of the sampling offsets.
@@ -184,10 +186,11 @@ class ActivationsHistogram:
             raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
         if not (isinstance(margin, (int, float)) and margin >= 0):
             raise ValueError(f"margin must be a number >= 0, got {margin!r}")
+        if margin != 1.0:
+            warn(f"margin={margin!r} is deprecated and has no effect: automatic ranges follow every step's values "
+                 "(docs/grids.md); remove it, or give range=(lo, hi) for a fixed range", TwinpeaksWarning)
         if not (isinstance(flush_every, int) and flush_every >= 1):
             raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
-        if classes is not None:
-            classes = [str(c) for c in classes]
         if classes is not None:
             classes = [str(c) for c in classes]
         if output is not None and not callable(output):

@@ -417,7 +417,8 @@ class BinningEngine:
             seen = self.bad_targets.get(rec.name)
             self.bad_targets[rec.name] = (bad if seen is None else seen[0] + bad, cols)
             # nothing clamped: a sample whose index is outside [0, K) is left out of YES and NO alike
-            yes = torch.nn.functional.one_hot(torch.where(inside, idx, 0), cols).bool() & inside[:, None]
+            # not one_hot: it reads the labels' min back to check them (a sync) on every device but CUDA and MPS
+            yes = (idx.reshape(b, 1) == torch.arange(cols, device=idx.device)) & inside[:, None]
             keep = inside[:, None].expand(b, cols)
         else:
             self.warn(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(out.shape)}: "
