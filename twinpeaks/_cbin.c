@@ -26,6 +26,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -89,7 +90,7 @@ static int64_t fit_e(double mn, double mx, int bins) {
     int64_t e = lo;
     if (per > 0 && ceil_log2(per) - 1 > e) e = ceil_log2(per) - 1;
     while (e > lo && fits(mn, mx, e - 1, bins)) e--;
-    while (!fits(mn, mx, e, bins)) e++;
+    while (!fits(mn, mx, e, bins) && e < 1100) e++; /* finite mn, mx always fit by 1024: the bound is a guard */
     return e;
 }
 
@@ -129,6 +130,10 @@ static void coarsen_row(double *grid, double *counts, int bins, double mn, doubl
     double amin = ldexp((double)(o + first), (int)e), amax = ldexp((double)(o + last), (int)e);
     amin = mn < amin ? mn : amin;
     amax = mx > amax ? mx : amax;
+    /* an occupied bin's edge past the double range counts as the largest finite double (an infinite
+       extent fits no grid: fit_e would never return) */
+    if (amin < -DBL_MAX) amin = -DBL_MAX;
+    if (amax > DBL_MAX) amax = DBL_MAX;
     int64_t e2 = fit_e(amin, amax, bins);
     e2 = e2 > e ? e2 : e;
     e2 = e2 > ce ? e2 : ce;

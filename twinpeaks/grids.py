@@ -42,6 +42,8 @@ def _floor_log2(x: float) -> int:
     return math.frexp(x)[1] - 1
 
 
+_MAX = float(np.finfo(np.float64).max)
+
 def _ceil_log2(x: float) -> int:
     """``ceil(log2(x))`` for a finite ``x > 0``, exactly."""
     m, ex = math.frexp(x)
@@ -49,11 +51,15 @@ def _ceil_log2(x: float) -> int:
 
 
 def _ldexp(x: float, e: int) -> float:
-    """``x * 2**e``, +-inf past the float64 range (``math.ldexp`` raises there)."""
+    """``x * 2**e``, clamped to the largest finite float64 past its range.
+
+    Used for the edges of occupied bins: a bin at the very end of the float64 range can have an
+    edge that overflows, and an infinite extent would never fit any grid (``math.ldexp`` raises there).
+    """
     try:
         return math.ldexp(x, e)
     except OverflowError:
-        return math.copysign(math.inf, x)
+        return math.copysign(_MAX, x)
 
 
 def bin_of(x: float, e: int) -> int:
@@ -307,8 +313,9 @@ def combine(rows: Sequence[np.ndarray] | np.ndarray, grids: Sequence[Grid | None
         common = (int(g[0, 0]), int(g[0, 1]))
     else:
         with np.errstate(over="ignore"):
-            amin = float(np.ldexp((g[:, 1] + first).astype(np.float64), g[:, 0]).min())
-            amax = float(np.ldexp((g[:, 1] + last).astype(np.float64), g[:, 0]).max())
+            with np.errstate(over="ignore"):  # an edge past the float64 range counts as its largest finite value
+                amin = float(np.clip(np.ldexp((g[:, 1] + first).astype(np.float64), g[:, 0]), -_MAX, _MAX).min())
+                amax = float(np.clip(np.ldexp((g[:, 1] + last).astype(np.float64), g[:, 0]), -_MAX, _MAX).max())
         e = max(int(g[:, 0].max()), fit_e(amin, amax, bins))
         common = (e, bin_of(amin, e))
     out[..., 1:-2] = _moved(body, occ, g, common).reshape(out[..., 1:-2].shape)

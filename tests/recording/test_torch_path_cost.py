@@ -9,7 +9,10 @@ dispatched too), so that a change that adds operations to the hot path fails her
 from __future__ import annotations
 
 import collections
+import json
 import math
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -185,3 +188,37 @@ def test_torch_auto_edge_cases_equal_the_reference(calls, bins):
         binning.observe_auto(torch.from_numpy(x), grid, counts)
         assert (None if math.isnan(grid[0]) else (int(grid[0]), int(grid[1]))) == g
         np.testing.assert_array_equal(counts.numpy().astype(np.int64), row)
+
+
+EXTREME = [[-1.7e308, 1e307], [1.5e308]]  # the row's lowest occupied bin has an edge past the float64 range
+
+
+def test_extreme_float64_row_does_not_hang_any_path():
+    """Regression: an occupied bin whose lower edge overflows to -inf made the C kernel loop forever
+    (and the reference raise OverflowError). The kernel runs in a subprocess so a hang fails the test."""
+    code = (
+        "import torch, numpy as np, json\n"
+        "from twinpeaks import binning\n"
+        "c, s, p = (torch.zeros(k, dtype=torch.float64) for k in (8, 5, 2))\n"
+        "g = binning.new_grids(1)[0]\n"
+        f"for x in {EXTREME!r}:\n"
+        "    binning.kernel_observe(torch.tensor(x, dtype=torch.float64), g, c, s, p)\n"
+        "print(json.dumps([g.tolist(), c.tolist()]))\n"
+    )
+    if not binning.KERNEL:
+        pytest.skip("the C kernel is not built")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    kernel_grid, kernel_counts = json.loads(out.stdout)
+    row = np.zeros(5 + 3, np.int64)
+    g = None
+    counts = torch.zeros(5 + 3, dtype=torch.float64)
+    grid = binning.new_grids(1)[0]
+    for c in EXTREME:
+        x = np.array(c, dtype=np.float64)
+        g = grids.observe(row, g, x)
+        binning.observe_auto(torch.from_numpy(x), grid, counts)
+    assert row.sum() == 3 and row[-1] == 0  # every value counted, none lost as nonfinite
+    assert tuple(kernel_grid) == g
+    np.testing.assert_array_equal(np.array(kernel_counts, np.int64), row)
+    assert int(counts.sum()) == 3
