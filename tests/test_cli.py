@@ -97,3 +97,4 @@ def test_demo_writes_the_run_the_charts_and_says_where(tmp_path, capsys):
     assert str(out / "regression.tp.live.png") in printed and (out / "regression.tp.live.png").exists()
     assert "twinpeaks info" in printed and "no twin peaks" in printed
     assert not (out / "regression-truth.png").exists()  # no classes, no YES/NO chart
+    assert not [p.name for p in out.iterdir() if p.name.endswith(("-wal", "-shm"))]  # issue #14.5: no leftovers

@@ -115,12 +115,7 @@ class RunWriter:
         if self.path is None:
             self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
-            if self.path.exists():
-                raise FileExistsError(
-                    f"path {str(self.path)!r} already exists; twinpeaks never overwrites a run: "
-                    "pick a new path or delete the old file"
-                )
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_exclusive(self.path)
             self.conn = sqlite3.connect(self.path, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -165,15 +160,140 @@ class RunWriter:
         self.conn.commit()
 
     def close(self) -> None:
-        """Commit, fold the WAL into the main file (so the .tp file alone holds everything) and close."""
+        """Commit, fold the WAL into the main file (so the .tp file alone holds everything) and close.
+
+        The closed file goes back to a rollback journal, so that readers (which then
+        open it read-only, see :func:`connect_reader`) never need a ``-shm`` beside
+        it; when a reader still holds the file the mode stays WAL, which reads the same.
+        """
         self.commit()
         if self.path is not None:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self.conn.execute("PRAGMA journal_mode=DELETE").fetchall()
+            except sqlite3.OperationalError:  # a reader holds the file: it stays a WAL file
+                pass
         self.conn.close()
 
 
+def create_exclusive(path: Path) -> None:
+    """Create ``path`` empty, atomically: exactly one of many writers started together gets it.
+
+    Raises :class:`FileExistsError` when the path exists (twinpeaks never
+    overwrites or joins a run) and :class:`RunFileError` naming the path when its
+    folder cannot hold a new file. Stale ``-wal``/``-shm``/``-journal`` files of an
+    earlier file at that path are removed once the path is ours: SQLite would
+    otherwise replay an old run's journal into the new one.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file where a folder should be, a read-only place, ...
+        raise RunFileError(
+            f"cannot create the run file {str(path)!r}: its folder cannot be made ({exc.strerror or exc}); "
+            "pick a path in a folder you can write to"
+        ) from None
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise FileExistsError(
+            f"path {str(path)!r} already exists; twinpeaks never overwrites a run: "
+            "pick a new path or delete the old file"
+        ) from None
+    except OSError as exc:
+        raise RunFileError(
+            f"cannot create the run file {str(path)!r}: {exc.strerror or exc}; "
+            "pick a path in a folder you can write to"
+        ) from None
+    os.close(fd)
+    for suffix in ("-wal", "-shm", "-journal"):
+        try:
+            os.unlink(f"{path}{suffix}")
+        except FileNotFoundError:
+            pass
+
+
+#: The most bins a run may declare (the recorder's own maximum, see ``ActivationsHistogram``).
+MAX_BINS = 10_000
+#: Steps, step counts and epoch times must be exact in float64 (charts and JSON use floats).
+MAX_STEP = 2**53
+#: A statement of a reader that runs longer than this is aborted (no valid run file needs it).
+READ_TIMEOUT_S = 10.0
+#: dtypes :func:`encode` writes (schema 1: ``<i8`` and ``<f8`` only).
+DTYPES = {"|u1": np.uint8, "<u2": np.uint16, "<u4": np.uint32, "<i8": np.int64, "<f8": np.float64}
+#: Columns a reader needs in each table.
+TABLE_COLUMNS = {
+    "meta": ("key", "value"),
+    "layers": ("layer", "module_index", "sub_index", "name", "type", "out_shape", "bins", "columns"),
+    "epochs": ("epoch", "closed_at", "steps"),
+    "arrays": ("layer", "phase", "kind", "epoch", "part", "dtype", "shape", "data"),
+}
+#: Every array kind: ``(int or float, shape)``; in a shape, ``n`` is any length (the columns of
+#: a segment), ``S`` the slots of a row (bins + 3), ``E`` the edges (bins + 1), ``C`` the layer's
+#: per-class columns; numbers are fixed lengths. A new kind is one line here.
+ARRAY_KINDS: dict[str, tuple[str, tuple[int | str, ...]]] = {
+    "edges": ("float", ("E",)),
+    "col_steps": ("int", ("n", 2)),
+    "col_counts": ("int", ("n", "S")),
+    "col_stats": ("float", ("n", 7)),
+    "counts": ("int", ("S",)),
+    "lq_counts": ("int", ("S",)),
+    "stats": ("float", (7,)),
+    "lq_stats": ("float", (7,)),
+    "summary": ("int", (2,)),
+    "class_counts": ("int", ("C", "S")),
+    "class_lq": ("int", ("C", "S")),
+    "truth_counts": ("int", (2, "S")),
+    "truth_lq": ("int", (2, "S")),
+}
+_MAX_JSON_DEPTH = 32
+
+
+class RunConnection(sqlite3.Connection):
+    """A read-only connection to a run file that knows the file's size (the bound of every size read)."""
+
+    path: Path | None = None
+    statement_started = 0.0
+
+    def bytes_held(self) -> int:
+        """Bytes of the file and its WAL: no array, string or count read from it may be larger."""
+        if self.path is None:
+            return 1 << 62
+        total = 0
+        for p in (self.path, Path(f"{self.path}-wal")):
+            try:
+                total += p.stat().st_size
+            except OSError:
+                pass
+        return total
+
+    def where(self) -> str:
+        return str(self.path) if self.path is not None else "<memory>"
+
+
+def damaged(conn: sqlite3.Connection | str, detail: str) -> RunFileError:
+    """The one error of a run file whose content does not follow the schema."""
+    where = conn if isinstance(conn, str) else (conn.where() if isinstance(conn, RunConnection) else "<memory>")
+    return RunFileError(f"run file {where!r} is damaged or not written by twinpeaks: {detail}")
+
+
+def _guard(conn: RunConnection) -> None:
+    """Abort any statement of ``conn`` that runs longer than :data:`READ_TIMEOUT_S`."""
+    def started(_sql: str) -> None:
+        conn.statement_started = time.monotonic()
+
+    conn.set_trace_callback(started)
+    conn.set_progress_handler(lambda: int(time.monotonic() - conn.statement_started > READ_TIMEOUT_S), 20_000)
+
+
 def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
-    """Open a run file read-only, checking that it is one and that its schema is known."""
+    """Open a run file read-only, checking that it is one and that its schema is known.
+
+    A run file without a live WAL beside it (closed, or never written since) is
+    opened ``immutable``: nothing is created beside it (no ``-shm``/``-wal``),
+    so closed runs open on read-only mounts and serving many runs leaves no
+    litter. A run being written (a non-empty ``-wal``) is opened through the WAL
+    and sees every committed flush.
+    """
     p = Path(path)
     if not p.exists():
         raise RunFileError(f"no run file at {str(p)!r}")
@@ -183,23 +303,139 @@ def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
         if fh.read(16) != b"SQLite format 3\x00":
             raise RunFileError(f"{str(p)!r} is not a twinpeaks run file")
     try:
-        conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
+        live = Path(f"{p}-wal").stat().st_size > 0
+    except OSError:
+        live = False
+    uri = p.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+    conn: RunConnection | None = None
+    try:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, factory=RunConnection)
+        conn.path = p
+        _guard(conn)
         check_schema(conn, str(p))
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
+        if live and not os.access(p.parent, os.W_OK):
+            raise RunFileError(f"{str(p)!r} has a write-ahead log beside it (a run being written, or one that "
+                               "was killed) and its folder is read-only: copy the .tp file with its -wal "
+                               "file to a writable folder and open it there") from None
         raise RunFileError(f"{str(p)!r} is not a readable twinpeaks run file ({exc})") from None
+    except RunFileError:
+        if conn is not None:
+            conn.close()
+        raise
     return conn
 
 
 def check_schema(conn: sqlite3.Connection, where: str) -> None:
-    try:
-        row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-    except sqlite3.OperationalError:
-        row = None
+    """Check that ``conn`` holds the run-file tables (no views, no triggers) and a schema this version reads."""
+    conn.execute("PRAGMA trusted_schema=OFF")
+    for typ, name, sql in conn.execute("SELECT type, name, sql FROM sqlite_master"):
+        if typ not in ("table", "index"):
+            raise damaged(where, f"it holds a {typ} {str(name)!r}; run files hold tables only")
+        if typ == "table" and str(sql or "").lstrip().upper().startswith("CREATE VIRTUAL"):
+            raise damaged(where, f"table {str(name)!r} is a virtual table; run files hold plain tables only")
+    for table, needed in TABLE_COLUMNS.items():
+        have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if not have:
+            raise RunFileError(f"{where!r} is an SQLite file but not a twinpeaks run file")
+        missing = [c for c in needed if c not in have]
+        if missing:
+            raise damaged(where, f"table {table} lacks column(s) {', '.join(missing)}")
+    row = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
     if row is None:
         raise RunFileError(f"{where!r} is an SQLite file but not a twinpeaks run file")
-    schema = json.loads(row[0])
+    schema = load_json(where, row[0], 64, "meta schema")
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        raise damaged(where, f"meta schema is {schema!r}, not a schema number")
     if schema not in READABLE_SCHEMAS:
         raise RunFileError(
             f"{where!r} has run-file schema {schema}; this twinpeaks reads schema {SCHEMA_VERSION}: "
             "upgrade twinpeaks (pip install -U twinpeaks) to open it"
         )
+
+
+# -- validation of what a reader reads: every value a file holds is checked before it is used --------------
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > _MAX_JSON_DEPTH:
+            return depth
+        nxt: list[Any] = []
+        for v in level:
+            if isinstance(v, dict):
+                nxt.extend(v.values())
+            elif isinstance(v, list):
+                nxt.extend(v)
+        level = nxt
+    return depth
+
+
+def load_json(conn: sqlite3.Connection | str, text: Any, limit: int, what: str) -> Any:
+    """JSON ``text`` read from the file: a string of at most ``limit`` characters, nested at most 32 deep."""
+    if not isinstance(text, str):
+        raise damaged(conn, f"{what} is {type(text).__name__}, not JSON text")
+    if len(text) > limit:
+        raise damaged(conn, f"{what} is {len(text)} characters long, more than the file can hold")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise damaged(conn, f"{what} is not valid JSON") from None
+    if _depth(value) > _MAX_JSON_DEPTH:
+        raise damaged(conn, f"{what} is nested more than {_MAX_JSON_DEPTH} deep")
+    return value
+
+
+def check_int(conn: sqlite3.Connection | str, value: Any, what: str, lo: int = 0, hi: int = MAX_STEP) -> int:
+    """An integer read from the file, in ``lo..hi``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not lo <= value <= hi:
+        raise damaged(conn, f"{what} is {value!r}, not an integer in {lo}..{hi}")
+    return int(value)
+
+
+def check_str(conn: sqlite3.Connection | str, value: Any, what: str, limit: int = 1 << 16) -> str:
+    """A string read from the file, at most ``limit`` characters."""
+    if not isinstance(value, str):
+        raise damaged(conn, f"{what} is {type(value).__name__}, not text")
+    if len(value) > limit:
+        raise damaged(conn, f"{what} is {len(value)} characters long, more than {limit}")
+    return value
+
+
+def decode_checked(conn: sqlite3.Connection, kind: str, dtype: Any, shape: Any, data: Any,
+                   bins: int, columns: int) -> np.ndarray:
+    """Decode an array row after checking it against :data:`ARRAY_KINDS`: dtype, shape, size and values."""
+    what = f"array {kind!r}"
+    if kind not in ARRAY_KINDS:
+        raise damaged(conn, f"{what} is not an array kind of this schema")
+    family, rule = ARRAY_KINDS[kind]
+    if dtype not in DTYPES:
+        raise damaged(conn, f"{what} has dtype {dtype!r}; run files hold {', '.join(DTYPES)}")
+    dt = np.dtype(DTYPES[dtype])
+    if (dt.kind == "f") != (family == "float"):
+        raise damaged(conn, f"{what} has dtype {dtype!r}, not {family}")
+    if not isinstance(data, bytes):
+        raise damaged(conn, f"{what} holds {type(data).__name__}, not bytes")
+    dims = load_json(conn, shape, 128, f"shape of {what}")
+    if not isinstance(dims, list) or len(dims) != len(rule):
+        raise damaged(conn, f"{what} has shape {shape!r}; expected {len(rule)} dimensions")
+    sizes: dict[int | str, int | str] = {"S": bins + 3, "E": bins + 1, "C": columns}
+    for d, r in zip(dims, rule):
+        check_int(conn, d, f"a dimension of {what}", 0, len(data))
+        want = sizes.get(r, r)
+        if want != "n" and d != want:
+            raise damaged(conn, f"{what} has shape {dims}; expected {[sizes.get(x, x) for x in rule]}")
+    if int(np.prod(dims, dtype=np.int64)) * dt.itemsize != len(data):
+        raise damaged(conn, f"{what} holds {len(data)} bytes, not the {dims} {dtype} its row declares")
+    arr = np.frombuffer(data, dtype=dt).reshape(dims)
+    arr = arr.astype(np.int64) if dt.kind in "iu" else arr.astype(np.float64)
+    if family == "int" and arr.size and arr.min() < 0:
+        raise damaged(conn, f"{what} holds negative counts")
+    if kind == "edges" and (not np.isfinite(arr).all() or (len(arr) > 1 and not (np.diff(arr) > 0).all())):
+        raise damaged(conn, "bin edges are not finite and increasing")
+    if kind == "col_steps" and len(arr):
+        if arr.max() > MAX_STEP or not (arr[:, 0] < arr[:, 1]).all() or not (arr[1:, 0] >= arr[:-1, 1]).all():
+            raise damaged(conn, "step columns are not increasing ranges of steps")
+    return arr

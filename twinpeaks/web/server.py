@@ -19,12 +19,14 @@ Design constraints:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .._version import __version__
 from ..errors import TwinpeaksError
-from ..run import open_run
+from ..run import Run, open_run
 from .build import plotly_js, static_text
 from .payload import report_payload
 
@@ -123,16 +125,20 @@ class RunDirectory:
         return tuple(out)
 
     @staticmethod
-    def _open(real: Path, rel: str) -> Any:
+    @contextlib.contextmanager
+    def _open(real: Path, rel: str) -> Iterator[Run]:
+        """The run, read-only; its errors name it as the page knows it, not by its path on this machine."""
         try:
-            return open_run(real)
-        except TwinpeaksError as exc:  # name the run as the page knows it, not by its path on this machine
+            with open_run(real) as run:
+                yield run
+        except TwinpeaksError as exc:
             raise type(exc)(str(exc).replace(str(real), rel)) from None
 
     def status(self, rel: str) -> dict:
         real = self.resolve(rel)
         stamp = self.stamp(real)
         with self._open(real, rel) as run:
+            _ = run.meta, run.layers  # checked here (cheap): a damaged run is marked in the list
             return {"path": rel, "stamp": "-".join(map(str, stamp)), "epochs": run.epochs,
                     "steps": {p: run.n_steps(p) for p in run.phases}}
 
