@@ -169,7 +169,7 @@ def read_only_mount(src_files: list[Path], tmp_path: Path):
             (mnt / "probe").write_text("x")
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_a_closed_run_opens_on_a_read_only_mount(closed_run, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
 
 HELP = "Show a run's layers, shapes, epochs, phases, steps and file size."
@@ -14,6 +15,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..run import open_run
+    from . import term
+
+    def print(line: str) -> None:  # noqa: A001 - every line may quote names from the file
+        builtins.print(term(line))
 
     with open_run(args.run) as r:
         size = os.path.getsize(args.run)
