@@ -37,15 +37,20 @@ Tables (schema 2; schema 1 files read the same):
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import RunFileError
+
+log = logging.getLogger("twinpeaks")
 
 SCHEMA_VERSION = 2
 #: Schemas this version reads.
@@ -107,11 +112,28 @@ def decode(dtype: str, shape: str, data: bytes) -> np.ndarray:
 
 
 class RunWriter:
-    """Owns the write connection of a run file (or of an in-memory run)."""
+    """Owns the write connection of a run file (or of an in-memory run).
 
-    def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any]):
+    Writes are queued and applied in one transaction at :meth:`commit`. A
+    commit that fails (``database or disk is full``, ``disk I/O error``, a file
+    size limit) is rolled back, so the file keeps exactly what it held; the
+    queue is kept (keyed by row identity, so it stays as small as the data it
+    stands for: a later array of the same row replaces an earlier one, dropped
+    columns leave it) and written by the next commit that succeeds. ``warn`` is
+    called once, at the first failure; training is never interrupted.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any],
+                 warn: Callable[[str], None] | None = None):
         self.path = None if path is None else Path(path)
-        self._arrays: list[tuple] = []
+        self._warn = warn or _warn
+        self._meta: dict[str, str] = {}
+        self._layers: dict[int, tuple] = {}
+        self._drops: set[tuple[int, str]] = set()
+        self._arrays: dict[tuple, tuple] = {}  # (layer, phase, kind, epoch, part) -> row
+        self._epochs: dict[int, tuple] = {}
+        self.failed: str | None = None  #: why the last commit failed (None: it succeeded)
+        self._warned = False
         if self.path is None:
             self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
@@ -127,37 +149,71 @@ class RunWriter:
         self.conn.commit()
 
     def set_meta(self, key: str, value: Any) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+        self._meta[key] = json.dumps(value)
 
     def put_layer(self, layer: int, module_index: int, sub_index: int, name: str, type_: str,
                   out_shape: list[int] | None, bins: int, columns: int) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (layer, module_index, sub_index, name, type_,
-             None if out_shape is None else json.dumps(out_shape), bins, columns),
-        )
+        self._layers[layer] = (layer, module_index, sub_index, name, type_,
+                               None if out_shape is None else json.dumps(out_shape), bins, columns)
 
     def put_array(self, layer: int, phase: str, kind: str, epoch: int, part: int, arr: np.ndarray) -> None:
-        """Queue an array for the next :meth:`commit` (written in one ``executemany``)."""
-        self._arrays.append((layer, phase, kind, epoch, part, *encode(arr)))
-
-    def _write_arrays(self) -> None:
-        if self._arrays:
-            self.conn.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._arrays)
-            self._arrays = []
+        """Queue an array for the next :meth:`commit`."""
+        self._arrays[layer, phase, kind, epoch, part] = (layer, phase, kind, epoch, part, *encode(arr))
 
     def drop_columns(self, layer: int, phase: str) -> None:
-        self._write_arrays()  # queued rows go first: the order of writes is the order of calls
-        self.conn.execute("DELETE FROM arrays WHERE layer=? AND phase=? AND epoch=-1", (layer, phase))
+        """Delete the step columns of a layer in a phase (at the next commit, before the arrays queued after)."""
+        self._drops.add((layer, phase))
+        for key in [k for k in self._arrays if k[0] == layer and k[1] == phase and k[3] == -1]:
+            del self._arrays[key]
 
     def put_epoch(self, epoch: int, steps: dict[str, list[int]]) -> None:
-        self.conn.execute(
-            "INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", (epoch, time.time(), json.dumps(steps))
-        )
+        self._epochs[epoch] = (epoch, time.time(), json.dumps(steps))
 
-    def commit(self) -> None:
-        self._write_arrays()
-        self.conn.commit()
+    def commit(self) -> bool:
+        """Write everything queued in one transaction; False (and the queue kept) when the file cannot take it."""
+        c = self.conn
+        try:
+            if self._meta:
+                c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(self._meta.items()))
+            if self._layers:  # a layer's own row only: never replaces another layer's (names are UNIQUE)
+                c.executemany(
+                    "INSERT INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(layer) DO UPDATE SET "
+                    "module_index=excluded.module_index, sub_index=excluded.sub_index, name=excluded.name, "
+                    "type=excluded.type, out_shape=excluded.out_shape, bins=excluded.bins, columns=excluded.columns",
+                    list(self._layers.values()))
+            if self._drops:
+                c.executemany("DELETE FROM arrays WHERE layer=? AND phase=? AND epoch=-1", list(self._drops))
+            if self._arrays:
+                c.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                              list(self._arrays.values()))
+            if self._epochs:
+                c.executemany("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", list(self._epochs.values()))
+            c.commit()
+        except (sqlite3.Error, OSError) as exc:
+            try:
+                c.rollback()
+                if self.path is not None:  # fold the WAL into the file and truncate it: frees what it can
+                    c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error:
+                pass
+            if not self._warned:
+                self._warned = True
+                self._warn(f"could not write to the run file {self.where!r} ({exc}); training goes on, the "
+                           "file keeps what it held, and what was recorded since stays in memory and is "
+                           "written when the file can take it again")
+            elif self.failed is None:
+                log.warning("could not write to the run file %r again (%s)", self.where, exc)
+            self.failed = str(exc)
+            return False
+        self._meta, self._layers, self._drops, self._arrays, self._epochs = {}, {}, set(), {}, {}
+        if self.failed is not None:
+            log.warning("the run file %r can be written again: recording resumed", self.where)
+            self.failed = None
+        return True
+
+    @property
+    def where(self) -> str:
+        return str(self.path) if self.path is not None else "<memory>"
 
     def close(self) -> None:
         """Commit, fold the WAL into the main file (so the .tp file alone holds everything) and close.
@@ -165,15 +221,26 @@ class RunWriter:
         The closed file goes back to a rollback journal, so that readers (which then
         open it read-only, see :func:`connect_reader`) never need a ``-shm`` beside
         it; when a reader still holds the file the mode stays WAL, which reads the same.
+        Never raises: a file that cannot be written keeps what it held.
         """
-        self.commit()
+        if not self.commit():
+            log.warning("run file %r closed without its last writes (%s): it holds every epoch it lists",
+                        self.where, self.failed)
         if self.path is not None:
-            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             try:
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.execute("PRAGMA journal_mode=DELETE").fetchall()
-            except sqlite3.OperationalError:  # a reader holds the file: it stays a WAL file
+            except sqlite3.Error:  # a reader holds the file (it stays a WAL file), or the disk is full
                 pass
-        self.conn.close()
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+
+
+def _warn(msg: str) -> None:
+    log.warning(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
 def create_exclusive(path: Path) -> None:
