@@ -142,3 +142,20 @@ def test_fuzz_random_mutations_of_a_run_file(valid, tmp_path):
     print(f"fuzz: {len(results)} mutations: {outcomes.count('ok')} read, {outcomes.count('clean')} clean errors, "
           f"{len(failures)} failures")
     assert not failures, failures
+
+
+def test_a_statement_that_runs_too_long_is_aborted(valid, monkeypatch):
+    """The time bound behind every read: a runaway statement (a recursive CTE) is interrupted."""
+    import sqlite3
+    import time
+
+    from twinpeaks import runfile
+
+    monkeypatch.setattr(runfile, "READ_TIMEOUT_S", 0.3)
+    conn = runfile.connect_reader(valid)
+    t0 = time.monotonic()
+    with pytest.raises(sqlite3.OperationalError, match="interrupt"):
+        conn.execute("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c").fetchall()
+    assert time.monotonic() - t0 < 5
+    assert conn.execute("SELECT count(*) FROM layers").fetchone()[0] == 4  # the connection goes on
+    conn.close()

@@ -355,11 +355,11 @@ def _guard(conn: RunConnection) -> None:
 def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
     """Open a run file read-only, checking that it is one and that its schema is known.
 
-    A run file without a live WAL beside it (closed, or never written since) is
-    opened ``immutable``: nothing is created beside it (no ``-shm``/``-wal``),
-    so closed runs open on read-only mounts and serving many runs leaves no
-    litter. A run being written (a non-empty ``-wal``) is opened through the WAL
-    and sees every committed flush.
+    A closed run (a rollback-journal file, as a writer leaves it at close, or a
+    WAL file with no ``-wal`` beside it) is opened ``immutable``: nothing is
+    created beside it (no ``-shm``/``-wal``), so closed runs open on read-only
+    mounts and serving many runs leaves no litter. A run being written (a
+    ``-wal`` beside it) is opened through the WAL and sees every committed flush.
     """
     p = Path(path)
     if not p.exists():
@@ -367,23 +367,28 @@ def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
     if p.is_dir():
         raise RunFileError(f"{str(p)!r} is a directory, not a run file")
     with open(p, "rb") as fh:
-        if fh.read(16) != b"SQLite format 3\x00":
-            raise RunFileError(f"{str(p)!r} is not a twinpeaks run file")
+        header = fh.read(100)
+    if header[:16] != b"SQLite format 3\x00":
+        raise RunFileError(f"{str(p)!r} is not a twinpeaks run file")
+    wal = Path(f"{p}-wal")
     try:
-        live = Path(f"{p}-wal").stat().st_size > 0
+        wal_bytes: int | None = wal.stat().st_size
     except OSError:
-        live = False
-    uri = p.resolve().as_uri() + ("?mode=ro" if live else "?mode=ro&immutable=1")
+        wal_bytes = None
+    # closed: a rollback-journal file (a writer switches back at close), or a WAL file with no WAL beside it
+    closed = (len(header) > 18 and header[18] == 1) or wal_bytes is None
     conn: RunConnection | None = None
     try:
-        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, factory=RunConnection)
-        conn.path = p
-        _guard(conn)
-        check_schema(conn, str(p))
+        try:
+            conn = _open_reader(p, immutable=closed)
+        except sqlite3.OperationalError:
+            if wal_bytes != 0:
+                raise
+            conn = _open_reader(p, immutable=True)  # an empty WAL left beside a closed run, in a read-only folder
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
-        if live and not os.access(p.parent, os.W_OK):
+        if wal_bytes and not os.access(p.parent, os.W_OK):
             raise RunFileError(f"{str(p)!r} has a write-ahead log beside it (a run being written, or one that "
                                "was killed) and its folder is read-only: copy the .tp file with its -wal "
                                "file to a writable folder and open it there") from None
@@ -391,6 +396,19 @@ def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
     except RunFileError:
         if conn is not None:
             conn.close()
+        raise
+    return conn
+
+
+def _open_reader(p: Path, immutable: bool) -> RunConnection:
+    uri = p.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, factory=RunConnection)
+    try:
+        conn.path = p
+        _guard(conn)
+        check_schema(conn, str(p))
+    except BaseException:
+        conn.close()
         raise
     return conn
 
