@@ -294,23 +294,24 @@ TABLE_COLUMNS = {
     "epochs": ("epoch", "closed_at", "steps"),
     "arrays": ("layer", "phase", "kind", "epoch", "part", "dtype", "shape", "data"),
 }
-#: Every array kind: ``(int or float, shape)``; in a shape, ``n`` is any length (the columns of
-#: a segment), ``S`` the slots of a row (bins + 3), ``E`` the edges (bins + 1), ``C`` the layer's
-#: per-class columns; numbers are fixed lengths. A new kind is one line here.
+#: Every array kind: ``(family, shape)``. Families: ``count`` (integers >= 0), ``int`` (any
+#: integers), ``float``. In a shape, ``n`` is any length (the columns of a segment), ``S`` the
+#: slots of a row (bins + 3), ``E`` the edges (bins + 1), ``C`` the layer's per-class columns;
+#: numbers are fixed lengths. A new kind is one line here (e.g. ``"grid": ("int", (2,))``).
 ARRAY_KINDS: dict[str, tuple[str, tuple[int | str, ...]]] = {
     "edges": ("float", ("E",)),
-    "col_steps": ("int", ("n", 2)),
-    "col_counts": ("int", ("n", "S")),
+    "col_steps": ("count", ("n", 2)),
+    "col_counts": ("count", ("n", "S")),
     "col_stats": ("float", ("n", 7)),
-    "counts": ("int", ("S",)),
-    "lq_counts": ("int", ("S",)),
+    "counts": ("count", ("S",)),
+    "lq_counts": ("count", ("S",)),
     "stats": ("float", (7,)),
     "lq_stats": ("float", (7,)),
-    "summary": ("int", (2,)),
-    "class_counts": ("int", ("C", "S")),
-    "class_lq": ("int", ("C", "S")),
-    "truth_counts": ("int", (2, "S")),
-    "truth_lq": ("int", (2, "S")),
+    "summary": ("count", (2,)),
+    "class_counts": ("count", ("C", "S")),
+    "class_lq": ("count", ("C", "S")),
+    "truth_counts": ("count", (2, "S")),
+    "truth_lq": ("count", (2, "S")),
 }
 _MAX_JSON_DEPTH = 32
 
@@ -500,7 +501,7 @@ def decode_checked(conn: sqlite3.Connection, kind: str, dtype: Any, shape: Any, 
         raise damaged(conn, f"{what} has dtype {dtype!r}; run files hold {', '.join(DTYPES)}")
     dt = np.dtype(DTYPES[dtype])
     if (dt.kind == "f") != (family == "float"):
-        raise damaged(conn, f"{what} has dtype {dtype!r}, not {family}")
+        raise damaged(conn, f"{what} has dtype {dtype!r}, not {'float' if family == 'float' else 'integer'}")
     if not isinstance(data, bytes):
         raise damaged(conn, f"{what} holds {type(data).__name__}, not bytes")
     dims = load_json(conn, shape, 128, f"shape of {what}")
@@ -516,7 +517,7 @@ def decode_checked(conn: sqlite3.Connection, kind: str, dtype: Any, shape: Any, 
         raise damaged(conn, f"{what} holds {len(data)} bytes, not the {dims} {dtype} its row declares")
     arr = np.frombuffer(data, dtype=dt).reshape(dims)
     arr = arr.astype(np.int64) if dt.kind in "iu" else arr.astype(np.float64)
-    if family == "int" and arr.size and arr.min() < 0:
+    if family == "count" and arr.size and arr.min() < 0:
         raise damaged(conn, f"{what} holds negative counts")
     if kind == "edges" and (not np.isfinite(arr).all() or (len(arr) > 1 and not (np.diff(arr) > 0).all())):
         raise damaged(conn, "bin edges are not finite and increasing")
