@@ -11,7 +11,7 @@ Run::
     python examples/verdicts.py            # all cases, into ./verdicts-runs
     python examples/verdicts.py overfit    # one case
 
-``tests/test_diagnose.py`` trains the same cases (shorter where it can) and
+``tests/diagnosis/test_diagnose.py`` trains the same cases (shorter where it can) and
 asserts the verdicts.
 """
 

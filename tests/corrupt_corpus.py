@@ -260,7 +260,7 @@ def read_everything(path: str | Path, charts: bool = False) -> None:
                 run.histogram(info, p)
                 for e in range(run.epochs):
                     h = run.histogram(info, p, e)
-                    _ = h.mean, h.std, h.total, h.normalized()
+                    _ = h.mean, h.std, h.total, h.zero_fraction, h.centers
                     run.histogram(info, p, e, last_quarter=True)
                     if info.columns:
                         run.histogram(info, p, e, column=info.columns - 1)

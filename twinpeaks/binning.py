@@ -42,8 +42,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-#: Number of extra slots after the bins: underflow (first), overflow, nonfinite.
-EXTRA_SLOTS = 3
+from .format import EXTRA_SLOTS as EXTRA_SLOTS  # the slot layout lives in twinpeaks.format
+from .format import n_slots as n_slots
+from .format import slots_to_parts as slots_to_parts
+
 #: Largest chunk binned by one ``torch.histogram`` call: its float32 counts are
 #: exact below 2**24.
 _HISTOGRAM_CHUNK = 1 << 23
@@ -58,11 +60,6 @@ except ImportError:  # pragma: no cover - installed without a C compiler: torch 
 KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 #: Whether CPU tensors are binned by the C kernel (``TWINPEAKS_KERNEL=torch`` turns it off).
 KERNEL = _cbin is not None and os.environ.get("TWINPEAKS_KERNEL", "c") != "torch"
-
-
-def n_slots(bins: int) -> int:
-    """Length of a slot row for ``bins`` bins: ``bins + 3``."""
-    return bins + EXTRA_SLOTS
 
 
 def float32_edges(lo: float, hi: float, bins: int) -> np.ndarray:
@@ -84,15 +81,6 @@ def check_range(lo: float, hi: float, bins: int) -> None:
         raise ValueError(f"range must be two finite numbers lo < hi, got {(lo, hi)!r}; e.g. range=(-10, 10)")
     if not (np.float32(lo) < np.float32(hi)):
         raise ValueError(f"range {(lo, hi)!r} collapses in float32; widen it")
-
-
-def slots_to_parts(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split a slot row (or the last axis of a stack of rows) into counts, under, over, nonfinite.
-
-    For one row the last three are 0-d arrays (use ``int()``); for a stack, one value per row.
-    """
-    row = np.asarray(row)
-    return row[..., 1:-2], row[..., 0], row[..., -2], row[..., -1]
 
 
 @dataclass(frozen=True)

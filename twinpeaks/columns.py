@@ -25,29 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Stats fields kept per column, float64: binned and seen element counts, then
-#: the additive sums and the extremes.
-STATS = ("binned", "seen", "sum", "sumsq", "zeros", "min", "max")
-_ADD = slice(0, 5)
-_MIN, _MAX = 5, 6
+from .format import ADDITIVE, MAX, MIN, STATS, combine_stats, empty_stats
 
-
-def empty_stats(n: int) -> np.ndarray:
-    """``n`` stats rows that are neutral for merging."""
-    s = np.zeros((n, len(STATS)), dtype=np.float64)
-    s[:, _MIN] = np.inf
-    s[:, _MAX] = -np.inf
-    return s
-
-
-def combine_stats(stats: np.ndarray) -> np.ndarray:
-    """Combine stats rows (axis 0) into one row."""
-    out = empty_stats(1)[0]
-    if len(stats):
-        out[_ADD] = stats[:, _ADD].sum(axis=0)
-        out[_MIN] = stats[:, _MIN].min()
-        out[_MAX] = stats[:, _MAX].max()
-    return out
+__all__ = ["STATS", "ColumnStore", "combine_stats", "empty_stats", "merge_stats"]
 
 
 def _merge_groups(arr: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
@@ -61,9 +41,9 @@ def _merge_groups(arr: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
 def merge_stats(stats: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Merge stats rows by group starts (as ``np.add.reduceat`` takes them)."""
     out = np.empty((len(groups), stats.shape[1]), dtype=np.float64)
-    out[:, _ADD] = _merge_groups(stats[:, _ADD], groups, "add")
-    out[:, _MIN] = _merge_groups(stats[:, _MIN], groups, "min")
-    out[:, _MAX] = _merge_groups(stats[:, _MAX], groups, "max")
+    out[:, ADDITIVE] = _merge_groups(stats[:, ADDITIVE], groups, "add")
+    out[:, MIN] = _merge_groups(stats[:, MIN], groups, "min")
+    out[:, MAX] = _merge_groups(stats[:, MAX], groups, "max")
     return out
 
 

@@ -17,14 +17,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .binning import n_slots, slots_to_parts
-from .columns import STATS, combine_stats, empty_stats
 from .errors import LayerNotFound, TwinpeaksError
+from .format import MAX, MIN, SEEN, STATS, combine_stats, empty_stats, mean_std, n_slots, slots_to_parts
+from .format import zero_fraction as _zero_fraction
 from .runfile import (
     MAX_BINS,
     RunConnection,
     check_int,
-    check_schema,
     check_str,
     connect_reader,
     damaged,
@@ -98,34 +97,23 @@ class Histogram:
     @property
     def mean(self) -> float:
         """Mean of the binned values (exact, from running sums)."""
-        n = self.stats[STATS.index("binned")]
-        return float(self.stats[STATS.index("sum")] / n) if n else float("nan")
+        return float(mean_std(self.stats)[0])
 
     @property
     def std(self) -> float:
-        n = self.stats[STATS.index("binned")]
-        if not n:
-            return float("nan")
-        m = self.stats[STATS.index("sum")] / n
-        return float(np.sqrt(max(self.stats[STATS.index("sumsq")] / n - m * m, 0.0)))
+        return float(mean_std(self.stats)[1])
 
     @property
     def min(self) -> float:
-        return float(self.stats[STATS.index("min")])
+        return float(self.stats[MIN])
 
     @property
     def max(self) -> float:
-        return float(self.stats[STATS.index("max")])
+        return float(self.stats[MAX])
 
     @property
     def zero_fraction(self) -> float:
-        n = self.stats[STATS.index("binned")]
-        return float(self.stats[STATS.index("zeros")] / n) if n else float("nan")
-
-    def normalized(self) -> np.ndarray:
-        """Counts as fractions of everything binned (out-of-range mass included in the total)."""
-        t = self.total
-        return self.counts / t if t else np.zeros(len(self.counts))
+        return float(_zero_fraction(self.stats))
 
 
 @dataclass(frozen=True)
@@ -141,7 +129,7 @@ class Columns:
     underflow: np.ndarray
     overflow: np.ndarray
     nonfinite: np.ndarray
-    stats: np.ndarray  #: float64 ``[n, 7]`` in :data:`twinpeaks.columns.STATS` order
+    stats: np.ndarray  #: float64 ``[n, 7]`` in :data:`twinpeaks.format.STATS` order
     edges: np.ndarray
 
     def __len__(self) -> int:
@@ -156,14 +144,11 @@ class Columns:
 
     @property
     def mean(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return self._stat("sum") / self.binned
+        return mean_std(self.stats)[0]
 
     @property
     def std(self) -> np.ndarray:
-        with np.errstate(invalid="ignore", divide="ignore"):
-            m = self.mean
-            return np.sqrt(np.maximum(self._stat("sumsq") / self.binned - m * m, 0.0))
+        return mean_std(self.stats)[1]
 
     @property
     def min(self) -> np.ndarray:
@@ -405,7 +390,7 @@ class Run:
             return Histogram(
                 cols.counts.sum(axis=0) if len(cols) else np.zeros(info.bins, np.int64),
                 edges, int(cols.underflow.sum()), int(cols.overflow.sum()), int(cols.nonfinite.sum()),
-                int((cols.ends - cols.starts).sum()), int(stats[STATS.index("seen")]), stats,
+                int((cols.ends - cols.starts).sum()), int(stats[SEEN]), stats,
             )
         epochs = range(self.epochs) if epoch is None else [self._epoch_index(epoch)]
         prefix = "lq_" if last_quarter else ""
@@ -439,12 +424,8 @@ class Run:
         stats = combine_stats(stats)
         edges = self._data_edges(info, int(row.any()))
         counts, under, over, nonfinite = slots_to_parts(row)
-        seen = int(stats[STATS.index("seen")]) if pick is None else int(row.sum())
+        seen = int(stats[SEEN]) if pick is None else int(row.sum())
         return Histogram(counts.copy(), edges, int(under), int(over), int(nonfinite), steps, seen, stats)
-
-    def steps(self, layer: LayerRef, phase: str = "train") -> np.ndarray:
-        """Per-step (or per merged column) counts: int64 ``[n_columns, bins]``."""
-        return self.columns(layer, phase).counts
 
     def columns(self, layer: LayerRef, phase: str = "train") -> Columns:
         """Per-step columns with their step ranges, out-of-range counts and stats."""
@@ -519,11 +500,6 @@ def open_run(path: str | os.PathLike | Run) -> Run:
         return path
     p = Path(path)
     return Run(connect_reader(p), p)
-
-
-def _memory_run(conn: sqlite3.Connection) -> Run:
-    check_schema(conn, "<memory>")
-    return Run(conn, None, owned=False)
 
 
 __all__ = ["Columns", "EpochInfo", "Histogram", "LayerInfo", "Run", "open_run", "TwinpeaksError"]

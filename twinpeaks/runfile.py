@@ -41,21 +41,20 @@ import logging
 import os
 import sqlite3
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import RunFileError
+from .errors import RunFileError, warn
+from .format import encode
 
 log = logging.getLogger("twinpeaks")
 
 SCHEMA_VERSION = 2
 #: Schemas this version reads.
 READABLE_SCHEMAS = (1, 2)
-_NARROW = [(np.uint8, 1 << 8), (np.uint16, 1 << 16), (np.uint32, 1 << 32)]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -86,29 +85,6 @@ CREATE TABLE IF NOT EXISTS arrays (
     PRIMARY KEY (layer, phase, kind, epoch, part)
 );
 """
-
-
-def encode(arr: np.ndarray) -> tuple[str, str, bytes]:
-    """``(dtype, shape, bytes)`` of an array, little-endian; non-negative integers in the narrowest unsigned type."""
-    arr = np.ascontiguousarray(arr)
-    if arr.dtype.kind in "iu" and arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo >= 0:
-            for dt, limit in _NARROW:
-                if hi < limit:
-                    arr = arr.astype(dt) if arr.dtype.itemsize > np.dtype(dt).itemsize else arr
-                    break
-    le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    return le.dtype.str, "[" + ", ".join(map(str, arr.shape)) + "]", le.tobytes()
-
-
-def decode(dtype: str, shape: str, data: bytes) -> np.ndarray:
-    """Inverse of :func:`encode`; the result is native-endian and writable, integers as int64."""
-    dt = np.dtype(dtype)
-    if dt.kind not in "iufb" or dt.hasobject:
-        raise RunFileError(f"run file holds an array of unsupported dtype {dtype!r}")
-    arr = np.frombuffer(data, dtype=dt).reshape(json.loads(shape))
-    return arr.astype(np.int64 if dt.kind in "iu" else dt.newbyteorder("="))
 
 
 class RunWriter:
@@ -239,8 +215,7 @@ class RunWriter:
 
 
 def _warn(msg: str) -> None:
-    log.warning(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    warn(f"twinpeaks: {msg}")
 
 
 def create_exclusive(path: Path) -> None:

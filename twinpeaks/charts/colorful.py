@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from ..display import palette as _palette
 from ..run import Columns, LayerInfo, LayerRef, Run
 from .common import (
     as_plain_text,
@@ -35,7 +36,6 @@ from .common import (
     rebin,
     style,
 )
-from .twin_peaks import _palette
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -54,11 +54,6 @@ def step_to_x(cols: Columns, steps: np.ndarray | float) -> np.ndarray:
     """Image x position (in columns) of a training step: exact for merged and partial columns."""
     knots = np.append(cols.starts, cols.ends[-1]).astype(float)
     return np.interp(steps, knots, np.arange(len(knots), dtype=float))
-
-
-def x_to_step(cols: Columns, x: np.ndarray | float) -> np.ndarray:
-    knots = np.append(cols.starts, cols.ends[-1]).astype(float)
-    return np.interp(x, np.arange(len(knots), dtype=float), knots)
 
 
 def colorful_image(cols: Columns) -> np.ndarray:
@@ -202,7 +197,7 @@ def plot_colorful_dimension(
     shared_scale: bool = False,
     show_stats: bool = True,
     ax: Axes | None = None,
-) -> object:
+) -> Figure:
     """The Colorful Dimension of one layer or a grid of layers.
 
     Args:

@@ -14,10 +14,11 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from ..display import palette as _palette
 from ..run import PHASES, LayerRef, Run
 from .common import (
     PHASE_COLORS,
@@ -35,6 +36,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 TRUTH_COLORS = {"YES": "#1f77b4", "NO": "#ff7f0e"}
 
@@ -205,13 +207,6 @@ def _data_limits(curves: list[Curve], edges: np.ndarray) -> tuple[float, float]:
     return max(float(edges[0]), centers[used[0]] - pad), min(float(edges[-1]), centers[used[-1]] + pad)
 
 
-def _palette(n: int) -> list:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
 def _shade_overlap(ax: Axes, curves: list[Curve]) -> None:
     """Grey area under both the YES and the NO curve of the last evaluation phase: where mistakes are."""
     by = {(c.phase, c.group): c for c in curves}
@@ -252,7 +247,7 @@ def plot_twin_peaks(
     figsize: tuple[float, float] = (7.0, 4.0),
     max_points: int = 80,
     zoom: bool = True,
-) -> object:
+) -> Figure:
     """The Twin Peaks chart of one epoch: last-quarter train vs valid (and test) histograms.
 
     Args:
@@ -279,7 +274,7 @@ def plot_twin_peaks(
         >>> fig.savefig("twin_peaks.png")                            # doctest: +SKIP
     """
     with as_run(run) as r, style():
-        fig = new_figure(figsize) if ax is None else ax.figure  # type: ignore[attr-defined]
+        fig = new_figure(figsize) if ax is None else cast("Figure", ax.figure)
         draw_twin_peaks(ax if ax is not None else fig.add_subplot(), r, epoch, layer,
                         per_class=per_class, by_truth=by_truth, phases=phases, max_points=max_points, zoom=zoom)
     return as_plain_text(fig)
@@ -293,7 +288,7 @@ def plot_twin_peaks_history(
     by_truth: bool = False,
     max_panels: int = 12,
     cols: int = 6,
-) -> object:
+) -> Figure:
     """The twin peaks chart of every epoch side by side, so train/valid drift shows over time.
 
     With more than ``max_panels`` epochs, evenly spaced epochs are shown (first and last always).

@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..columns import merge_stats
+from ..display import groups, merge_bins
+from ..format import BINNED, mean_std, zero_fraction
 from ..run import Histogram, Run
 
 log = logging.getLogger("twinpeaks")
@@ -42,36 +45,6 @@ MAX_CELLS = 3_000_000
 MIN_AUTO_COLUMNS = 60
 #: Heatmap cells are sent as log1p(count per step) quantised to this many levels.
 LEVELS = 65535
-
-
-def groups(n: int, k: int) -> np.ndarray:
-    """Starts of ``min(n, k)`` contiguous, near-equal groups of ``n`` items (for ``np.add.reduceat``).
-
-    Example:
-        >>> groups(10, 4).tolist()
-        [0, 2, 5, 8]
-    """
-    if n <= k:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n, k + 1).round().astype(np.int64)[:-1])
-
-
-def merge_bins(counts: np.ndarray, edges: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum every ``k`` adjacent bins (last axis), the smallest ``k`` giving at most ``max_bins``.
-
-    Merged bins keep equal widths (the last one may be narrower), so a merged
-    histogram keeps its shape. Returns ``(counts, edges)``.
-
-    Example:
-        >>> c, e = merge_bins(np.ones(6, np.int64), np.arange(7.0), 3)
-        >>> c.tolist(), e.tolist()
-        ([2, 2, 2], [0.0, 2.0, 4.0, 6.0])
-    """
-    bins = counts.shape[-1]
-    if bins <= max_bins:
-        return counts, edges
-    g = np.arange(0, bins, -(-bins // max_bins))
-    return np.add.reduceat(counts, g, axis=-1), np.append(edges[g], edges[-1])
 
 
 def floats(values: Any, digits: int = 5) -> list[float | None]:
@@ -119,13 +92,11 @@ def heatmap(run: Run, layer: int, phase: str, max_columns: int = MAX_COLUMNS, ma
     if scale > 0:
         levels = np.rint(np.log1p(per_step) / scale * LEVELS).astype("<u2")
     add = lambda a: np.add.reduceat(a, g)  # noqa: E731
-    stats = np.add.reduceat(cols.stats[:, :5], g, axis=0)
-    binned, sums, sumsq, zeros = stats[:, 0], stats[:, 2], stats[:, 3], stats[:, 4]
+    stats = merge_stats(cols.stats, g)
+    mean, std = mean_std(stats)
+    zero_frac = zero_fraction(stats)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / binned
-        std = np.sqrt(np.maximum(sumsq / binned - mean * mean, 0.0))
-        outside = (add(cols.underflow) + add(cols.overflow) + add(cols.nonfinite)) / binned
-        zero_frac = zeros / binned
+        outside = (add(cols.underflow) + add(cols.overflow) + add(cols.nonfinite)) / stats[:, BINNED]
     return {
         "starts": starts.tolist(), "ends": ends.tolist(), "edges": floats(edges, 7),
         "rows": int(per_step.shape[1]), "cols": int(per_step.shape[0]),
