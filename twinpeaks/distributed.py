@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -147,11 +148,12 @@ class DistSync:
         self._base: dict[str, int] = {}
 
     # -- attach ---------------------------------------------------------------------------
-    def open_writer(self, path: Any, meta: dict[str, Any], names: list[str]) -> RunWriter:
+    def open_writer(self, path: Any, meta: dict[str, Any], names: list[str],
+                    warn: Callable[[str], None] | None = None) -> RunWriter:
         """Rank 0 creates the run file, the others (``path`` None) an in-memory run; a failure on any rank fails all."""
         writer, error = None, None
         try:
-            writer = RunWriter(path, meta)
+            writer = RunWriter(path, meta, warn)
             writer.set_meta("distributed", {"world_size": self.world, "backend": self.backend})
             writer.commit()
         except Exception as exc:  # reported to every rank below, then raised here

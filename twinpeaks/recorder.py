@@ -28,25 +28,36 @@ module selection (:mod:`~twinpeaks.recording.selection`), the step clock
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import binning, distributed
 from ._version import __version__
-from .errors import TwinpeaksWarning, warn
+from .errors import RunFileError, TwinpeaksWarning, warn
 from .outputs import flatten, path_name
 from .recording import ops
 from .recording.clock import StepClock
 from .recording.engine import AUTO_SAMPLE, EXACT_BELOW, SAMPLE_BLOCK, BinningEngine, Record
 from .recording.epoch_writer import EpochWriter
-from .recording.selection import Hooks, layer_name, leaf_modules, named_modules, select_modules, unwrap
+from .recording.selection import (
+    Hooks,
+    RecordNames,
+    layer_name,
+    leaf_modules,
+    named_modules,
+    select_modules,
+    unwrap,
+)
 from .run import Run, open_run
-from .runfile import RunWriter
+from .runfile import MAX_BINS, RunWriter
 
 __all__ = ["AUTO_SAMPLE", "EXACT_BELOW", "SAMPLE_BLOCK", "ActivationsHistogram", "TwinpeaksWarning", "layer_name",
            "leaf_modules", "named_modules", "unwrap"]
@@ -61,6 +72,77 @@ def _listener(option: str) -> Callable[[Any], None]:
     return getattr(import_module(module), name)()
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+#: The largest ``margin``: wider automatic ranges would leave float32 (the kernel's edges).
+MAX_MARGIN = 1e6
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_arguments(*, bins: Any, range: Any, sample: Any, margin: Any, flush_every: Any,  # noqa: A002
+                    max_columns: Any, seed: Any, modules: Any) -> None:
+    """Raise one ``ValueError``/``TypeError`` naming the first bad argument and the values it takes.
+
+    ``bins`` goes up to :data:`~twinpeaks.runfile.MAX_BINS` (10,000): every step of every layer keeps
+    ``bins + 3`` counts on the device for ``flush_every`` steps and ``max_columns`` columns of them on
+    the host, and no chart shows more than about a thousand (10**6 bins took 20 s and 4.2 GB on the
+    first forward of a 3-layer MLP). ``range`` must fit float32, the kernel's edges.
+
+    Example:
+        >>> check_arguments(bins=0, range=None, sample="auto", margin=1.0, flush_every=256,
+        ...                 max_columns=1000, seed=0, modules=None)
+        Traceback (most recent call last):
+        ValueError: bins must be an int in 1..10,000, got 0; e.g. bins=100
+    """
+    if not _int(bins) or not 1 <= bins <= MAX_BINS:
+        raise ValueError(f"bins must be an int in 1..{MAX_BINS:,}, got {bins!r}; e.g. bins=100")
+    if range is not None:
+        try:
+            lo, hi = (float(v) for v in range)
+        except (TypeError, ValueError):
+            raise ValueError(f"range must be (lo, hi) or None, got {range!r}; e.g. range=(-10, 10)") from None
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"range must be two finite numbers lo < hi, got {range!r}; e.g. range=(-10, 10)")
+        if max(abs(lo), abs(hi)) > _F32_MAX or float(np.float32(hi)) - float(np.float32(lo)) > _F32_MAX:
+            raise ValueError(f"range {range!r} does not fit float32 (the binning kernel's type): lo and hi "
+                             f"and hi - lo must be at most {_F32_MAX:.3g}; e.g. range=(-1e6, 1e6)")
+        binning.check_range(lo, hi, bins)
+    if sample != "auto" and not (isinstance(sample, (int, float)) and not isinstance(sample, bool)
+                                 and 0 < sample <= 1):
+        raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
+    if not (isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin)
+            and 0 <= margin <= MAX_MARGIN):
+        raise ValueError(f"margin must be a finite number in 0..{MAX_MARGIN:g}, got {margin!r}; e.g. margin=1.0")
+    if not _int(flush_every) or flush_every < 1:
+        raise ValueError(f"flush_every must be an int >= 1 (not a bool), got {flush_every!r}; e.g. flush_every=256")
+    if not _int(max_columns) or max_columns < 2:
+        raise ValueError(f"max_columns must be an int >= 2, got {max_columns!r}; e.g. max_columns=1000")
+    if not _int(seed):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if modules is not None and not isinstance(modules, (str, int)) and len(modules) == 0:
+        raise ValueError("modules is empty: give None (every leaf module) or a list of names or indices")
+
+
+def check_new_path(path: str | os.PathLike) -> None:
+    """Fail now, naming ``path``, when no run file can be created there (it exists, or its folder cannot hold it).
+
+    Creation itself is atomic at :meth:`ActivationsHistogram.attach` (a writer started meanwhile still loses).
+    """
+    p = Path(path)
+    if p.exists() or p.is_symlink():
+        raise FileExistsError(f"path {str(p)!r} already exists; twinpeaks never overwrites a run: "
+                              "pick a new path or delete the old file")
+    folder = p.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise RunFileError(f"cannot create the run file {str(p)!r}: {str(folder)!r} is "
+                           f"{'not a folder' if not folder.is_dir() else 'read-only'}; "
+                           "pick a path in a folder you can write to")
+
+
 class ActivationsHistogram:
     """Record the histogram of every layer's output, every step, into a run file.
 
@@ -71,10 +153,13 @@ class ActivationsHistogram:
     Args:
         model: the module to record (DDP, DataParallel, FSDP1 and ``torch.compile`` wrappers are unwrapped;
             FSDP1 units and activation-checkpoint wrappers inside it are left out of layer names).
-        path: run file to create (never overwritten); None keeps the run in memory.
+        path: run file to create (never overwritten: an existing path raises ``FileExistsError``,
+            a place that cannot hold it :class:`~twinpeaks.errors.RunFileError`, both here); None
+            keeps the run in memory.
         modules: None = every leaf module, parameter-less ones included; or a list
             of qualified names / integer indices into that leaf list.
-        bins: bins per histogram.
+        bins: bins per histogram, 1 to 10,000 (each step of each layer keeps ``bins + 3`` counts;
+            no chart shows more than about a thousand; see :func:`check_arguments`).
         range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
             then frozen: hidden layers widened by ``margin`` x its span, the last layer
             ``+-max(10, 4 x max|x|)`` (or ``[0, 1]`` for probabilities), since logits grow
@@ -85,10 +170,10 @@ class ActivationsHistogram:
             blocks with a random offset per step), or a fraction in (0, 1]; 1.0 = every
             element, exact.
         classes: class names, stored in the run for the charts.
-        margin: widening of automatic ranges, as a multiple of the first batch's span.
-        flush_every: steps kept on the device before rows move to the host.
-        max_columns: per-step columns kept per layer and phase before merging pairwise.
-        seed: seed of the sampling offsets.
+        margin: widening of automatic ranges, as a multiple of the first batch's span (finite, 0 to 1e6).
+        flush_every: steps kept on the device before rows move to the host (an int >= 1).
+        max_columns: per-step columns kept per layer and phase before merging (an int >= 2).
+        seed: seed of the sampling offsets (an int).
         live: redraw the Twin Peaks chart at every ``end_epoch`` (Jupyter: in one
             output cell; elsewhere: ``<path>.live.png``). See :mod:`twinpeaks.live`.
         output: also record the model's own output, passed through this function
@@ -122,23 +207,12 @@ class ActivationsHistogram:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
-            raise ValueError(f"bins must be a positive int, got {bins!r}; e.g. bins=100")
+        check_arguments(bins=bins, range=range, sample=sample, margin=margin, flush_every=flush_every,
+                        max_columns=max_columns, seed=seed, modules=modules)
         if range is not None:
-            try:
-                lo, hi = (float(v) for v in range)
-            except (TypeError, ValueError):
-                raise ValueError(f"range must be (lo, hi) or None, got {range!r}; e.g. range=(-10, 10)") from None
-            binning.check_range(lo, hi, bins)
-            range = (lo, hi)
-        if sample != "auto" and not (isinstance(sample, (int, float)) and 0 < sample <= 1):
-            raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
-        if not (isinstance(margin, (int, float)) and margin >= 0):
-            raise ValueError(f"margin must be a number >= 0, got {margin!r}")
-        if not (isinstance(flush_every, int) and flush_every >= 1):
-            raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
-        if classes is not None:
-            classes = [str(c) for c in classes]
+            range = (float(range[0]), float(range[1]))
+        if path is not None:
+            check_new_path(path)
         if classes is not None:
             classes = [str(c) for c in classes]
         if output is not None and not callable(output):
@@ -152,8 +226,8 @@ class ActivationsHistogram:
         self.sample = sample
         self.classes = classes
         self.margin = float(margin)
-        self.flush_every = flush_every
-        self.max_columns = max_columns
+        self.flush_every = int(flush_every)
+        self.max_columns = int(max_columns)
         #: how the recorder syncs under torch.distributed (set by :func:`twinpeaks.distributed.configure`)
         self.dist_options = distributed.DistOptions()
         self._output = output
@@ -197,13 +271,17 @@ class ActivationsHistogram:
             if self._sync is not None:
                 if not self._sync.writes:
                     self.path = None  # only rank 0 writes; the others keep the same summed run in memory
-                writer = self._sync.open_writer(self.path, self._meta(), [name for name, _ in self._selected])
+                writer = self._sync.open_writer(self.path, self._meta(), [name for name, _ in self._selected],
+                                                warn=self._warn_file)
                 self.engine.auto_bounds = self._sync_bounds
             else:
-                writer = RunWriter(self.path, self._meta())
+                writer = RunWriter(self.path, self._meta(), self._warn_file)
             self._writer = EpochWriter(writer, self.bins, self.max_columns)
+            self._names = RecordNames(self.root)
             for i, (name, mod) in enumerate(self._selected):
-                rec = Record(len(self._records), i, 0, name, type(mod).__name__, i == len(self._selected) - 1)
+                last = i == len(self._selected) - 1
+                own = not (last and self._output is not None)  # the "output" record is no module's own record
+                rec = Record(len(self._records), i, 0, self._names.take(name, module=own), type(mod).__name__, last)
                 self._records.append(rec)
                 self._by_module.append({(): rec})
             self._writer.write_layers(self._records)
@@ -386,7 +464,8 @@ class ActivationsHistogram:
     def _add_subrecord(self, module_index: int, path: tuple) -> Record:
         recs = self._by_module[module_index]
         base = recs[()]
-        rec = Record(len(self._records), module_index, len(recs), path_name(base.name, path), base.type, base.last)
+        rec = Record(len(self._records), module_index, len(recs), self._names.take(path_name(base.name, path)),
+                     base.type, base.last)
         recs[path] = rec
         self._records.append(rec)
         return rec
@@ -396,6 +475,10 @@ class ActivationsHistogram:
             return
         self._warned.add(key)
         warn(f"twinpeaks: layer {key!r} {what}")
+
+    def _warn_file(self, msg: str) -> None:
+        """The run file cannot be written (its writer says so once): training goes on."""
+        warn(f"twinpeaks: {msg}")
 
     # -- flushing --------------------------------------------------------------------------
     def _take_window(self) -> dict[tuple[int, str], tuple[int, dict]]:

@@ -233,6 +233,9 @@ class BinningEngine:
 
         Creates the phase's buffers and the layer's bounds on first use.
         """
+        if t.device.type == "meta":  # no values: binning it would fail at the flush, not here
+            self.warn(rec.name, "returned a tensor on the meta device (it holds no values): not binned")
+            return None
         n = t.numel()
         if n == 0:
             return None
