@@ -9,7 +9,7 @@ Design constraints (the hot path is every forward of every hooked layer):
   the buffer of ``flush_every`` rows is full). No ``.item()``, no ``.cpu()``, no
   branching on tensor values in a step.
 * Bounded memory. Host-side, per-step rows go into column stores that merge
-  pairwise past ``max_columns`` (see :mod:`twinpeaks.columns`).
+  into buckets of one width past ``max_columns`` (see :mod:`twinpeaks.columns`).
 * Never crash training. Anything a hook cannot handle is skipped with one
   warning per module (:func:`twinpeaks.errors.warn`, attributed to the user's
   line), and training goes on.
