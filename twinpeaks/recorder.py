@@ -211,8 +211,8 @@ class ActivationsHistogram:
                         max_columns=max_columns, seed=seed, modules=modules)
         if range is not None:
             range = (float(range[0]), float(range[1]))
-        if path is not None:
-            check_new_path(path)
+        if path is not None and distributed.is_rank_zero() and os.environ.get("RANK", "0") in ("", "0"):
+            check_new_path(path)  # the writer's process only: under torch.distributed rank 0 writes, maybe first
         if classes is not None:
             classes = [str(c) for c in classes]
         if output is not None and not callable(output):

@@ -261,3 +261,13 @@ def test_a_meta_tensor_output_is_skipped_with_one_warning(tmp_run):
     with tp.open_run(tmp_run) as run:
         assert run.epochs == 3 and run.histogram(0, epoch=2).total == 6
         assert not run.layer("1").called
+
+
+def test_only_the_writing_rank_checks_the_path_at_construction(tmp_path, monkeypatch):
+    """Under torch.distributed rank 0 may create the file before another rank constructs its recorder."""
+    (tmp_path / "run.tp").write_bytes(b"made by rank 0")
+    monkeypatch.setenv("RANK", "1")
+    tp.ActivationsHistogram(nn.Linear(2, 2), tmp_path / "run.tp")  # rank 1 writes nothing: no error
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(FileExistsError):
+        tp.ActivationsHistogram(nn.Linear(2, 2), tmp_path / "run.tp")
