@@ -122,6 +122,8 @@ MUTATIONS: dict[str, Callable[[Path], None]] = {
     "out_shape_dict": _sql("""UPDATE layers SET out_shape='{"a":1}' WHERE out_shape IS NOT NULL"""),
     "name_blob": _sql("UPDATE layers SET name=x'41ff' WHERE layer=(SELECT min(layer) FROM layers)"),
     "name_null": _nullable("layers", "name"),
+    "name_not_utf8": _sql("UPDATE layers SET name=CAST(x'41ccff' AS TEXT) WHERE layer=(SELECT min(layer) FROM layers)"),
+    "meta_not_utf8": _sql("UPDATE meta SET value=CAST(x'22ccff22' AS TEXT) WHERE key='model'"),
     # arrays
     "shape_float": _sql("UPDATE arrays SET shape='[1.5, 43]' WHERE kind='col_counts'"),
     "shape_huge": _sql("UPDATE arrays SET shape='[100000000000, 43]' WHERE kind='col_counts'"),
@@ -209,7 +211,7 @@ def random_mutation(path: Path, rng: random.Random) -> str:
         return desc
     try:
         return _sql_mutation(path, rng)
-    except sqlite3.DatabaseError as exc:  # an earlier mutation broke the file for SQLite too
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:  # an earlier mutation broke the file for SQLite
         return f"no SQL mutation ({exc})"
 
 

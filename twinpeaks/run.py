@@ -219,6 +219,8 @@ class Run:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise damaged(self._conn, f"SQLite says {exc}") from None
+        except UnicodeDecodeError:  # a TEXT value that is not UTF-8
+            raise damaged(self._conn, "it holds text that is not UTF-8") from None
 
     def _limit(self) -> int:
         return self._conn.bytes_held() if isinstance(self._conn, RunConnection) else 1 << 62
@@ -236,8 +238,8 @@ class Run:
             if key in meta and not isinstance(meta[key], types):
                 raise damaged(self._conn, f"meta {key!r} is {type(meta[key]).__name__}")
         created = meta.get("created")
-        if isinstance(created, float) and not np.isfinite(created):
-            raise damaged(self._conn, "meta 'created' is not a finite time")
+        if created is not None and not 0 <= created <= _MAX_TIME:  # NaN fails too
+            raise damaged(self._conn, f"meta 'created' is {created!r}, not a time")
         classes = meta.get("classes")
         if classes is not None and not all(isinstance(c, str) for c in classes):
             raise damaged(self._conn, "meta 'classes' is not a list of names")

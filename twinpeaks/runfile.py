@@ -313,10 +313,15 @@ class RunConnection(sqlite3.Connection):
         return str(self.path) if self.path is not None else "<memory>"
 
 
+def one_line(text: object) -> str:
+    """``text`` on one line (SQLite's messages may quote a schema's SQL, newlines included)."""
+    return " ".join(str(text).split())
+
+
 def damaged(conn: sqlite3.Connection | str, detail: str) -> RunFileError:
-    """The one error of a run file whose content does not follow the schema."""
+    """The one error of a run file whose content does not follow the schema (one line)."""
     where = conn if isinstance(conn, str) else (conn.where() if isinstance(conn, RunConnection) else "<memory>")
-    return RunFileError(f"run file {where!r} is damaged or not written by twinpeaks: {detail}")
+    return RunFileError(f"run file {where!r} is damaged or not written by twinpeaks: {one_line(detail)}")
 
 
 def _guard(conn: RunConnection) -> None:
@@ -361,6 +366,8 @@ def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
             if wal_bytes != 0:
                 raise
             conn = _open_reader(p, immutable=True)  # an empty WAL left beside a closed run, in a read-only folder
+    except UnicodeDecodeError:
+        raise RunFileError(f"{str(p)!r} is not a readable twinpeaks run file (text that is not UTF-8)") from None
     except sqlite3.DatabaseError as exc:
         if conn is not None:
             conn.close()
@@ -368,7 +375,7 @@ def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
             raise RunFileError(f"{str(p)!r} has a write-ahead log beside it (a run being written, or one that "
                                "was killed) and its folder is read-only: copy the .tp file with its -wal "
                                "file to a writable folder and open it there") from None
-        raise RunFileError(f"{str(p)!r} is not a readable twinpeaks run file ({exc})") from None
+        raise RunFileError(f"{str(p)!r} is not a readable twinpeaks run file ({one_line(exc)})") from None
     except RunFileError:
         if conn is not None:
             conn.close()
