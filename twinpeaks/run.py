@@ -439,6 +439,8 @@ class Run:
             (info.id, phase),
         ):
             part = check_int(self._conn, part, f"a column segment of layer {info.name!r}")
+            if kind not in parts:  # the query asked for these kinds only: a damaged index answered
+                raise damaged(self._conn, f"the arrays index answered kind {kind!r} for step columns")
             parts[kind][part] = decode_checked(self._conn, kind, dtype, shape, data, info.bins, info.columns)
         at = 0
         for part in sorted(parts["col_steps"]):  # segments: same parts, same lengths, one after another

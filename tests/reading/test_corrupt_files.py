@@ -2,8 +2,9 @@
 
 The corpus (tests/corrupt_corpus.py) holds every mutation the issue names; the fuzz test
 mutates a valid run at random: ``TWINPEAKS_FUZZ=500`` runs hundreds (the slow suite;
-``TWINPEAKS_FUZZ_SEED`` picks other mutations), ``make test`` a few dozen. Files are read in a subprocess under an address-space limit
-(1.5 GB above the imports) and a wall-clock bound per file.
+``TWINPEAKS_FUZZ_SEED`` picks other mutations), ``make test`` a few dozen. Files are read
+in a subprocess under an address-space limit (1.5 GB above the imports) and a wall-clock
+bound per file.
 """
 
 from __future__ import annotations
