@@ -124,7 +124,7 @@ def test_recording_parts_never_import_the_facade_or_the_sync():
 
 def test_reading_side_does_not_import_torch():
     code = ("import sys, twinpeaks, twinpeaks.run, twinpeaks.cli, twinpeaks.format, twinpeaks.display, "
-            "twinpeaks.columns, twinpeaks.runfile, twinpeaks.export, twinpeaks.web.payload, twinpeaks.web.build, "
+            "twinpeaks.columns, twinpeaks.runfile, twinpeaks.rundir, twinpeaks.export, twinpeaks.web.payload, twinpeaks.web.build, "
             "twinpeaks.web.server, twinpeaks.charts, twinpeaks.diagnosis\n"
             "from twinpeaks.commands import info, diagnose, plot, report, serve, export\n"
             "tp = twinpeaks; tp.open_run; tp.Run; tp.Histogram\n"

@@ -13,13 +13,13 @@ Design constraints:
   state: the recorder hands it rows and applies what it returns. Every rank ends
   with the same rows; only rank 0 writes the file, the others keep the same run
   in memory (nothing on disk).
-* Identical bin edges. An automatic range is agreed on a layer's first recorded
-  call: its first batch's finite min and max are all-reduced once, then every
-  rank computes the same bounds (:func:`twinpeaks.binning.auto_bounds` depends
-  only on them). That is the one collective inside a training step; it needs
-  every rank to run the same layers in the same order on its first step (DDP
-  and FSDP do).
-* No collective in a training step otherwise. A full ``flush_every`` buffer
+* One grid per combined row. With automatic ranges every rank's step row has its
+  own grid (docs/grids.md), declared as state with the reduction ``"grid"``; the
+  slot rows counted on it reduce as ``"sum@grid"``. Before summing, the ranks
+  agree a common grid per row with two small all-reduces (the largest ``e``; then
+  the lowest and highest occupied bin at that ``e``), and each rank regrids its
+  rows onto it (exact).
+* No collective in a training step. A full ``flush_every`` buffer
   moves its rows to the host of its own rank only. The collective flush runs in
   ``end_epoch()`` and ``close()``, which every rank must reach.
 * Aligned steps. A rank's i-th step of a phase is step i of the run; ranks with
@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import binning
+from . import grids
 from .errors import TwinpeaksError
 from .runfile import RunWriter
 
@@ -53,7 +53,9 @@ log = logging.getLogger("twinpeaks")
 #: Host rows of one record and phase: declared state name -> array, one row per step.
 Rows = dict[str, np.ndarray]
 #: How each declared reduction combines ranks, and its neutral element (the rows of a rank without that step).
-_OPS = {"sum": (dist.ReduceOp.SUM, 0), "max": (dist.ReduceOp.MAX, -math.inf), "min": (dist.ReduceOp.MIN, math.inf)}
+_OPS = {"sum": (dist.ReduceOp.SUM, 0), "max": (dist.ReduceOp.MAX, -math.inf), "min": (dist.ReduceOp.MIN, math.inf),
+        # automatic ranges: grids are agreed first (then equal on every rank), slot rows regridded onto them
+        "grid": (dist.ReduceOp.MAX, 0), "sum@grid": (dist.ReduceOp.SUM, 0)}
 
 
 @dataclass(frozen=True)
@@ -148,12 +150,15 @@ class DistSync:
         self._base: dict[str, int] = {}
 
     # -- attach ---------------------------------------------------------------------------
-    def open_writer(self, path: Any, meta: dict[str, Any], names: list[str],
-                    warn: Callable[[str], None] | None = None) -> RunWriter:
-        """Rank 0 creates the run file, the others (``path`` None) an in-memory run; a failure on any rank fails all."""
+    def open_writer(self, path: Any, meta: dict[str, Any], names: list[str], *, overwrite: bool = False,
+                    claimed: bool = False, warn: Callable[[str], None] | None = None) -> RunWriter:
+        """Rank 0 creates the run file, the others (``path`` None) an in-memory run; a failure on any rank fails all.
+
+        ``overwrite``, ``claimed`` and ``warn`` are :class:`~twinpeaks.runfile.RunWriter`'s.
+        """
         writer, error = None, None
         try:
-            writer = RunWriter(path, meta, warn)
+            writer = RunWriter(path, meta, warn, overwrite=overwrite, claimed=claimed)
             writer.set_meta("distributed", {"world_size": self.world, "backend": self.backend})
             writer.commit()
         except Exception as exc:  # reported to every rank below, then raised here
@@ -171,29 +176,6 @@ class DistSync:
                                      f"({len(info['layers'])} vs {len(names)}): every rank needs the same model and modules=")
         assert writer is not None
         return writer
-
-    # -- the one collective in a step ----------------------------------------------------------
-    def auto_bounds(self, values: torch.Tensor, bins: int, margin: float, record: int,
-                    output: bool = False) -> binning.Bounds:
-        """Automatic bounds from the first batch of every rank: finite min/max all-reduced once.
-
-        The same as :func:`twinpeaks.binning.auto_bounds` over all ranks' first
-        batches together (it depends on their min and max only).
-        """
-        v = values.reshape(-1).float()
-        finite = torch.isfinite(v)
-        inf = torch.full((), math.inf, device=v.device)  # a fill, not a copy from the host: no sync
-        mn = torch.where(finite, v, inf).amin() if v.numel() else inf
-        mx = torch.where(finite, v, -inf).amax() if v.numel() else -inf
-        rid = torch.full((), float(record), device=v.device)
-        buf = torch.stack([-mn, mx, rid, -rid]).double()
-        buf = buf.to(self._device(v.device))
-        dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.data)
-        if buf.device.type == "cpu" and buf[2] != -buf[3]:  # on an accelerator this check would sync the host
-            raise TwinpeaksError("ranks agreed automatic ranges of different layers: every rank must run the same "
-                                 "layers in the same order on its first step, or pass range=(lo, hi)")
-        lohi = torch.stack([-buf[0], buf[1]]).to(v.device)
-        return binning.auto_bounds(lohi, bins, margin, output=output)
 
     def _device(self, device: torch.device) -> torch.device:
         """Where tensors of the data group's collectives live: the host for gloo, else the accelerator."""
@@ -295,9 +277,54 @@ class DistSync:
                     for name, arr in held.items():
                         rows[name][r] = arr
                 out[rid, phase] = (base, rows)
+            gridded = [(rows, [k for k, (_, _, op) in spec.items() if op == "sum@grid"])
+                       for (rid, spec), rows in ((x, out[x[0], phase][1]) for x in specs) if "grid" in spec]
+            if gridded:
+                self._agree_grids(gridded)
             for (_, op), flat in flats.items():
                 self._all_reduce(flat, _OPS[op][0])
         return out
+
+    def _agree_grids(self, gridded: list[tuple[Rows, list[str]]]) -> None:
+        """One grid per row for all ranks; each rank's slot rows regridded onto it, in place (before summing).
+
+        Two all-reduces for all records together: the largest ``e`` of every row (rows
+        with no finite value take no part), then the lowest and highest occupied bin
+        at that ``e``. The common grid is the smallest ``e`` >= it over which they fit,
+        ``o`` the lowest (docs/grids.md).
+        """
+        none = np.iinfo(np.int64).min // 4
+        local = np.stack([rows["grid"] for rows, _ in gridded])  # [records, n, 2]
+        bins = gridded[0][0]["counts"].shape[-1] - 3
+        occ_bins: np.ndarray = np.stack([rows["counts"][:, 1:-2] > 0 for rows, _ in gridded])  # [records, n, B]
+        occ: np.ndarray = np.asarray(occ_bins.any(axis=2))
+        lo_i = np.where(occ, occ_bins.argmax(axis=2), 0)
+        hi_i = np.where(occ, bins - 1 - occ_bins[:, :, ::-1].argmax(axis=2), 0)
+        e_max = np.where(occ, local[..., 0], none)
+        self._all_reduce(e_max, dist.ReduceOp.MAX)
+        live = e_max > none
+        k = np.where(occ, e_max - local[..., 0], 0)
+
+        def shift(v: np.ndarray) -> np.ndarray:
+            return np.where(k < 62, v >> np.minimum(k, 62), np.where(v < 0, -1, 0))
+
+        ends = np.stack([np.where(occ, -shift(local[..., 1] + lo_i), none), np.where(occ, shift(local[..., 1] + hi_i), none)])
+        self._all_reduce(ends, dist.ReduceOp.MAX)
+        lo, hi = -ends[0], ends[1]
+        up = np.zeros(e_max.shape, np.int64)
+        while True:  # the smallest e >= e_max over which every rank's occupied bins fit
+            wide = live & ((hi >> up) - (lo >> up) > bins - 1)
+            if not wide.any():
+                break
+            up += wide
+        common = np.stack([np.where(live, e_max + up, 0), np.where(live, lo >> np.where(live, up, 0), 0)], axis=-1)
+        for b, (rows, names) in enumerate(gridded):
+            for i in np.flatnonzero(occ[b]):
+                old, new = (int(local[b, i, 0]), int(local[b, i, 1])), (int(common[b, i, 0]), int(common[b, i, 1]))
+                if old != new:
+                    for name in names:
+                        rows[name][i, ..., 1:-2] = grids.regrid(rows[name][i, ..., 1:-2], old, new)
+            rows["grid"][:] = common[b]
 
     def _all_reduce(self, arr: np.ndarray, op: Any) -> None:
         """All-reduce ``arr`` in place (through the accelerator when the data group needs it)."""

@@ -132,21 +132,20 @@ def _write_tensorboard(run: Run, writer: Any) -> int:
     for info in run.layers:
         if not info.called:
             continue
-        edges = run.edges(info)
         for phase in run.phases:
             tag = f"activations/{info.name}/{phase}"
-            if phase == "train":
+            if phase == "train":  # every column on its own edges (automatic ranges: each step its grid)
                 cols = run.columns(info, phase)
                 nonfinite += int(cols.nonfinite.sum())
                 rows: list[tuple[Any, ...]] = list(
-                    zip(cols.starts.tolist(), cols.counts, cols.underflow, cols.overflow, cols.stats))
+                    zip(cols.starts.tolist(), cols.counts, cols.edges, cols.underflow, cols.overflow, cols.stats))
             else:
                 rows = []
                 for e in range(run.epochs):
                     h = run.histogram(info, phase, e)
                     nonfinite += h.nonfinite
-                    rows.append((_epoch_step(run, e), h.counts, h.underflow, h.overflow, h.stats))
-            for step, counts, under, over, stats in rows:
+                    rows.append((_epoch_step(run, e), h.counts, h.edges, h.underflow, h.overflow, h.stats))
+            for step, counts, edges, under, over, stats in rows:
                 if _tb_histogram(writer, tag, step, counts, edges, int(under), int(over), stats):
                     n += 1
                     mean, std = mean_std(stats)

@@ -9,7 +9,7 @@ Design constraints (the hot path is every forward of every hooked layer):
   the buffer of ``flush_every`` rows is full). No ``.item()``, no ``.cpu()``, no
   branching on tensor values in a step.
 * Bounded memory. Host-side, per-step rows go into column stores that merge
-  into buckets of one width past ``max_columns`` (see :mod:`twinpeaks.columns`).
+  pairwise past ``max_columns`` (see :mod:`twinpeaks.columns`).
 * Never crash training. Anything a hook cannot handle is skipped with one
   warning per module (:func:`twinpeaks.errors.warn`, attributed to the user's
   line), and training goes on.
@@ -42,14 +42,16 @@ from torch import nn
 from . import binning, distributed
 from ._version import __version__
 from .errors import RunFileError, TwinpeaksWarning, warn
-from .outputs import flatten, path_name
+from .outputs import flatten, is_main, path_name
 from .recording import ops
 from .recording.clock import StepClock
 from .recording.engine import AUTO_SAMPLE, EXACT_BELOW, SAMPLE_BLOCK, BinningEngine, Record
 from .recording.epoch_writer import EpochWriter
+from .recording.probe import CompositeProbe
 from .recording.selection import (
     Hooks,
     RecordNames,
+    composite_candidates,
     layer_name,
     leaf_modules,
     named_modules,
@@ -57,6 +59,7 @@ from .recording.selection import (
     unwrap,
 )
 from .run import Run, open_run
+from .rundir import claim, claim_run_path, names_a_folder, next_run_path, refuse_existing
 from .runfile import MAX_BINS, RunWriter
 
 __all__ = ["AUTO_SAMPLE", "EXACT_BELOW", "SAMPLE_BLOCK", "ActivationsHistogram", "TwinpeaksWarning", "layer_name",
@@ -73,7 +76,7 @@ def _listener(option: str) -> Callable[[Any], None]:
 
 
 _F32_MAX = float(np.finfo(np.float32).max)
-#: The largest ``margin``: wider automatic ranges would leave float32 (the kernel's edges).
+#: The largest ``margin``: wider automatic ranges would leave float32.
 MAX_MARGIN = 1e6
 
 
@@ -81,34 +84,41 @@ def _int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def check_arguments(*, bins: Any, range: Any, sample: Any, margin: Any, flush_every: Any,  # noqa: A002
-                    max_columns: Any, seed: Any, modules: Any) -> None:
+def _as_range(value: Any, bins: int, what: str = "range") -> tuple[float, float]:
+    """``(lo, hi)`` checked: finite, ``lo < hi``, and within float32 (lo, hi and hi - lo), the kernel's type."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (lo, hi) or None, got {value!r}; e.g. range=(-10, 10)") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{what} must be two finite numbers lo < hi, got {value!r}; e.g. range=(-10, 10)")
+    if max(abs(lo), abs(hi)) > _F32_MAX or hi - lo > _F32_MAX:
+        raise ValueError(f"{what} {value!r} does not fit float32 (the binning kernel's type): lo, hi and hi - lo "
+                         f"must be at most {_F32_MAX:.3g} in magnitude; e.g. range=(-1e6, 1e6)")
+    try:
+        binning.check_range(lo, hi, bins)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    return lo, hi
+
+
+def check_arguments(*, bins: Any, sample: Any, margin: Any, flush_every: Any, max_columns: Any, seed: Any,
+                    modules: Any) -> None:
     """Raise one ``ValueError``/``TypeError`` naming the first bad argument and the values it takes.
 
     ``bins`` goes up to :data:`~twinpeaks.runfile.MAX_BINS` (10,000): every step of every layer keeps
     ``bins + 3`` counts on the device for ``flush_every`` steps and ``max_columns`` columns of them on
     the host, and no chart shows more than about a thousand (10**6 bins took 20 s and 4.2 GB on the
-    first forward of a 3-layer MLP). ``range`` must fit float32, the kernel's edges.
+    first forward of a 3-layer MLP). ``range`` is checked by ``_as_range``.
 
     Example:
-        >>> check_arguments(bins=0, range=None, sample="auto", margin=1.0, flush_every=256,
-        ...                 max_columns=1000, seed=0, modules=None)
+        >>> check_arguments(bins=0, sample="auto", margin=1.0, flush_every=256, max_columns=1000, seed=0,
+        ...                 modules=None)
         Traceback (most recent call last):
         ValueError: bins must be an int in 1..10,000, got 0; e.g. bins=100
     """
     if not _int(bins) or not 1 <= bins <= MAX_BINS:
         raise ValueError(f"bins must be an int in 1..{MAX_BINS:,}, got {bins!r}; e.g. bins=100")
-    if range is not None:
-        try:
-            lo, hi = (float(v) for v in range)
-        except (TypeError, ValueError):
-            raise ValueError(f"range must be (lo, hi) or None, got {range!r}; e.g. range=(-10, 10)") from None
-        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-            raise ValueError(f"range must be two finite numbers lo < hi, got {range!r}; e.g. range=(-10, 10)")
-        if max(abs(lo), abs(hi)) > _F32_MAX or float(np.float32(hi)) - float(np.float32(lo)) > _F32_MAX:
-            raise ValueError(f"range {range!r} does not fit float32 (the binning kernel's type): lo and hi "
-                             f"and hi - lo must be at most {_F32_MAX:.3g}; e.g. range=(-1e6, 1e6)")
-        binning.check_range(lo, hi, bins)
     if sample != "auto" and not (isinstance(sample, (int, float)) and not isinstance(sample, bool)
                                  and 0 < sample <= 1):
         raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
@@ -125,22 +135,34 @@ def check_arguments(*, bins: Any, range: Any, sample: Any, margin: Any, flush_ev
         raise ValueError("modules is empty: give None (every leaf module) or a list of names or indices")
 
 
-def check_new_path(path: str | os.PathLike) -> None:
-    """Fail now, naming ``path``, when no run file can be created there (it exists, or its folder cannot hold it).
-
-    Creation itself is atomic at :meth:`ActivationsHistogram.attach` (a writer started meanwhile still loses).
-    """
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, naming ``path``, when its folder cannot hold a new run file (read-only, or a file on the way)."""
     p = Path(path)
-    if p.exists() or p.is_symlink():
-        raise FileExistsError(f"path {str(p)!r} already exists; twinpeaks never overwrites a run: "
-                              "pick a new path or delete the old file")
-    folder = p.parent
-    while not folder.exists() and folder != folder.parent:
+    folder = p if names_a_folder(path) else p.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise RunFileError(f"cannot create the run file {str(p)!r}: {str(folder)!r} is "
                            f"{'not a folder' if not folder.is_dir() else 'read-only'}; "
                            "pick a path in a folder you can write to")
+
+
+def _check_range_option(value: Any, bins: int) -> Any:
+    """``range=`` as given, checked: None, ``(lo, hi)``, ``{layer name: (lo, hi) or None}`` or a function."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"range: dict keys must be layer names (str), got {k!r}")
+            out[k] = None if v is None else _as_range(v, bins, f"range[{k!r}]")
+        return out
+    if callable(value):
+        return value
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"range must be (lo, hi), a dict of layer names or a function, got {value!r}")
+    return _as_range(value, bins)
 
 
 class ActivationsHistogram:
@@ -153,31 +175,41 @@ class ActivationsHistogram:
     Args:
         model: the module to record (DDP, DataParallel, FSDP1 and ``torch.compile`` wrappers are unwrapped;
             FSDP1 units and activation-checkpoint wrappers inside it are left out of layer names).
-        path: run file to create (never overwritten: an existing path raises ``FileExistsError``,
-            a place that cannot hold it :class:`~twinpeaks.errors.RunFileError`, both here); None
-            keeps the run in memory.
-        modules: None = every leaf module, parameter-less ones included; or a list
-            of qualified names / integer indices into that leaf list.
-        bins: bins per histogram, 1 to 10,000 (each step of each layer keeps ``bins + 3`` counts;
-            no chart shows more than about a thousand; see :func:`check_arguments`).
-        range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
-            then frozen: hidden layers widened by ``margin`` x its span, the last layer
-            ``+-max(10, 4 x max|x|)`` (or ``[0, 1]`` for probabilities), since logits grow
-            as a model learns (see :func:`twinpeaks.binning.auto_bounds`).
+        path: run file to create; a folder (it exists, or the path ends with ``/``) for a new run file in it
+            each time, named by the time (``runs/2026-11-29_231500.tp``, see :mod:`twinpeaks.rundir`;
+            ``hist.path`` says which; a ``pathlib.Path`` drops a trailing ``/``, so give a str or an
+            existing folder); None keeps the run in memory. An existing run file is refused here, when
+            the recorder is made, unless ``overwrite``.
+        modules: None = every leaf module, parameter-less ones included, and every module whose
+            children do not run through their own forward (attention: see
+            :mod:`twinpeaks.recording.probe`); or a list of qualified names / integer indices into
+            the leaf list.
+        bins: bins per histogram.
+        range: None (the default): automatic, every step's histogram on a grid that holds
+            all of that step's values (docs/grids.md), so nothing falls out of range however
+            a layer grows, shrinks or shifts. ``(lo, hi)``: one fixed range for every layer,
+            binned as ``np.histogram(values, bins, range=(lo, hi))`` (values outside it are
+            counted as underflow/overflow). ``{layer name: (lo, hi) or None}``: fixed ranges
+            for some layers (a sub-record such as ``"lstm.0"`` also matches its module's
+            name), automatic for the others. A function ``name -> (lo, hi) or None``: the same,
+            decided per layer.
         per_class: for the last layer, also one histogram per output column.
         sample: ``"auto"`` (the last layer and outputs up to 16,384 elements per call
             binned exactly, larger ones on a sample of 8,192: evenly spaced 16-element
             blocks with a random offset per step), or a fraction in (0, 1]; 1.0 = every
             element, exact.
         classes: class names, stored in the run for the charts.
-        margin: widening of automatic ranges, as a multiple of the first batch's span (finite, 0 to 1e6).
-        flush_every: steps kept on the device before rows move to the host (an int >= 1).
-        max_columns: per-step columns kept per layer and phase before merging (an int >= 2).
-        seed: seed of the sampling offsets (an int).
+        margin: no longer used (automatic ranges follow every step's values); kept so that old calls still run.
+        flush_every: steps kept on the device before rows move to the host.
+        max_columns: per-step columns kept per layer and phase before merging pairwise.
+        seed: seed of the sampling offsets.
         live: redraw the Twin Peaks chart at every ``end_epoch`` (Jupyter: in one
             output cell; elsewhere: ``<path>.live.png``). See :mod:`twinpeaks.live`.
         output: also record the model's own output, passed through this function
             (e.g. ``lambda out: out.logits``), as the last layer, named ``"output"``.
+        overwrite: replace an existing run file at ``path`` when recording starts (the new
+            empty run is renamed over it: the path always holds a whole run file). Default:
+            an existing run is never overwritten.
 
     Example:
         >>> hist = tp.ActivationsHistogram(model, path="runs/exp1.tp")  # doctest: +SKIP
@@ -193,7 +225,7 @@ class ActivationsHistogram:
         path: str | os.PathLike | None = None,
         modules: Sequence[str | int] | None = None,
         bins: int = 100,
-        range: tuple[float, float] | None = None,  # noqa: A002 - contract name
+        range: Any = None,  # noqa: A002 - contract name: None, (lo, hi), {layer: (lo, hi) | None} or a function
         per_class: bool = False,
         sample: float | str = "auto",
         *,
@@ -204,22 +236,31 @@ class ActivationsHistogram:
         seed: int = 0,
         live: bool = False,
         output: Callable[[Any], Any] | None = None,
+        overwrite: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        check_arguments(bins=bins, range=range, sample=sample, margin=margin, flush_every=flush_every,
-                        max_columns=max_columns, seed=seed, modules=modules)
-        if range is not None:
-            range = (float(range[0]), float(range[1]))
-        if path is not None and distributed.is_rank_zero() and os.environ.get("RANK", "0") in ("", "0"):
-            check_new_path(path)  # the writer's process only: under torch.distributed rank 0 writes, maybe first
+        check_arguments(bins=bins, sample=sample, margin=margin, flush_every=flush_every, max_columns=max_columns,
+                        seed=seed, modules=modules)
+        range = _check_range_option(range, bins)
         if classes is not None:
             classes = [str(c) for c in classes]
         if output is not None and not callable(output):
             raise TypeError(f"output must be a function of the model's output or None, got {output!r}")
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+        self._folder: Path | None = None
+        if path is not None:
+            refuse_existing(path, overwrite)  # now, not after the user's set-up: a second run of a script fails here
+            if distributed.is_rank_zero() and os.environ.get("RANK", "0") in ("", "0"):
+                check_writable(path)  # the writer's process only: other ranks may have no such folder
+            if names_a_folder(path):
+                self._folder = Path(path)
+                path = next_run_path(self._folder)  # claimed (created) when recording starts
         self.model = model
         self.root = unwrap(model)
         self.path = path
+        self.overwrite = overwrite
         self.bins = bins
         self.range = range
         self.per_class = bool(per_class)
@@ -232,11 +273,20 @@ class ActivationsHistogram:
         self.dist_options = distributed.DistOptions()
         self._output = output
         self._selected = select_modules(self.root, modules)
+        self._probe: CompositeProbe | None = None
+        self._probe_wanted = modules is None  # default selection: also the layers leaf hooks miss
+        self._probe_started = False
+        self._hooked = 0  # selected modules with a hook
+        self._listed: set[int] = set()  # records with a layer row
+        self._output_index = len(self._selected) if output is not None else -1
         if output is not None:
             self._selected.append(("output", self.root))
+        self._order = {id(m): k for k, m in enumerate(self.root.modules())}  # layers are listed in this order
+        self._check_range_names()
         self.clock = StepClock(flush_every)
-        self.engine = BinningEngine(self.clock, bins=bins, range=range, margin=self.margin, sample=sample,
-                                    per_class=self.per_class, rows=flush_every, seed=seed, warn=self._warn_once)
+        self.engine = BinningEngine(self.clock, bins=bins, sample=sample, per_class=self.per_class, rows=flush_every,
+                                    seed=seed, warn=self._warn_once,
+                                    range_of=lambda rec: self._range_for(rec.name, rec.module_name))
         self._hooks = Hooks()
         self._sync: distributed.DistSync | None = None
         self._writer: EpochWriter | None = None
@@ -268,30 +318,51 @@ class ActivationsHistogram:
             return self
         if self._writer is None:
             self._sync = distributed.setup(self.dist_options)
+            if self._sync is not None and not self._sync.writes:
+                self.path = None  # only rank 0 writes; the others keep the same summed run in memory
+            claimed = self._claim()
             if self._sync is not None:
-                if not self._sync.writes:
-                    self.path = None  # only rank 0 writes; the others keep the same summed run in memory
                 writer = self._sync.open_writer(self.path, self._meta(), [name for name, _ in self._selected],
-                                                warn=self._warn_file)
-                self.engine.auto_bounds = self._sync_bounds
+                                                overwrite=self.overwrite, claimed=claimed, warn=self._warn_file)
             else:
-                writer = RunWriter(self.path, self._meta(), self._warn_file)
+                writer = RunWriter(self.path, self._meta(), self._warn_file, overwrite=self.overwrite,
+                                   claimed=claimed)
             self._writer = EpochWriter(writer, self.bins, self.max_columns)
             self._names = RecordNames(self.root)
             for i, (name, mod) in enumerate(self._selected):
-                last = i == len(self._selected) - 1
-                own = not (last and self._output is not None)  # the "output" record is no module's own record
-                rec = Record(len(self._records), i, 0, self._names.take(name, module=own), type(mod).__name__, last)
+                own = i != self._output_index  # the "output" record is no module's own record
+                rec = Record(len(self._records), self._module_order(i, mod), 0, self._names.take(name, module=own),
+                             type(mod).__name__, i == len(self._selected) - 1)
+                self.engine.know_range(rec)  # a fixed range's edges are written with the layer
                 self._records.append(rec)
                 self._by_module.append({(): rec})
-            self._writer.write_layers(self._records)
+            if self._probe_wanted:  # layers are written once the first step showed which modules are layers
+                self._probe = CompositeProbe(self.root, composite_candidates(self.root), self._observe_composite)
+            else:
+                self._write_layers()
             self._writer.commit()
         ops.register(self)
         self._hooks.register(self.root, self._begin_step, [mod for _, mod in self._selected], self._make_hook)
+        self._hooked = len(self._selected)
         return self
+
+    def _claim(self) -> bool:
+        """Folder runs: create the run file under its name (the next free one if it was taken since)."""
+        if self._folder is None or self.path is None:
+            return False
+        if not claim(self.path):
+            self.path = claim_run_path(self._folder)
+        return True
+
+    def _module_order(self, index: int, module: nn.Module) -> int:
+        """Where a selected module's records are listed: the model's order, the ``output`` record last."""
+        return len(self._order) if index == self._output_index else self._order.get(id(module), len(self._order))
 
     def detach(self) -> None:
         """Remove the hooks; recorded data stays. Attach again to go on recording."""
+        if self._probe is not None:
+            self._probe.remove()
+            self._settle()
         self._hooks.remove()
 
     def close(self) -> None:
@@ -322,15 +393,44 @@ class ActivationsHistogram:
             "model": type(self.root).__name__,
             "classes": self.classes,
             "options": {
-                "bins": self.bins, "range": self.range, "per_class": self.per_class,
+                "bins": self.bins, "per_class": self.per_class,
+                "range": self.range if not callable(self.range) else "function",
                 "sample": self.sample, "margin": self.margin, "flush_every": self.flush_every,
                 "max_columns": self.max_columns,
             },
         }
 
-    def _sync_bounds(self, values: torch.Tensor, rec: Record) -> binning.Bounds:
-        assert self._sync is not None
-        return self._sync.auto_bounds(values, self.bins, self.margin, rec.id, output=rec.last)
+    # -- ranges -----------------------------------------------------------------
+    def _check_range_names(self) -> None:
+        """Fail early on a ``range=`` that names no recorded layer, or a function that returns a bad range."""
+        names = [name for name, _ in self._selected]
+        if isinstance(self.range, dict):  # any module of the model (composite layers are found while training)
+            known = [*named_modules(self.root), *names]
+            unknown = [k for k in self.range if not any(k == n or k.startswith(n + ".") for n in known if n)]
+            if unknown:
+                shown = ", ".join(repr(n) for n in names[:6])
+                raise ValueError(f"range: no recorded layer named {unknown[0]!r}; recorded layers are {shown}, ...")
+        if callable(self.range) or isinstance(self.range, dict):
+            for name in names:
+                self._range_for(name)  # raises naming the layer
+        if self.bins < 2 and any(self._range_for(name) is None for name in names):
+            raise ValueError("bins must be >= 2 with automatic ranges (values of both signs need two bins); "
+                             "e.g. bins=100, or give every layer a range=(lo, hi)")
+
+    def _range_for(self, name: str, module_name: str | None = None) -> tuple[float, float] | None:
+        """The fixed range of a layer (or sub-record ``name`` of module ``module_name``), or None: automatic."""
+        r = self.range
+        if r is None or isinstance(r, tuple):
+            return r
+        if isinstance(r, dict):
+            got = r.get(name, r.get(module_name)) if module_name is not None else r.get(name)
+        else:
+            try:
+                got = r(name)
+            except Exception as exc:
+                raise ValueError(f"range: the function raised {exc!r} for layer {name!r}; it must return "
+                                 "(lo, hi) or None") from None
+        return None if got is None else _as_range(got, self.bins, f"range for layer {name!r}")
 
     # -- phases ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -409,6 +509,10 @@ class ActivationsHistogram:
         self._begin_step(self.root, ())
 
     def _start_step(self, phase: str) -> None:
+        if self._probe is not None:  # the probe watches the first step; the next one settles the layers
+            if self._probe_started:
+                self._settle()
+            self._probe_started = True
         self.engine.pending = []
         if self.clock.full(phase):
             self._flush_window()
@@ -416,7 +520,7 @@ class ActivationsHistogram:
 
     # -- the hot path ---------------------------------------------------------------------
     def _make_hook(self, module_index: int) -> Callable[..., None]:
-        pick = self._output if self._output is not None and module_index == len(self._selected) - 1 else None
+        pick = self._output if module_index == self._output_index else None
         main = self._by_module[module_index][()]  # the record of a plain tensor output
         clock, bin_, token, tensor = self.clock, self.engine.bin, self._token, torch.Tensor
 
@@ -454,6 +558,7 @@ class ActivationsHistogram:
         found = False
         for path, t in pairs:
             found = True
+            path = () if is_main(path) else path  # the first tensor of a tuple is the module's own layer
             rec = recs.get(path)
             if rec is None:
                 rec = self._add_subrecord(module_index, path)
@@ -464,21 +569,71 @@ class ActivationsHistogram:
     def _add_subrecord(self, module_index: int, path: tuple) -> Record:
         recs = self._by_module[module_index]
         base = recs[()]
-        rec = Record(len(self._records), module_index, len(recs), self._names.take(path_name(base.name, path)),
+        rec = Record(len(self._records), base.module_index, len(recs), self._names.take(path_name(base.name, path)),
                      base.type, base.last)
+        rec.module_name = base.module_name
         recs[path] = rec
         self._records.append(rec)
         return rec
+
+    # -- layers that leaf hooks miss (see twinpeaks.recording.probe) ---------------------------
+    def _observe_composite(self, name: str, module: nn.Module, out: Any) -> None:
+        """The probe saw ``module`` run while no descendant ran: record this output as its layer."""
+        try:
+            index = next((i for i, (_, m) in enumerate(self._selected) if m is module and i != self._output_index),
+                         None)
+            if index is None:
+                index = len(self._selected)
+                self._selected.append((name, module))
+                rec = Record(len(self._records), self._module_order(index, module), 0,
+                             self._names.take(name, module=True), type(module).__name__, False)
+                self._records.append(rec)
+                self._by_module.append({(): rec})
+            with torch.no_grad():
+                self._observe(index, flatten(out), type(out).__name__)
+        except Exception as exc:  # never crash the user's training
+            self._warn_once(name, f"recording failed and is skipped ({exc!r})")
+
+    def _settle(self) -> None:
+        """End the probe (after the first step): hook the layers found, leave out their never-run descendants."""
+        probe, self._probe = self._probe, None
+        if probe is None:
+            return
+        layers = [m for _, m in probe.finish()]
+        inside = {id(d) for m in layers for d in m.modules() if d is not m}
+        if self._hooks:  # attached: the layers found get the ordinary hook (attach hooks every selected module)
+            for i in range(self._hooked, len(self._selected)):
+                self._hooks.add(self._selected[i][1], self._make_hook(i))
+            self._hooked = len(self._selected)
+        owner = {id(r): i for i, recs in enumerate(self._by_module) for r in recs.values()}
+        for rec in self._records:
+            if id(self._selected[owner[id(rec)]][1]) in inside and rec.out_shape is None:
+                rec.dirty = False  # part of a layer found, and never ran itself: not listed as never called
+        self._write_layers()
+
+    def _write_layers(self) -> None:
+        """Write the layer rows that changed; a module whose outputs all went to sub-records (a dict) is not listed."""
+        w = self._writer
+        assert w is not None
+        for recs in self._by_module:
+            main = recs[()]
+            if main.out_shape is None and any(r.out_shape is not None for r in recs.values()):
+                main.dirty = False
+                if main.id in self._listed:
+                    w.drop_layer(main.id)
+                    self._listed.discard(main.id)
+        self._listed.update(rec.id for rec in self._records if rec.dirty)
+        w.write_layers(self._records)
+
+    def _warn_file(self, msg: str) -> None:
+        """The run file cannot be written (its writer says so once): training goes on."""
+        warn(f"twinpeaks: {msg}")
 
     def _warn_once(self, key: str, what: str) -> None:
         if key in self._warned:
             return
         self._warned.add(key)
         warn(f"twinpeaks: layer {key!r} {what}")
-
-    def _warn_file(self, msg: str) -> None:
-        """The run file cannot be written (its writer says so once): training goes on."""
-        warn(f"twinpeaks: {msg}")
 
     # -- flushing --------------------------------------------------------------------------
     def _take_window(self) -> dict[tuple[int, str], tuple[int, dict]]:
@@ -497,6 +652,8 @@ class ActivationsHistogram:
         Distributed: mid-epoch, rows only move to this rank's host; at the epoch's
         end every rank's rows are combined (see :mod:`twinpeaks.distributed`).
         """
+        if self._probe is not None:
+            self._settle()
         w = self._writer
         assert w is not None
         if self._sync is not None:
@@ -513,7 +670,7 @@ class ActivationsHistogram:
                 if (rec.id, phase) in taken:
                     start, rows = taken[rec.id, phase]
                     w.add_window(rec, phase, start, *rec.phases[phase].columns(rows))
-        w.write_layers(self._records)
+        self._write_layers()
         if not epoch_end:  # at an epoch's end, _close_epoch commits the columns with the epoch: one transaction
             w.commit()
 
@@ -532,11 +689,10 @@ class ActivationsHistogram:
             if other.classes and not rec.classes:
                 rec.classes = other.classes
             rec.dirty = True
-            if rec.bounds is None and self.range is not None:
-                rec.bounds = binning.fixed_bounds(*self.range, self.bins, torch.device("cpu"))
+            self.engine.know_range(rec)
             extra = {k: shape[0] for k, (shape, _, _) in other.phases[phase].items()
-                     if k not in ("counts", "sums", "peaks")}
-            rec.phases[phase] = self.engine.new_buffers(self._buffer_device(), extra)
+                     if k not in ("counts", "sums", "peaks", "grid")}
+            rec.phases[phase] = self.engine.new_buffers(self._buffer_device(), extra, auto=rec.fixed is None)
         return self._sync.combine(agreed, {rec.id: {p: pd.shapes() for p, pd in rec.phases.items()}
                                            for rec in self._records})
 

@@ -14,24 +14,28 @@ Design constraints:
   them when they are non-negative (schema 2; schema 1 stored int64), and read
   back as int64: most per-step counts fit in 16 bits, a quarter of the bytes.
 
-Tables (schema 2; schema 1 files read the same):
+Tables (schema 3; schema 1 and 2 files read the same, with one float32-edged range per layer and no grids):
 
 ``meta(key, value)``
     JSON values: ``schema``, ``twinpeaks_version``, ``created``, ``options``,
     ``classes``, ``model``, ...
 ``layers(layer, module_index, sub_index, name, type, out_shape, bins, columns)``
     One row per record; ``out_shape`` JSON or NULL (never called);
-    ``columns`` is the number of per-class columns (0 without per-class data).
+    ``columns`` is the number of per-class columns (0 without per-class data);
+    rows are listed by ``(module_index, sub_index)``: the module's position in the model.
 ``epochs(epoch, closed_at, steps)``
     ``steps`` is JSON ``{phase: [first_step, end_step, last_quarter_first_step]}``.
 ``arrays(layer, phase, kind, epoch, part, dtype, shape, data)``
-    Every array. ``kind`` is ``edges`` (float64 ``[B+1]``, phase ``""``),
-    step columns (``epoch = -1``, ``part`` = first column index of a segment):
-    ``col_steps`` int64 ``[n, 2]``, ``col_counts`` int64 ``[n, B+3]``,
-    ``col_stats`` float64 ``[n, 7]``; epoch summaries (``part = 0``):
-    ``counts``/``stats`` for the whole epoch, ``lq_counts``/``lq_stats`` for its
-    last quarter, ``class_counts``/``class_lq`` ``[C, B+3]`` and
-    ``truth_counts``/``truth_lq`` ``[2, B+3]`` (yes, no).
+    Every array. ``kind`` is ``edges`` (float64 ``[B+1]``, phase ``""``: numpy's
+    edges of a layer with a fixed range; a layer without it has automatic grids,
+    see docs/grids.md), step columns (``epoch = -1``, ``part`` = first column
+    index of a segment): ``col_steps`` int64 ``[n, 2]``, ``col_counts`` int64
+    ``[n, B+3]``, ``col_stats`` float64 ``[n, 7]``, ``col_grid`` int64 ``[n, 2]``
+    (each column's grid ``(e, o)``; auto layers only; ``0, 0`` for a column with
+    no finite value); epoch summaries (``part = 0``): ``counts``/``stats``/``grid``
+    for the whole epoch, ``lq_counts``/``lq_stats``/``lq_grid`` for its last
+    quarter, ``class_counts``/``class_lq`` ``[C, B+3]`` and ``truth_counts``/``truth_lq``
+    ``[2, B+3]`` (yes, no), counted on their summary's grid.
 """
 
 from __future__ import annotations
@@ -52,9 +56,9 @@ from .format import encode
 
 log = logging.getLogger("twinpeaks")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Schemas this version reads.
-READABLE_SCHEMAS = (1, 2)
+READABLE_SCHEMAS = (1, 2, 3)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -87,6 +91,10 @@ CREATE TABLE IF NOT EXISTS arrays (
 """
 
 
+_EXISTS = ("path {path!r} already exists; twinpeaks never overwrites a run unless told: "
+           "pass overwrite=True to replace it, or a folder to get a new run name each time")
+
+
 class RunWriter:
     """Owns the write connection of a run file (or of an in-memory run).
 
@@ -100,37 +108,61 @@ class RunWriter:
     """
 
     def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any],
-                 warn: Callable[[str], None] | None = None):
+                 warn: Callable[[str], None] | None = None, *, overwrite: bool = False, claimed: bool = False):
+        """Create the run file at ``path`` (None: in memory).
+
+        A new ``path`` is created atomically (:func:`create_exclusive`): of two
+        writers started together, one gets it and the other ``FileExistsError``.
+        An existing ``path`` is refused unless ``overwrite``, which replaces it at
+        once: the new, empty run is made beside it and renamed over it, so ``path``
+        always holds a whole run file, the old or the new; the old run's WAL and
+        shared-memory files go first, so nothing of the old run is replayed into
+        the new one. Never overwrite a run that another process still writes.
+        ``claimed``: the caller just created ``path`` empty and exclusively
+        (:func:`twinpeaks.rundir.claim`) for this run.
+        """
         self.path = None if path is None else Path(path)
         self._warn = warn or _warn
         self._meta: dict[str, str] = {}
         self._layers: dict[int, tuple] = {}
+        self._layer_drops: set[int] = set()
         self._drops: set[tuple[int, str]] = set()
         self._arrays: dict[tuple, tuple] = {}  # (layer, phase, kind, epoch, part) -> row
         self._epochs: dict[int, tuple] = {}
         self.failed: str | None = None  #: why the last commit failed (None: it succeeded)
         self._warned = False
+        meta = {"schema": SCHEMA_VERSION, "created": time.time(), **meta}
         if self.path is None:
             self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
-            create_exclusive(self.path)
+            if claimed:
+                if self.path.stat().st_size:
+                    raise FileExistsError(f"path {str(self.path)!r} was claimed empty for a new run but holds data")
+                _drop_stale_journals(self.path)
+            elif os.path.lexists(self.path):
+                if not overwrite:
+                    raise FileExistsError(_EXISTS.format(path=str(self.path)))
+                _replace_with_empty_run(self.path, meta)
+            else:
+                create_exclusive(self.path)
             self.conn = sqlite3.connect(self.path, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
-        meta = {"schema": SCHEMA_VERSION, "created": time.time(), **meta}
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
-        )
-        self.conn.commit()
+        _initialise(self.conn, meta)
 
     def set_meta(self, key: str, value: Any) -> None:
         self._meta[key] = json.dumps(value)
 
     def put_layer(self, layer: int, module_index: int, sub_index: int, name: str, type_: str,
                   out_shape: list[int] | None, bins: int, columns: int) -> None:
+        self._layer_drops.discard(layer)
         self._layers[layer] = (layer, module_index, sub_index, name, type_,
                                None if out_shape is None else json.dumps(out_shape), bins, columns)
+
+    def drop_layer(self, layer: int) -> None:
+        """Remove a layer row that turned out to hold nothing (its module's outputs went to sub-records)."""
+        self._layers.pop(layer, None)
+        self._layer_drops.add(layer)
 
     def put_array(self, layer: int, phase: str, kind: str, epoch: int, part: int, arr: np.ndarray) -> None:
         """Queue an array for the next :meth:`commit`."""
@@ -151,6 +183,8 @@ class RunWriter:
         try:
             if self._meta:
                 c.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(self._meta.items()))
+            if self._layer_drops:
+                c.executemany("DELETE FROM layers WHERE layer=?", [(i,) for i in self._layer_drops])
             if self._layers:  # a layer's own row only: never replaces another layer's (names are UNIQUE)
                 c.executemany(
                     "INSERT INTO layers VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(layer) DO UPDATE SET "
@@ -182,6 +216,7 @@ class RunWriter:
             self.failed = str(exc)
             return False
         self._meta, self._layers, self._drops, self._arrays, self._epochs = {}, {}, set(), {}, {}
+        self._layer_drops = set()
         if self.failed is not None:
             log.warning("the run file %r can be written again: recording resumed", self.where)
             self.failed = None
@@ -237,21 +272,20 @@ def create_exclusive(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
-        raise FileExistsError(
-            f"path {str(path)!r} already exists; twinpeaks never overwrites a run: "
-            "pick a new path or delete the old file"
-        ) from None
+        raise FileExistsError(_EXISTS.format(path=str(path))) from None
     except OSError as exc:
         raise RunFileError(
             f"cannot create the run file {str(path)!r}: {exc.strerror or exc}; "
             "pick a path in a folder you can write to"
         ) from None
     os.close(fd)
+    _drop_stale_journals(path)
+
+
+def _drop_stale_journals(path: Path) -> None:
+    """Remove ``-wal``/``-shm``/``-journal`` files of an earlier file at ``path`` (now ours, empty)."""
     for suffix in ("-wal", "-shm", "-journal"):
-        try:
-            os.unlink(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 #: The most bins a run may declare (the recorder's own maximum, see ``ActivationsHistogram``).
@@ -287,7 +321,14 @@ ARRAY_KINDS: dict[str, tuple[str, tuple[int | str, ...]]] = {
     "class_lq": ("count", ("C", "S")),
     "truth_counts": ("count", (2, "S")),
     "truth_lq": ("count", (2, "S")),
+    "col_grid": ("int", ("n", 2)),
+    "grid": ("int", (2,)),
+    "lq_grid": ("int", (2,)),
 }
+#: Kinds holding aligned binary grids ``(e, o)`` (docs/grids.md): ``e`` a float64 exponent, ``|o|`` bounded.
+GRID_KINDS = ("col_grid", "grid", "lq_grid")
+_GRID_E = (-1100, 1100)
+_GRID_O = 1 << 50
 _MAX_JSON_DEPTH = 32
 
 
@@ -331,6 +372,32 @@ def _guard(conn: RunConnection) -> None:
 
     conn.set_trace_callback(started)
     conn.set_progress_handler(lambda: int(time.monotonic() - conn.statement_started > READ_TIMEOUT_S), 20_000)
+
+
+def _initialise(conn: sqlite3.Connection, meta: dict[str, Any]) -> None:
+    conn.executescript(_SCHEMA)
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+    conn.commit()
+
+
+def _replace_with_empty_run(path: Path, meta: dict[str, Any]) -> None:
+    """Put an empty run file at ``path`` in one rename, dropping the old run's WAL first (see RunWriter)."""
+    if path.is_symlink() or not path.is_file():
+        raise FileExistsError(f"path {str(path)!r} exists and is not a regular file: overwrite=True replaces run files only")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")  # hidden: listings of runs skip it
+    for p in (tmp, Path(f"{tmp}-journal")):
+        p.unlink(missing_ok=True)
+    try:
+        conn = sqlite3.connect(tmp)
+        try:
+            _initialise(conn, meta)
+        finally:
+            conn.close()
+        for suffix in ("-wal", "-shm", "-journal"):  # the old run's: never replayed into the new file
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:
@@ -503,6 +570,10 @@ def decode_checked(conn: sqlite3.Connection, kind: str, dtype: Any, shape: Any, 
         raise damaged(conn, f"{what} holds negative counts")
     if kind == "edges" and (not np.isfinite(arr).all() or (len(arr) > 1 and not (np.diff(arr) > 0).all())):
         raise damaged(conn, "bin edges are not finite and increasing")
+    if kind in GRID_KINDS and arr.size:
+        e, o = arr[..., 0], arr[..., 1]
+        if e.min() < _GRID_E[0] or e.max() > _GRID_E[1] or np.abs(o).max() > _GRID_O:
+            raise damaged(conn, f"{what} holds grids outside any float64 range")
     if kind == "col_steps" and len(arr):
         if arr.max() > MAX_STEP or not (arr[:, 0] < arr[:, 1]).all() or not (arr[1:, 0] >= arr[:-1, 1]).all():
             raise damaged(conn, "step columns are not increasing ranges of steps")

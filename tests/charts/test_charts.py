@@ -105,7 +105,8 @@ def test_colorful_image_is_log1p_of_stored_counts(run):
         cols = run.columns(layer, "train")
         np.testing.assert_array_equal(np.asarray(im.get_array()), np.log1p(cols.counts).T)
         x0, x1, y0, y1 = im.get_extent()
-        assert (x0, x1, y0, y1) == (0, len(cols), cols.edges[0], cols.edges[-1])
+        assert cols.fixed  # the chart fixture records a fixed range
+        assert (x0, x1, y0, y1) == (0, len(cols), cols.edges[0, 0], cols.edges[0, -1])
 
 
 def test_colorful_lines_sit_on_stored_numbers(chart_classes, run):
@@ -119,7 +120,7 @@ def test_colorful_lines_sit_on_stored_numbers(chart_classes, run):
     for e, line in enumerate(epoch_lines, start=1):
         assert line.get_xdata()[0] == run.epoch_info(e).steps["train"][0]
     mean = next(iter(gid_artists(fig, "colorful:mean")))
-    lo, hi = cols.edges[0], cols.edges[-1]
+    lo, hi = cols.edges[0, 0], cols.edges[0, -1]
     expected = np.where((cols.mean >= lo) & (cols.mean <= hi), cols.mean, np.nan)
     np.testing.assert_allclose(mean.get_ydata(), expected)
     over = next(iter(gid_artists(fig, "colorful:over")))
@@ -209,3 +210,40 @@ def test_big_grid_uses_a_fixed_layout_and_keeps_the_footnote(tmp_path):
     assert len(gid_artists(fig, "colorful:image")) == 17
     foot = [t for t in fig.texts if t.get_gid() == "colorful:footnote"]
     assert len(foot) == 1 and "per layer scale" in foot[0].get_text()
+
+
+def test_out_of_range_labels_stay_inside_the_figure_and_say_under_one_percent(run):
+    """Fixed ranges: the strip labels are drawn inside the axes, and a share under 1% reads "<1%", not "0%"."""
+    from twinpeaks.charts.colorful import share_label
+
+    assert (share_label(0.0), share_label(0.004), share_label(0.01), share_label(0.256)) == ("0%", "<1%", "1%", "26%")
+    fig = tp.plot_colorful_dimension(run, layers=-1)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    texts = [t for ax in fig.axes for t in ax.texts]
+    labels = [t for t in texts if (t.get_gid() or "").endswith(":label")]
+    assert labels, "the fixture's logits leave the range: a label must say by how much"
+    figure_box = fig.bbox
+    renderer = fig.canvas.get_renderer()
+    for label in labels:  # inside the axes (so inside the figure, whatever stands right of it)
+        box, ax_box = label.get_window_extent(renderer), label.axes.bbox
+        assert figure_box.x0 <= box.x0 and box.x1 <= figure_box.x1, label.get_text()
+        assert ax_box.x0 <= box.x0 and box.x1 <= ax_box.x1 + 1, label.get_text()
+    cols = run.columns(-1, "train")
+    total = cols.counts.sum(1) + cols.underflow + cols.overflow + cols.nonfinite
+    over = [t for t in labels if t.get_gid() == "colorful:over:label"]
+    if over:
+        assert over[0].get_text().strip() == f">range max {share_label(float((cols.overflow / total).max()))}"
+
+
+def test_automatic_ranges_draw_no_strips_and_cover_every_value(record_run, tmp_path):
+    hist = record_run(tmp_path / "auto.tp", range=None)
+    run = tp.open_run(hist.path)
+    fig = tp.plot_colorful_dimension(run, layers=-1)
+    assert not gid_artists(fig, "colorful:over") and not gid_artists(fig, "colorful:under")
+    (im,) = gid_artists(fig, "colorful:image")
+    cols = run.columns(-1, "train")
+    assert not cols.fixed
+    _, _, y0, y1 = im.get_extent()
+    assert y0 <= np.nanmin(cols.min) and np.nanmax(cols.max) <= y1

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import matplotlib
 
@@ -11,6 +12,7 @@ import matplotlib.image
 import pytest
 
 from twinpeaks import cli
+from twinpeaks.rundir import list_runs
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +95,11 @@ def test_demo_writes_the_run_the_charts_and_says_where(tmp_path, capsys):
     for name in names:
         assert str(out / name) in printed
         assert matplotlib.image.imread(out / name).ndim == 3
-    assert str(out / "regression.tp.live.png") in printed and (out / "regression.tp.live.png").exists()
-    assert "twinpeaks info" in printed and "no twin peaks" in printed
+    (run,) = list_runs(out / "runs")  # a folder of runs, as a user would record
+    assert f"{run}.live.png" in printed and Path(f"{run}.live.png").exists()
+    assert f"twinpeaks info {run}" in printed and "no twin peaks" in printed
     assert not (out / "regression-truth.png").exists()  # no classes, no YES/NO chart
     assert not [p.name for p in out.iterdir() if p.name.endswith(("-wal", "-shm"))]  # issue #14.5: no leftovers
+    assert cli.main(["demo", "--task", "regression", "--epochs", "1", "--out", str(out)]) == 0  # again: a new run
+    first, second = list_runs(out / "runs")
+    assert first == run and str(second) in capsys.readouterr().out

@@ -257,7 +257,7 @@ def test_logits_outgrowing_a_narrow_range_are_out_of_range(tmp_path):
     train("binary", tmp_path / "b.tp", 2, range=(-0.5, 0.5))  # fine for the untrained head only
     d = tp.diagnose(tmp_path / "b.tp")
     (f,) = [f for f in d.findings if f.kind == "out_of_range" and f.layer == d.layers[-1]]
-    assert f.severity == "problem" and "grew past" in f.message and "range=(" in f.message
+    assert f.severity == "problem" and "grew past" in f.message and f"range={{{f.layer!r}: (" in f.message
     assert f.evidence["share_first_step"] == 0 and f.evidence["share_last"] > 0.2
     assert f.evidence["observed_max"] > f.evidence["range_hi"]
     assert d.has("separation")  # rank-based: still measured with most outputs outside the range

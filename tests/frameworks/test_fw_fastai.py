@@ -161,7 +161,12 @@ def test_awd_lstm_text_classifier(check_run, check_truth_split, tmp_path):
     check_run(run, train_steps=6, valid_steps=2, last_train_total=6 * 32 * 2, last_valid_total=64 * 2,
               classes=["3", "7"])
     names = {layer.name: layer for layer in run.layers}
-    # LSTMs return tuples: one record per tensor; the embedding is applied functionally and never called
-    assert names["0.module.rnns.0.module.0"].called and names["0.module.rnns.0.module.1.0"].called
-    assert not names["0.module.encoder"].called
+    # LSTMs return tuples: the output sequence is the layer, the states sub-records
+    assert names["0.module.rnns.0.module"].called and names["0.module.rnns.0.module.1.0"].called
+    # the embedding runs functionally inside EmbeddingDropout (F.embedding with its weights): that module is the
+    # layer, and the embedding, which never runs as a module, is not listed as never called
+    assert names["0.module.encoder_dp"].called and names["0.module.encoder_dp"].out_shape[-1] == 16
+    assert "0.module.encoder" not in names
+    # only what truly never ran: AWD_LSTM skips the hidden dropout after its last LSTM
+    assert [n for n, layer in names.items() if not layer.called] == ["0.module.hidden_dps.1"]
     check_truth_split(run)

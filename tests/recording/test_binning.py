@@ -1,7 +1,8 @@
-"""Binning is exact against numpy.histogram with the same edges, for every dtype and edge case."""
+"""Fixed ranges bin exactly like numpy.histogram on numpy's float64 edges, for every dtype and edge case.
+
+(Automatic grids and more fixed-range cases: tests/test_kernel_grids.py and tests/test_grids.py.)"""
 
 import contextlib
-import dataclasses
 import math
 
 import numpy as np
@@ -13,18 +14,17 @@ from hypothesis import strategies as st
 from twinpeaks import binning
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-KERNELS = ["cpu", "generic"]  # torch.histogram on CPU; bucketize + index_put (the CUDA path)
+KERNELS = ["generic"]  # the torch path (bucketize on float64 edges, index_put: the device path); the C kernel below
 
 
 def bounds_for(lo, hi, bins, kernel):
-    b = binning.fixed_bounds(lo, hi, bins, torch.device("cpu"))
-    return b if kernel == "cpu" else dataclasses.replace(b, cpu_range=None)
+    return binning.fixed_grid(lo, hi, bins)
 
 
 def oracle(values: torch.Tensor, edges: np.ndarray) -> np.ndarray:
     """numpy's histogram plus the three extra slots, as twinpeaks lays them out."""
     with np.errstate(invalid="ignore"):  # NaN payloads
-        v = values.float().numpy().astype(np.float64).ravel()
+        v = values.double().numpy().ravel()
     finite = np.isfinite(v)
     counts, _ = np.histogram(v[finite], bins=edges)
     under = int((v[finite] < edges[0]).sum())
@@ -55,14 +55,9 @@ def test_matches_numpy_random(kernel, dtype, data, lo, width, bins):
 
 
 def check_hot_path(x, b):
-    """The recorder's hot paths: the C kernel, and the torch one (finite counts; NaN and +-inf are "binned
-    minus counted") with its stats parts."""
+    """The recorder's hot paths: the C kernel, and the stats parts of the torch path."""
     check_c_kernel(x, b)
     x = x.float()
-    want = oracle(x, b.edges.double().numpy())
-    got = binning.bin_finite(x, b).numpy()
-    np.testing.assert_array_equal(got, want[:-1])  # NaN and +-inf left to "binned minus counted"
-    assert x.numel() - got.sum() == want[-1]
     add, peak = (t.double().numpy() for t in binning.stats_parts(x))
     v = x.double().numpy()
     assert add[2] == np.count_nonzero(v)
@@ -108,7 +103,7 @@ def check_c_kernel_once(x, b):
     binning.kernel_observe(x, b, counts, sums, peaks)
     want = oracle(x, b.edges.double().numpy())
     np.testing.assert_array_equal(counts.numpy(), want)
-    v = x.float().double().numpy().ravel()
+    v = x.double().numpy().ravel()
     assert sums[2] == np.count_nonzero(v) and sums[3] == sums[4] == v.size
     if np.isnan(v).any():
         assert np.isnan(peaks.numpy()).all()
@@ -126,20 +121,20 @@ def test_c_kernel_is_built():
 
 @pytest.mark.parametrize("dtype", [*DTYPES, torch.float64], ids=str)
 def test_c_kernel_every_dtype_value(dtype):
-    """Every float16/bfloat16 bit pattern (subnormals, inf, NaN) converts like torch; float64 rounds like .float()."""
+    """Every float16/bfloat16 bit pattern (subnormals, inf, NaN) converts like torch; float64 is binned as it is."""
     if dtype in (torch.float16, torch.bfloat16):
         x = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16).view(dtype)
     else:
         x = torch.randn(10_000, dtype=dtype) * 3
         x[:3] = torch.tensor([math.nan, math.inf, 1e-40])
     for lo, hi, bins in [(-1, 1, 100), (-70000, 70000, 7), (0, 1e-6, 13)]:
-        check_c_kernel(x, binning.fixed_bounds(lo, hi, bins, torch.device("cpu")))
+        check_c_kernel(x, binning.fixed_grid(lo, hi, bins))
 
 
 @pytest.mark.parametrize("lo,hi,bins", [(1e6, 1e6 + 1, 100), (-1e-30, 1e-30, 1000), (3.0, 3.0000005, 50)])
-def test_c_kernel_ranges_float32_cannot_scale(lo, hi, bins):
-    """Bins narrower than float32 resolves (repeated edges) still match numpy: the kernel searches the edges."""
-    b = binning.fixed_bounds(lo, hi, bins, torch.device("cpu"))
+def test_c_kernel_narrow_ranges(lo, hi, bins):
+    """Bins narrower than float32 resolves still match numpy on the float64 edges."""
+    b = binning.fixed_grid(lo, hi, bins)
     e = b.edges
     x = torch.cat([e, torch.nextafter(e, torch.full_like(e, math.inf)), torch.nextafter(e, torch.full_like(e, -math.inf)),
                    torch.linspace(lo, hi, 997)])
@@ -151,9 +146,7 @@ def test_c_kernel_ranges_float32_cannot_scale(lo, hi, bins):
 def test_c_kernel_edges_of_any_range(lo, width, bins, seed):
     """The scaled guess plus one-bin fix (or the edge search) is exact on every edge and its float32 neighbours."""
     hi = lo + width
-    if not np.float32(lo) < np.float32(hi):
-        return
-    b = binning.fixed_bounds(lo, hi, bins, torch.device("cpu"))
+    b = binning.fixed_grid(lo, hi, bins)
     e = b.edges
     g = torch.Generator().manual_seed(seed)
     x = torch.cat([e, torch.nextafter(e, torch.full_like(e, math.inf)), torch.nextafter(e, torch.full_like(e, -math.inf)),
@@ -173,7 +166,7 @@ def c_path(request):
 
 def test_c_kernel_reads_only_the_planned_blocks(c_path):
     """Sampling: `blocks` runs of `block` elements, `stride` apart from `offset`; everything else is untouched."""
-    b = binning.fixed_bounds(0, 100, 100, torch.device("cpu"))
+    b = binning.fixed_grid(0, 100, 100)
     x = torch.arange(1000, dtype=torch.float32) % 100 + 0.5
     counts, sums, peaks = kernel_rows(b)
     binning.kernel_observe(x, b, counts, sums, peaks, stride=100, blocks=10, block=16, offset=7)
@@ -195,7 +188,7 @@ def test_c_kernel_reads_only_the_planned_blocks(c_path):
 
 def test_c_kernel_adds_into_rows(c_path):
     """Rows accumulate over calls: counts and sums add up, peaks keep the maximum, a NaN stays."""
-    b = binning.fixed_bounds(-1, 1, 4, torch.device("cpu"))
+    b = binning.fixed_grid(-1, 1, 4)
     counts, sums, peaks = kernel_rows(b)
     binning.kernel_observe(torch.tensor([0.5, -0.5]), b, counts, sums, peaks)
     binning.kernel_observe(torch.tensor([3.0]), b, counts, sums, peaks)
@@ -219,11 +212,6 @@ def test_values_on_edges_and_neighbours(kernel, dtype, lo, hi, bins):
     check_hot_path(x, b)
 
 
-def test_float32_edges_are_the_linspace():
-    np.testing.assert_array_equal(binning.float32_edges(-1, 1, 4), [-1, -0.5, 0, 0.5, 1])
-    assert binning.float32_edges(-0.3, 0.7, 7).dtype == np.float64
-
-
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_precision_counts_do_not_saturate(kernel, dtype):
@@ -233,39 +221,10 @@ def test_half_precision_counts_do_not_saturate(kernel, dtype):
     assert got.dtype == torch.int64 and int(got[1 + 5]) == 100_000
 
 
-def test_cpu_kernel_chunks_past_float32_exact_counts(monkeypatch):
-    monkeypatch.setattr(binning, "_HISTOGRAM_CHUNK", 1000)
-    x = torch.rand(10_001)
-    b = bounds_for(0, 1, 7, "cpu")
-    np.testing.assert_array_equal(binning.bin_values(x, b).numpy(), oracle(x, b.edges.double().numpy()))
-
-
-@pytest.mark.parametrize("values,lo_hi,output", [
-    ([0.0, 1.0, 2.0], (0.0, 4.0), False),        # exact zeros (ReLU): 0 stays the low end
-    ([0.5, 1.0, 2.0], (-1.0, 3.5), False),       # positive but no zero (a Linear): widened both ways
-    ([-3.0, -1.0], (-5.0, 1.0), False),          # margin 1.0 = one span each side
-    ([-3.0, 0.0], (-6.0, 0.0), False),           # exact zero on top stays the high end
-    ([5.0, 5.0], (None, None), False),           # constant layers still get a usable range
-    ([math.nan, math.inf], (-3.0, 3.0), False),  # no finite value: defaults to (-1, 1) widened
-    ([-0.4, 0.3], (-10.0, 10.0), True),          # an untrained head: room for the logits to grow
-    ([-7.0, 3.0], (-28.0, 28.0), True),          # a head already large: 4 x its largest magnitude
-    ([0.1, 0.9], (0.0, 1.0), True),              # probabilities (sigmoid/softmax output)
-])
-def test_auto_bounds(values, lo_hi, output):
-    b = binning.auto_bounds(torch.tensor(values), 10, margin=1.0, output=output)
-    lo, hi = float(b.lo), float(b.hi)
-    assert lo < hi
-    finite = [v for v in values if math.isfinite(v)]
-    if finite:
-        assert lo <= min(finite) and max(finite) <= hi
-    if lo_hi[0] is not None:
-        assert lo == pytest.approx(lo_hi[0])
-    if lo_hi[1] is not None:
-        assert hi == pytest.approx(lo_hi[1])
-
-
 def test_bad_range_fails_early():
     with pytest.raises(ValueError, match="range"):
-        binning.fixed_bounds(1, 1, 10, torch.device("cpu"))
+        binning.fixed_grid(1, 1, 10)
+    with pytest.raises(ValueError, match="narrow"):
+        binning.fixed_grid(1.0, 1.0 + 2e-16, 10)
     with pytest.raises(ValueError, match="bins"):
-        binning.fixed_bounds(0, 1, 0, torch.device("cpu"))
+        binning.fixed_grid(0, 1, 0)

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 import twinpeaks as tp
+from twinpeaks import grids
 from twinpeaks.recorder import AUTO_SAMPLE, EXACT_BELOW
+from twinpeaks.run import on_common_grid
 
 
 def mlp(inplace=True):
@@ -114,15 +116,15 @@ class Odd(nn.Module):
         }[self.kind]
 
 
-def test_tuple_outputs_make_subrecords_and_empty_modules_are_listed(tmp_run):
+def test_tuple_outputs_make_the_layer_and_subrecords_and_empty_modules_are_listed(tmp_run):
     model = Structured()
     with tp.ActivationsHistogram(model, tmp_run) as hist:
         model(torch.randn(2, 3, 5)).sum().backward()
         hist.end_epoch()
     run = tp.open_run(tmp_run)
     names = [layer.name for layer in run.layers]
-    assert names == ["lstm", "lstm.0", "lstm.1.0", "lstm.1.1", "unused", "head"]
-    assert run.layer("lstm.0").out_shape == (2, 3, 7)
+    assert names == ["lstm", "lstm.1.0", "lstm.1.1", "unused", "head"]  # the output sequence is the layer itself
+    assert run.layer("lstm").out_shape == (2, 3, 7)
     assert not run.layer("unused").called and run.layer(-1).name == "head"
     assert run.histogram("lstm.1.1", epoch=0).total == 1 * 2 * 7
 
@@ -193,9 +195,13 @@ def test_round_trip_columns_epochs_and_whole_run_agree(assert_hist_equals, captu
     assert len(cols) <= 4 and cols.starts[0] == 0 and cols.ends[-1] == 21
     assert np.all(cols.starts[1:] == cols.ends[:-1])
     whole = run.histogram(-1, "train")
-    per_epoch = sum(run.histogram(-1, "train", epoch=e).counts for e in range(3))
-    np.testing.assert_array_equal(whole.counts, per_epoch)
-    np.testing.assert_array_equal(cols.counts.sum(0), whole.counts)
+    # automatic ranges: every epoch and column has its own grid; on the whole run's grid they add up exactly
+    epochs = on_common_grid([run.histogram(-1, "train", epoch=e) for e in range(3)], onto=whole.grid)
+    np.testing.assert_array_equal(whole.counts, sum(h.counts for h in epochs))
+    col_rows = np.concatenate([cols.underflow[:, None], cols.counts, cols.overflow[:, None],
+                               cols.nonfinite[:, None]], axis=1)
+    np.testing.assert_array_equal(grids.combine(list(col_rows), [tuple(g) for g in cols.grids.tolist()])[0][1:-2],
+                                  whole.counts)
     assert_hist_equals(whole, cap.all("train"))
     # stats: mean/std/min/max of every value, from the run file
     v = cap.all("train").double().numpy()

@@ -33,10 +33,15 @@ def test_clock_windows_and_epochs():
 
 
 def test_buffers_declare_how_ranks_combine_them():
-    pd = PhaseBuffers(4, binning.n_slots(3), torch.device("cpu"), {"truth": 2})
+    pd = PhaseBuffers(4, binning.n_slots(3), torch.device("cpu"), {"truth": 2}, auto=False)
     assert {k: v[2] for k, v in pd.shapes().items()} == {"counts": "sum", "sums": "sum", "peaks": "max",
                                                           "truth": "sum"}
     assert pd.shapes()["counts"][:2] == [[6], "int64"] and pd.shapes()["truth"][0] == [2, 6]
+    # automatic ranges: each row's grid, agreed by ranks before the slot rows counted on it are summed
+    pd = PhaseBuffers(4, binning.n_slots(3), torch.device("cpu"), {"truth": 2})
+    assert {k: v[2] for k, v in pd.shapes().items()} == {"counts": "sum@grid", "sums": "sum", "peaks": "max",
+                                                          "truth": "sum@grid", "grid": "grid"}
+    assert pd.shapes()["grid"][:2] == [[2], "int64"]
 
 
 @pytest.mark.parametrize("kernel", [True, False], ids=["c-kernel", "torch"])
@@ -45,8 +50,8 @@ def test_engine_rows_match_numpy_and_reset(kernel, monkeypatch):
         pytest.skip("the C kernel is not built")
     monkeypatch.setattr(binning, "KERNEL", kernel)
     clock = StepClock(rows=4)
-    engine = BinningEngine(clock, bins=4, range=(-1.0, 1.0), margin=1.0, sample=1.0, per_class=False, rows=4,
-                           seed=0, warn=lambda *a: None)
+    engine = BinningEngine(clock, bins=4, sample=1.0, per_class=False, rows=4, seed=0, warn=lambda *a: None,
+                           range_of=lambda rec: (-1.0, 1.0))
     rec = Record(0, 0, 0, "x", "Linear", last=False)
     values = [torch.tensor([-2.0, -1.0, 0.0, 0.25, 1.0, float("nan")]), torch.tensor([0.5, 3.0])]
     for v in values:
@@ -54,7 +59,8 @@ def test_engine_rows_match_numpy_and_reset(kernel, monkeypatch):
         engine.bin(rec, v)
     assert rec.fast is not None and rec.fast.kernel is kernel and rec.fast.phase == "train"
     pd = rec.phases["train"]
-    counts, stats, extra = pd.columns(pd.take(2))
+    counts, stats, extra, grid = pd.columns(pd.take(2))
+    assert grid is None  # a fixed range: numpy's edges, no grids
     edges = np.linspace(-1, 1, 5)
     for row, st, v in zip(counts, stats, values):
         x = v.numpy().astype(np.float64)

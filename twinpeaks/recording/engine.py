@@ -11,8 +11,9 @@ Design constraints (the hot path is every forward of every hooked layer):
   their declaration without knowing what they hold.
 * A :class:`Plan` per output layout and phase, made once and read by name: the
   kernel's arguments, the row addresses of the buffers, the sampling stride.
-  Per-row grids (``docs/grids.md``, issue 13) add a grid to the plan and to the
-  buffers' declared state; the hot path stays one lookup and one call.
+  Per-row grids (``docs/grids.md``, issue 13) are declared state too (reduction
+  ``"grid"``; the slot rows counted on them reduce as ``"sum@grid"``: ranks agree
+  a common grid and regrid before summing); the hot path stays one lookup and one call.
 * Never crash training: anything unbinnable is skipped with one warning per layer.
 """
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import binning
+from .. import binning, grids
 from ..format import BINNED, MAX, MIN, SEEN, SUM, ZEROS, empty_stats
 
 #: Outputs with at most this many elements per call are always binned exactly.
@@ -45,7 +46,7 @@ SUMS = ("sum", "sumsq", "nonzero", "binned", "seen")
 PEAKS = ("neg_min", "max")
 _F64 = 8  # bytes per float64
 
-Reduce = Literal["sum", "max", "min"]
+Reduce = Literal["sum", "max", "min", "grid", "sum@grid"]
 #: Host rows of one record and phase: declared state name -> array with one row per step.
 Rows = dict[str, np.ndarray]
 
@@ -62,25 +63,31 @@ class PhaseBuffers:
 
     Declared state (:meth:`add_state`): ``counts`` (float64, exact to 2**53) of the
     ``B + 3`` slots, ``sums`` (:data:`SUMS`), ``peaks`` (:data:`PEAKS`) and, for
-    the last layer, ``classes`` and ``truth`` slot counts. The torch path adds
-    only finite values to ``counts``: :meth:`take` recovers the nonfinite slot as
-    binned minus counted (the C kernel counts it).
+    the last layer, ``classes`` and ``truth`` slot counts. With automatic ranges
+    (``auto``), ``grid``: each row's aligned binary grid ``(e, o)`` (float64 on the
+    device, ``e`` NaN while unset; int64 on the host, ``0, 0`` for a row with no
+    finite value), on which the row's slot counts are counted (docs/grids.md).
+    Per-class and truth rows keep the grid they were last counted on
+    (``extra_grids``, local), and move onto their row's grid at :meth:`take`.
     """
 
-    def __init__(self, rows: int, slots: int, device: torch.device, extra: dict[str, int]):
+    def __init__(self, rows: int, slots: int, device: torch.device, extra: dict[str, int], auto: bool = True):
         self.slots = slots
+        self.auto = auto
+        slot_op: Reduce = "sum@grid" if auto else "sum"
         self.states: dict[str, tuple[torch.Tensor, Reduce, str]] = {}
-        self.counts = self.add_state("counts", torch.zeros(rows, slots, dtype=torch.float64, device=device), "sum",
+        self.counts = self.add_state("counts", torch.zeros(rows, slots, dtype=torch.float64, device=device), slot_op,
                                      host="int64")
         self.sums = self.add_state("sums", torch.zeros(rows, len(SUMS), dtype=torch.float64, device=device), "sum")
         self.peaks = self.add_state("peaks", torch.full((rows, len(PEAKS)), -math.inf, dtype=torch.float64,
                                                          device=device), "max")
-        self.extra = {k: self.add_state(k, torch.zeros(rows, c, slots, dtype=torch.int64, device=device), "sum")
+        self.extra = {k: self.add_state(k, torch.zeros(rows, c, slots, dtype=torch.int64, device=device), slot_op)
                       for k, c in extra.items()}
-        self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow (what the torch path adds)
+        self.grids = self.add_state("grid", binning.new_grids(rows, device), "grid", host="int64") if auto else None
+        self.extra_grids = binning.new_grids(rows, device) if auto and extra else None
         self.plans: dict[tuple, Plan] = {}  # (shape, strides, dtype, type) -> plan
         self.cpu = device.type == "cpu"
-        #: C kernel: the addresses of row ``i`` of counts, sums and peaks, for every row
+        #: C kernel: the addresses of row ``i`` of grid, counts, sums and peaks (and the bins), for every row
         self.row_addresses = [self._addresses(i) for i in range(rows)] if self.cpu else []
 
     def add_state(self, name: str, buffer: torch.Tensor, reduce: Reduce, host: str | None = None) -> torch.Tensor:
@@ -92,25 +99,39 @@ class PhaseBuffers:
         """Per-row shape, host dtype and reduction of every declared state (what ranks must agree on)."""
         return {name: [list(buf.shape[1:]), host, op] for name, (buf, op, host) in self.states.items()}
 
-    def _addresses(self, row: int) -> tuple[int, int, int]:
-        return (self.counts.data_ptr() + row * self.slots * _F64, self.sums.data_ptr() + row * len(SUMS) * _F64,
-                self.peaks.data_ptr() + row * len(PEAKS) * _F64)
+    def _addresses(self, row: int) -> tuple[int, int, int, int, int]:
+        grid = self.grids.data_ptr() + row * 2 * _F64 if self.grids is not None else 0
+        return (grid, self.slots - binning.EXTRA_SLOTS, self.counts.data_ptr() + row * self.slots * _F64,
+                self.sums.data_ptr() + row * len(SUMS) * _F64, self.peaks.data_ptr() + row * len(PEAKS) * _F64)
 
     def take(self, n: int) -> Rows:
         """Move the first ``n`` rows of every declared state to the host (the flush's only sync) and reset them."""
         rows: Rows = {}
         for name, (buf, _, host) in self.states.items():
-            rows[name] = buf[:n].cpu().numpy().astype(host)  # a copy (on CPU .numpy() shares memory) before resetting
+            if name == "grid":
+                g = buf[:n].cpu().numpy()
+                rows[name] = np.where(np.isnan(g), 0, g).astype(np.int64)  # unset: no finite value, any grid
+            else:  # a copy (on CPU .numpy() shares memory) before resetting
+                rows[name] = buf[:n].cpu().numpy().astype(host)
+        if self.extra_grids is not None:  # per-class/truth rows counted on an earlier (finer) grid of their row
+            grid, eg = rows["grid"], self.extra_grids[:n].cpu().numpy()
+            for i in np.flatnonzero(~np.isnan(eg[:, 0]) & (eg != grid).any(axis=1)):
+                old, new = (int(eg[i, 0]), int(eg[i, 1])), (int(grid[i, 0]), int(grid[i, 1]))
+                for k in self.extra:
+                    rows[k][i, ..., 1:-2] = grids.regrid(rows[k][i, ..., 1:-2], old, new)
+            (self.extra_grids.numpy() if self.cpu else self.extra_grids)[:n] = math.nan
         counts = rows["counts"]  # the nonfinite slot of the torch path: binned but not counted
         counts[:, -1] += rows["sums"][:, SUMS.index("binned")].astype(np.int64) - counts.sum(axis=1)
         for buf, op, _ in self.states.values():
             # CPU: reset through a numpy view, no torch operation
-            (buf.numpy() if self.cpu else buf)[:n] = -math.inf if op == "max" else math.inf if op == "min" else 0
+            (buf.numpy() if self.cpu else buf)[:n] = (-math.inf if op == "max" else math.inf if op == "min"
+                                                      else math.nan if op == "grid" else 0)
         return rows
 
     @staticmethod
-    def columns(rows: Rows) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """``(counts, stats, extra)`` of taken (or rank-reduced) rows: stats in :data:`twinpeaks.format.STATS` order."""
+    def columns(rows: Rows) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """``(counts, stats, extra, grid)`` of taken (or rank-reduced) rows: stats in :data:`twinpeaks.format.STATS`
+        order, ``grid`` the rows' int64 grids (automatic ranges) or None."""
         sums, peaks = rows["sums"], rows["peaks"]
         stats = empty_stats(len(sums))
         stats[:, BINNED] = sums[:, SUMS.index("binned")]
@@ -118,8 +139,8 @@ class PhaseBuffers:
         stats[:, SUM:SUM + 2] = sums[:, :2]  # sum, sumsq
         stats[:, ZEROS] = stats[:, BINNED] - sums[:, SUMS.index("nonzero")]
         stats[:, MIN], stats[:, MAX] = -peaks[:, 0], peaks[:, 1]
-        extra = {k: v for k, v in rows.items() if k not in ("counts", "sums", "peaks")}
-        return rows["counts"], stats, extra
+        extra = {k: v for k, v in rows.items() if k not in ("counts", "sums", "peaks", "grid")}
+        return rows["counts"], stats, extra, rows.get("grid")
 
 
 @dataclass(eq=False, slots=True)
@@ -130,9 +151,9 @@ class Plan:
     phase: str
     buffers: PhaseBuffers
     kernel: bool  # the C kernel bins it; else torch operations
-    #: C kernel: (dtype code, elements, block stride, blocks, block size, edges address, bins); see binning
+    #: C kernel: (dtype code, elements, block stride, blocks, block size, fixed edges address or 0); see binning
     kernel_args: tuple
-    row_addresses: list[tuple[int, int, int]]  # C kernel: counts, sums, peaks addresses per row
+    row_addresses: list[tuple[int, int, int, int, int]]  # C kernel: grid, bins, counts, sums, peaks per row
     dense: bool  # the elements fill their storage block: read in storage order
     stride: int  # sampling: block stride in elements
     blocks: int  # sampling: blocks per output; 0 = every element
@@ -157,8 +178,10 @@ class Record:
         self.name = name
         self.type = type_
         self.last = last  # belongs to the last hooked module: per-class and truth apply
+        self.module_name = name  # the module's layer name (a sub-record's is its module's)
         self.out_shape: list[int] | None = None
-        self.bounds: binning.Bounds | None = None
+        self.fixed: binning.Fixed | None = None  # a fixed range; None: automatic grids (docs/grids.md)
+        self.range_known = False  # looked up (see BinningEngine.know_range)
         self.edges_written = False
         self.classes = 0  # per-class columns
         self.phases: dict[str, PhaseBuffers] = {}
@@ -166,11 +189,11 @@ class Record:
         self.dirty = True  # layer row needs (re)writing
 
     def host_edges(self) -> np.ndarray | None:
-        """The layer's bin edges as float64 on the host, once its bounds are known."""
-        return None if self.bounds is None else self.bounds.edges.cpu().double().numpy()
+        """A fixed range's float64 numpy edges on the host (written once per layer); None: automatic grids."""
+        return None if self.fixed is None else self.fixed.edges.cpu().numpy()
 
 
-BoundsFn = Callable[[torch.Tensor, Record], binning.Bounds]
+RangeFn = Callable[[Record], "tuple[float, float] | None"]
 
 
 class BinningEngine:
@@ -178,31 +201,38 @@ class BinningEngine:
 
     Args:
         clock: the step clock (its ``phase`` and ``row`` say where a value goes).
-        bins, range, margin, sample, per_class, rows: the recorder's options.
+        bins, sample, per_class, rows: the recorder's options.
         warn: ``warn(layer, what)``: one warning per layer.
-        auto_bounds: ``auto_bounds(values, record)``: a layer's range from its first output
-            (the distributed sync agrees it across ranks).
+        range_of: ``range_of(record)``: the layer's fixed range ``(lo, hi)``, or None for
+            automatic grids (the recorder resolves ``range=`` per layer); may raise
+            ``ValueError`` (then: automatic, with one warning).
     """
 
-    def __init__(self, clock: Any, *, bins: int, range: tuple[float, float] | None,  # noqa: A002 - option name
-                 margin: float, sample: float | str, per_class: bool, rows: int, seed: int,
-                 warn: Callable[[str, str], None], auto_bounds: BoundsFn | None = None):
+    def __init__(self, clock: Any, *, bins: int, sample: float | str, per_class: bool, rows: int, seed: int,
+                 warn: Callable[[str, str], None], range_of: RangeFn | None = None):
         self.clock = clock
         self.bins = bins
-        self.range = range
-        self.margin = margin
+        self.range_of: RangeFn = range_of or (lambda rec: None)
         self.sample = sample
         self.per_class = per_class
         self.rows = rows
         self.rng = random.Random(seed)
         self.warn = warn
-        self.auto_bounds = auto_bounds or self._local_bounds
         self.targets: torch.Tensor | None = None
         self.targets_after: bool | None = None
         self.pending: list[tuple[Record, str, int, torch.Tensor]] = []
 
-    def _local_bounds(self, values: torch.Tensor, rec: Record) -> binning.Bounds:
-        return binning.auto_bounds(values, self.bins, self.margin, output=rec.last)
+    def know_range(self, rec: Record) -> None:
+        """Look up a record's range once: fixed (numpy's float64 edges, on the CPU for now) or automatic."""
+        if rec.range_known:
+            return
+        try:
+            r = self.range_of(rec)
+        except ValueError as exc:  # e.g. a range function that fails on a sub-record's name
+            self.warn(rec.name, f"{exc}; its range is automatic")
+            r = None
+        rec.fixed = binning.fixed_grid(r[0], r[1], self.bins) if r is not None else None
+        rec.range_known = True
 
     # -- the hot path -------------------------------------------------------------------------
     def bin(self, rec: Record, t: torch.Tensor) -> None:
@@ -231,7 +261,7 @@ class BinningEngine:
     def plan(self, rec: Record, t: torch.Tensor, key: tuple) -> Plan | None:
         """How to bin outputs of ``t``'s layout in this phase; cached on ``rec``. None: not binned.
 
-        Creates the phase's buffers and the layer's bounds on first use.
+        Creates the phase's buffers on first use (and looks up the layer's range).
         """
         if t.device.type == "meta":  # no values: binning it would fail at the flush, not here
             self.warn(rec.name, "returned a tensor on the meta device (it holds no values): not binned")
@@ -249,21 +279,21 @@ class BinningEngine:
             if rec.out_shape is None:
                 rec.out_shape = list(t.shape)
                 rec.dirty = True
+            self.know_range(rec)
+            if rec.fixed is not None and rec.fixed.edges.device != t.device:
+                rec.fixed = binning.fixed_grid(rec.fixed.lo, rec.fixed.hi, self.bins, t.device)
             if pd is None:
                 pd = self._new_buffers(rec, t)
-            if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
-                rec.bounds = (binning.fixed_bounds(*self.range, self.bins, t.device) if self.range
-                              else self.auto_bounds(t.detach(), rec))
             stride, blocks = self.sampling(n, t.shape, rec.last)
             k = blocks * SAMPLE_BLOCK if blocks else n
-            kernel = bool(pd.cpu and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
+            kernel = bool(pd.cpu and binning.KERNEL and t.dtype in binning.KERNEL_DTYPES
                           and type(t) in (torch.Tensor, nn.Parameter))  # a subclass (DTensor, ...) may hold no memory
             seen = None
             if not kernel:
                 with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                     seen = torch.tensor([k, n], dtype=torch.float64, device=t.device)
-            kernel_args = ((binning.KERNEL_DTYPES[t.dtype], n, stride, blocks, SAMPLE_BLOCK, rec.bounds.edges_ptr,
-                            self.bins) if kernel else ())
+            kernel_args = ((binning.KERNEL_DTYPES[t.dtype], n, stride, blocks, SAMPLE_BLOCK,
+                            rec.fixed.edges_ptr if rec.fixed is not None else 0) if kernel else ())
             plan = pd.plans[key] = Plan(
                 key=key, phase=phase, buffers=pd, kernel=kernel, kernel_args=kernel_args,  # type: ignore[arg-type]
                 row_addresses=pd.row_addresses, dense=binning.is_dense(t), stride=stride, blocks=blocks,
@@ -303,9 +333,13 @@ class BinningEngine:
             flat = flat.as_strided((blocks, SAMPLE_BLOCK), (stride, 1), offset).reshape(-1)
         elif dense:
             flat = flat.as_strided((t.numel(),), (1,), flat.storage_offset())
-        # one contiguous float32 copy of a sample: the five passes below then read it from cache
+        # one contiguous float32 copy of a sample for the stats; bins from the values themselves (upcast to float64)
         v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
-        pd.finite[row].add_(binning.bin_finite(v, rec.bounds))  # type: ignore[arg-type]
+        values = flat if flat.dtype == torch.float64 else v
+        if rec.fixed is not None:
+            binning.observe_fixed(values, rec.fixed, pd.counts[row])
+        else:
+            binning.observe_auto(values, pd.grids[row], pd.counts[row])  # type: ignore[index]
         add, peak = binning.stats_parts(v)
         sums = pd.sums[row]
         sums[:3].add_(add)
@@ -325,14 +359,14 @@ class BinningEngine:
             extra["truth"] = 2
             per_row = sum(extra.values()) * binning.n_slots(self.bins) * 8
             self.clock.rows = min(self.clock.rows, max(8, EXTRA_BUDGET // per_row))
-        pd = self.new_buffers(t.device, extra)
+        pd = self.new_buffers(t.device, extra, auto=rec.fixed is None)
         rec.phases[self.clock.phase] = pd
         return pd
 
-    def new_buffers(self, device: torch.device, extra: dict[str, int]) -> PhaseBuffers:
-        """Empty buffers of one record in one phase (``extra``: per-class/truth columns)."""
+    def new_buffers(self, device: torch.device, extra: dict[str, int], auto: bool = True) -> PhaseBuffers:
+        """Empty buffers of one record in one phase (``extra``: per-class/truth columns; ``auto``: per-row grids)."""
         with torch.inference_mode(False):  # buffers must stay normal tensors, updatable outside inference mode
-            return PhaseBuffers(self.rows, binning.n_slots(self.bins), device, extra)
+            return PhaseBuffers(self.rows, binning.n_slots(self.bins), device, extra, auto)
 
     # -- the last layer: per-class and truth counts ---------------------------------------------
     def set_targets(self, y: torch.Tensor) -> None:
@@ -355,7 +389,7 @@ class BinningEngine:
         s = binning.n_slots(self.bins)
         row, phase = self.clock.row, self.clock.phase
         if "classes" in pd.extra and cols == rec.classes:
-            slots = binning.slot_index(out, rec.bounds)  # type: ignore[arg-type]
+            slots = self._slots(rec, pd, row, out)
             offs = torch.arange(cols, device=slots.device) * s
             pd.extra["classes"][row] += binning.count_slots(slots + offs, cols * s).view(cols, s)
         if self.targets is not None:
@@ -379,6 +413,20 @@ class BinningEngine:
                                 "truth split skipped (pass class indices [batch] or 0/1 per output)")
             return
         if slots is None:
-            slots = binning.slot_index(out, rec.bounds)  # type: ignore[arg-type]
+            slots = self._slots(rec, pd, row, out)
         s = binning.n_slots(self.bins)
         pd.extra["truth"][row] += binning.count_slots(slots + (~yes).long() * s, 2 * s).view(2, s)
+
+    def _slots(self, rec: Record, pd: PhaseBuffers, row: int, out: torch.Tensor) -> torch.Tensor:
+        """Slots of the last layer's outputs on its step row's grid, for the per-class and truth rows.
+
+        Automatic ranges: those rows first move onto the row's grid as it is now (it
+        may have coarsened since they were last counted: a second call in the step).
+        """
+        if rec.fixed is not None:
+            return binning.slot_index(out, rec.fixed)
+        g, eg = pd.grids[row], pd.extra_grids[row]  # type: ignore[index]
+        for buf in pd.extra.values():
+            buf[row] = binning.regrid_rows(buf[row], eg, g)
+        eg.copy_(g)
+        return binning.auto_slots(out, g, self.bins)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .. import grids
 from ..columns import ColumnStore
 from ..format import combine_stats, n_slots
 from ..runfile import RunWriter
@@ -36,12 +37,13 @@ class LayerRecord(Protocol):
 
 
 class _HostColumns:
-    """Host stores of one record in one phase: the run's columns and the open epoch's."""
+    """Host stores of one record in one phase: the run's columns and the open epoch's (gridded: automatic ranges)."""
 
-    def __init__(self, max_columns: int, slots: int, extra: dict[str, tuple[int, ...]]):
-        self.store = ColumnStore(max_columns, (slots,))
-        self.epoch = ColumnStore(256, (slots,))
-        self.epoch_extra = {k: ColumnStore(256, (*shape, slots)) for k, shape in extra.items()}
+    def __init__(self, max_columns: int, slots: int, extra: dict[str, tuple[int, ...]], gridded: bool):
+        self.gridded = gridded
+        self.store = ColumnStore(max_columns, (slots,), gridded)
+        self.epoch = ColumnStore(256, (slots,), gridded)
+        self.epoch_extra = {k: ColumnStore(256, (*shape, slots), gridded) for k, shape in extra.items()}
 
 
 class EpochWriter:
@@ -59,16 +61,17 @@ class EpochWriter:
         return self.hosts.get((rid, phase))
 
     def add_window(self, rec: LayerRecord, phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
-                   extra: dict[str, np.ndarray]) -> None:
-        """Append a window's rows (first step ``start``) to the stores and write the new columns."""
+                   extra: dict[str, np.ndarray], grid: np.ndarray | None = None) -> None:
+        """Append a window's rows (first step ``start``; ``grid``: their grids, automatic ranges) to the stores and
+        write the new columns."""
         host = self.hosts.get((rec.id, phase))
         if host is None:
             host = self.hosts[rec.id, phase] = _HostColumns(
-                self.max_columns, n_slots(self.bins), {k: v.shape[1:-1] for k, v in extra.items()})
-        host.store.append(start, counts, stats)
-        host.epoch.append(start, counts, stats)
+                self.max_columns, n_slots(self.bins), {k: v.shape[1:-1] for k, v in extra.items()}, grid is not None)
+        host.store.append(start, counts, stats, grid)
+        host.epoch.append(start, counts, stats, grid)
         for k, arr in extra.items():
-            host.epoch_extra[k].append(start, arr, stats)
+            host.epoch_extra[k].append(start, arr, stats, grid)
         w = self.writer
         first, rewrite = host.store.unwritten()
         if rewrite:
@@ -77,7 +80,13 @@ class EpochWriter:
             w.put_array(rec.id, phase, "col_steps", -1, first, host.store.steps[first:])
             w.put_array(rec.id, phase, "col_counts", -1, first, host.store.counts[first:])
             w.put_array(rec.id, phase, "col_stats", -1, first, host.store.stats[first:])
+            if host.store.grid is not None:
+                w.put_array(rec.id, phase, "col_grid", -1, first, host.store.grid[first:])
         host.store.mark_written()
+
+    def drop_layer(self, layer: int) -> None:
+        """Remove a layer row that turned out to hold nothing (its module's outputs went to sub-records)."""
+        self.writer.drop_layer(layer)
 
     def write_layers(self, records: Iterable[LayerRecord]) -> None:
         """(Re)write the layer rows that changed, and every layer's edges once."""
@@ -123,16 +132,21 @@ class EpochWriter:
         self._last_steps = steps
 
     def _write_summary(self, rid: int, phase: str, epoch: int, host: _HostColumns, lq_first: int, add: bool) -> None:
-        counts, stats, n = host.epoch.total()
-        lq_counts, lq_stats, lq_n = host.epoch.total(lq_first)
+        counts, stats, n, grid = host.epoch.total()
+        lq_counts, lq_stats, lq_n, lq_grid = host.epoch.total(lq_first)
         arrays = {"counts": counts, "stats": stats, "lq_counts": lq_counts, "lq_stats": lq_stats,
                   "summary": np.array([n, lq_n], np.int64)}
-        for k, store in host.epoch_extra.items():
+        for k, store in host.epoch_extra.items():  # per-class and truth rows on their summary's grid
             name = "class" if k == "classes" else k
-            arrays[f"{name}_counts"] = store.total()[0]
-            arrays[f"{name}_lq"] = store.total(lq_first)[0]
+            arrays[f"{name}_counts"] = store.total(None, onto=grid)[0]
+            arrays[f"{name}_lq"] = store.total(lq_first, onto=lq_grid)[0]
+        if host.gridded:
+            arrays["grid"] = np.array(grid if grid is not None else (0, 0), np.int64)
+            arrays["lq_grid"] = np.array(lq_grid if lq_grid is not None else (0, 0), np.int64)
         prev = self._last_epoch.get((rid, phase)) if add else None
-        if prev is not None:
+        if prev is not None and host.gridded:
+            _add_on_grids(prev, arrays)
+        elif prev is not None:
             for kind, arr in list(arrays.items()):
                 if kind not in prev:
                     continue
@@ -153,3 +167,29 @@ class EpochWriter:
     @property
     def conn(self) -> Any:
         return self.writer.conn
+
+
+def _add_on_grids(prev: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> None:
+    """Automatic ranges: add an epoch's new summaries to its written ones, on their common grid (exact), in place."""
+    for prefix, kinds in (("", ("counts", "class_counts", "truth_counts")), ("lq_", ("lq_counts", "class_lq",
+                                                                                   "truth_lq"))):
+        gs: list[tuple[int, int] | None] = []
+        for d in (prev, arrays):
+            stored = d[prefix + "grid"]
+            gs.append((int(stored[0]), int(stored[1])) if d[kinds[0]][1:-2].any() else None)
+        row, common = grids.combine([prev[kinds[0]], arrays[kinds[0]]], gs)
+        arrays[kinds[0]] = row
+        arrays[prefix + "grid"] = np.array(common if common is not None else (0, 0), np.int64)
+        for kind in kinds[1:]:
+            if kind not in arrays:
+                continue
+            parts = [(arrays[kind], gs[1])] + ([(prev[kind], gs[0])] if kind in prev else [])
+            total: np.ndarray = np.sum([p for p, _ in parts], axis=0)
+            total[..., 1:-2] = 0
+            for part, pg in parts:
+                if pg is not None and common is not None:
+                    total[..., 1:-2] += grids.regrid(part[..., 1:-2], pg, common)
+            arrays[kind] = total
+    for kind in ("stats", "lq_stats"):
+        arrays[kind] = combine_stats(np.vstack([prev[kind], arrays[kind]]))
+    arrays["summary"] = prev["summary"] + arrays["summary"]

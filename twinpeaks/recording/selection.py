@@ -81,6 +81,19 @@ class RecordNames:
         return out
 
 
+def composite_candidates(model: nn.Module) -> dict[int, str]:
+    """``id -> layer name`` of the modules that may be layers leaf hooks miss (see :mod:`.probe`).
+
+    Modules with children, except containers and the model itself.
+
+    Example:
+        >>> list(composite_candidates(nn.Sequential(nn.MultiheadAttention(4, 2))).values())
+        ['0']
+    """
+    return {id(m): layer_name(name) for name, m in model.named_modules()
+            if m is not model and layer_name(name) and not isinstance(m, _CONTAINERS) and any(True for _ in m.children())}
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The user's module inside DDP/DataParallel/FSDP1/``torch.compile`` wrappers."""
     while True:
@@ -137,6 +150,10 @@ class Hooks:
         self._handles.append(root.register_forward_pre_hook(pre_hook))
         for i, mod in enumerate(modules):
             self._handles.append(mod.register_forward_hook(make_hook(i)))
+
+    def add(self, module: nn.Module, hook: Any) -> None:
+        """One more forward hook (a layer found after :meth:`register`), removed with the others."""
+        self._handles.append(module.register_forward_hook(hook))
 
     def remove(self) -> None:
         for h in self._handles:

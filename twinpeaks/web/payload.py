@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import grids
 from .._version import __version__
 from ..columns import merge_stats
 from ..display import groups, merge_bins
 from ..format import BINNED, mean_std, zero_fraction
-from ..run import Histogram, Run
+from ..run import Histogram, Run, on_common_grid
 
 log = logging.getLogger("twinpeaks")
 
@@ -85,7 +86,12 @@ def heatmap(run: Run, layer: int, phase: str, max_columns: int = MAX_COLUMNS, ma
     g = groups(len(cols), max_columns)
     last = np.append(g[1:], len(cols)) - 1
     starts, ends = cols.starts[g], cols.ends[last]
-    counts, edges = merge_bins(np.add.reduceat(cols.counts, g, axis=0), cols.edges, max_bins)
+    grid = None if cols.fixed else run.layer_grid(layer)
+    if grid is None:
+        merged, edges = cols.counts, cols.edges[0]
+    else:  # automatic ranges: every column moved exactly onto the layer's grid (where its values went over the run)
+        merged, edges = cols.on_grid(grid), grids.edges_of(grid, cols.counts.shape[1])
+    counts, edges = merge_bins(np.add.reduceat(merged, g, axis=0), edges, max_bins)
     per_step = counts / np.maximum(ends - starts, 1)[:, None]
     scale = float(np.log1p(per_step.max())) if per_step.size else 0.0
     levels = np.zeros(per_step.shape, np.uint16)
@@ -109,7 +115,9 @@ def heatmap(run: Run, layer: int, phase: str, max_columns: int = MAX_COLUMNS, ma
     }
 
 
-def _hist(h: Histogram, max_bins: int) -> dict:
+def _hist(h: Histogram, max_bins: int, onto: tuple[int, int] | None = None) -> dict:
+    if onto is not None:  # automatic ranges: onto the layer's grid, shared by all its histograms (exact)
+        h = on_common_grid([h], onto)[0]
     counts, _ = merge_bins(h.counts, h.edges, max_bins)
     return {"counts": counts.tolist(), "total": h.total, "under": h.underflow, "over": h.overflow,
             "nonfinite": h.nonfinite, "steps": h.steps}
@@ -118,10 +126,11 @@ def _hist(h: Histogram, max_bins: int) -> dict:
 def _epoch_hists(run: Run, layer: int, epoch: int, phases: Sequence[str], max_bins: int, **pick: Any) -> dict:
     """``{phase: histogram}`` of one epoch; train is its last quarter (what Twin Peaks compares)."""
     out = {}
+    onto = run.layer_grid(layer)
     for phase in phases:
         h = run.histogram(layer, phase, epoch, last_quarter=phase == "train", **pick)
         if h.total:
-            out[phase] = _hist(h, max_bins)
+            out[phase] = _hist(h, max_bins, onto)
     return out
 
 
