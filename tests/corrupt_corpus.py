@@ -144,6 +144,13 @@ MUTATIONS: dict[str, Callable[[Path], None]] = {
                                params=(np.array([[9, 2]], "<i8").tobytes(),)),
     "unknown_kind": _sql("UPDATE arrays SET kind='bogus' WHERE kind='counts'"),
     "layer_of_no_layer": _sql("UPDATE arrays SET layer=layer+1000 WHERE kind='counts'"),
+    # grids (runs with automatic ranges, schema 3)
+    "grid_exponent_huge": _sql("UPDATE arrays SET data=?, dtype='<i8', shape='[2]' WHERE kind IN ('grid', 'lq_grid')",
+                               params=(np.array([10**6, 0], "<i8").tobytes(),)),
+    "col_grid_offset_huge": _sql("UPDATE arrays SET data=?, dtype='<i8', shape='[1, 2]' WHERE kind='col_grid'",
+                                 params=(np.array([[0, 2**62]], "<i8").tobytes(),)),
+    "col_grid_missing": _sql("DELETE FROM arrays WHERE kind='col_grid'"),
+    "col_grid_as_float": _sql("UPDATE arrays SET dtype='<f8' WHERE kind='col_grid' AND dtype='<i8'"),
     # structure
     "wrong_columns": _sql("DROP TABLE layers", "CREATE TABLE layers (x, y)"),
     "missing_table": _sql("DROP TABLE epochs"),

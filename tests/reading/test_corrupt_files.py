@@ -26,7 +26,7 @@ from twinpeaks import cli
 
 TESTS = Path(__file__).resolve().parent.parent
 PER_FILE_S = 5.0
-FUZZ = int(os.environ.get("TWINPEAKS_FUZZ", "40"))
+FUZZ = int(os.environ.get("TWINPEAKS_FUZZ", "30"))
 FUZZ_SEED = int(os.environ.get("TWINPEAKS_FUZZ_SEED", "14"))
 
 
@@ -72,6 +72,18 @@ def test_every_corrupt_file_gives_a_clean_error_or_a_correct_read(corpus, valid)
     for name in ["steps_empty_list", "steps_phase_int", "shape_float", "deep_json_meta", "dtype_garbage",
                  "data_null", "closed_at_huge", "wrong_columns", "view_meta_recursive_cte", "columns_huge",
                  "trigger", "edges_nan", "bins_huge"]:
+        assert results[f"{name}.tp"][0] == "clean", (name, results[f"{name}.tp"])
+
+
+def test_a_corrupt_run_with_automatic_ranges_too(valid_auto, tmp_path):
+    """The corpus made from a run with per-column grids (col_grid, grid, lq_grid)."""
+    corpus = make_corpus(valid_auto, tmp_path / "corpus")
+    results = check([valid_auto, *corpus.values()])
+    assert results["valid_auto.tp"][0] == "ok"
+    failures = {n: r for n, r in results.items() if r[0] == "FAIL" or r[1] > PER_FILE_S}
+    assert not failures, failures
+    for name in ["grid_exponent_huge", "col_grid_offset_huge", "col_grid_missing", "steps_empty_list",
+                 "view_meta_recursive_cte", "dtype_garbage"]:
         assert results[f"{name}.tp"][0] == "clean", (name, results[f"{name}.tp"])
 
 
@@ -125,9 +137,19 @@ def test_dashboard_lists_the_good_runs_and_marks_the_bad_ones(corpus, valid, tmp
     assert not [p for p in root.iterdir() if p.name.endswith(("-wal", "-shm"))]
 
 
-def test_fuzz_random_mutations_of_a_run_file(valid, tmp_path):
+@pytest.fixture(scope="module")
+def valid_auto(tmp_path_factory, record_run):
+    """A run with automatic ranges: per-column grids (col_grid, grid, lq_grid) to mutate too."""
+    path = tmp_path_factory.mktemp("valid_auto") / "valid_auto.tp"
+    record_run(path, epochs=2, steps=3, valid=1, range=None)
+    return path
+
+
+@pytest.mark.parametrize("which", ["fixed", "auto"])
+def test_fuzz_random_mutations_of_a_run_file(valid, valid_auto, which, tmp_path):
     """A clean error or a correct read within PER_FILE_S and 1.5 GB, for every random mutation."""
-    rng = random.Random(FUZZ_SEED)
+    valid = valid if which == "fixed" else valid_auto
+    rng = random.Random(FUZZ_SEED + (which == "auto"))
     paths, what = [], {}
     for i in range(FUZZ):
         path = tmp_path / f"fuzz{i:04d}.tp"
