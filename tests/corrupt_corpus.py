@@ -290,8 +290,8 @@ def read_everything(path: str | Path, charts: bool = False) -> None:
 def check_files(paths: list[str], memory_mb: int = 1500, charts: bool = False) -> int:
     """Read each file with :func:`read_everything` under an address-space limit; print a RESULT line per file.
 
-    Outcomes: ``ok`` (read), ``clean`` (a TwinpeaksError with a one-line message, or a chart's
-    one-line ValueError that it has nothing to draw),
+    Outcomes: ``ok`` (read), ``clean`` (a TwinpeaksError with a one-line message, or a chart's or
+    the diagnosis' one-line ValueError that the run lacks what it needs, e.g. no closed epoch),
     ``FAIL`` (anything else: another exception, a MemoryError, a multi-line message).
     """
     import resource
@@ -319,10 +319,10 @@ def check_files(paths: list[str], memory_mb: int = 1500, charts: bool = False) -
         except tp.TwinpeaksError as exc:
             msg = str(exc)
             outcome, detail = ("clean", msg) if "\n" not in msg and msg else ("FAIL", f"multi-line: {msg!r}")
-        except ValueError as exc:  # a chart's own refusal of a run without the data it draws (the CLI: exit 2)
+        except ValueError as exc:  # a chart's or the diagnosis' refusal of a run without the data it needs (exit 2)
             msg, tb = str(exc), traceback.extract_tb(exc.__traceback__)
-            from_chart = any("/twinpeaks/charts/" in f.filename for f in tb[-1:])
-            outcome, detail = ("clean", msg) if from_chart and "\n" not in msg else ("FAIL", f"ValueError: {msg}")
+            refusal = any(f"/twinpeaks/{part}/" in f.filename for f in tb[-1:] for part in ("charts", "diagnosis"))
+            outcome, detail = ("clean", msg) if refusal and "\n" not in msg else ("FAIL", f"ValueError: {msg}")
         except BaseException as exc:  # noqa: BLE001 - every other failure is the finding
             tb = traceback.format_exc().strip().splitlines()
             outcome, detail = "FAIL", f"{type(exc).__name__}: {exc!s:.200} at {tb[-3].strip() if len(tb) > 2 else ''}"
