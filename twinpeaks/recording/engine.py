@@ -220,6 +220,9 @@ class BinningEngine:
         self.warn = warn
         self.targets: torch.Tensor | None = None
         self.targets_after: bool | None = None
+        self.ignore_index = -100
+        #: layer -> (count of class indices outside [0, K) other than ignore_index, on the device; K): read at epoch end
+        self.bad_targets: dict[str, tuple[torch.Tensor, int]] = {}
         self.pending: list[tuple[Record, str, int, torch.Tensor]] = []
 
     def know_range(self, rec: Record) -> None:
@@ -369,8 +372,9 @@ class BinningEngine:
             return PhaseBuffers(self.rows, binning.n_slots(self.bins), device, extra, auto)
 
     # -- the last layer: per-class and truth counts ---------------------------------------------
-    def set_targets(self, y: torch.Tensor) -> None:
+    def set_targets(self, y: torch.Tensor, ignore_index: int = -100) -> None:
         """Targets of the current batch, before or after its forward (see ``ActivationsHistogram.targets``)."""
+        self.ignore_index = ignore_index
         # The first call fixes the style: targets given after the forward apply to
         # that forward's pending outputs; given before, they wait for the next one.
         if self.targets_after is None:
@@ -404,10 +408,20 @@ class BinningEngine:
         pd = rec.phases[phase]
         b, cols = out.shape
         y = y.to(out.device)
+        ignore = self.ignore_index
         if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
-            yes = y.reshape(b, cols) > 0.5
+            per_output = y.reshape(b, cols)
+            yes = per_output > 0.5
+            keep = per_output != ignore  # an output whose target is ignore_index is left out
         elif y.numel() == b and cols > 1 and not y.is_floating_point():
-            yes = torch.nn.functional.one_hot(y.reshape(b).long().clamp(0, cols - 1), cols).bool()
+            idx = y.reshape(b).long()
+            inside = (idx >= 0) & (idx < cols)
+            bad = (~inside & (idx != ignore)).sum()  # stays on the device: read at the epoch's end
+            seen = self.bad_targets.get(rec.name)
+            self.bad_targets[rec.name] = (bad if seen is None else seen[0] + bad, cols)
+            # nothing clamped: a sample whose index is outside [0, K) is left out of YES and NO alike
+            yes = torch.nn.functional.one_hot(torch.where(inside, idx, 0), cols).bool() & inside[:, None]
+            keep = inside[:, None].expand(b, cols)
         else:
             self.warn(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(out.shape)}: "
                                 "truth split skipped (pass class indices [batch] or 0/1 per output)")
@@ -415,7 +429,17 @@ class BinningEngine:
         if slots is None:
             slots = self._slots(rec, pd, row, out)
         s = binning.n_slots(self.bins)
-        pd.extra["truth"][row] += binning.count_slots(slots + (~yes).long() * s, 2 * s).view(2, s)
+        code = torch.where(keep, slots + (~yes).long() * s, 2 * s)  # left-out outputs: one more slot, cut off
+        pd.extra["truth"][row] += binning.count_slots(code, 2 * s + 1)[: 2 * s].view(2, s)
+
+    def take_bad_targets(self) -> list[tuple[str, int, int]]:
+        """``(layer, count, K)`` of the class indices outside ``[0, K)`` (not ``ignore_index``) since the last call.
+
+        Reads the device counters: a host sync, so only at an epoch's end.
+        """
+        out = [(name, int(n), cols) for name, (n, cols) in self.bad_targets.items()]
+        self.bad_targets = {}
+        return [x for x in out if x[1]]
 
     def _slots(self, rec: Record, pd: PhaseBuffers, row: int, out: torch.Tensor) -> torch.Tensor:
         """Slots of the last layer's outputs on its step row's grid, for the per-class and truth rows.
