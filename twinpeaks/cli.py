@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (TwinpeaksError, OSError, ValueError, KeyError, IndexError) as exc:
+        from .commands import term
+
         msg = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"twinpeaks {args.command}: error: {msg}", file=sys.stderr)
+        print(f"twinpeaks {args.command}: error: {term(msg, keep_newlines=False)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("twinpeaks: interrupted", file=sys.stderr)

@@ -1,14 +1,24 @@
 """Per-step histogram columns in bounded memory.
 
 A :class:`ColumnStore` keeps one column per recorded step until it holds more
-than ``cap`` columns, then merges adjacent columns pairwise (histograms add,
-sums add, minima and maxima combine), so memory is ``O(cap x slots)`` however
-long the run. Every field is additive or a min/max, so merging is exact:
-nothing is approximated, only time resolution is traded.
+than ``cap`` columns, then merges adjacent columns (histograms add, sums add,
+minima and maxima combine), so memory is ``O(cap x slots)`` however long the
+run. Every field is additive or a min/max, so merging is exact: nothing is
+approximated, only time resolution is traded.
 
 Columns record the steps they cover (``start``, ``end`` exclusive). Rows
 appended together (one flush) never share a column with earlier rows, so a
 column's data is final once written, until the next merge rewrites them all.
+
+Columns stay of even width for any run length and any flush size: every
+column lies inside one aligned bucket ``[origin + k * width, origin + (k + 1)
+* width)`` of the store's first step ``origin``. A merge first joins the
+columns of each bucket (small flushes leave several per bucket); only when
+more than 3/4 of ``cap`` buckets are occupied does ``width`` double (so a
+merge always frees a quarter of the store). So ``width`` stays below
+``2 * steps / (cap - cap // 4)`` (it cannot overflow, and with ``cap >= 8``
+the first column holds at most a third of the run) and a merged bucket is
+one column of exactly ``width`` steps.
 
 With automatic ranges every column also keeps its grid ``(e, o)`` (docs/grids.md):
 merged columns are regridded onto their common grid before adding, which is
@@ -56,7 +66,8 @@ class ColumnStore:
         if cap < 2:
             raise ValueError(f"max_columns must be at least 2, got {cap}")
         self.cap = cap
-        self.width = 1  # steps per column for new rows
+        self.width = 1  # steps per bucket: every column lies inside one bucket
+        self.origin = 0  # first step of the first bucket (the first step appended)
         # buffers with spare rows, grown geometrically: an append copies only the new rows
         self._n = 0
         self._steps = np.zeros((0, 2), dtype=np.int64)
@@ -117,14 +128,19 @@ class ColumnStore:
             return
         if (grid is None) != (self._grid is None):
             raise ValueError("a gridded store takes rows with grids, a fixed one without")
-        groups = np.arange(0, n, self.width)
-        ends = np.minimum(groups + self.width, n)
-        if self.width > 1:
+        if self._n == 0:
+            self.origin = int(start)
+        if self.width > 1:  # one column per bucket the rows touch
+            bucket = (np.arange(start, start + n, dtype=np.int64) - self.origin) // self.width
+            groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
             if grid is not None:
                 counts, grid = _grids.merge_groups(counts, grid, groups)
             else:
                 counts = np.add.reduceat(counts, groups, axis=0)
             stats = merge_stats(stats, groups)
+        else:
+            groups = np.arange(n)
+        ends = np.append(groups[1:], n)
         k = len(groups)
         self._reserve(k)
         at = slice(self._n, self._n + k)
@@ -139,8 +155,13 @@ class ColumnStore:
             self._halve()
 
     def _halve(self) -> None:
+        """Join the columns of each bucket, doubling the bucket first if more than 3/4 of ``cap`` are occupied."""
         n = self._n
-        groups = np.arange(0, n, 2)
+        bucket = (self._steps[:n, 0] - self.origin) // self.width
+        if len(np.unique(bucket)) > self.cap - self.cap // 4:
+            self.width *= 2
+            bucket //= 2
+        groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
         if self._grid is not None:
             counts, grid = _grids.merge_groups(self.counts, self.grid, groups)  # type: ignore[arg-type]
         else:
@@ -153,7 +174,6 @@ class ColumnStore:
         if self._grid is not None:
             self._grid[:k] = grid
         self._n = k
-        self.width *= 2
         self.rewrite = True
         self.written = 0
 

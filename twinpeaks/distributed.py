@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -150,14 +151,14 @@ class DistSync:
 
     # -- attach ---------------------------------------------------------------------------
     def open_writer(self, path: Any, meta: dict[str, Any], names: list[str], *, overwrite: bool = False,
-                    claimed: bool = False) -> RunWriter:
+                    claimed: bool = False, warn: Callable[[str], None] | None = None) -> RunWriter:
         """Rank 0 creates the run file, the others (``path`` None) an in-memory run; a failure on any rank fails all.
 
-        ``overwrite`` and ``claimed`` are :class:`~twinpeaks.runfile.RunWriter`'s.
+        ``overwrite``, ``claimed`` and ``warn`` are :class:`~twinpeaks.runfile.RunWriter`'s.
         """
         writer, error = None, None
         try:
-            writer = RunWriter(path, meta, overwrite=overwrite, claimed=claimed)
+            writer = RunWriter(path, meta, warn, overwrite=overwrite, claimed=claimed)
             writer.set_meta("distributed", {"world_size": self.world, "backend": self.backend})
             writer.commit()
         except Exception as exc:  # reported to every rank below, then raised here

@@ -78,7 +78,7 @@ class LiveChart:
     def figure(self, run: Any) -> Any:
         """The live figure: Twin Peaks of the last epoch, and the last layer's Colorful strip."""
         from .charts.colorful import draw_colorful
-        from .charts.common import new_figure, style
+        from .charts.common import as_plain_text, new_figure, style
         from .charts.twin_peaks import draw_twin_peaks
 
         info = run.layer(-1)
@@ -90,7 +90,7 @@ class LiveChart:
             if strip:
                 draw_colorful(axes[1], run, info, show_epochs=False)
                 axes[1].set_xlabel("train step")
-        return fig
+        return as_plain_text(fig)
 
     def _show(self, fig: Any) -> None:
         from IPython.display import Image, display

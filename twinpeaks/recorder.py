@@ -28,18 +28,20 @@ module selection (:mod:`~twinpeaks.recording.selection`), the step clock
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import binning, distributed
 from ._version import __version__
-from .errors import TwinpeaksWarning, warn
+from .errors import RunFileError, TwinpeaksWarning, warn
 from .outputs import flatten, is_main, path_name
 from .recording import ops
 from .recording.clock import StepClock
@@ -48,6 +50,7 @@ from .recording.epoch_writer import EpochWriter
 from .recording.probe import CompositeProbe
 from .recording.selection import (
     Hooks,
+    RecordNames,
     composite_candidates,
     layer_name,
     leaf_modules,
@@ -57,7 +60,7 @@ from .recording.selection import (
 )
 from .run import Run, open_run
 from .rundir import claim, claim_run_path, names_a_folder, next_run_path, refuse_existing
-from .runfile import RunWriter
+from .runfile import MAX_BINS, RunWriter
 
 __all__ = ["AUTO_SAMPLE", "EXACT_BELOW", "SAMPLE_BLOCK", "ActivationsHistogram", "TwinpeaksWarning", "layer_name",
            "leaf_modules", "named_modules", "unwrap"]
@@ -72,16 +75,76 @@ def _listener(option: str) -> Callable[[Any], None]:
     return getattr(import_module(module), name)()
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+#: The largest ``margin``: wider automatic ranges would leave float32.
+MAX_MARGIN = 1e6
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _as_range(value: Any, bins: int, what: str = "range") -> tuple[float, float]:
+    """``(lo, hi)`` checked: finite, ``lo < hi``, and within float32 (lo, hi and hi - lo), the kernel's type."""
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be (lo, hi) or None, got {value!r}; e.g. range=(-10, 10)") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ValueError(f"{what} must be two finite numbers lo < hi, got {value!r}; e.g. range=(-10, 10)")
+    if max(abs(lo), abs(hi)) > _F32_MAX or hi - lo > _F32_MAX:
+        raise ValueError(f"{what} {value!r} does not fit float32 (the binning kernel's type): lo, hi and hi - lo "
+                         f"must be at most {_F32_MAX:.3g} in magnitude; e.g. range=(-1e6, 1e6)")
     try:
         binning.check_range(lo, hi, bins)
     except ValueError as exc:
         raise ValueError(f"{what}: {exc}") from None
     return lo, hi
+
+
+def check_arguments(*, bins: Any, sample: Any, margin: Any, flush_every: Any, max_columns: Any, seed: Any,
+                    modules: Any) -> None:
+    """Raise one ``ValueError``/``TypeError`` naming the first bad argument and the values it takes.
+
+    ``bins`` goes up to :data:`~twinpeaks.runfile.MAX_BINS` (10,000): every step of every layer keeps
+    ``bins + 3`` counts on the device for ``flush_every`` steps and ``max_columns`` columns of them on
+    the host, and no chart shows more than about a thousand (10**6 bins took 20 s and 4.2 GB on the
+    first forward of a 3-layer MLP). ``range`` is checked by ``_as_range``.
+
+    Example:
+        >>> check_arguments(bins=0, sample="auto", margin=1.0, flush_every=256, max_columns=1000, seed=0,
+        ...                 modules=None)
+        Traceback (most recent call last):
+        ValueError: bins must be an int in 1..10,000, got 0; e.g. bins=100
+    """
+    if not _int(bins) or not 1 <= bins <= MAX_BINS:
+        raise ValueError(f"bins must be an int in 1..{MAX_BINS:,}, got {bins!r}; e.g. bins=100")
+    if sample != "auto" and not (isinstance(sample, (int, float)) and not isinstance(sample, bool)
+                                 and 0 < sample <= 1):
+        raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
+    if not (isinstance(margin, (int, float)) and not isinstance(margin, bool) and math.isfinite(margin)
+            and 0 <= margin <= MAX_MARGIN):
+        raise ValueError(f"margin must be a finite number in 0..{MAX_MARGIN:g}, got {margin!r}; e.g. margin=1.0")
+    if not _int(flush_every) or flush_every < 1:
+        raise ValueError(f"flush_every must be an int >= 1 (not a bool), got {flush_every!r}; e.g. flush_every=256")
+    if not _int(max_columns) or max_columns < 2:
+        raise ValueError(f"max_columns must be an int >= 2, got {max_columns!r}; e.g. max_columns=1000")
+    if not _int(seed):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if modules is not None and not isinstance(modules, (str, int)) and len(modules) == 0:
+        raise ValueError("modules is empty: give None (every leaf module) or a list of names or indices")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, naming ``path``, when its folder cannot hold a new run file (read-only, or a file on the way)."""
+    p = Path(path)
+    folder = p if names_a_folder(path) else p.parent
+    while not os.path.lexists(folder) and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise RunFileError(f"cannot create the run file {str(p)!r}: {str(folder)!r} is "
+                           f"{'not a folder' if not folder.is_dir() else 'read-only'}; "
+                           "pick a path in a folder you can write to")
 
 
 def _check_range_option(value: Any, bins: int) -> Any:
@@ -179,18 +242,12 @@ class ActivationsHistogram:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
-            raise ValueError(f"bins must be a positive int, got {bins!r}; e.g. bins=100")
+        check_arguments(bins=bins, sample=sample, margin=margin, flush_every=flush_every, max_columns=max_columns,
+                        seed=seed, modules=modules)
         range = _check_range_option(range, bins)
-        if sample != "auto" and not (isinstance(sample, (int, float)) and 0 < sample <= 1):
-            raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
-        if not (isinstance(margin, (int, float)) and margin >= 0):
-            raise ValueError(f"margin must be a number >= 0, got {margin!r}")
         if margin != 1.0:
             warn(f"margin={margin!r} is deprecated and has no effect: automatic ranges follow every step's values "
                  "(docs/grids.md); remove it, or give range=(lo, hi) for a fixed range", TwinpeaksWarning)
-        if not (isinstance(flush_every, int) and flush_every >= 1):
-            raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
         if classes is not None:
             classes = [str(c) for c in classes]
         if output is not None and not callable(output):
@@ -200,6 +257,8 @@ class ActivationsHistogram:
         self._folder: Path | None = None
         if path is not None:
             refuse_existing(path, overwrite)  # now, not after the user's set-up: a second run of a script fails here
+            if distributed.is_rank_zero() and os.environ.get("RANK", "0") in ("", "0"):
+                check_writable(path)  # the writer's process only: other ranks may have no such folder
             if names_a_folder(path):
                 self._folder = Path(path)
                 path = next_run_path(self._folder)  # claimed (created) when recording starts
@@ -213,8 +272,8 @@ class ActivationsHistogram:
         self.sample = sample
         self.classes = classes
         self.margin = float(margin)
-        self.flush_every = flush_every
-        self.max_columns = max_columns
+        self.flush_every = int(flush_every)
+        self.max_columns = int(max_columns)
         #: how the recorder syncs under torch.distributed (set by :func:`twinpeaks.distributed.configure`)
         self.dist_options = distributed.DistOptions()
         self._output = output
@@ -269,13 +328,16 @@ class ActivationsHistogram:
             claimed = self._claim()
             if self._sync is not None:
                 writer = self._sync.open_writer(self.path, self._meta(), [name for name, _ in self._selected],
-                                                overwrite=self.overwrite, claimed=claimed)
+                                                overwrite=self.overwrite, claimed=claimed, warn=self._warn_file)
             else:
-                writer = RunWriter(self.path, self._meta(), overwrite=self.overwrite, claimed=claimed)
+                writer = RunWriter(self.path, self._meta(), self._warn_file, overwrite=self.overwrite,
+                                   claimed=claimed)
             self._writer = EpochWriter(writer, self.bins, self.max_columns)
+            self._names = RecordNames(self.root)
             for i, (name, mod) in enumerate(self._selected):
-                rec = Record(len(self._records), self._module_order(i, mod), 0, name, type(mod).__name__,
-                             i == len(self._selected) - 1)
+                own = i != self._output_index  # the "output" record is no module's own record
+                rec = Record(len(self._records), self._module_order(i, mod), 0, self._names.take(name, module=own),
+                             type(mod).__name__, i == len(self._selected) - 1)
                 self.engine.know_range(rec)  # a fixed range's edges are written with the layer
                 self._records.append(rec)
                 self._by_module.append({(): rec})
@@ -523,7 +585,8 @@ class ActivationsHistogram:
     def _add_subrecord(self, module_index: int, path: tuple) -> Record:
         recs = self._by_module[module_index]
         base = recs[()]
-        rec = Record(len(self._records), base.module_index, len(recs), path_name(base.name, path), base.type, base.last)
+        rec = Record(len(self._records), base.module_index, len(recs), self._names.take(path_name(base.name, path)),
+                     base.type, base.last)
         rec.module_name = base.module_name
         recs[path] = rec
         self._records.append(rec)
@@ -538,8 +601,8 @@ class ActivationsHistogram:
             if index is None:
                 index = len(self._selected)
                 self._selected.append((name, module))
-                rec = Record(len(self._records), self._module_order(index, module), 0, name, type(module).__name__,
-                             False)
+                rec = Record(len(self._records), self._module_order(index, module), 0,
+                             self._names.take(name, module=True), type(module).__name__, False)
                 self._records.append(rec)
                 self._by_module.append({(): rec})
             with torch.no_grad():
@@ -577,6 +640,10 @@ class ActivationsHistogram:
                     self._listed.discard(main.id)
         self._listed.update(rec.id for rec in self._records if rec.dirty)
         w.write_layers(self._records)
+
+    def _warn_file(self, msg: str) -> None:
+        """The run file cannot be written (its writer says so once): training goes on."""
+        warn(f"twinpeaks: {msg}")
 
     def _warn_once(self, key: str, what: str) -> None:
         if key in self._warned:

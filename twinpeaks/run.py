@@ -8,7 +8,6 @@ last committed state of the file: open it while training writes and call
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from dataclasses import dataclass, field
@@ -20,12 +19,29 @@ import numpy as np
 
 from . import grids
 from .errors import LayerNotFound, TwinpeaksError
-from .format import MAX, MIN, SEEN, STATS, combine_stats, decode, empty_stats, mean_std, n_slots, slots_to_parts
+from .format import MAX, MIN, SEEN, STATS, combine_stats, empty_stats, mean_std, n_slots, slots_to_parts
 from .format import zero_fraction as _zero_fraction
 from .rundir import resolve_run
-from .runfile import connect_reader
+from .runfile import (
+    MAX_BINS,
+    RunConnection,
+    check_int,
+    check_str,
+    connect_reader,
+    damaged,
+    decode_checked,
+    load_json,
+)
 
 PHASES = ("train", "valid", "test")
+#: Types of the meta values readers use (any other key may hold any JSON).
+_META_TYPES: dict[str, type | tuple[type, ...]] = {
+    "schema": int, "classes": (list, type(None)), "model": (str, type(None)), "options": (dict, type(None)),
+    "created": (int, float, type(None)), "twinpeaks_version": (str, type(None)),
+    "torch_version": (str, type(None)), "distributed": (dict, type(None)),
+}
+#: Epoch times after this (year 5138) are not times.
+_MAX_TIME = 1e11
 
 
 @dataclass(frozen=True)
@@ -293,11 +309,38 @@ class Run:
         where = str(self.path) if self.path else "<memory>"
         return f"Run({where!r}, layers={len(self.layers)}, epochs={self.epochs})"
 
+    # -- reading the file: every value is checked against the schema before use ---------------
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a query; any SQLite error (a damaged page, an aborted statement) is a :class:`RunFileError`."""
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise damaged(self._conn, f"SQLite says {exc}") from None
+        except UnicodeDecodeError:  # a TEXT value that is not UTF-8
+            raise damaged(self._conn, "it holds text that is not UTF-8") from None
+
+    def _limit(self) -> int:
+        return self._conn.bytes_held() if isinstance(self._conn, RunConnection) else 1 << 62
+
     # -- what the run holds ----------------------------------------------
     @cached_property
     def meta(self) -> dict[str, Any]:
         """Everything in the ``meta`` table (schema, versions, options, classes, ...)."""
-        return {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+        limit = self._limit()
+        meta = {}
+        for k, v in self._rows("SELECT key, value FROM meta"):
+            key = check_str(self._conn, k, "a meta key", 256)
+            meta[key] = load_json(self._conn, v, limit, f"meta {key!r}")
+        for key, types in _META_TYPES.items():
+            if key in meta and not isinstance(meta[key], types):
+                raise damaged(self._conn, f"meta {key!r} is {type(meta[key]).__name__}")
+        created = meta.get("created")
+        if created is not None and not 0 <= created <= _MAX_TIME:  # NaN fails too
+            raise damaged(self._conn, f"meta 'created' is {created!r}, not a time")
+        classes = meta.get("classes")
+        if classes is not None and not all(isinstance(c, str) for c in classes):
+            raise damaged(self._conn, "meta 'classes' is not a list of names")
+        return meta
 
     @property
     def classes(self) -> list[str] | None:
@@ -307,19 +350,54 @@ class Run:
     @cached_property
     def layers(self) -> list[LayerInfo]:
         """Records in module order, a module's sub-records right after it: ``layers[-1]`` is the last layer."""
-        rows = self._conn.execute(
+        rows = self._rows(
             "SELECT layer, name, type, out_shape, bins, columns, module_index, sub_index "
             "FROM layers ORDER BY module_index, sub_index"
-        ).fetchall()
-        return [
-            LayerInfo(i, lid, name, typ, None if shape is None else tuple(json.loads(shape)), bins, cols, mi, si)
-            for i, (lid, name, typ, shape, bins, cols, mi, si) in enumerate(rows)
-        ]
+        )
+        c, limit = self._conn, self._limit()
+        out, ids = [], set()
+        for i, (lid, name, typ, shape, bins, cols, mi, si) in enumerate(rows):
+            lid = check_int(c, lid, "a layer id", -(1 << 62), 1 << 62)
+            if lid in ids:
+                raise damaged(c, f"layer id {lid} appears twice")
+            ids.add(lid)
+            name = check_str(c, name, "a layer name", 4096)
+            out_shape = None
+            if shape is not None:
+                dims = load_json(c, shape, 1024, f"out_shape of layer {name!r}")
+                if not isinstance(dims, list) or len(dims) > 32:
+                    raise damaged(c, f"out_shape of layer {name!r} is not a list of sizes")
+                out_shape = tuple(check_int(c, d, f"out_shape of layer {name!r}", 0, 1 << 62) for d in dims)
+            bins = check_int(c, bins, f"bins of layer {name!r}", 1, MAX_BINS)
+            cols = check_int(c, cols, f"per-class columns of layer {name!r}", 0, min(max(limit, 1 << 16), 1 << 24))
+            out.append(LayerInfo(i, lid, name, check_str(c, typ, f"type of layer {name!r}", 4096), out_shape,
+                                 bins, cols, check_int(c, mi, "a module index", -(1 << 62), 1 << 62),
+                                 check_int(c, si, "a sub-record index", -(1 << 62), 1 << 62)))
+        return out
 
     @cached_property
     def _epoch_rows(self) -> list[EpochInfo]:
-        rows = self._conn.execute("SELECT epoch, closed_at, steps FROM epochs ORDER BY epoch").fetchall()
-        return [EpochInfo(e, t, {p: tuple(v) for p, v in json.loads(s).items()}) for e, t, s in rows]
+        c, limit = self._conn, self._limit()
+        out = []
+        for i, (e, t, steps) in enumerate(self._rows("SELECT epoch, closed_at, steps FROM epochs ORDER BY epoch")):
+            if check_int(c, e, "an epoch number") != i:
+                raise damaged(c, f"epoch {e} follows epoch {i - 1}: epochs are numbered from 0 without gaps")
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= _MAX_TIME:
+                raise damaged(c, f"epoch {i} closed at {t!r}, not a time")
+            phases = load_json(c, steps, limit, f"steps of epoch {i}")
+            if not isinstance(phases, dict) or len(phases) > 256:
+                raise damaged(c, f"steps of epoch {i} are not {{phase: [first, end, last_quarter_first]}}")
+            ranges: dict[str, tuple[int, int, int]] = {}
+            for p, v in phases.items():
+                check_str(c, p, f"a phase of epoch {i}", 256)
+                if not isinstance(v, list) or len(v) != 3:
+                    raise damaged(c, f"steps of phase {p!r} in epoch {i} are not [first, end, last_quarter_first]")
+                first, end, lq = (check_int(c, x, f"a step of phase {p!r} in epoch {i}") for x in v)
+                if not first <= lq <= end:
+                    raise damaged(c, f"steps of phase {p!r} in epoch {i} are out of order: {v}")
+                ranges[p] = (first, end, lq)
+            out.append(EpochInfo(i, float(t), ranges))
+        return out
 
     @property
     def epochs(self) -> int:
@@ -333,17 +411,21 @@ class Run:
     @property
     def phases(self) -> list[str]:
         """Phases with recorded data, in the order train, valid, test, then others."""
-        found = {p for (p,) in self._conn.execute("SELECT DISTINCT phase FROM arrays WHERE phase != ''")}
+        found = {check_str(self._conn, p, "a phase name", 256)
+                 for (p,) in self._rows("SELECT DISTINCT phase FROM arrays WHERE phase != ''")}
         return [p for p in PHASES if p in found] + sorted(found - set(PHASES))
 
     def n_steps(self, phase: str = "train") -> int:
         """Steps (batches) of ``phase`` recorded and flushed so far."""
-        row = self._conn.execute(
+        rows = self._rows(
             "SELECT data, dtype, shape FROM arrays WHERE phase=? AND kind='col_steps' AND epoch=-1 "
             "ORDER BY part DESC LIMIT 1",
             (phase,),
-        ).fetchone()
-        return int(decode(row[1], row[2], row[0])[-1, 1]) if row else 0
+        )
+        if not rows:
+            return 0
+        steps = decode_checked(self._conn, "col_steps", rows[0][1], rows[0][2], rows[0][0], 1, 0)
+        return int(steps[-1, 1]) if len(steps) else 0
 
     def layer(self, layer: LayerRef) -> LayerInfo:
         """A layer by name or by index into :attr:`layers` (negative counts from the end)."""
@@ -367,10 +449,10 @@ class Run:
         return int(self.meta.get("schema", 1))
 
     def _stored_edges(self, info: LayerInfo) -> np.ndarray | None:
-        row = self._conn.execute(
-            "SELECT data, dtype, shape FROM arrays WHERE layer=? AND kind='edges'", (info.id,)
-        ).fetchone()
-        return decode(row[1], row[2], row[0]) if row else None
+        rows = self._rows("SELECT data, dtype, shape FROM arrays WHERE layer=? AND kind='edges' LIMIT 1", (info.id,))
+        if not rows:
+            return None
+        return decode_checked(self._conn, "edges", rows[0][1], rows[0][2], rows[0][0], info.bins, info.columns)
 
     def is_fixed(self, layer: LayerRef) -> bool:
         """Whether a layer was binned on a fixed range (``range=``, or any layer of a schema 1/2 file)."""
@@ -510,31 +592,57 @@ class Run:
         steps, rows, stats, g = self._column_rows(info, phase)
         counts, under, over, nonfinite = slots_to_parts(rows)
         if g is None:
-            edges = self.edges(info)
+            edges = self._data_edges(info, len(steps))
             col_edges = np.broadcast_to(edges, (len(steps), len(edges))) if len(edges) else np.zeros((len(steps), 0))
         else:
             col_edges = np.ldexp((g[:, 1:2] + np.arange(info.bins + 1)).astype(np.float64), g[:, :1])
         return Columns(steps[:, 0], steps[:, 1], counts, under, over, nonfinite, stats, col_edges, g)
 
     def _column_rows(self, info: LayerInfo, phase: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """``(steps [n, 2], slot rows [n, B + 3], stats [n, 7], grids [n, 2] or None)`` of a layer's columns."""
-        parts: dict[str, list[np.ndarray]] = {"col_steps": [], "col_counts": [], "col_stats": [], "col_grid": []}
-        for kind, dtype, shape, data in self._conn.execute(
-            "SELECT kind, dtype, shape, data FROM arrays WHERE layer=? AND phase=? AND epoch=-1 ORDER BY part",
+        """``(steps [n, 2], slot rows [n, B + 3], stats [n, 7], grids [n, 2] or None)`` of a layer's columns.
+
+        Checked: every segment holds the same columns in every kind, segments follow one another.
+        """
+        auto = self._auto(info)
+        kinds = ("col_steps", "col_counts", "col_stats", *(("col_grid",) if auto else ()))
+        parts: dict[str, dict[int, np.ndarray]] = {k: {} for k in kinds}
+        for kind, part, dtype, shape, data in self._rows(
+            "SELECT kind, part, dtype, shape, data FROM arrays WHERE layer=? AND phase=? AND epoch=-1 "
+            "AND kind IN ('col_steps', 'col_counts', 'col_stats', 'col_grid') ORDER BY part",
             (info.id, phase),
         ):
+            part = check_int(self._conn, part, f"a column segment of layer {info.name!r}")
+            if kind not in ("col_steps", "col_counts", "col_stats", "col_grid"):  # a damaged index answered
+                raise damaged(self._conn, f"the arrays index answered kind {kind!r} for step columns")
             if kind in parts:
-                parts[kind].append(decode(dtype, shape, data))
+                parts[kind][part] = decode_checked(self._conn, kind, dtype, shape, data, info.bins, info.columns)
+        at = 0
+        for part in sorted(parts["col_steps"]):  # segments: same parts, same lengths, one after another
+            n = len(parts["col_steps"][part])
+            if part != at or any(part not in parts[k] or len(parts[k][part]) != n for k in parts):
+                raise damaged(self._conn, f"column segments of layer {info.name!r} in {phase!r} do not match")
+            at += n
+        if any(len(parts[k]) != len(parts["col_steps"]) for k in parts):
+            raise damaged(self._conn, f"column segments of layer {info.name!r} in {phase!r} do not match")
         slots = n_slots(info.bins)
-        steps = np.concatenate(parts["col_steps"]) if parts["col_steps"] else np.zeros((0, 2), np.int64)
-        rows = np.concatenate(parts["col_counts"]) if parts["col_counts"] else np.zeros((0, slots), np.int64)
-        stats = np.concatenate(parts["col_stats"]) if parts["col_stats"] else empty_stats(0)
-        if not self._auto(info):
+        steps = np.concatenate(list(parts["col_steps"].values())) if at else np.zeros((0, 2), np.int64)
+        rows = np.concatenate(list(parts["col_counts"].values())) if at else np.zeros((0, slots), np.int64)
+        stats = np.concatenate(list(parts["col_stats"].values())) if at else empty_stats(0)
+        if len(steps) > 1 and not (steps[1:, 0] >= steps[:-1, 1]).all():
+            raise damaged(self._conn, f"column segments of layer {info.name!r} in {phase!r} overlap")
+        if not auto:
             return steps, rows, stats, None
-        g = np.concatenate(parts["col_grid"]) if parts["col_grid"] else np.zeros((0, 2), np.int64)
+        g = np.concatenate(list(parts["col_grid"].values())) if at else np.zeros((0, 2), np.int64)
         return steps, rows, stats, g.astype(np.int64)
 
     # -- internals -------------------------------------------------------------
+    def _data_edges(self, info: LayerInfo, has_data: int) -> np.ndarray:
+        """The edges of a layer that holds data: a layer with counts but no edges is damaged."""
+        edges = self.edges(info)
+        if has_data and len(edges) != info.bins + 1:
+            raise damaged(self._conn, f"layer {info.name!r} holds counts but no bin edges")
+        return edges
+
     def _epoch_index(self, epoch: int) -> int:
         n = self.epochs
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)):
@@ -547,11 +655,16 @@ class Run:
         return epoch % n
 
     def _array(self, layer_id: int, phase: str, kind: str, epoch: int) -> np.ndarray | None:
-        row = self._conn.execute(
-            "SELECT data, dtype, shape FROM arrays WHERE layer=? AND phase=? AND kind=? AND epoch=? AND part=0",
+        rows = self._rows(
+            "SELECT data, dtype, shape FROM arrays WHERE layer=? AND phase=? AND kind=? AND epoch=? AND part=0 LIMIT 1",
             (layer_id, phase, kind, epoch),
-        ).fetchone()
-        return decode(row[1], row[2], row[0]) if row else None
+        )
+        if not rows:
+            return None
+        info = next((i for i in self.layers if i.id == layer_id), None)
+        if info is None:
+            raise damaged(self._conn, f"arrays of layer id {layer_id}, which the layers table does not hold")
+        return decode_checked(self._conn, kind, rows[0][1], rows[0][2], rows[0][0], info.bins, info.columns)
 
 
 def open_run(path: str | os.PathLike | Run) -> Run:

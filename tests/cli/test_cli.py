@@ -99,6 +99,7 @@ def test_demo_writes_the_run_the_charts_and_says_where(tmp_path, capsys):
     assert f"{run}.live.png" in printed and Path(f"{run}.live.png").exists()
     assert f"twinpeaks info {run}" in printed and "no twin peaks" in printed
     assert not (out / "regression-truth.png").exists()  # no classes, no YES/NO chart
+    assert not [p.name for p in out.iterdir() if p.name.endswith(("-wal", "-shm"))]  # issue #14.5: no leftovers
     assert cli.main(["demo", "--task", "regression", "--epochs", "1", "--out", str(out)]) == 0  # again: a new run
     first, second = list_runs(out / "runs")
     assert first == run and str(second) in capsys.readouterr().out

@@ -29,6 +29,7 @@ import numpy as np
 from ..display import palette as _palette
 from ..run import Columns, LayerInfo, LayerRef, Run
 from .common import (
+    as_plain_text,
     as_run,
     class_names,
     display_factor,
@@ -178,6 +179,7 @@ def draw_colorful(
     ax.set_title(layer_title(info, show_layer_info, axis)
                  + (f", {plural(int(np.max(cols.ends - cols.starts)), 'step')}/column" if show_layer_info else ""),
                  loc="left", pad=9)
+    as_plain_text(ax.figure)
     return im
 
 
@@ -317,4 +319,4 @@ def plot_colorful_dimension(
             else:
                 foot = fig.supxlabel(note, fontsize=6.5, x=0.01, ha="left", color="0.3")
             foot.set_gid("colorful:footnote")
-    return fig
+    return as_plain_text(fig)

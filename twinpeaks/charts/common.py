@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .._text import printable
 from ..run import LayerInfo, Run, open_run
 
 #: Local style of every chart (never written to the global rcParams).
@@ -31,11 +32,28 @@ STYLE: dict[str, Any] = {
     "axes.spines.right": False,
     "figure.dpi": 100,
     "savefig.dpi": 100,
+    # names come from users and files: text, never mathtext ("$...$") or LaTeX
+    "text.parse_math": False,
+    "text.usetex": False,
 }
 
 #: Line colour of each phase (train, valid, test, then others).
 PHASE_COLORS = {"train": "#1f77b4", "valid": "#d62728", "test": "#2ca02c"}
 PHASE_STYLES = {"train": "--", "valid": "-", "test": ":"}
+
+
+def as_plain_text(fig: Any) -> Any:
+    """Every text of ``fig`` drawn as given (no mathtext, no LaTeX, control characters as escapes),
+    also on axes made outside :func:`style`."""
+    from matplotlib.text import Text
+
+    for t in fig.findobj(Text):
+        t.set_parse_math(False)
+        t.set_usetex(False)
+        text = t.get_text()
+        if not text.isprintable():
+            t.set_text(printable(text))
+    return fig
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from ..run import PHASES, LayerRef, Run, on_common_grid
 from .common import (
     PHASE_COLORS,
     PHASE_STYLES,
+    as_plain_text,
     as_run,
     class_names,
     display_factor,
@@ -201,6 +202,7 @@ def draw_twin_peaks(
                       loc="upper right", frameon=False, title="class", ncols=2 if len(names) > 6 else 1)
         else:
             ax.legend(loc="upper left", frameon=False)
+    as_plain_text(ax.figure)
     return curves
 
 
@@ -283,7 +285,7 @@ def plot_twin_peaks(
         fig = new_figure(figsize) if ax is None else cast("Figure", ax.figure)
         draw_twin_peaks(ax if ax is not None else fig.add_subplot(), r, epoch, layer,
                         per_class=per_class, by_truth=by_truth, phases=phases, max_points=max_points, zoom=zoom)
-    return fig
+    return as_plain_text(fig)
 
 
 def plot_twin_peaks_history(
@@ -340,4 +342,4 @@ def plot_twin_peaks_history(
         per_row = max(1, min(len(labels), 8, int(fig.get_figwidth() / entry)))
         fig.legend(handles, labels, loc="outside lower center", ncols=per_row, frameon=False)
         fig.suptitle(f"Twin Peaks per epoch: {layer_title(info)}")
-    return fig
+    return as_plain_text(fig)

@@ -19,9 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..diagnosis import SEVERITIES, diagnose
+    from . import term
 
     d = diagnose(run_path(args.run))
-    print(d.to_json(indent=2) if args.json else str(d))
+    print(d.to_json(indent=2) if args.json else term(str(d)))  # JSON escapes control characters itself
     if args.fail_on and d.worst is not None and SEVERITIES.index(d.worst) >= SEVERITIES.index(args.fail_on):
         return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
 
 from . import RUN_HELP, run_path
@@ -16,6 +17,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..run import open_run
+    from . import term
+
+    def print(line: str) -> None:  # noqa: A001 - every line may quote names from the file
+        builtins.print(term(line))
 
     path = run_path(args.run)
     with open_run(path) as r:

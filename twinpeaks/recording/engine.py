@@ -266,6 +266,9 @@ class BinningEngine:
 
         Creates the phase's buffers on first use (and looks up the layer's range).
         """
+        if t.device.type == "meta":  # no values: binning it would fail at the flush, not here
+            self.warn(rec.name, "returned a tensor on the meta device (it holds no values): not binned")
+            return None
         n = t.numel()
         if n == 0:
             return None

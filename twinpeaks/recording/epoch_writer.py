@@ -1,6 +1,6 @@
 """The epoch writer: host column stores, the flush of a window's rows and the epoch summaries.
 
-Design constraints: memory stays bounded (per-step columns merge pairwise past
+Design constraints: memory stays bounded (per-step columns merge into even buckets past
 ``max_columns``, see :mod:`twinpeaks.columns`); every commit leaves a readable
 file; the writer keeps what it needs to add a final evaluation pass into the
 last epoch itself, and never reads the run file back. Torch-free.

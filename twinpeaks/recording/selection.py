@@ -51,6 +51,36 @@ def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return leaves or [(type(model).__name__, model)]
 
 
+class RecordNames:
+    """Names of records, unique by construction.
+
+    A tuple output's item ``0`` of module ``0`` is ``0.0``, as is a child module
+    named ``0.0``; a dict output ``{1: x, "1": y}`` gives ``.1`` twice; the
+    ``output`` record may meet a module named ``output``. A name already taken
+    (by a record, or, for anything but a module's own record, by any module of
+    the model) gets ``~1``, ``~2``, ... until it is free, so no record ever
+    replaces another.
+
+    Example:
+        >>> names = RecordNames(nn.Sequential(nn.Linear(2, 2)))
+        >>> names.take("0", module=True), names.take("0"), names.take("x"), names.take("x")
+        ('0', '0~1', 'x', 'x~1')
+    """
+
+    def __init__(self, root: nn.Module):
+        self._modules = set(named_modules(root))
+        self._taken: set[str] = set()
+
+    def take(self, name: str, module: bool = False) -> str:
+        """A free name for a record, based on ``name``; ``module``: the record of that very module."""
+        out, k = name, 0
+        while out in self._taken or (not module and out in self._modules):
+            k += 1
+            out = f"{name}~{k}"
+        self._taken.add(out)
+        return out
+
+
 def composite_candidates(model: nn.Module) -> dict[int, str]:
     """``id -> layer name`` of the modules that may be layers leaf hooks miss (see :mod:`.probe`).
 

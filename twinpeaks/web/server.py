@@ -7,9 +7,16 @@ Design constraints:
   reads, and closes it; no read transaction outlives a request.
 * Safe by default. Binds 127.0.0.1; the routes are a fixed table (no URL maps
   to a file); a run is named by a query parameter that must resolve, after
-  symlinks, to a regular ``*.tp`` file inside the served folder, else 404.
-  On a loopback address the Host header must name a loopback host (no DNS
-  rebinding). Pages carry a Content-Security-Policy allowing only this server.
+  symlinks, to a regular ``*.tp`` file inside the served folder, else 404, and
+  answers name runs by their path under the folder, never the server's path.
+  On a loopback address the Host header must name a loopback host or the bound
+  address (no DNS rebinding). Pages carry a Content-Security-Policy allowing
+  only this server.
+* Bounded. Connections wait for their request in one selector thread (no
+  thread per connection): an idle or half-open connection costs a socket until
+  ``IDLE_S`` and at most ``MAX_PENDING`` wait (the oldest is dropped); a
+  complete request head (at most ``MAX_HEAD`` bytes, GET has no body) goes to a
+  fixed pool of ``WORKERS`` threads, whose writes time out after ``IO_S``.
 * One bad run never takes the others down: a corrupt or half-written file
   answers an error for that run only.
 * Live: the page polls ``/api/status`` (cheap: a stamp of the file and its WAL,
@@ -19,12 +26,18 @@ Design constraints:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
+import selectors
+import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .._version import __version__
 from ..errors import TwinpeaksError
-from ..run import open_run
+from ..run import Run, open_run
 from ..rundir import run_sort_key
 from .build import plotly_js, static_text
 from .payload import report_payload
@@ -43,6 +56,14 @@ log = logging.getLogger("twinpeaks")
 
 RUN_SUFFIX = ".tp"
 MIN_REBUILD_S = 2.0
+#: Seconds a connection may take to send its request head; a request head's most bytes.
+IDLE_S = 20.0
+MAX_HEAD = 16384
+#: Connections waiting for their request at most (the oldest beyond are closed); worker threads.
+MAX_PENDING = 1024
+WORKERS = 8
+#: Socket timeout of a worker's reads and writes.
+IO_S = 20.0
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1", "[::1]"}
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -128,16 +149,20 @@ class RunDirectory:
         return tuple(out)
 
     @staticmethod
-    def _open(real: Path, rel: str) -> Any:
+    @contextlib.contextmanager
+    def _open(real: Path, rel: str) -> Iterator[Run]:
+        """The run, read-only; its errors name it as the page knows it, not by its path on this machine."""
         try:
-            return open_run(real)
-        except TwinpeaksError as exc:  # name the run as the page knows it, not by its path on this machine
+            with open_run(real) as run:
+                yield run
+        except TwinpeaksError as exc:
             raise type(exc)(str(exc).replace(str(real), rel)) from None
 
     def status(self, rel: str) -> dict:
         real = self.resolve(rel)
         stamp = self.stamp(real)
         with self._open(real, rel) as run:
+            _ = run.meta, run.layers  # checked here (cheap): a damaged run is marked in the list
             return {"path": rel, "stamp": "-".join(map(str, stamp)), "epochs": run.epochs,
                     "steps": {p: run.n_steps(p) for p in run.phases}}
 
@@ -157,6 +182,8 @@ class RunDirectory:
             return hit.body
         with self._open(real, rel) as run:
             data = report_payload([run], [rel])
+        for r in data["runs"]:
+            r["path"] = rel  # relative to DIR: the page never learns where the server keeps its files
         data["title"] = f"twinpeaks · {rel}"
         data["stamp"] = "-".join(map(str, stamp))
         body = json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
@@ -171,6 +198,16 @@ class Handler(BaseHTTPRequestHandler):
     server_version = f"twinpeaks/{__version__}"
     directory: RunDirectory  # set on the subclass made by make_server
     loopback_only: bool = True
+    host_names: frozenset[str] = frozenset(LOOPBACK_NAMES)  # Host names accepted on a loopback address
+    timeout = IO_S
+    server: BoundedHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        head = self.server.take_head(self.connection)
+        if head is not None:  # the selector thread has read the request head already
+            self.rfile.close()
+            self.rfile = io.BytesIO(head)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class name
         log.debug("serve: %s - %s", self.address_string(), format % args)
@@ -199,7 +236,7 @@ class Handler(BaseHTTPRequestHandler):
             name = host[: host.find("]") + 1]
         else:
             name = host.rsplit(":", 1)[0] if ":" in host else host
-        return name in LOOPBACK_NAMES
+        return name in self.host_names
 
     def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
         self.do_GET()
@@ -222,6 +259,9 @@ class Handler(BaseHTTPRequestHandler):
         except (TwinpeaksError, sqlite3.Error, OSError, ValueError, KeyError, IndexError) as exc:
             # a corrupt or half-written run: say so for this run only
             self._json(HTTPStatus.UNPROCESSABLE_ENTITY, {"error": f"{type(exc).__name__}: {exc}"})
+        except Exception as exc:  # noqa: BLE001 - a bug of ours: answer, never drop the connection
+            log.warning("serve: %s failed: %r", self.path, exc)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
 
     # -- routes ---------------------------------------------------------------------
     def _index(self, query: dict) -> None:
@@ -238,7 +278,7 @@ class Handler(BaseHTTPRequestHandler):
                 out.append(self.directory.status(rel))
             except NotARun:
                 continue
-            except (TwinpeaksError, sqlite3.Error, OSError, ValueError, KeyError, IndexError) as exc:
+            except Exception as exc:  # noqa: BLE001 - one bad run never hides the others
                 out.append({"path": rel, "error": f"{type(exc).__name__}: {exc}"})
         self._json(HTTPStatus.OK, {"runs": out, "root": self.directory.root.name, "newest": self.directory.newest(
             [r["path"] for r in out if "error" not in r])})
@@ -268,11 +308,97 @@ ROUTES = {
 }
 
 
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """An HTTP server with a fixed pool of workers; connections wait for their request in one selector thread."""
+
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="twinpeaks-serve")
+        self._heads: dict[socket.socket, bytes] = {}
+        self._new: list[tuple[socket.socket, Any]] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._waiter = threading.Thread(target=self._wait_for_requests, name="twinpeaks-serve-wait", daemon=True)
+        self._waiter.start()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Called by the accept loop: park the connection until its request head has arrived."""
+        request.setblocking(False)
+        with self._lock:
+            self._new.append((request, client_address))
+
+    def take_head(self, conn: socket.socket) -> bytes | None:
+        with self._lock:
+            return self._heads.pop(conn, None)
+
+    def _wait_for_requests(self) -> None:
+        sel = selectors.DefaultSelector()
+        pending: dict[socket.socket, tuple[Any, float, bytearray]] = {}  # insertion order = age
+        while not self._closing.is_set():
+            with self._lock:
+                new, self._new = self._new, []
+            for conn, addr in new:
+                pending[conn] = (addr, time.monotonic(), bytearray())
+                sel.register(conn, selectors.EVENT_READ)
+            while len(pending) > MAX_PENDING:  # too many waiting: drop the oldest
+                self._drop(sel, pending, next(iter(pending)))
+            for key, _ in sel.select(timeout=0.1):
+                conn = key.fileobj  # type: ignore[assignment]
+                addr, _t0, buf = pending[conn]  # type: ignore[index]
+                try:
+                    chunk = conn.recv(MAX_HEAD + 1 - len(buf))  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    chunk = b""
+                buf += chunk
+                if not chunk or b"\r\n\r\n" in buf or b"\n\n" in buf or len(buf) > MAX_HEAD:
+                    sel.unregister(conn)
+                    del pending[conn]  # type: ignore[arg-type]
+                    if not chunk and not buf:
+                        self.shutdown_request(conn)
+                        continue
+                    with self._lock:
+                        self._heads[conn] = bytes(buf)  # type: ignore[index]
+                    conn.setblocking(True)  # type: ignore[union-attr]
+                    self._pool.submit(self._work, conn, addr)
+            now = time.monotonic()
+            for conn in [c for c, (_, t0, _) in pending.items() if now - t0 > IDLE_S]:
+                self._drop(sel, pending, conn)
+        for conn in list(pending):
+            self._drop(sel, pending, conn)
+        sel.close()
+
+    def _drop(self, sel: selectors.BaseSelector, pending: dict, conn: socket.socket) -> None:
+        sel.unregister(conn)
+        del pending[conn]
+        self.shutdown_request(conn)
+
+    def _work(self, conn: socket.socket, addr: Any) -> None:
+        try:
+            self.finish_request(conn, addr)
+        except Exception:  # noqa: BLE001 - as socketserver does: log, go on
+            self.handle_error(conn, addr)
+        finally:
+            with self._lock:
+                self._heads.pop(conn, None)
+            self.shutdown_request(conn)
+
+    def server_close(self) -> None:
+        self._closing.set()
+        self._waiter.join(5)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        super().server_close()
+
+
 def is_loopback(host: str) -> bool:
     return host in LOOPBACK_NAMES or host.startswith("127.")
 
 
-def make_server(directory: str | os.PathLike, host: str = "127.0.0.1", port: int = 8686) -> ThreadingHTTPServer:
+def make_server(directory: str | os.PathLike, host: str = "127.0.0.1", port: int = 8686) -> BoundedHTTPServer:
     """A dashboard server for the runs under ``directory`` (not started: call ``serve_forever``).
 
     Example:
@@ -281,18 +407,18 @@ def make_server(directory: str | os.PathLike, host: str = "127.0.0.1", port: int
     """
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, got {port!r}")
+    bound = host.strip().lower()
+    names = {*LOOPBACK_NAMES, bound, f"[{bound}]" if ":" in bound and not bound.startswith("[") else bound}
     handler = type("RunHandler", (Handler,), {"directory": RunDirectory(directory),
-                                              "loopback_only": is_loopback(host)})
-    server_cls: type[ThreadingHTTPServer] = ThreadingHTTPServer
+                                              "loopback_only": is_loopback(host), "host_names": frozenset(names)})
+    server_cls: type[BoundedHTTPServer] = BoundedHTTPServer
     if ":" in host:
-        import socket
 
-        class ThreadingHTTPServerV6(ThreadingHTTPServer):
+        class BoundedHTTPServerV6(BoundedHTTPServer):
             address_family = socket.AF_INET6
 
-        server_cls = ThreadingHTTPServerV6
+        server_cls = BoundedHTTPServerV6
     server = server_cls((host, port), handler)
-    server.daemon_threads = True
     if not is_loopback(host):
         log.warning("twinpeaks serve: listening on %s: anyone who can reach it can read the runs under %s",
                     host, directory)

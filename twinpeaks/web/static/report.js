@@ -13,6 +13,12 @@
   const CONFIG = { responsive: true, displaylogo: false, modeBarButtonsToRemove: ["select2d", "lasso2d"] };
   const FONT = { family: "system-ui, -apple-system, Segoe UI, Roboto, sans-serif", size: 12 };
 
+  /* Names from the run (layer, class, phase) as Plotly shows them: Plotly renders a subset of HTML
+     tags in trace names, titles and hover text, and fills %{...} in hover templates: escape both. */
+  function ptext(s) {
+    return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;").replace(/%/g, "&#37;");
+  }
+
   function el(tag, attrs, ...kids) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -89,7 +95,7 @@
     const layout = {
       font: FONT, height: 330, margin: { l: 60, r: 20, t: 8, b: 34 }, showlegend: true,
       legend: { orientation: "h", y: -0.12, x: 0, font: { size: 11 } },
-      xaxis: { anchor: "y2", title: { text: phase + " step", standoff: 2 } },
+      xaxis: { anchor: "y2", title: { text: ptext(phase) + " step", standoff: 2 } },
       yaxis: { domain: [0.38, 1], title: { text: "activation" } },
       yaxis2: { domain: [0, 0.3], title: { text: "mean/std" } },
       yaxis3: { overlaying: "y2", side: "right", range: [0, 1], tickvals: [0, 0.5, 1], tickformat: ".0%", showgrid: false, title: { text: "zeros, out of range", font: { size: 10 } } },
@@ -99,8 +105,9 @@
   }
 
   /* ---------------------------------------------------------------- twin peaks */
-  function histTrace(h, x, name, color, extra) {
+  function histTrace(h, x, label, color, extra) {
     const y = h.counts.map((c) => (h.total ? c / h.total : 0));
+    const name = ptext(label);
     return Object.assign({
       type: "scatter", mode: "lines", name, x, y, customdata: h.counts, line: { color, width: 2, shape: "hvh" },
       hovertemplate: name + "<br>value %{x:.4g}<br>fraction %{y:.3%}<br>count %{customdata}<extra></extra>",
@@ -124,8 +131,8 @@
       const name = p === "train" ? "train (last quarter)" : p;
       data.push(histTrace(h, x, name, phaseColor(p, i), { fill: "tozeroy", opacity: 0.85 }));
     });
-    const out = Object.entries(ep.phases).map(([p, h]) => p + " " + (h.total ? (100 * (h.under + h.over + h.nonfinite) / h.total).toFixed(1) : "0") + "%");
-    const layout = peaksLayout("Twin peaks · layer " + tp.name + " · epoch " + e, "activation (out of range: " + out.join(", ") + ")");
+    const out = Object.entries(ep.phases).map(([p, h]) => ptext(p) + " " + (h.total ? (100 * (h.under + h.over + h.nonfinite) / h.total).toFixed(1) : "0") + "%");
+    const layout = peaksLayout("Twin peaks · layer " + ptext(tp.name) + " · epoch " + e, "activation (out of range: " + out.join(", ") + ")");
     return { data, layout };
   }
 
@@ -138,7 +145,7 @@
       const h = byPhase[phase];
       if (h) data.push(histTrace(h, x, "class " + (names[k] !== undefined ? names[k] : k), PALETTE[k % PALETTE.length]));
     });
-    return { data, layout: peaksLayout("Per class (output column) · " + phase + (phase === "train" ? " last quarter" : "") + " · epoch " + e, "activation") };
+    return { data, layout: peaksLayout("Per class (output column) · " + ptext(phase) + (phase === "train" ? " last quarter" : "") + " · epoch " + e, "activation") };
   }
 
   function truthFigure(run, e) {
@@ -173,8 +180,8 @@
       return box;
     }
     const ul = el("ul", { class: "tp-finding-list" });
-    const byName = {};
-    run.layers.forEach((l) => { byName[l.name] = l.index; });
+    const byName = Object.create(null);
+    run.layers.forEach((l) => { byName[l.name] = l.index; });  // byName has no prototype: any name is a plain key
     for (const f of run.findings) {
       const links = [];
       if (f.layer !== null && byName[f.layer] !== undefined) {
@@ -394,5 +401,5 @@
     }
   }
 
-  window.twinpeaks = { render, boot, el };
+  window.twinpeaks = { render, boot, el, ptext, figures: { heatmapFigure, peaksFigure, classesFigure, truthFigure } };
 })();
