@@ -256,9 +256,11 @@ class ActivationsHistogram:
             raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
         self._folder: Path | None = None
         if path is not None:
-            refuse_existing(path, overwrite)  # now, not after the user's set-up: a second run of a script fails here
+            # the writer's process only (global rank 0): rank 0 may already have created the file when another
+            # rank constructs its recorder, and other ranks may have no such folder
             if distributed.is_rank_zero() and os.environ.get("RANK", "0") in ("", "0"):
-                check_writable(path)  # the writer's process only: other ranks may have no such folder
+                refuse_existing(path, overwrite)  # now, not after the user's set-up: a second run fails here
+                check_writable(path)
             if names_a_folder(path):
                 self._folder = Path(path)
                 path = next_run_path(self._folder)  # claimed (created) when recording starts

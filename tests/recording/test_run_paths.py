@@ -46,6 +46,18 @@ def test_an_existing_run_is_refused_when_the_recorder_is_made(tmp_run):
     assert tmp_run.read_bytes() == before
 
 
+def test_another_rank_constructs_after_rank_zero_created_the_run(tmp_run, monkeypatch):
+    """Under torch.distributed only global rank 0 writes: a rank that makes its recorder after rank 0 has
+    created the file must not be refused (regression: every rank checked the path at construction)."""
+    record(tmp_run)
+    monkeypatch.setenv("RANK", "1")
+    hist = tp.ActivationsHistogram(model(), tmp_run)
+    assert hist.path == tmp_run
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(FileExistsError):
+        tp.ActivationsHistogram(model(), tmp_run)
+
+
 def test_overwrite_replaces_the_run_only_when_recording_starts(tmp_run):
     record(tmp_run, epochs=3)
     hist = tp.ActivationsHistogram(model(), tmp_run, overwrite=True)
