@@ -1,0 +1,48 @@
+"""The fused Triton kernel (twinpeaks._triton) against numpy, through Triton's interpreter on CPU tensors.
+
+``TRITON_INTERPRET=1`` only works when set before triton is first imported, and other tests in this
+process may import triton (torch.compile does), so the checks (tests/triton_checks.py) run once in a
+subprocess that sets it; each check is one test here. Skipped only when triton is not installed.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import triton_checks
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                reason="triton is not installed (pip install 'twinpeaks[gpu]')")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def results():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "triton_checks.py")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode or not lines:
+        pytest.fail(f"the kernel checks did not run (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("name", list(triton_checks.CHECKS))
+def test_kernel_against_numpy(results, name):
+    assert name in results, f"check {name} did not report"
+    assert results[name] == "ok", results[name]
+
+
+def test_checks_can_fail():
+    """A check that raises is reported as a failure, not as ok (the harness itself)."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    code = (f"import sys; sys.path.insert(0, {HERE!r}); import triton_checks as t; "
+            "t.CHECKS['_boom'] = lambda: 1 / 0; t.main(['_boom'])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "ZeroDivisionError" in json.loads(out.stdout.strip().splitlines()[-1])["_boom"]

@@ -1,0 +1,377 @@
+"""The Triton kernel's checks against numpy, run by tests/test_triton_kernel.py in a subprocess.
+
+``TRITON_INTERPRET=1`` must be set before triton is first imported (triton's own library functions are
+defined for the interpreter or for compilation at that moment), so the checks run in a fresh process
+that sets it first thing, on CPU tensors. Importing this module does not import triton (the test
+module reads :data:`CHECKS` from it). Prints one JSON object: check name -> "ok" or the failure.
+
+Run by hand: ``python tests/triton_checks.py [names...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import grid_reference as ref  # noqa: E402
+
+CHECKS: dict[str, Callable[[], None]] = {}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+_INT = {torch.float32: torch.int32, torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float64: torch.int64}
+
+
+def check(fn: Callable[[], None]) -> Callable[[], None]:
+    CHECKS[fn.__name__] = fn
+    return fn
+
+
+def tp():
+    from twinpeaks import _triton
+
+    return _triton
+
+
+def row(bins: int, count_dtype: torch.dtype = torch.float64):
+    return (torch.zeros(bins + 3, dtype=count_dtype), torch.zeros(5, dtype=torch.float64),
+            torch.full((2,), -math.inf, dtype=torch.float64))
+
+
+def near(t: torch.Tensor) -> torch.Tensor:
+    """``t`` and its neighbours one ulp down and up in its own dtype (through its bits)."""
+    bits = t.view(_INT[t.dtype])
+    return torch.cat([t, (bits - 1).view(t.dtype), (bits + 1).view(t.dtype)])
+
+
+def specials(dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor([math.nan, math.inf, -math.inf, 0.0, -0.0, 0.0], dtype=dtype)
+
+
+def same(name: str, got: torch.Tensor | np.ndarray, want: np.ndarray) -> None:
+    got = np.asarray(got.cpu() if isinstance(got, torch.Tensor) else got)
+    if got.shape != want.shape or not np.array_equal(got.astype(np.int64), want.astype(np.int64)):
+        raise AssertionError(f"{name}:\n got  {got.astype(np.int64).tolist()}\n want {want.tolist()}")
+
+
+def stats_equal(sums: torch.Tensor, peaks: torch.Tensor, want_sums: np.ndarray, want_peaks: np.ndarray) -> None:
+    s = sums.numpy()
+    np.testing.assert_allclose(s[:2], want_sums[:2], rtol=1e-12, atol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(s[2:], want_sums[2:])
+    np.testing.assert_array_equal(peaks.numpy(), want_peaks)
+
+
+def values_for_edges(edges: np.ndarray, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    lo, hi = float(edges[0]), float(edges[-1])
+    inside = (torch.rand(300, generator=g, dtype=torch.float64) * (hi - lo) * 1.4 + lo - 0.2 * (hi - lo))
+    return torch.cat([near(torch.tensor(edges).to(dtype)), specials(dtype), inside.to(dtype)])
+
+
+# -- fixed ranges -------------------------------------------------------------------------------
+
+def _fixed(dtype: torch.dtype, lo: float, hi: float, bins: int, seed: int) -> None:
+    edges = np.linspace(lo, hi, bins + 1)
+    x = values_for_edges(edges, dtype, seed)
+    counts, sums, peaks = row(bins)
+    launches = tp().observe(x, counts, sums, peaks, edges=torch.tensor(edges), range=(lo, hi))
+    assert launches == 1, launches
+    v = x.double().numpy()
+    same("counts", counts, ref.fixed_row(v, lo, hi, bins))
+    ws, wp = np.zeros(5), np.array([-math.inf, -math.inf])
+    ref.add_stats(ws, wp, v)
+    stats_equal(sums, peaks, ws, wp)
+    # a second call adds into the same row
+    y = x[::3].flip(0)
+    tp().observe(y, counts, sums, peaks, edges=torch.tensor(edges), range=(lo, hi))
+    same("counts after a second call", counts, ref.fixed_row(np.concatenate([v, y.double().numpy()]), lo, hi, bins))
+
+
+for _name, _dt in DTYPES.items():
+    CHECKS[f"fixed_edges_{_name}"] = (lambda dt: lambda: (_fixed(dt, -1.0, 1.0, 8, 1), _fixed(dt, -0.3, 0.7, 7, 2),
+                                                          _fixed(dt, 0.0, 10.0, 100, 3)))(_dt)
+
+
+@check
+def fixed_search_fp64() -> None:
+    """Where the linear guess is unusable (hi - lo overflows) the kernel searches the edges: checked on usual ranges."""
+    assert not tp()._guess_safe(-1.5e308, 1.5e308, 5)
+    safe = tp()._guess_safe
+    tp()._guess_safe = lambda lo, hi, bins: False  # the search, on ranges numpy can bin
+    try:
+        for dtype in DTYPES.values():
+            _fixed(dtype, -1.0, 1.0, 8, 1)
+            _fixed(dtype, -0.3, 0.7, 7, 2)
+    finally:
+        tp()._guess_safe = safe
+
+
+@check
+def fixed_int64_counts_dense_permuted() -> None:
+    edges = np.linspace(-2.0, 2.0, 11)
+    x = torch.randn(6, 5, 7, generator=torch.Generator().manual_seed(5)).permute(2, 0, 1)  # dense, not contiguous
+    counts, sums, peaks = row(10, torch.int64)
+    assert tp().observe(x, counts, sums, peaks, edges=torch.tensor(edges), range=(-2.0, 2.0)) == 1
+    same("counts", counts, ref.fixed_row(x.double().numpy(), -2.0, 2.0, 10))
+    xs = x[:, :, :3]  # not dense: copied first
+    assert tp().observe(xs, counts, sums, peaks, edges=torch.tensor(edges), range=(-2.0, 2.0)) == 2
+    same("counts + sliced", counts, ref.fixed_row(np.concatenate([x.double().numpy().ravel(),
+                                                                  xs.double().numpy().ravel()]), -2.0, 2.0, 10))
+
+
+# -- auto grids ---------------------------------------------------------------------------------
+
+def _auto_calls(calls: list[torch.Tensor], bins: int, count_dtype: torch.dtype = torch.float64) -> None:
+    counts, sums, peaks = row(bins, count_dtype)
+    grid = tp().new_grids(1, "cpu")[0]
+    want = ref.AutoRow(bins)
+    for i, x in enumerate(calls):
+        assert tp().observe(x, counts, sums, peaks, grid=grid) == 1
+        want.observe(x.double().numpy())
+        g = grid.tolist()
+        if want.grid is None:
+            assert g[2] > g[3], f"call {i}: grid set with no finite value: {g}"
+        else:
+            assert (int(g[0]), int(g[1])) == want.grid, f"call {i}: grid {g[:2]} != {want.grid}"
+            assert (g[2], g[3]) == (want.mn, want.mx), f"call {i}: range {g[2:]} != {(want.mn, want.mx)}"
+        same(f"call {i} counts", counts, want.counts)
+        stats_equal(sums, peaks, want.sums, want.peaks)
+
+
+def _auto(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(7)
+    relu = torch.relu(torch.randn(500, generator=g)).to(dtype)
+    wide = (torch.randn(400, generator=g) * 40 - 3).to(dtype)
+    _auto_calls([relu, torch.cat([relu[:50], specials(dtype)]), wide, relu * 0.01], 20)
+    # values on and next to every edge of the row's grid: the grid after a first call, then its edges
+    counts, sums, peaks = row(16)
+    grid = tp().new_grids(1, "cpu")[0]
+    first = (torch.randn(300, generator=g) * 3 + 1).to(dtype)
+    tp().observe(first, counts, sums, peaks, grid=grid)
+    want = ref.AutoRow(16)
+    want.observe(first.double().numpy())
+    x = torch.cat([near(torch.tensor(want.edges()).to(dtype)), specials(dtype)])
+    tp().observe(x, counts, sums, peaks, grid=grid)
+    want.observe(x.double().numpy())
+    assert (int(grid[0]), int(grid[1])) == want.grid, (grid.tolist(), want.grid)
+    same("edge values", counts, want.counts)
+
+
+for _name, _dt in DTYPES.items():
+    CHECKS[f"auto_{_name}"] = (lambda dt: lambda: _auto(dt))(_dt)
+
+
+@check
+def auto_one_value_zeros_nonfinite() -> None:
+    """mn == mx (centred grid), all zeros (e = -6), nothing finite (the grid stays unset), one element."""
+    nan = torch.tensor([math.nan, math.inf, -math.inf])
+    _auto_calls([nan, torch.full((9,), 2.5), torch.full((4,), 2.5), torch.full((3,), -7.0)], 10)
+    _auto_calls([torch.zeros(50), torch.zeros(5), torch.tensor([1e-3])], 100, torch.int64)
+    _auto_calls([torch.tensor([3.0]), torch.tensor([-1e-30, 1e30])], 64)
+    _auto_calls([torch.tensor([1e-40, -1e-40, 0.0]), torch.tensor([1e-45])], 8)  # fp32 subnormals
+
+
+@check
+def auto_bins_2_and_odd() -> None:
+    g = torch.Generator().manual_seed(8)
+    for bins in (2, 3, 7, 100):
+        _auto_calls([torch.randn(200, generator=g), torch.randn(50, generator=g) * 9 + 30], bins)
+
+
+@check
+def auto_fp64_extremes() -> None:
+    """fp64 values across the whole exponent range: exact floors far from 1 (underflow to -0 fixed)."""
+    x = torch.tensor([-1e300, -5e-324, 0.0, 5e-324, 1e-300, 3.0, 1e300], dtype=torch.float64)
+    _auto_calls([x[3:5], x, x * 0.5], 10)
+    _auto_calls([torch.tensor([1e-310, 2e-310], dtype=torch.float64)], 4)
+
+
+# -- sampled plans -----------------------------------------------------------------------------
+
+@check
+def sampled_plans() -> None:
+    g = torch.Generator().manual_seed(9)
+    sb = tp().SAMPLE_BLOCK
+    for dtype in (torch.float32, torch.bfloat16):
+        x = (torch.randn(8, 203, generator=g) * 2).to(dtype)
+        n = x.numel()
+        blocks, stride = 50, 31
+        for offset in (0, 5, n - (blocks - 1) * stride - sb):
+            idx = (offset + np.arange(blocks)[:, None] * stride + np.arange(sb)[None, :]).ravel()
+            sample = x.reshape(-1).double().numpy()[idx]
+            counts, sums, peaks = row(12)
+            grid = tp().new_grids(1, "cpu")[0]
+            assert tp().observe(x, counts, sums, peaks, grid=grid, blocks=blocks, stride=stride, offset=offset) == 1
+            want = ref.AutoRow(12)
+            want.observe(sample, n_seen=n)
+            same(f"sampled auto {dtype} offset {offset}", counts, want.counts)
+            stats_equal(sums, peaks, want.sums, want.peaks)
+            edges = np.linspace(-3.0, 3.0, 13)
+            counts, sums, peaks = row(12)
+            tp().observe(x, counts, sums, peaks, edges=torch.tensor(edges), range=(-3.0, 3.0),
+                         blocks=blocks, stride=stride, offset=offset)
+            same(f"sampled fixed {dtype} offset {offset}", counts, ref.fixed_row(sample, -3.0, 3.0, 12))
+            assert sums[3] == blocks * sb and sums[4] == n
+
+
+# -- per-class and YES/NO -------------------------------------------------------------------------
+
+def _yes(out: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    b, c = out.shape
+    if y.numel() == b * c:
+        return (y.reshape(b, c).double() > 0.5).numpy()
+    return torch.nn.functional.one_hot(y.long().clamp(0, c - 1), c).bool().numpy()
+
+
+@check
+def classes_and_truth_auto() -> None:
+    g = torch.Generator().manual_seed(10)
+    bins, cols = 10, 5
+    s = bins + 3
+    counts, sums, peaks = row(bins)
+    grid = tp().new_grids(1, "cpu")[0]
+    truth = torch.zeros(2, s, dtype=torch.int64)
+    classes = torch.zeros(cols, s, dtype=torch.int64)
+    want = ref.AutoRow(bins, cols)
+    calls = [
+        ((torch.randn(37, cols, generator=g)).half(), torch.randint(-1, cols + 1, (37,), generator=g)),  # clamped
+        ((torch.randn(20, cols, generator=g) * 30).float(), torch.rand(20, cols, generator=g) > 0.7),  # regrid
+        ((torch.randn(9, cols, generator=g)).bfloat16(), (torch.rand(9, cols, generator=g) > 0.5).float()),
+    ]
+    for i, (out, y) in enumerate(calls):
+        out[0, 0] = math.nan
+        assert tp().observe(out, counts, sums, peaks, grid=grid, truth=truth, classes=classes, targets=y) == 1
+        v = out.double().numpy()
+        want.observe(v)
+        want.observe_extras(v, _yes(out, y), classes=True)
+        same(f"call {i} counts", counts, want.counts)
+        same(f"call {i} truth", truth, want.truth)
+        same(f"call {i} classes", classes, want.classes)
+        stats_equal(sums, peaks, want.sums, want.peaks)
+    # targets given after the forward: only the truth rows, on the row's grid (coarsened if needed)
+    out = torch.randn(6, cols, generator=g) * 500
+    y = torch.randint(0, cols, (6,), generator=g)
+    assert tp().observe(out, counts, sums, peaks, grid=grid, truth=truth, classes=classes, targets=y,
+                        bin_classes=False, main=False) == 1
+    want.observe_extras(out.double().numpy(), _yes(out, y), classes=False)
+    same("truth after", truth, want.truth)
+    same("classes regridded", classes, want.classes)
+    same("counts regridded", counts, want.counts)
+    assert (int(grid[0]), int(grid[1])) == want.grid
+
+
+@check
+def classes_and_truth_fixed_and_sampled() -> None:
+    g = torch.Generator().manual_seed(11)
+    bins, cols = 8, 3
+    s = bins + 3
+    edges = np.linspace(-1.0, 1.0, bins + 1)
+    out = torch.cat([torch.tensor(edges, dtype=torch.float32).repeat(3).reshape(-1, cols),
+                     torch.randn(64, cols, generator=g)])
+    y = torch.randint(0, cols, (out.shape[0],), generator=g)
+    counts, sums, peaks = row(bins)
+    truth = torch.zeros(2, s, dtype=torch.int64)
+    classes = torch.zeros(cols, s, dtype=torch.float64)
+    # a sampled main call: the class and truth rows still count every element (one more launch)
+    n = out.numel()
+    assert tp().observe(out, counts, sums, peaks, edges=torch.tensor(edges), range=(-1.0, 1.0), truth=truth,
+                        classes=classes, targets=y, blocks=4, stride=40, offset=3) == 2
+    v = out.double().numpy()
+    idx = (3 + np.arange(4)[:, None] * 40 + np.arange(16)[None, :]).ravel()
+    same("sampled counts", counts, ref.fixed_row(v.ravel()[idx], -1.0, 1.0, bins))
+    assert sums[3] == 64 and sums[4] == n
+    yes = _yes(out, y)
+    same("truth", truth, np.stack([ref.fixed_row(v[yes], -1, 1, bins), ref.fixed_row(v[~yes], -1, 1, bins)]))
+    same("classes", classes, np.stack([ref.fixed_row(v[:, c], -1, 1, bins) for c in range(cols)]))
+
+
+# -- large calls: two launches -------------------------------------------------------------------
+
+@check
+def multi_program_auto() -> None:
+    g = torch.Generator().manual_seed(12)
+    bins, cols = 16, 7
+    s = bins + 3
+    counts, sums, peaks = row(bins)
+    grid = tp().new_grids(1, "cpu")[0]
+    truth = torch.zeros(2, s, dtype=torch.int64)
+    classes = torch.zeros(cols, s, dtype=torch.int64)
+    want = ref.AutoRow(bins, cols)
+    small = torch.randn(10, cols, generator=g) * 0.1
+    y0 = torch.randint(0, cols, (10,), generator=g)
+    assert tp().observe(small, counts, sums, peaks, grid=grid, truth=truth, classes=classes, targets=y0) == 1
+    want.observe(small.double().numpy())
+    want.observe_extras(small.double().numpy(), _yes(small, y0), True)
+    for i, scale in enumerate((5.0, 1.0, 80.0)):
+        big = torch.randn(700, cols, generator=g) * scale
+        big[3, 2] = math.inf
+        y = torch.randint(0, cols, (700,), generator=g)
+        assert tp().observe(big, counts, sums, peaks, grid=grid, truth=truth, classes=classes, targets=y,
+                            single_max=1000) == 2
+        want.observe(big.double().numpy())
+        want.observe_extras(big.double().numpy(), _yes(big, y), True)
+        assert (int(grid[0]), int(grid[1])) == want.grid, (i, grid.tolist(), want.grid)
+        same(f"big call {i} counts", counts, want.counts)
+        same(f"big call {i} truth", truth, want.truth)
+        same(f"big call {i} classes", classes, want.classes)
+        stats_equal(sums, peaks, want.sums, want.peaks)
+    # a large sampled plan
+    x = torch.randn(20000, generator=g).half()
+    counts, sums, peaks = row(bins)
+    grid = tp().new_grids(1, "cpu")[0]
+    assert tp().observe(x, counts, sums, peaks, grid=grid, blocks=300, stride=60, offset=11, single_max=1000) == 2
+    idx = (11 + np.arange(300)[:, None] * 60 + np.arange(16)[None, :]).ravel()
+    want = ref.AutoRow(bins)
+    want.observe(x.double().numpy()[idx], n_seen=x.numel())
+    same("big sampled", counts, want.counts)
+    stats_equal(sums, peaks, want.sums, want.peaks)
+
+
+@check
+def multi_program_fixed() -> None:
+    g = torch.Generator().manual_seed(13)
+    edges = np.linspace(-2.0, 3.0, 51)
+    x = torch.cat([near(torch.tensor(edges, dtype=torch.bfloat16)), specials(torch.bfloat16),
+                   torch.randn(6000, generator=g).bfloat16()])
+    counts, sums, peaks = row(50)
+    assert tp().observe(x, counts, sums, peaks, edges=torch.tensor(edges), range=(-2.0, 3.0), single_max=500) == 2
+    v = x.double().numpy()
+    same("counts", counts, ref.fixed_row(v, -2.0, 3.0, 50))
+    ws, wp = np.zeros(5), np.array([-math.inf, -math.inf])
+    ref.add_stats(ws, wp, v)
+    stats_equal(sums, peaks, ws, wp)
+
+
+@check
+def import_is_lazy() -> None:
+    import subprocess
+
+    code = "import sys, twinpeaks, twinpeaks._triton; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def main(names: list[str]) -> None:
+    assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET was set"
+    os.environ["TRITON_INTERPRET"] = "1"
+    results = {}
+    for name in names or list(CHECKS):
+        t = time.perf_counter()
+        try:
+            CHECKS[name]()
+            results[name] = "ok"
+        except Exception:
+            results[name] = traceback.format_exc(limit=6)
+        print(f"{name}: {'ok' if results[name] == 'ok' else 'FAILED'} ({time.perf_counter() - t:.1f} s)",
+              file=sys.stderr)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
