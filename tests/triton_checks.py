@@ -5,7 +5,8 @@ defined for the interpreter or for compilation at that moment), so the checks ru
 that sets it first thing, on CPU tensors. Importing this module does not import triton (the test
 module reads :data:`CHECKS` from it). Prints one JSON object: check name -> "ok" or the failure.
 
-Run by hand: ``python tests/triton_checks.py [names...]``.
+Run by hand: ``python tests/triton_checks.py [names...]``; ``--compile`` compiles the kernels for sm_90
+instead (no GPU needed; triton's nvidia backend brings its own ptxas).
 """
 
 from __future__ import annotations
@@ -350,6 +351,32 @@ def multi_program_fixed() -> None:
 
 
 @check
+def single_program_sizes() -> None:
+    """One program at every size: a small block, one 8,192 block from registers, a loop read twice."""
+    g = torch.Generator().manual_seed(14)
+    bins, cols = 30, 4
+    s = bins + 3
+    for n in (900, 5000, 9000, 30000):
+        counts, sums, peaks = row(bins)
+        grid = tp().new_grids(1, "cpu")[0]
+        classes = torch.zeros(cols, s, dtype=torch.int64)
+        want = ref.AutoRow(bins, cols)
+        for scale in (1.0, 7.0):
+            x = (torch.randn(n // cols, cols, generator=g) * scale).to(torch.float16)
+            assert tp().observe(x, counts, sums, peaks, grid=grid, classes=classes) == 1
+            want.observe(x.double().numpy())
+            want.observe_extras(x.double().numpy(), None, classes=True)
+            same(f"{n} counts", counts, want.counts)
+            same(f"{n} classes", classes, want.classes)
+            stats_equal(sums, peaks, want.sums, want.peaks)
+        edges = np.linspace(-2.0, 2.0, bins + 1)
+        counts, sums, peaks = row(bins)
+        x = torch.cat([near(torch.tensor(edges, dtype=torch.float32)), torch.randn(n, generator=g)])
+        assert tp().observe(x, counts, sums, peaks, edges=torch.tensor(edges), range=(-2.0, 2.0)) == 1
+        same(f"{n} fixed", counts, ref.fixed_row(x.double().numpy(), -2.0, 2.0, bins))
+
+
+@check
 def import_is_lazy() -> None:
     import subprocess
 
@@ -357,7 +384,65 @@ def import_is_lazy() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
+def compile_variants(arch: int = 90) -> dict[str, str]:
+    """Compile the kernels for a CUDA target with no GPU (triton's own ptxas): what the interpreter cannot
+    check (types, layouts, lowering of histogram/gather/cumsum/atomics in float64 and int64)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    k = tp().kernels()
+    assert not k.INTERPRETED
+    xs = dict(x_ptr="*fp32", n_bin="i32", n_seen="i32", offset="i32", stride="i32", counts_ptr="*fp64",
+              sums_ptr="*fp64", peaks_ptr="*fp64", grid_ptr="*fp64", edges_ptr="*fp64", truth_ptr="*i64",
+              cls_ptr="*i64", n_truth="i32", n_cls="i32", y_ptr="*i64", cols="i32", part_ptr="*fp64", n_parts="i32",
+              per_prog="i32", snap_ptr="*fp64")
+    base = dict(B=100, SP=103, BP=128, BP2=256, LOG2B=7, AUTO=True, SEARCH=False, SAMPLED=False, SB=16, BF16=False,
+                MAIN=True, BIN_TRUTH=False, BIN_CLS=False, YMODE=0, MULTI=False, ONE=True, BLOCK=8192, PBLOCK=1)
+    variants = {
+        "auto": ({}, {}),
+        "auto_small_block": ({}, dict(BLOCK=1024)),
+        "auto_loop": ({}, dict(ONE=False, BLOCK=2048)),
+        "fixed_loop_classes": ({}, dict(AUTO=False, ONE=False, BLOCK=2048, BIN_CLS=True)),
+        "fixed": ({}, dict(AUTO=False)),
+        "fixed_search_int64_counts": (dict(counts_ptr="*i64"), dict(AUTO=False, SEARCH=True)),
+        "sampled_bf16": (dict(x_ptr="*i16"), dict(SAMPLED=True, BF16=True)),
+        "fp16_classes_truth": (dict(x_ptr="*fp16"), dict(BIN_TRUTH=True, BIN_CLS=True, YMODE=1)),
+        "truth_only_dense_u8": (dict(y_ptr="*u8"), dict(MAIN=False, BIN_TRUTH=True, YMODE=2)),
+        "multi_auto_extras": ({}, dict(MULTI=True, ONE=False, BLOCK=2048, PBLOCK=1024, BIN_TRUTH=True, BIN_CLS=True,
+                                       YMODE=1)),
+    }
+    out = {}
+    target = GPUTarget("cuda", arch, 32)
+    for name, (types, consts) in variants.items():
+        c = {**base, **consts}
+        t = {**xs, **types}
+        sig = {a: "constexpr" if a in c else t[a] for a in k.observe_kernel.arg_names}
+        try:
+            triton.compile(ASTSource(k.observe_kernel, sig, c), target=target, options=dict(num_warps=8))
+            out[f"observe_{name}"] = "ok"
+        except Exception:
+            out[f"observe_{name}"] = traceback.format_exc(limit=3)
+    rs = dict(x_ptr="*fp32", n_bin="i32", offset="i32", stride="i32", per_prog="i32", part_ptr="*fp64",
+              counts_ptr="*fp64", grid_ptr="*fp64", truth_ptr="*i64", cls_ptr="*i64", snap_ptr="*fp64", n_truth="i32",
+              n_cls="i32")
+    for auto in (True, False):
+        c = dict(SP=103, BP=128, AUTO=auto, SAMPLED=not auto, SB=16, BF16=False, BLOCK=2048)
+        sig = {a: "constexpr" if a in c else rs[a] for a in k.reduce_kernel.arg_names}
+        try:
+            triton.compile(ASTSource(k.reduce_kernel, sig, c), target=target, options=dict(num_warps=8))
+            out[f"reduce_{'auto' if auto else 'fixed'}"] = "ok"
+        except Exception:
+            out[f"reduce_{'auto' if auto else 'fixed'}"] = traceback.format_exc(limit=3)
+    return out
+
+
 def main(names: list[str]) -> None:
+    if names == ["--compile"]:
+        os.environ["TRITON_INTERPRET"] = "0"
+        os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        print(json.dumps(compile_variants()))
+        return
     assert "triton" not in sys.modules, "triton was imported before TRITON_INTERPRET was set"
     os.environ["TRITON_INTERPRET"] = "1"
     results = {}

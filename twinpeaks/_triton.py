@@ -51,6 +51,10 @@ SAMPLE_BLOCK = 16
 SINGLE_MAX = 1 << 16
 #: Elements per loop step of a program.
 BLOCK = 2048
+#: Calls of at most this many values (a sampled plan: 8,192) are loaded once and binned from registers;
+#: up to SMALL_BLOCK in a smaller program.
+ONE_MAX = 8192
+SMALL_BLOCK = 1024
 #: Programs of a large call, per multiprocessor.
 PROGRAMS_PER_SM = 4
 
@@ -217,7 +221,7 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
         if ymode == 0:
             raise ValueError(f"observe: targets of shape {tuple(targets.shape)} do not match outputs "
                              f"{(rows, cols)}: pass class indices [batch] or 0/1 per output")
-        y = targets.detach().to(dev).reshape(-1)
+        y = targets.detach().to(dev, non_blocking=True).reshape(-1)  # from the host: no stream sync
         if y.dtype == torch.bool:
             y = y.view(torch.uint8)
         y = y.contiguous()
@@ -273,9 +277,14 @@ def _launch(k: Any, flat: torch.Tensor, n_seen: int, n_bin: int, offset: int, st
     const["BF16"] = bf16
     warps = 8 if flat.device.type == "cuda" else 4
     if n_bin <= limit:
+        # up to ONE_MAX values: loaded once into registers (a small or a sampled call); more: a loop, read twice
+        one = n_bin <= ONE_MAX
+        block = (SMALL_BLOCK if n_bin <= SMALL_BLOCK else ONE_MAX) if one else BLOCK
+        const["BLOCK"] = block
+        w = max(4, min(16, block // 512)) if flat.device.type == "cuda" else 4
         k.observe_kernel[(1,)](flat, n_bin, n_seen, offset, stride, counts, sums, peaks, grid_t, edges,
                                truth, classes, n_truth, n_cls, y_t, cols, sums, 1, n_bin, sums,
-                               MULTI=False, PBLOCK=1, num_warps=warps, **const)
+                               MULTI=False, ONE=one, PBLOCK=1, num_warps=w, **const)
         return 1
     per = -(-n_bin // _programs(flat.device))
     per = max(-(-per // BLOCK) * BLOCK, BLOCK)
@@ -287,5 +296,5 @@ def _launch(k: Any, flat: torch.Tensor, n_seen: int, n_bin: int, offset: int, st
                               BF16=bf16, BLOCK=BLOCK, num_warps=warps)
     k.observe_kernel[(progs,)](flat, n_bin, n_seen, offset, stride, counts, sums, peaks, grid_t, edges,
                                truth, classes, n_truth, n_cls, y_t, cols, part, progs, per, snap,
-                               MULTI=True, PBLOCK=_pow2_at_least(progs), num_warps=warps, **const)
+                               MULTI=True, ONE=False, PBLOCK=_pow2_at_least(progs), num_warps=warps, **const)
     return 2

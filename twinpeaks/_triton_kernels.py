@@ -91,35 +91,43 @@ def _load(x_ptr, k, m, offset, stride, SAMPLED: tl.constexpr, SB: tl.constexpr, 
 
 
 @triton.jit
+def _chunk_stats(x, m):
+    """Of the values ``x`` where ``m``: finite min and max, min and max of the non-NaN values, the number of
+    NaNs, sum, sum of squares and non-zeros (NaN propagates into the sums, as on CPU)."""
+    fin = m & (tl.abs(x) < INF)
+    num = m & (x == x)
+    return (tl.min(tl.where(fin, x, INF), 0), tl.max(tl.where(fin, x, -INF), 0),
+            tl.min(tl.where(num, x, INF), 0), tl.max(tl.where(num, x, -INF), 0),
+            tl.sum((m & (x != x)).to(tl.int64), 0), tl.sum(tl.where(m, x, 0.0), 0),
+            tl.sum(tl.where(m, x * x, 0.0), 0), tl.sum((m & (x != 0)).to(tl.int64), 0))
+
+
+@triton.jit
 def _stats(x_ptr, start, end, offset, stride, SAMPLED: tl.constexpr, SB: tl.constexpr, BF16: tl.constexpr,
            BLOCK: tl.constexpr):
-    """Of the values at logical indices [start, end): finite min and max, min and max of the non-NaN values,
-    the number of NaNs, sum, sum of squares and non-zeros (NaN propagates into the sums, as on CPU)."""
-    fmin = tl.full([BLOCK], INF, tl.float64)
-    fmax = tl.full([BLOCK], -INF, tl.float64)
-    amin = tl.full([BLOCK], INF, tl.float64)
-    amax = tl.full([BLOCK], -INF, tl.float64)
-    s = tl.zeros([BLOCK], tl.float64)
-    q = tl.zeros([BLOCK], tl.float64)
-    nz = tl.zeros([BLOCK], tl.int64)
-    nan = tl.zeros([BLOCK], tl.int64)
+    """:func:`_chunk_stats` of the values at logical indices [start, end), a chunk at a time."""
+    fmin = tl.full([], INF, tl.float64)
+    fmax = tl.full([], -INF, tl.float64)
+    amin = tl.full([], INF, tl.float64)
+    amax = tl.full([], -INF, tl.float64)
+    s = tl.zeros([], tl.float64)
+    q = tl.zeros([], tl.float64)
+    nz = tl.zeros([], tl.int64)
+    nan = tl.zeros([], tl.int64)
     for i in range(start, end, BLOCK):
         k = tl.arange(0, BLOCK).to(tl.int64) + i
         m = k < end
         x = _load(x_ptr, k, m, offset, stride, SAMPLED, SB, BF16)
-        fin = m & (tl.abs(x) < INF)
-        isnan = m & (x != x)
-        num = m & (x == x)
-        fmin = tl.minimum(fmin, tl.where(fin, x, INF))
-        fmax = tl.maximum(fmax, tl.where(fin, x, -INF))
-        amin = tl.minimum(amin, tl.where(num, x, INF))
-        amax = tl.maximum(amax, tl.where(num, x, -INF))
-        s += tl.where(m, x, 0.0)
-        q += tl.where(m, x * x, 0.0)
-        nz += (m & (x != 0)).to(tl.int64)
-        nan += isnan.to(tl.int64)
-    return (tl.min(fmin, 0), tl.max(fmax, 0), tl.min(amin, 0), tl.max(amax, 0), tl.sum(nan, 0),
-            tl.sum(s, 0), tl.sum(q, 0), tl.sum(nz, 0))
+        c0, c1, c2, c3, c4, c5, c6, c7 = _chunk_stats(x, m)
+        fmin = tl.minimum(fmin, c0)
+        fmax = tl.maximum(fmax, c1)
+        amin = tl.minimum(amin, c2)
+        amax = tl.maximum(amax, c3)
+        nan += c4
+        s += c5
+        q += c6
+        nz += c7
+    return fmin, fmax, amin, amax, nan, s, q, nz
 
 
 @triton.jit
@@ -179,6 +187,30 @@ def _slot(x, s1, s2, o, lo, hi, norm, edges_ptr, B: tl.constexpr, AUTO: tl.const
 
 
 @triton.jit
+def _bin_chunk(x, k, m, acc, tacc, s1, s2, o, lo, hi, norm, edges_ptr, cls_ptr, y_ptr, cols,
+               B: tl.constexpr, SP: tl.constexpr, BP: tl.constexpr, BP2: tl.constexpr, LOG2B: tl.constexpr,
+               AUTO: tl.constexpr, SEARCH: tl.constexpr, MAIN: tl.constexpr, BIN_TRUTH: tl.constexpr,
+               BIN_CLS: tl.constexpr, YMODE: tl.constexpr):
+    """Slots of a chunk of values (logical indices ``k``, valid where ``m``): added to the main histogram
+    ``acc`` and the YES/NO histogram ``tacc`` (returned), and atomically to the per-class rows."""
+    slot = _slot(x, s1, s2, o, lo, hi, norm, edges_ptr, B, AUTO, SEARCH, LOG2B)
+    if MAIN:
+        acc += tl.histogram(slot, BP, mask=m).to(tl.int64)
+    if BIN_TRUTH or BIN_CLS:
+        c = k % cols
+        if BIN_TRUTH:
+            if YMODE == 1:
+                yv = tl.load(y_ptr + k // cols, mask=m, other=0).to(tl.int64)
+                yes = c == tl.minimum(tl.maximum(yv, 0), cols - 1)
+            else:
+                yes = tl.load(y_ptr + k, mask=m, other=0).to(tl.float32) > 0.5
+            tacc += tl.histogram(slot + tl.where(yes, 0, SP), BP2, mask=m).to(tl.int64)
+        if BIN_CLS:
+            tl.atomic_add(cls_ptr + c * SP + slot, tl.full(slot.shape, 1, cls_ptr.dtype.element_ty), mask=m)
+    return acc, tacc
+
+
+@triton.jit
 def _move_rows(src, dst, nrows, SP: tl.constexpr, BP: tl.constexpr):
     """Copy ``nrows`` slot rows to float64 ``dst`` and zero them (the large-call snapshot)."""
     j = tl.arange(0, BP)
@@ -188,7 +220,10 @@ def _move_rows(src, dst, nrows, SP: tl.constexpr, BP: tl.constexpr):
         tl.store(src + r * SP + j, tl.zeros([BP], src.dtype.element_ty), mask=j < SP)
 
 
-@triton.jit
+# Lengths, offsets and row addresses change from call to call: compiling a variant for each value that
+# happens to be 1 or a multiple of 16 (triton's default) would recompile during training.
+@triton.jit(do_not_specialize=["n_bin", "offset", "stride", "per_prog", "counts_ptr", "grid_ptr", "truth_ptr",
+                               "cls_ptr", "n_truth", "n_cls"])
 def reduce_kernel(x_ptr, n_bin, offset, stride, per_prog, part_ptr,
                   counts_ptr, grid_ptr, truth_ptr, cls_ptr, snap_ptr, n_truth, n_cls,
                   SP: tl.constexpr, BP: tl.constexpr, AUTO: tl.constexpr, SAMPLED: tl.constexpr,
@@ -218,7 +253,9 @@ def reduce_kernel(x_ptr, n_bin, offset, stride, per_prog, part_ptr,
             _move_rows(cls_ptr, snap_ptr + 4 + SP * (1 + n_truth), n_cls, SP, BP)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_bin", "n_seen", "offset", "stride", "counts_ptr", "sums_ptr", "peaks_ptr",
+                               "grid_ptr", "truth_ptr", "cls_ptr", "n_truth", "n_cls", "y_ptr", "cols", "part_ptr",
+                               "n_parts", "per_prog", "snap_ptr"])
 def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
                    counts_ptr, sums_ptr, peaks_ptr, grid_ptr, edges_ptr,
                    truth_ptr, cls_ptr, n_truth, n_cls, y_ptr, cols,
@@ -227,7 +264,7 @@ def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
                    AUTO: tl.constexpr, SEARCH: tl.constexpr, SAMPLED: tl.constexpr, SB: tl.constexpr,
                    BF16: tl.constexpr,
                    MAIN: tl.constexpr, BIN_TRUTH: tl.constexpr, BIN_CLS: tl.constexpr, YMODE: tl.constexpr,
-                   MULTI: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
+                   MULTI: tl.constexpr, ONE: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
     """One call into a step row: statistics, grid (auto: coarsen, regrid), then the counts.
 
     Single program (``MULTI`` false): everything, in place. ``MULTI``: after :func:`reduce_kernel`, every
@@ -248,6 +285,13 @@ def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
         s = tl.sum(tl.load(part_ptr + pi * 8 + 5, mask=pm, other=0.0), 0)
         q = tl.sum(tl.load(part_ptr + pi * 8 + 6, mask=pm, other=0.0), 0)
         nz = tl.sum(tl.load(part_ptr + pi * 8 + 7, mask=pm, other=0.0), 0)
+    elif ONE:  # the whole call in one chunk: loaded once, binned from registers
+        start = 0
+        end = n_bin
+        k1 = tl.arange(0, BLOCK).to(tl.int64)
+        m1 = k1 < n_bin
+        x1 = _load(x_ptr, k1, m1, offset, stride, SAMPLED, SB, BF16)
+        fmin, fmax, amin, amax, nan, s, q, nz = _chunk_stats(x1, m1)
     else:
         start = 0
         end = n_bin
@@ -320,24 +364,16 @@ def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
     s1, s2 = _scales(e)
     acc = tl.zeros([BP], tl.int64)
     tacc = tl.zeros([BP2], tl.int64)
-    for i in range(start, end, BLOCK):
-        k = tl.arange(0, BLOCK).to(tl.int64) + i
-        m = k < end
-        x = _load(x_ptr, k, m, offset, stride, SAMPLED, SB, BF16)
-        slot = _slot(x, s1, s2, o, lo, hi, norm, edges_ptr, B, AUTO, SEARCH, LOG2B)
-        if MAIN:
-            acc += tl.histogram(slot, BP, mask=m).to(tl.int64)
-        if BIN_TRUTH or BIN_CLS:
-            c = k % cols
-            if BIN_TRUTH:
-                if YMODE == 1:
-                    yv = tl.load(y_ptr + k // cols, mask=m, other=0).to(tl.int64)
-                    yes = c == tl.minimum(tl.maximum(yv, 0), cols - 1)
-                else:
-                    yes = tl.load(y_ptr + k, mask=m, other=0).to(tl.float32) > 0.5
-                tacc += tl.histogram(slot + tl.where(yes, 0, SP), BP2, mask=m).to(tl.int64)
-            if BIN_CLS:
-                tl.atomic_add(cls_ptr + c * SP + slot, tl.full([BLOCK], 1, cls_ptr.dtype.element_ty), mask=m)
+    if ONE:  # the values loaded above, still in registers
+        acc, tacc = _bin_chunk(x1, k1, m1, acc, tacc, s1, s2, o, lo, hi, norm, edges_ptr, cls_ptr, y_ptr, cols,
+                               B, SP, BP, BP2, LOG2B, AUTO, SEARCH, MAIN, BIN_TRUTH, BIN_CLS, YMODE)
+    else:
+        for i in range(start, end, BLOCK):
+            k = tl.arange(0, BLOCK).to(tl.int64) + i
+            m = k < end
+            x = _load(x_ptr, k, m, offset, stride, SAMPLED, SB, BF16)
+            acc, tacc = _bin_chunk(x, k, m, acc, tacc, s1, s2, o, lo, hi, norm, edges_ptr, cls_ptr, y_ptr, cols,
+                                   B, SP, BP, BP2, LOG2B, AUTO, SEARCH, MAIN, BIN_TRUTH, BIN_CLS, YMODE)
     j = tl.arange(0, BP)
     j2 = tl.arange(0, BP2)
     if MAIN:
