@@ -266,6 +266,19 @@ def classes_and_truth_auto() -> None:
     same("classes regridded", classes, want.classes)
     same("counts regridded", counts, want.counts)
     assert (int(grid[0]), int(grid[1])) == want.grid
+    # an output of another width into the same row: its class rows are not binned, but regridded
+    other = torch.randn(4, 3, generator=g) * 5000
+    try:
+        tp().observe(other, counts, sums, peaks, grid=grid, truth=truth, classes=classes)
+        raise AssertionError("classes of another width were binned")
+    except ValueError:
+        pass
+    assert tp().observe(other, counts, sums, peaks, grid=grid, truth=truth, classes=classes, bin_classes=False) == 1
+    want.observe(other.double().numpy())
+    assert (int(grid[0]), int(grid[1])) == want.grid
+    same("counts, other width", counts, want.counts)
+    same("classes regridded, other width", classes, want.classes)
+    same("truth regridded, other width", truth, want.truth)
 
 
 @check

@@ -162,8 +162,8 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
             ``i``-th at element ``offset + i * stride`` of ``values`` in storage order; ``blocks=0``: all.
         truth: the row's ``[2, B + 3]`` YES/NO rows, binned when ``targets`` is given (class indices
             ``[batch]`` or 0/1 per output ``[batch, C]``), regridded with the row in any case.
-        classes: the row's ``[C, B + 3]`` per-class rows, ``C`` the last dimension of ``values``; binned
-            when ``bin_classes`` (default: when given), regridded with the row in any case.
+        classes: the row's ``[C, B + 3]`` per-class rows; binned when ``bin_classes`` (default: when
+            given; then ``C`` must be the last dimension of ``values``), regridded with the row in any case.
         main: add into ``counts``, ``sums`` and ``peaks`` (False: only the truth / class rows, e.g.
             targets given after the forward).
         single_max: values up to which one program does the call (default :data:`SINGLE_MAX`; tests
@@ -209,9 +209,10 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
         return 0
     cols = values.shape[-1] if values.dim() >= 2 else 1
     rows = n // cols
-    for name, t, r in (("truth", truth, 2), ("classes", classes, cols)):
-        if t is not None and (t.device != dev or not t.is_contiguous() or t.shape != (r, slots)
-                              or t.dtype not in (torch.float64, torch.int64)):
+    for name, t in (("truth", truth), ("classes", classes)):
+        r = 2 if name == "truth" else "C"
+        if t is not None and (t.device != dev or not t.is_contiguous() or t.dim() != 2 or t.shape[1] != slots
+                              or (name == "truth" and t.shape[0] != 2) or t.dtype not in (torch.float64, torch.int64)):
             raise ValueError(f"observe: {name} must be a contiguous int64/float64 [{r}, {slots}] tensor on {dev}, "
                              f"got {t.dtype} {tuple(t.shape)} on {t.device}")
     ymode = 0
@@ -227,6 +228,9 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
         y = y.contiguous()
     bin_truth = ymode != 0
     bin_cls = classes is not None and (bin_classes if bin_classes is not None else True)
+    if bin_cls and classes.shape[0] != cols:  # type: ignore[union-attr]
+        raise ValueError(f"observe: classes has {classes.shape[0]} rows for outputs of {cols} columns; "  # type: ignore[union-attr]
+                         "pass bin_classes=False to only regrid them")
     if blocks and (offset < 0 or stride < SAMPLE_BLOCK or offset + (blocks - 1) * stride + SAMPLE_BLOCK > n):
         raise ValueError(f"observe: sampling plan out of the tensor: {blocks} blocks of {SAMPLE_BLOCK}, "
                          f"stride {stride}, offset {offset}, {n} elements")
@@ -240,7 +244,7 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
     search = bool(not auto and not _guess_safe(float(range[0]), float(range[1]), bins))  # type: ignore[index]
     dummy = sums
     rows_args = (truth if truth is not None else dummy, classes if classes is not None else dummy,
-                 2 if truth is not None else 0, cols if classes is not None else 0)
+                 2 if truth is not None else 0, classes.shape[0] if classes is not None else 0)
     launches = 0
     extras_apart = bool(blocks) and (bin_truth or bin_cls)
     if main:
