@@ -183,24 +183,23 @@ class KernelHooks(Variant):
         if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.numel() == 0:
             return
         with torch.no_grad():
-            st = self.state.get(id(module))
-            if st is None:
-                dev, s = out.device, self.bins + 3
-                st = self.state[id(module)] = (
-                    torch.zeros(self.rows, s, dtype=torch.float64, device=dev),
-                    torch.zeros(self.rows, 5, dtype=torch.float64, device=dev),
-                    torch.full((self.rows, 2), -math.inf, dtype=torch.float64, device=dev),
-                    _triton.new_grids(self.rows, dev))
-            counts, sums, peaks, grids = st
-            r = self.row % self.rows
-            n = out.numel()
-            blocks, stride, offset = 0, 0, 0
-            if n > EXACT_BELOW:
-                blocks = AUTO_SAMPLE // SAMPLE_BLOCK
-                stride = n // blocks
-                offset = int(self.rng.random() * (stride - SAMPLE_BLOCK + 1))
-            _triton.observe(out.detach(), counts[r], sums[r], peaks[r], grid=grids[r], blocks=blocks,
-                            stride=stride, offset=offset)
+            key = (id(module), out.shape, out.stride(), out.dtype)
+            st = self.state.get(key)
+            if st is None:  # one Binner per layout (the recorder's plan), over per-layer step buffers
+                dev, s, n = out.device, self.bins + 3, out.numel()
+                blocks = stride = 0
+                if n > EXACT_BELOW:
+                    blocks = AUTO_SAMPLE // SAMPLE_BLOCK
+                    stride = n // blocks
+                bufs = (torch.zeros(self.rows, s, dtype=torch.float64, device=dev),
+                        torch.zeros(self.rows, 5, dtype=torch.float64, device=dev),
+                        torch.full((self.rows, 2), -math.inf, dtype=torch.float64, device=dev),
+                        _triton.new_grids(self.rows, dev))
+                binner = _triton.Binner(out, *bufs[:3], grid=bufs[3], blocks=blocks, stride=stride)
+                st = self.state[key] = (binner, stride, bufs)
+            binner, stride, _ = st
+            offset = int(self.rng.random() * (stride - SAMPLE_BLOCK + 1)) if stride else 0
+            binner(out.detach(), self.row % self.rows, offset)
 
     def attach(self) -> None:
         self.handles = [m.register_forward_hook(self._hook) for m in self.mods]

@@ -390,6 +390,44 @@ def single_program_sizes() -> None:
 
 
 @check
+def binner_rows() -> None:
+    """A Binner over whole step buffers: each call lands in its row only (grids, YES/NO and class rows too),
+    in one launch (and two for a large call)."""
+    g = torch.Generator().manual_seed(15)
+    rows, bins, cols = 6, 12, 3
+    s = bins + 3
+    counts = torch.zeros(rows, s, dtype=torch.float64)
+    sums = torch.zeros(rows, 5, dtype=torch.float64)
+    peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64)
+    grids = tp().new_grids(rows, "cpu")
+    truth = torch.zeros(rows, 2, s, dtype=torch.int64)
+    classes = torch.zeros(rows, cols, s, dtype=torch.int64)
+    like = torch.empty(40, cols, dtype=torch.bfloat16)
+    binner = tp().Binner(like, counts, sums, peaks, grid=grids, truth=truth, classes=classes)
+    big = tp().Binner(torch.empty(800, cols), counts, sums, peaks, grid=grids, truth=truth, classes=classes,
+                      single_max=1000)
+    want = {r: ref.AutoRow(bins, cols) for r in (1, 4)}
+    for r, scale, fn in ((4, 1.0, binner), (1, 3.0, binner), (4, 50.0, binner), (1, 0.5, big), (4, 900.0, big)):
+        x = (torch.randn(*(like.shape if fn is binner else (800, cols)), generator=g) * scale)
+        if fn is binner:
+            x = x.bfloat16()
+        y = torch.randint(0, cols, (x.shape[0],), generator=g)
+        assert fn(x, r, targets=y) == (1 if fn is binner else 2)
+        want[r].observe(x.double().numpy())
+        want[r].observe_extras(x.double().numpy(), _yes(x, y), classes=True)
+    for r in range(rows):
+        if r in want:
+            assert (int(grids[r, 0]), int(grids[r, 1])) == want[r].grid, (r, grids[r].tolist(), want[r].grid)
+            same(f"row {r} counts", counts[r], want[r].counts)
+            same(f"row {r} truth", truth[r], want[r].truth)
+            same(f"row {r} classes", classes[r], want[r].classes)
+            stats_equal(sums[r], peaks[r], want[r].sums, want[r].peaks)
+        else:
+            assert not counts[r].any() and not sums[r].any() and not truth[r].any() and not classes[r].any(), r
+            assert grids[r].tolist() == [0.0, 0.0, math.inf, -math.inf] and (peaks[r] == -math.inf).all(), r
+
+
+@check
 def import_is_lazy() -> None:
     import subprocess
 
@@ -409,7 +447,7 @@ def compile_variants(arch: int = 90) -> dict[str, str]:
     xs = dict(x_ptr="*fp32", n_bin="i32", n_seen="i32", offset="i32", stride="i32", counts_ptr="*fp64",
               sums_ptr="*fp64", peaks_ptr="*fp64", grid_ptr="*fp64", edges_ptr="*fp64", truth_ptr="*i64",
               cls_ptr="*i64", n_truth="i32", n_cls="i32", y_ptr="*i64", cols="i32", part_ptr="*fp64", n_parts="i32",
-              per_prog="i32", snap_ptr="*fp64")
+              per_prog="i32", snap_ptr="*fp64", row="i32")
     base = dict(B=100, SP=103, BP=128, BP2=256, LOG2B=7, AUTO=True, SEARCH=False, SAMPLED=False, SB=16, BF16=False,
                 MAIN=True, BIN_TRUTH=False, BIN_CLS=False, YMODE=0, MULTI=False, ONE=True, BLOCK=8192, PBLOCK=1)
     variants = {
@@ -438,7 +476,7 @@ def compile_variants(arch: int = 90) -> dict[str, str]:
             out[f"observe_{name}"] = traceback.format_exc(limit=3)
     rs = dict(x_ptr="*fp32", n_bin="i32", offset="i32", stride="i32", per_prog="i32", part_ptr="*fp64",
               counts_ptr="*fp64", grid_ptr="*fp64", truth_ptr="*i64", cls_ptr="*i64", snap_ptr="*fp64", n_truth="i32",
-              n_cls="i32")
+              n_cls="i32", row="i32")
     for auto in (True, False):
         c = dict(SP=103, BP=128, AUTO=auto, SAMPLED=not auto, SB=16, BF16=False, BLOCK=2048)
         sig = {a: "constexpr" if a in c else rs[a] for a in k.reduce_kernel.arg_names}

@@ -40,7 +40,6 @@ from __future__ import annotations
 import functools
 import math
 import types
-from typing import Any
 
 import numpy as np
 import torch
@@ -126,15 +125,6 @@ def _sm_count(index: int) -> int:
     return int(torch.cuda.get_device_properties(index).multi_processor_count)
 
 
-def _flat_dense(t: torch.Tensor) -> torch.Tensor:
-    """The elements of ``t`` in storage order, as a flat view when ``t`` is dense, else a contiguous copy."""
-    from .binning import is_dense
-
-    if is_dense(t) and all(s >= 0 for s in t.stride()):
-        return t.as_strided((t.numel(),), (1,), t.storage_offset())
-    return t.reshape(-1).contiguous()
-
-
 def _truth_mode(y: torch.Tensor, rows: int, cols: int) -> int:
     """1: class indices ``[rows]``; 2: 0/1 per output ``[rows, cols]`` (the recorder's rule); 0: no match."""
     if y.numel() == rows * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
@@ -144,6 +134,181 @@ def _truth_mode(y: torch.Tensor, rows: int, cols: int) -> int:
     return 0
 
 
+class Binner:
+    """Bins the calls of one output layout into the step rows of a record's buffers, on their device.
+
+    Everything that depends only on the layout, the buffers and the plan is checked and worked out once,
+    here; a call then only launches (see the module docstring for how many). The recorder keeps one per
+    plan, as it keeps its C kernel's arguments.
+
+    Args:
+        like: an output of the layout to bin (shape, strides, dtype; its values are not read).
+        counts, sums, peaks: the step buffers ``[rows, B + 3]`` (float64 or int64), ``[rows, 5]``,
+            ``[rows, 2]`` (float64), contiguous, on ``like``'s device (a single row: 1-D tensors).
+        grid: auto grids ``[rows, 4]`` (see :func:`new_grids`); or
+        edges, range: a fixed range's float64 edges on the device and ``(lo, hi)``.
+        blocks, stride: a sampled plan (``blocks`` runs of :data:`SAMPLE_BLOCK` elements, ``stride``
+            apart, from an offset given per call); ``blocks=0`` bins every element.
+        truth: YES/NO rows ``[rows, 2, B + 3]``; binned when a call gives targets, regridded always.
+        classes: per-class rows ``[rows, C, B + 3]``; binned when ``bin_classes`` (default: when given;
+            then ``C`` is the last dimension of the output), regridded always.
+        single_max: values up to which one program does a call (default :data:`SINGLE_MAX`).
+    """
+
+    def __init__(self, like: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peaks: torch.Tensor, *,
+                 grid: torch.Tensor | None = None, edges: torch.Tensor | None = None,
+                 range: tuple[float, float] | None = None,  # noqa: A002 - the recorder's name for it
+                 blocks: int = 0, stride: int = 0, truth: torch.Tensor | None = None,
+                 classes: torch.Tensor | None = None, bin_classes: bool | None = None,
+                 single_max: int | None = None):
+        if (grid is None) == (edges is None):
+            raise ValueError("the kernel needs exactly one of grid= (auto) or edges= with range= (fixed)")
+        if edges is not None and range is None:
+            raise ValueError("a fixed range needs range=(lo, hi) beside its edges")
+        dev = like.device
+        slots = counts.shape[-1]
+        bins = slots - 3
+        if bins < 1:
+            raise ValueError(f"counts must have bins + 3 slots, got {slots}")
+        rows = counts.shape[0] if counts.dim() == 2 else 1
+        auto = grid is not None
+        for name, t, size in (("counts", counts, slots), ("sums", sums, 5), ("peaks", peaks, 2),
+                              ("grid", grid, 4), ("edges", edges, None), ("truth", truth, 2 * slots),
+                              ("classes", classes, None)):
+            if t is None:
+                continue
+            if t.device != dev or not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous on {dev}, got {tuple(t.shape)} on {t.device}")
+            if name == "edges":
+                if t.numel() != bins + 1:
+                    raise ValueError(f"edges must hold bins + 1 = {bins + 1} values, got {t.numel()}")
+            elif name == "classes":
+                if t.numel() % (rows * slots) or t.shape[-1] != slots:
+                    raise ValueError(f"classes must be [rows, C, {slots}] with {rows} rows, got {tuple(t.shape)}")
+            elif t.numel() != rows * size:  # type: ignore[operator]
+                raise ValueError(f"{name} must hold {rows} rows of {size}, got {tuple(t.shape)}")
+            if name in ("counts", "truth", "classes"):
+                if t.dtype not in (torch.float64, torch.int64):
+                    raise ValueError(f"{name} must be float64 or int64, got {t.dtype}")
+            elif t.dtype != torch.float64:
+                raise ValueError(f"{name} must be float64, got {t.dtype}")
+        if not like.is_floating_point() or like.is_complex():
+            raise ValueError(f"the kernel bins float tensors, got {like.dtype}")
+        n = like.numel()
+        if blocks and (stride < SAMPLE_BLOCK or (blocks - 1) * stride + SAMPLE_BLOCK > n):
+            raise ValueError(f"sampling plan out of the tensor: {blocks} blocks of {SAMPLE_BLOCK}, "
+                             f"stride {stride}, {n} elements")
+        k = kernels()
+        if (dev.type == "cuda") == k.INTERPRETED:
+            raise ValueError(f"tensors on {dev.type} need "
+                             + ("TRITON_INTERPRET unset (or 0)" if dev.type == "cuda" else "TRITON_INTERPRET=1")
+                             + " when triton is first imported")
+        self.k, self.dev, self.n, self.blocks, self.stride = k, dev, n, blocks, stride
+        self.cols = like.shape[-1] if like.dim() >= 2 else 1
+        self.n_cls = classes.numel() // (rows * slots) if classes is not None else 0
+        self.bin_cls = classes is not None and (bin_classes if bin_classes is not None else True)
+        if self.bin_cls and self.n_cls != self.cols:
+            raise ValueError(f"classes has {self.n_cls} rows for outputs of {self.cols} columns; "
+                             "pass bin_classes=False to only regrid them")
+        self.has_truth = truth is not None
+        self.extras_apart = bool(blocks) and (self.has_truth or self.bin_cls)  # extras count every element
+        from .binning import is_dense
+
+        self.dense = is_dense(like) and all(s >= 0 for s in like.stride())  # read in storage order, no copy
+        self.contiguous = like.is_contiguous()
+        self.bf16 = like.dtype == torch.bfloat16
+        self.limit = SINGLE_MAX if single_max is None else single_max
+        search = bool(not auto and not _guess_safe(float(range[0]), float(range[1]), bins))  # type: ignore[index]
+        dummy = sums
+        self.bufs = (counts, sums, peaks, grid if grid is not None else dummy, edges if edges is not None else dummy,
+                     truth if truth is not None else dummy, classes if classes is not None else dummy,
+                     2 if truth is not None else 0, self.n_cls)
+        self.const = dict(B=bins, SP=slots, BP=_pow2_at_least(slots + 1), BP2=_pow2_at_least(2 * slots + 1),
+                          LOG2B=max(0, (bins - 1).bit_length()), AUTO=auto, SEARCH=search, SB=SAMPLE_BLOCK,
+                          BF16=self.bf16)
+        self.scratch: dict[int, tuple[torch.Tensor, torch.Tensor, int, int]] = {}
+
+    def __call__(self, values: torch.Tensor, row: int = 0, offset: int = 0, targets: torch.Tensor | None = None,
+                 main: bool = True) -> int:
+        """Bin ``values`` (the layout of ``like``) into step row ``row``; returns the kernel launches made.
+
+        ``offset``: where a sampled plan starts (elements, storage order). ``targets``: class indices
+        ``[batch]`` or 0/1 per output ``[batch, C]``, for the YES/NO rows. ``main=False``: only the YES/NO
+        and class rows (targets given after the forward).
+        """
+        ymode, y = 0, None
+        if targets is not None and self.has_truth:
+            ymode = _truth_mode(targets, self.n // self.cols, self.cols)
+            if ymode == 0:
+                raise ValueError(f"targets of shape {tuple(targets.shape)} do not match outputs "
+                                 f"{(self.n // self.cols, self.cols)}: pass class indices [batch] or 0/1 per output")
+            y = targets.detach().to(self.dev, non_blocking=True).reshape(-1)  # from the host: no stream sync
+            if y.dtype == torch.bool:
+                y = y.view(torch.uint8)
+            y = y.contiguous()
+        extras = ymode != 0 or self.bin_cls
+        launches = 0
+        logical = None  # the elements in logical order, for the class and YES/NO rows
+        if main:
+            if extras and not self.extras_apart:
+                logical = x = values if self.contiguous else values.reshape(-1).contiguous()
+            else:
+                x = values if self.dense else values.reshape(-1)
+            launches += int(x is not values)  # a copy
+            b = self.blocks
+            launches += self._launch(x, b * SAMPLE_BLOCK if b else self.n, offset if b else 0, self.stride, row,
+                                     y, 0 if self.extras_apart else ymode, bool(b), True,
+                                     self.bin_cls and not self.extras_apart)
+        if (not main or self.extras_apart) and extras:
+            if logical is None:
+                logical = values if self.contiguous else values.reshape(-1).contiguous()
+                launches += int(logical is not values)
+            launches += self._launch(logical, self.n, 0, 0, row, y, ymode, False, False, self.bin_cls)
+        return launches
+
+    def _launch(self, x: torch.Tensor, n_bin: int, offset: int, stride: int, row: int, y: torch.Tensor | None,
+                ymode: int, sampled: bool, main: bool, bin_cls: bool) -> int:
+        counts, sums, peaks, grid, edges, truth, classes, n_truth, n_cls = self.bufs
+        if self.bf16:
+            x = x.view(torch.int16)  # widened from its bits in the kernel: exact, subnormals included
+        y_t = y if y is not None else sums
+        k, cuda = self.k, self.dev.type == "cuda"
+        flags = dict(SAMPLED=sampled, MAIN=main, BIN_TRUTH=ymode != 0, BIN_CLS=bin_cls, YMODE=ymode)
+        if n_bin <= self.limit:
+            # up to ONE_MAX values: loaded once into registers (a small or a sampled call); more: a loop, read twice
+            one = n_bin <= ONE_MAX
+            block = (SMALL_BLOCK if n_bin <= SMALL_BLOCK else ONE_MAX) if one else BLOCK
+            k.observe_kernel[(1,)](x, n_bin, self.n, offset, stride, counts, sums, peaks, grid, edges,
+                                   truth, classes, n_truth, n_cls, y_t, self.cols, sums, 1, n_bin, sums, row,
+                                   MULTI=False, ONE=one, BLOCK=block, PBLOCK=1,
+                                   num_warps=max(4, min(16, block // 512)) if cuda else 4, **flags, **self.const)
+            return 1
+        part, snap, progs, per = self._scratch(n_bin)
+        c = self.const
+        k.reduce_kernel[(progs,)](x, n_bin, offset, stride, per, part, counts, grid, truth, classes, snap,
+                                  n_truth, n_cls, row, SP=c["SP"], BP=c["BP"], AUTO=c["AUTO"], SAMPLED=sampled,
+                                  SB=SAMPLE_BLOCK, BF16=self.bf16, BLOCK=BLOCK, num_warps=8 if cuda else 4)
+        k.observe_kernel[(progs,)](x, n_bin, self.n, offset, stride, counts, sums, peaks, grid, edges,
+                                   truth, classes, n_truth, n_cls, y_t, self.cols, part, progs, per, snap, row,
+                                   MULTI=True, ONE=False, BLOCK=BLOCK, PBLOCK=_pow2_at_least(progs),
+                                   num_warps=8 if cuda else 4, **flags, **self.const)
+        return 2
+
+    def _scratch(self, n_bin: int) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """Partials and snapshot of a two-launch call (kept: calls on one stream run in order)."""
+        got = self.scratch.get(n_bin)
+        if got is None:
+            per = -(-n_bin // _programs(self.dev))
+            per = max(-(-per // BLOCK) * BLOCK, BLOCK)
+            progs = -(-n_bin // per)
+            slots, n_truth, n_cls = self.const["SP"], self.bufs[7], self.bufs[8]
+            part = torch.empty(progs * 8, dtype=torch.float64, device=self.dev)
+            snap = torch.empty(4 + slots * (1 + n_truth + n_cls) if self.const["AUTO"] else 1, dtype=torch.float64,
+                               device=self.dev)
+            got = self.scratch[n_bin] = (part, snap, progs, per)
+        return got
+
+
 def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peaks: torch.Tensor, *,
             grid: torch.Tensor | None = None, edges: torch.Tensor | None = None,
             range: tuple[float, float] | None = None,  # noqa: A002 - the recorder's name for it
@@ -151,23 +316,11 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
             truth: torch.Tensor | None = None, classes: torch.Tensor | None = None,
             targets: torch.Tensor | None = None, bin_classes: bool | None = None, main: bool = True,
             single_max: int | None = None) -> int:
-    """Bin one call of ``values`` into a step row on their device; returns the number of kernel launches.
+    """Bin one call of ``values`` into one step row on their device; returns the number of kernel launches.
 
-    Args:
-        values: a float tensor (fp32, fp16, bf16, fp64), any shape.
-        counts, sums, peaks: the row (see the module docstring), on ``values``' device.
-        grid: the row's auto grid ``[e, o, min, max]`` (float64, see :func:`new_grids`); or
-        edges, range: a fixed range's float64 edges on the device and ``(lo, hi)``.
-        blocks, stride, offset: a sampled plan: ``blocks`` runs of :data:`SAMPLE_BLOCK` elements, the
-            ``i``-th at element ``offset + i * stride`` of ``values`` in storage order; ``blocks=0``: all.
-        truth: the row's ``[2, B + 3]`` YES/NO rows, binned when ``targets`` is given (class indices
-            ``[batch]`` or 0/1 per output ``[batch, C]``), regridded with the row in any case.
-        classes: the row's ``[C, B + 3]`` per-class rows; binned when ``bin_classes`` (default: when
-            given; then ``C`` must be the last dimension of ``values``), regridded with the row in any case.
-        main: add into ``counts``, ``sums`` and ``peaks`` (False: only the truth / class rows, e.g.
-            targets given after the forward).
-        single_max: values up to which one program does the call (default :data:`SINGLE_MAX`; tests
-            lower it to run the two-launch path on small tensors).
+    The one-off form of :class:`Binner` (which a hot path keeps, to check and plan once): ``counts``,
+    ``sums``, ``peaks``, ``grid`` are single rows (``[B + 3]``, ``[5]``, ``[2]``, ``[4]``), ``truth``
+    ``[2, B + 3]``, ``classes`` ``[C, B + 3]``; ``offset`` is where the sampled plan starts.
 
     Example:
         >>> dev = torch.device("cuda")                                    # doctest: +SKIP
@@ -181,124 +334,13 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
         >>> counts.tolist()                                               # doctest: +SKIP
         [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
     """
-    if (grid is None) == (edges is None):
-        raise ValueError("observe needs exactly one of grid= (auto) or edges= with range= (fixed)")
-    if edges is not None and range is None:
-        raise ValueError("observe: a fixed range needs range=(lo, hi) beside its edges")
-    dev = values.device
-    slots = counts.numel()
-    bins = slots - 3
-    if bins < 1:
-        raise ValueError(f"observe: counts must have bins + 3 slots, got {slots}")
-    auto = grid is not None
-    for name, t, size in (("counts", counts, slots), ("sums", sums, 5), ("peaks", peaks, 2),
-                          ("grid", grid, 4), ("edges", edges, bins + 1)):
-        if t is None:
-            continue
-        if t.device != dev or not t.is_contiguous() or t.numel() != size:
-            raise ValueError(f"observe: {name} must be a contiguous tensor of {size} on {dev}, "
-                             f"got {tuple(t.shape)} on {t.device}")
-        if name != "counts" and t.dtype != torch.float64:
-            raise ValueError(f"observe: {name} must be float64, got {t.dtype}")
-    if counts.dtype not in (torch.float64, torch.int64):
-        raise ValueError(f"observe: counts must be float64 or int64, got {counts.dtype}")
-    if not values.is_floating_point():
-        raise ValueError(f"observe bins float tensors, got {values.dtype}")
-    n = values.numel()
-    if n == 0:
+    if values.numel() == 0:
         return 0
-    cols = values.shape[-1] if values.dim() >= 2 else 1
-    rows = n // cols
-    for name, t in (("truth", truth), ("classes", classes)):
-        r = 2 if name == "truth" else "C"
-        if t is not None and (t.device != dev or not t.is_contiguous() or t.dim() != 2 or t.shape[1] != slots
-                              or (name == "truth" and t.shape[0] != 2) or t.dtype not in (torch.float64, torch.int64)):
-            raise ValueError(f"observe: {name} must be a contiguous int64/float64 [{r}, {slots}] tensor on {dev}, "
-                             f"got {t.dtype} {tuple(t.shape)} on {t.device}")
-    ymode = 0
-    y = None
-    if targets is not None and truth is not None:
-        ymode = _truth_mode(targets, rows, cols)
-        if ymode == 0:
-            raise ValueError(f"observe: targets of shape {tuple(targets.shape)} do not match outputs "
-                             f"{(rows, cols)}: pass class indices [batch] or 0/1 per output")
-        y = targets.detach().to(dev, non_blocking=True).reshape(-1)  # from the host: no stream sync
-        if y.dtype == torch.bool:
-            y = y.view(torch.uint8)
-        y = y.contiguous()
-    bin_truth = ymode != 0
-    bin_cls = classes is not None and (bin_classes if bin_classes is not None else True)
-    if bin_cls and classes.shape[0] != cols:  # type: ignore[union-attr]
-        raise ValueError(f"observe: classes has {classes.shape[0]} rows for outputs of {cols} columns; "  # type: ignore[union-attr]
-                         "pass bin_classes=False to only regrid them")
-    if blocks and (offset < 0 or stride < SAMPLE_BLOCK or offset + (blocks - 1) * stride + SAMPLE_BLOCK > n):
-        raise ValueError(f"observe: sampling plan out of the tensor: {blocks} blocks of {SAMPLE_BLOCK}, "
-                         f"stride {stride}, offset {offset}, {n} elements")
-    k = kernels()
-    if (dev.type == "cuda") == k.INTERPRETED:
-        raise ValueError(f"observe: tensors on {dev.type} need "
-                         + ("TRITON_INTERPRET unset (or 0)" if dev.type == "cuda" else "TRITON_INTERPRET=1")
-                         + " when triton is first imported")
-    limit = SINGLE_MAX if single_max is None else single_max
-    edges_t = edges if edges is not None else sums  # an unused pointer for auto grids
-    search = bool(not auto and not _guess_safe(float(range[0]), float(range[1]), bins))  # type: ignore[index]
-    dummy = sums
-    rows_args = (truth if truth is not None else dummy, classes if classes is not None else dummy,
-                 2 if truth is not None else 0, classes.shape[0] if classes is not None else 0)
-    launches = 0
-    extras_apart = bool(blocks) and (bin_truth or bin_cls)
-    if main:
-        flat = _flat_dense(values) if not (bin_truth or bin_cls) or extras_apart else values.reshape(-1).contiguous()
-        if flat.data_ptr() != values.data_ptr() or flat.numel() != n:
-            launches += 1  # the copy
-        launches += _launch(k, flat, n, blocks * SAMPLE_BLOCK if blocks else n, offset if blocks else 0, stride,
-                            counts, sums, peaks, grid, edges_t, rows_args, y, ymode if not extras_apart else 0,
-                            cols, bins, auto, search, bool(blocks), True, bin_cls and not extras_apart, limit)
-    if (not main or extras_apart) and (bin_truth or bin_cls):
-        flat = values.reshape(-1).contiguous()
-        launches += int(flat.data_ptr() != values.data_ptr())
-        launches += _launch(k, flat, n, n, 0, 0, counts, sums, peaks, grid, edges_t, rows_args, y, ymode, cols,
-                            bins, auto, search, False, False, bin_cls, limit)
-    return launches
-
-
-def _launch(k: Any, flat: torch.Tensor, n_seen: int, n_bin: int, offset: int, stride: int,
-            counts: torch.Tensor, sums: torch.Tensor, peaks: torch.Tensor, grid: torch.Tensor | None,
-            edges: torch.Tensor, rows_args: tuple, y: torch.Tensor | None, ymode: int, cols: int, bins: int,
-            auto: bool, search: bool, sampled: bool, main: bool, bin_cls: bool, limit: int) -> int:
-    truth, classes, n_truth, n_cls = rows_args
-    slots = bins + 3
-    bp = _pow2_at_least(slots + 1)
-    log2b = max(0, (bins - 1).bit_length())  # ceil(log2(bins))
-    grid_t = grid if grid is not None else sums
-    y_t = y if y is not None else sums
-    const = dict(B=bins, SP=slots, BP=bp, BP2=_pow2_at_least(2 * slots + 1), LOG2B=log2b, AUTO=auto,
-                 SEARCH=search, SAMPLED=sampled, SB=SAMPLE_BLOCK, MAIN=main, BIN_TRUTH=ymode != 0,
-                 BIN_CLS=bin_cls, YMODE=ymode, BLOCK=BLOCK)
-    bf16 = flat.dtype == torch.bfloat16
-    if bf16:
-        flat = flat.view(torch.int16)  # widened from its bits in the kernel: exact, subnormals included
-    const["BF16"] = bf16
-    warps = 8 if flat.device.type == "cuda" else 4
-    if n_bin <= limit:
-        # up to ONE_MAX values: loaded once into registers (a small or a sampled call); more: a loop, read twice
-        one = n_bin <= ONE_MAX
-        block = (SMALL_BLOCK if n_bin <= SMALL_BLOCK else ONE_MAX) if one else BLOCK
-        const["BLOCK"] = block
-        w = max(4, min(16, block // 512)) if flat.device.type == "cuda" else 4
-        k.observe_kernel[(1,)](flat, n_bin, n_seen, offset, stride, counts, sums, peaks, grid_t, edges,
-                               truth, classes, n_truth, n_cls, y_t, cols, sums, 1, n_bin, sums,
-                               MULTI=False, ONE=one, PBLOCK=1, num_warps=w, **const)
-        return 1
-    per = -(-n_bin // _programs(flat.device))
-    per = max(-(-per // BLOCK) * BLOCK, BLOCK)
-    progs = -(-n_bin // per)
-    part = torch.empty(progs * 8, dtype=torch.float64, device=flat.device)
-    snap = torch.empty(4 + slots * (1 + n_truth + n_cls) if auto else 1, dtype=torch.float64, device=flat.device)
-    k.reduce_kernel[(progs,)](flat, n_bin, offset, stride, per, part, counts, grid_t, truth, classes, snap,
-                              n_truth, n_cls, SP=slots, BP=bp, AUTO=auto, SAMPLED=sampled, SB=SAMPLE_BLOCK,
-                              BF16=bf16, BLOCK=BLOCK, num_warps=warps)
-    k.observe_kernel[(progs,)](flat, n_bin, n_seen, offset, stride, counts, sums, peaks, grid_t, edges,
-                               truth, classes, n_truth, n_cls, y_t, cols, part, progs, per, snap,
-                               MULTI=True, ONE=False, PBLOCK=_pow2_at_least(progs), num_warps=warps, **const)
-    return 2
+    if blocks and offset < 0:
+        raise ValueError(f"sampling offset must be >= 0, got {offset}")
+    if blocks and offset + (blocks - 1) * stride + SAMPLE_BLOCK > values.numel():
+        raise ValueError(f"sampling plan out of the tensor: {blocks} blocks of {SAMPLE_BLOCK}, stride {stride}, "
+                         f"offset {offset}, {values.numel()} elements")
+    binner = Binner(values, counts, sums, peaks, grid=grid, edges=edges, range=range, blocks=blocks, stride=stride,
+                    truth=truth, classes=classes, bin_classes=bin_classes, single_max=single_max)
+    return binner(values, 0, offset, targets, main)

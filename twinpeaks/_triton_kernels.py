@@ -223,9 +223,9 @@ def _move_rows(src, dst, nrows, SP: tl.constexpr, BP: tl.constexpr):
 # Lengths, offsets and row addresses change from call to call: compiling a variant for each value that
 # happens to be 1 or a multiple of 16 (triton's default) would recompile during training.
 @triton.jit(do_not_specialize=["n_bin", "offset", "stride", "per_prog", "counts_ptr", "grid_ptr", "truth_ptr",
-                               "cls_ptr", "n_truth", "n_cls"])
+                               "cls_ptr", "n_truth", "n_cls", "row"])
 def reduce_kernel(x_ptr, n_bin, offset, stride, per_prog, part_ptr,
-                  counts_ptr, grid_ptr, truth_ptr, cls_ptr, snap_ptr, n_truth, n_cls,
+                  counts_ptr, grid_ptr, truth_ptr, cls_ptr, snap_ptr, n_truth, n_cls, row,
                   SP: tl.constexpr, BP: tl.constexpr, AUTO: tl.constexpr, SAMPLED: tl.constexpr,
                   SB: tl.constexpr, BF16: tl.constexpr, BLOCK: tl.constexpr):
     """First launch of a large call: per-program partial statistics (8 float64 each) into ``part_ptr``;
@@ -246,6 +246,11 @@ def reduce_kernel(x_ptr, n_bin, offset, stride, per_prog, part_ptr,
     tl.store(p + 7, nz.to(tl.float64))
     if AUTO:
         if pid == 0:
+            r64 = row.to(tl.int64)  # step row ``row`` of each buffer
+            counts_ptr += r64 * SP
+            grid_ptr += r64 * 4
+            truth_ptr += r64 * n_truth * SP
+            cls_ptr += r64 * n_cls * SP
             g = tl.arange(0, 4)
             tl.store(snap_ptr + g, tl.load(grid_ptr + g))
             _move_rows(counts_ptr, snap_ptr + 4, 1, SP, BP)
@@ -255,11 +260,11 @@ def reduce_kernel(x_ptr, n_bin, offset, stride, per_prog, part_ptr,
 
 @triton.jit(do_not_specialize=["n_bin", "n_seen", "offset", "stride", "counts_ptr", "sums_ptr", "peaks_ptr",
                                "grid_ptr", "truth_ptr", "cls_ptr", "n_truth", "n_cls", "y_ptr", "cols", "part_ptr",
-                               "n_parts", "per_prog", "snap_ptr"])
+                               "n_parts", "per_prog", "snap_ptr", "row"])
 def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
                    counts_ptr, sums_ptr, peaks_ptr, grid_ptr, edges_ptr,
                    truth_ptr, cls_ptr, n_truth, n_cls, y_ptr, cols,
-                   part_ptr, n_parts, per_prog, snap_ptr,
+                   part_ptr, n_parts, per_prog, snap_ptr, row,
                    B: tl.constexpr, SP: tl.constexpr, BP: tl.constexpr, BP2: tl.constexpr, LOG2B: tl.constexpr,
                    AUTO: tl.constexpr, SEARCH: tl.constexpr, SAMPLED: tl.constexpr, SB: tl.constexpr,
                    BF16: tl.constexpr,
@@ -272,6 +277,13 @@ def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
     program 0 alone writes sums, peaks and the grid and adds the regridded snapshot.
     """
     pid = tl.program_id(0)
+    r64 = row.to(tl.int64)  # step row ``row`` of each buffer (the truth and class buffers: n_truth, n_cls rows)
+    counts_ptr += r64 * SP
+    sums_ptr += r64 * 5
+    peaks_ptr += r64 * 2
+    grid_ptr += r64 * 4
+    truth_ptr += r64 * n_truth * SP
+    cls_ptr += r64 * n_cls * SP
     if MULTI:
         start = pid * per_prog
         end = tl.minimum(start + per_prog, n_bin)
