@@ -2,37 +2,47 @@
 
 Design constraints:
 
-* Triton is optional. Nothing here imports it at module level; :func:`available` says whether it
-  imports, and the kernels (:mod:`twinpeaks._triton_kernels`) are loaded on first use. CUDA tensors
-  run compiled kernels; CPU tensors run the same kernels in Triton's interpreter (``TRITON_INTERPRET=1``
-  is set only while that copy of the kernels is defined), which is how the tests check them against
-  numpy without a GPU.
+* Triton is optional. Nothing here imports it at module level (``import twinpeaks`` never imports
+  it); :func:`available` says whether it imports, and the kernels (:mod:`twinpeaks._triton_kernels`)
+  are loaded on first use. CUDA tensors run compiled kernels; with ``TRITON_INTERPRET=1`` set before
+  triton is first imported, CPU tensors run the same kernels in Triton's interpreter: that is how the
+  tests check them against numpy without a GPU (tests/test_triton_kernel.py, in a subprocess).
 * No host sync. Every decision the launcher makes comes from shapes, dtypes and Python numbers; the
   grid of an automatic range is computed, coarsened and applied on the device.
 * Exact, per docs/grids.md. Values are upcast to float64. An **auto** grid ``(e, o)`` bins ``x`` into
-  ``floor(x / 2**e) - o``; before binning a call the row's grid is coarsened to fit the row's and the
-  call's finite min/max and the row's slot rows are regridded exactly. A **fixed** range bins against
-  numpy's float64 ``linspace`` edges as ``np.histogram`` does.
-* Few launches. A call that bins at most :data:`SINGLE_MAX` values (a sampled plan: 8,192; exact
-  outputs up to 64K) is **one launch** of one program that reads its values twice (statistics and grid,
-  then counts). Larger calls take **two launches**: partial statistics over many programs (and, for an
-  auto grid, a snapshot of the row), then the binning over as many programs, each adding its counts
-  atomically while program 0 adds the regridded snapshot. A sampled main call with per-class or YES/NO
-  rows takes one more launch for those rows (they count every element, the main row only the sample).
-  A non-dense input (sliced, overlapping) costs a copy first.
+  ``floor(x / 2**e) - o``; before binning a call, the row's grid is coarsened to fit the row's and the
+  call's finite min and max (``e' = max(e_row, choose(min, max).e)``, ``o' = floor(min / 2**e')``;
+  an unset row takes ``choose(min, max)``, centred when ``min == max``) and the row's slot rows (main,
+  YES/NO, per-class) are regridded exactly. A **fixed** range bins against numpy's float64
+  ``linspace`` edges as ``np.histogram`` does (``edges[i] <= x < edges[i+1]``, the last bin closed).
+* Checked once, launched per call. :class:`Binner` checks an output layout, its buffers and its
+  sampling plan once (the recorder keeps one per plan); a call then costs a few microseconds of Python
+  and the launches below. :func:`observe` is the one-off form.
 
-The row a call adds into (one step of one layer in one phase), all on the values' device:
+Launches per call:
 
-* ``counts``: ``[B + 3]`` float64 or int64: ``[underflow, bin_0 .. bin_{B-1}, overflow, nonfinite]``;
-* ``sums``: float64 ``[sum, sum of squares, non-zeros, elements binned, elements seen]``;
-* ``peaks``: float64 ``[-min, max]`` over every binned value (NaN if any is NaN: it wins, as in
-  ``torch.maximum``);
-* auto grids: ``grid``, float64 ``[e, o, min, max]``: the grid and the finite min and max of everything
-  binned into the row; unset (nothing finite binned yet) while ``min > max`` (see :func:`new_grids`);
+* at most :data:`SINGLE_MAX` values binned (every sampled call: 8,192; exact outputs up to 64K):
+  **one** launch, one program. Up to :data:`ONE_MAX` values it loads them once into registers
+  (statistics and grid, then counts); above, it loops over them twice.
+* more values (exact binning of large outputs): **two** launches over many programs: partial
+  statistics (and, for an auto grid, a snapshot of the row's slot rows, zeroed), then the binning, each
+  program adding its counts atomically while program 0 adds the regridded snapshot back.
+* a sampled main call with per-class or YES/NO rows: **one more** for those rows (they count every
+  element; the main row only the sample). A non-dense input (sliced, overlapping) costs a copy first.
+
+The buffers a call adds into, one row per step, all on the values' device:
+
+* ``counts``: ``[rows, B + 3]`` float64 or int64: ``[underflow, bin_0 .. bin_{B-1}, overflow, nonfinite]``;
+* ``sums``: float64 ``[rows, 5]``: sum, sum of squares, non-zeros, elements binned, elements seen;
+* ``peaks``: float64 ``[rows, 2]``: ``-min, max`` over every binned value (NaN if any is NaN: it wins,
+  as in ``torch.maximum``);
+* auto grids: ``grid``, float64 ``[rows, 4]``: ``e, o`` and the finite min and max of everything binned
+  into the row; unset (nothing finite binned yet) while ``min > max`` (see :func:`new_grids`);
 * fixed ranges: ``edges``, the ``B + 1`` float64 edges ``np.linspace(lo, hi, B + 1)`` on the device,
   and ``range`` = ``(lo, hi)`` as Python floats;
-* optionally ``truth`` ``[2, B + 3]`` (YES, NO) and ``classes`` ``[C, B + 3]`` (int64 or float64), for a
-  ``[batch, C]`` output: they share the row's grid, so any call into the row regrids them too.
+* optionally ``truth`` ``[rows, 2, B + 3]`` (YES, NO) and ``classes`` ``[rows, C, B + 3]`` (int64 or
+  float64) for a ``[batch, C]`` output: they share the row's grid, so any call into the row regrids
+  them too.
 """
 
 from __future__ import annotations
