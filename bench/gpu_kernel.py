@@ -354,7 +354,7 @@ def device_checks(device: torch.device) -> dict[str, str]:
         counts.copy_(c)
         sums.copy_(s)
         peaks.copy_(p)
-        for k in ("grid", "truth", "classes"):
+        for k in ("grid", "extra_grid", "truth", "classes"):
             if kw.get(k) is not None:
                 kw[k].copy_(dev[k])
         return n

@@ -138,10 +138,9 @@ def _auto_calls(calls: list[torch.Tensor], bins: int, count_dtype: torch.dtype =
         want.observe(x.double().numpy())
         g = grid.tolist()
         if want.grid is None:
-            assert g[2] > g[3], f"call {i}: grid set with no finite value: {g}"
+            assert math.isnan(g[0]), f"call {i}: grid set with no finite value: {g}"
         else:
-            assert (int(g[0]), int(g[1])) == want.grid, f"call {i}: grid {g[:2]} != {want.grid}"
-            assert (g[2], g[3]) == (want.mn, want.mx), f"call {i}: range {g[2:]} != {(want.mn, want.mx)}"
+            assert (int(g[0]), int(g[1])) == want.grid, f"call {i}: grid {g} != {want.grid}"
         same(f"call {i} counts", counts, want.counts)
         stats_equal(sums, peaks, want.sums, want.peaks)
 
@@ -192,6 +191,36 @@ def auto_fp64_extremes() -> None:
     x = torch.tensor([-1e300, -5e-324, 0.0, 5e-324, 1e-300, 3.0, 1e300], dtype=torch.float64)
     _auto_calls([x[3:5], x, x * 0.5], 10)
     _auto_calls([torch.tensor([1e-310, 2e-310], dtype=torch.float64)], 4)
+    # a span far below the values' size: the resolution limit (e >= floor(log2 max|x|) - 40) decides
+    _auto_calls([torch.tensor([1.0, 1.0 + 2**-50, 1.0 + 2**-45], dtype=torch.float64)], 100)
+
+
+@check
+def auto_coarsen_rules() -> None:
+    """The branches of coarsen: a call inside the grid, the call's own exponent deciding (one value far from a
+    narrow row), a shift of o alone (and the YES/NO rows following it later)."""
+    _auto_calls([torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.5]), torch.tensor([1.6])], 100)
+    _auto_calls([torch.tensor([1000.0, 1000.25]), torch.full((3,), 1001.0)], 100)
+    bins, cols = 100, 2
+    s = bins + 3
+    counts, sums, peaks = row(bins)
+    grid, xgrid = tp().new_grids(1, "cpu")[0], tp().new_grids(1, "cpu")[0]
+    truth = torch.zeros(2, s, dtype=torch.int64)
+    want = ref.AutoRow(bins, cols)
+    first = torch.tensor([[0.0, 1.0], [0.25, 0.5]])
+    y = torch.tensor([0, 1])
+    tp().observe(first, counts, sums, peaks, grid=grid, truth=truth, extra_grid=xgrid, targets=y)
+    want.observe(first.double().numpy())
+    want.observe_extras(first.double().numpy(), _yes(first, y), classes=False)
+    shifted = torch.tensor([[-0.1, 0.0]])
+    tp().observe(shifted, counts, sums, peaks, grid=grid, truth=truth, extra_grid=xgrid)
+    want.observe(shifted.double().numpy())
+    assert want.grid[0] == want.xgrid[0] and want.grid[1] != want.xgrid[1], (want.grid, want.xgrid)  # o alone
+    same("counts shifted", counts, want.counts)
+    tp().observe(shifted, counts, sums, peaks, grid=grid, truth=truth, extra_grid=xgrid, targets=y[:1], main=False)
+    want.observe_extras(shifted.double().numpy(), _yes(shifted, y[:1]), classes=False)
+    same("truth shifted", truth, want.truth)
+    assert (int(xgrid[0]), int(xgrid[1])) == want.grid
 
 
 # -- sampled plans -----------------------------------------------------------------------------
@@ -240,6 +269,7 @@ def classes_and_truth_auto() -> None:
     grid = tp().new_grids(1, "cpu")[0]
     truth = torch.zeros(2, s, dtype=torch.int64)
     classes = torch.zeros(cols, s, dtype=torch.int64)
+    xgrid = tp().new_grids(1, "cpu")[0]
     want = ref.AutoRow(bins, cols)
     calls = [
         ((torch.randn(37, cols, generator=g)).half(), torch.randint(-1, cols + 1, (37,), generator=g)),  # clamped
@@ -248,7 +278,8 @@ def classes_and_truth_auto() -> None:
     ]
     for i, (out, y) in enumerate(calls):
         out[0, 0] = math.nan
-        assert tp().observe(out, counts, sums, peaks, grid=grid, truth=truth, classes=classes, targets=y) == 1
+        assert tp().observe(out, counts, sums, peaks, grid=grid, truth=truth, classes=classes, extra_grid=xgrid,
+                            targets=y) == 1
         v = out.double().numpy()
         want.observe(v)
         want.observe_extras(v, _yes(out, y), classes=True)
@@ -256,29 +287,33 @@ def classes_and_truth_auto() -> None:
         same(f"call {i} truth", truth, want.truth)
         same(f"call {i} classes", classes, want.classes)
         stats_equal(sums, peaks, want.sums, want.peaks)
-    # targets given after the forward: only the truth rows, on the row's grid (coarsened if needed)
-    out = torch.randn(6, cols, generator=g) * 500
+    # a main call alone (no targets, no classes) coarsens the row: the YES/NO and class rows wait on their grid
+    wide = torch.randn(5, cols, generator=g) * 4000
+    assert tp().observe(wide, counts, sums, peaks, grid=grid, truth=truth, classes=classes, extra_grid=xgrid,
+                        bin_classes=False) == 1
+    want.observe(wide.double().numpy())
+    assert (int(grid[0]), int(grid[1])) == want.grid and (int(xgrid[0]), int(xgrid[1])) == want.xgrid
+    same("counts, main alone", counts, want.counts)
+    same("truth waits", truth, want.truth)
+    same("classes wait", classes, want.classes)
+    # targets given after the forward: the YES/NO (and class) rows move onto the row's grid, then count
+    # (values outside the grid, which a main call would have widened it for, go to underflow / overflow)
+    out = torch.randn(6, cols, generator=g) * 9000
     y = torch.randint(0, cols, (6,), generator=g)
-    assert tp().observe(out, counts, sums, peaks, grid=grid, truth=truth, classes=classes, targets=y,
-                        bin_classes=False, main=False) == 1
+    assert tp().observe(out, counts, sums, peaks, grid=grid, truth=truth, classes=classes, extra_grid=xgrid,
+                        targets=y, bin_classes=False, main=False) == 1
     want.observe_extras(out.double().numpy(), _yes(out, y), classes=False)
     same("truth after", truth, want.truth)
-    same("classes regridded", classes, want.classes)
-    same("counts regridded", counts, want.counts)
-    assert (int(grid[0]), int(grid[1])) == want.grid
-    # an output of another width into the same row: its class rows are not binned, but regridded
-    other = torch.randn(4, 3, generator=g) * 5000
+    same("classes moved", classes, want.classes)
+    same("counts untouched", counts, want.counts)
+    assert (int(grid[0]), int(grid[1])) == want.grid == (int(xgrid[0]), int(xgrid[1]))
+    # an output of another width: its class rows cannot be binned
+    other = torch.randn(4, 3, generator=g)
     try:
-        tp().observe(other, counts, sums, peaks, grid=grid, truth=truth, classes=classes)
+        tp().observe(other, counts, sums, peaks, grid=grid, truth=truth, classes=classes, extra_grid=xgrid)
         raise AssertionError("classes of another width were binned")
     except ValueError:
         pass
-    assert tp().observe(other, counts, sums, peaks, grid=grid, truth=truth, classes=classes, bin_classes=False) == 1
-    want.observe(other.double().numpy())
-    assert (int(grid[0]), int(grid[1])) == want.grid
-    same("counts, other width", counts, want.counts)
-    same("classes regridded, other width", classes, want.classes)
-    same("truth regridded, other width", truth, want.truth)
 
 
 @check
@@ -317,18 +352,20 @@ def multi_program_auto() -> None:
     grid = tp().new_grids(1, "cpu")[0]
     truth = torch.zeros(2, s, dtype=torch.int64)
     classes = torch.zeros(cols, s, dtype=torch.int64)
+    xgrid = tp().new_grids(1, "cpu")[0]
     want = ref.AutoRow(bins, cols)
     small = torch.randn(10, cols, generator=g) * 0.1
     y0 = torch.randint(0, cols, (10,), generator=g)
-    assert tp().observe(small, counts, sums, peaks, grid=grid, truth=truth, classes=classes, targets=y0) == 1
+    assert tp().observe(small, counts, sums, peaks, grid=grid, truth=truth, classes=classes, extra_grid=xgrid,
+                        targets=y0) == 1
     want.observe(small.double().numpy())
     want.observe_extras(small.double().numpy(), _yes(small, y0), True)
     for i, scale in enumerate((5.0, 1.0, 80.0)):
         big = torch.randn(700, cols, generator=g) * scale
         big[3, 2] = math.inf
         y = torch.randint(0, cols, (700,), generator=g)
-        assert tp().observe(big, counts, sums, peaks, grid=grid, truth=truth, classes=classes, targets=y,
-                            single_max=1000) == 2
+        assert tp().observe(big, counts, sums, peaks, grid=grid, truth=truth, classes=classes, extra_grid=xgrid,
+                            targets=y, single_max=1000) == 2
         want.observe(big.double().numpy())
         want.observe_extras(big.double().numpy(), _yes(big, y), True)
         assert (int(grid[0]), int(grid[1])) == want.grid, (i, grid.tolist(), want.grid)
@@ -373,10 +410,11 @@ def single_program_sizes() -> None:
         counts, sums, peaks = row(bins)
         grid = tp().new_grids(1, "cpu")[0]
         classes = torch.zeros(cols, s, dtype=torch.int64)
+        xgrid = tp().new_grids(1, "cpu")[0]
         want = ref.AutoRow(bins, cols)
         for scale in (1.0, 7.0):
             x = (torch.randn(n // cols, cols, generator=g) * scale).to(torch.float16)
-            assert tp().observe(x, counts, sums, peaks, grid=grid, classes=classes) == 1
+            assert tp().observe(x, counts, sums, peaks, grid=grid, classes=classes, extra_grid=xgrid) == 1
             want.observe(x.double().numpy())
             want.observe_extras(x.double().numpy(), None, classes=True)
             same(f"{n} counts", counts, want.counts)
@@ -402,10 +440,11 @@ def binner_rows() -> None:
     grids = tp().new_grids(rows, "cpu")
     truth = torch.zeros(rows, 2, s, dtype=torch.int64)
     classes = torch.zeros(rows, cols, s, dtype=torch.int64)
+    xgrids = tp().new_grids(rows, "cpu")
     like = torch.empty(40, cols, dtype=torch.bfloat16)
-    binner = tp().Binner(like, counts, sums, peaks, grid=grids, truth=truth, classes=classes)
+    binner = tp().Binner(like, counts, sums, peaks, grid=grids, truth=truth, classes=classes, extra_grid=xgrids)
     big = tp().Binner(torch.empty(800, cols), counts, sums, peaks, grid=grids, truth=truth, classes=classes,
-                      single_max=1000)
+                      extra_grid=xgrids, single_max=1000)
     want = {r: ref.AutoRow(bins, cols) for r in (1, 4)}
     for r, scale, fn in ((4, 1.0, binner), (1, 3.0, binner), (4, 50.0, binner), (1, 0.5, big), (4, 900.0, big)):
         x = (torch.randn(*(like.shape if fn is binner else (800, cols)), generator=g) * scale)
@@ -424,7 +463,7 @@ def binner_rows() -> None:
             stats_equal(sums[r], peaks[r], want[r].sums, want[r].peaks)
         else:
             assert not counts[r].any() and not sums[r].any() and not truth[r].any() and not classes[r].any(), r
-            assert grids[r].tolist() == [0.0, 0.0, math.inf, -math.inf] and (peaks[r] == -math.inf).all(), r
+            assert math.isnan(grids[r, 0]) and math.isnan(xgrids[r, 0]) and (peaks[r] == -math.inf).all(), r
 
 
 @check
@@ -445,7 +484,8 @@ def compile_variants(arch: int = 90) -> dict[str, str]:
     k = tp().kernels()
     assert not k.INTERPRETED
     xs = dict(x_ptr="*fp32", n_bin="i32", n_seen="i32", offset="i32", stride="i32", counts_ptr="*fp64",
-              sums_ptr="*fp64", peaks_ptr="*fp64", grid_ptr="*fp64", edges_ptr="*fp64", truth_ptr="*i64",
+              sums_ptr="*fp64", peaks_ptr="*fp64", grid_ptr="*fp64", xgrid_ptr="*fp64", edges_ptr="*fp64",
+              truth_ptr="*i64",
               cls_ptr="*i64", n_truth="i32", n_cls="i32", y_ptr="*i64", cols="i32", part_ptr="*fp64", n_parts="i32",
               per_prog="i32", snap_ptr="*fp64", row="i32")
     base = dict(B=100, SP=103, BP=128, BP2=256, LOG2B=7, AUTO=True, SEARCH=False, SAMPLED=False, SB=16, BF16=False,
@@ -475,10 +515,10 @@ def compile_variants(arch: int = 90) -> dict[str, str]:
         except Exception:
             out[f"observe_{name}"] = traceback.format_exc(limit=3)
     rs = dict(x_ptr="*fp32", n_bin="i32", offset="i32", stride="i32", per_prog="i32", part_ptr="*fp64",
-              counts_ptr="*fp64", grid_ptr="*fp64", truth_ptr="*i64", cls_ptr="*i64", snap_ptr="*fp64", n_truth="i32",
-              n_cls="i32", row="i32")
+              counts_ptr="*fp64", grid_ptr="*fp64", xgrid_ptr="*fp64", truth_ptr="*i64", cls_ptr="*i64",
+              snap_ptr="*fp64", n_truth="i32", n_cls="i32", row="i32")
     for auto in (True, False):
-        c = dict(SP=103, BP=128, AUTO=auto, SAMPLED=not auto, SB=16, BF16=False, BLOCK=2048)
+        c = dict(SP=103, BP=128, AUTO=auto, SAMPLED=not auto, SB=16, BF16=False, MAIN=True, XTRA=auto, BLOCK=2048)
         sig = {a: "constexpr" if a in c else rs[a] for a in k.reduce_kernel.arg_names}
         try:
             triton.compile(ASTSource(k.reduce_kernel, sig, c), target=target, options=dict(num_warps=8))

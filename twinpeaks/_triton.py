@@ -9,11 +9,14 @@ Design constraints:
   tests check them against numpy without a GPU (tests/test_triton_kernel.py, in a subprocess).
 * No host sync. Every decision the launcher makes comes from shapes, dtypes and Python numbers; the
   grid of an automatic range is computed, coarsened and applied on the device.
-* Exact, per docs/grids.md. Values are upcast to float64. An **auto** grid ``(e, o)`` bins ``x`` into
-  ``floor(x / 2**e) - o``; before binning a call, the row's grid is coarsened to fit the row's and the
-  call's finite min and max (``e' = max(e_row, choose(min, max).e)``, ``o' = floor(min / 2**e')``;
-  an unset row takes ``choose(min, max)``, centred when ``min == max``) and the row's slot rows (main,
-  YES/NO, per-class) are regridded exactly. A **fixed** range bins against numpy's float64
+* Exact, per docs/grids.md, count for count with ``twinpeaks.grids`` (the numpy reference) and the
+  torch path. Values are upcast to float64. An **auto** grid ``(e, o)`` bins ``x`` into
+  ``floor(x / 2**e) - o``; before binning a call the row's grid is coarsened (``grids.coarsen``: an
+  unset or empty row takes the call's ``choose``; a call inside the grid leaves it; otherwise the
+  smallest fitting ``e'`` over the row's occupied bins and the call's min and max, at least the row's
+  and the call's own) and the main row regridded exactly. The YES/NO and per-class rows keep the grid
+  they were last counted on (``extra_grid``) and move onto the row's grid when a call bins into them
+  (the recorder moves the others at its flush). A **fixed** range bins against numpy's float64
   ``linspace`` edges as ``np.histogram`` does (``edges[i] <= x < edges[i+1]``, the last bin closed).
 * Checked once, launched per call. :class:`Binner` checks an output layout, its buffers and its
   sampling plan once (the recorder keeps one per plan); a call then costs a few microseconds of Python
@@ -25,7 +28,7 @@ Launches per call:
   **one** launch, one program. Up to :data:`ONE_MAX` values it loads them once into registers
   (statistics and grid, then counts); above, it loops over them twice.
 * more values (exact binning of large outputs): **two** launches over many programs: partial
-  statistics (and, for an auto grid, a snapshot of the row's slot rows, zeroed), then the binning, each
+  statistics (and, for an auto grid, a snapshot of the slot rows the call regrids, zeroed), then the binning, each
   program adding its counts atomically while program 0 adds the regridded snapshot back.
 * a sampled main call with per-class or YES/NO rows: **one more** for those rows (they count every
   element; the main row only the sample). A non-dense input (sliced, overlapping) costs a copy first.
@@ -36,13 +39,13 @@ The buffers a call adds into, one row per step, all on the values' device:
 * ``sums``: float64 ``[rows, 5]``: sum, sum of squares, non-zeros, elements binned, elements seen;
 * ``peaks``: float64 ``[rows, 2]``: ``-min, max`` over every binned value (NaN if any is NaN: it wins,
   as in ``torch.maximum``);
-* auto grids: ``grid``, float64 ``[rows, 4]``: ``e, o`` and the finite min and max of everything binned
-  into the row; unset (nothing finite binned yet) while ``min > max`` (see :func:`new_grids`);
+* auto grids: ``grid``, float64 ``[rows, 2]``: ``e, o``, ``e`` NaN while unset (nothing finite binned
+  yet; see :func:`new_grids`); with YES/NO or class rows, ``extra_grid`` likewise: the grid those rows
+  were last counted on;
 * fixed ranges: ``edges``, the ``B + 1`` float64 edges ``np.linspace(lo, hi, B + 1)`` on the device,
   and ``range`` = ``(lo, hi)`` as Python floats;
 * optionally ``truth`` ``[rows, 2, B + 3]`` (YES, NO) and ``classes`` ``[rows, C, B + 3]`` (int64 or
-  float64) for a ``[batch, C]`` output: they share the row's grid, so any call into the row regrids
-  them too.
+  float64) for a ``[batch, C]`` output.
 """
 
 from __future__ import annotations
@@ -96,15 +99,14 @@ def interpreting() -> bool:
 
 
 def new_grids(rows: int, device: torch.device | str) -> torch.Tensor:
-    """Float64 ``[rows, 4]`` auto-grid rows, all unset: ``[e, o, min, max] = [0, 0, +inf, -inf]``.
+    """Float64 ``[rows, 2]`` auto grids ``(e, o)``, all unset (``e`` NaN), as ``twinpeaks.binning.new_grids``.
 
     Example:
         >>> new_grids(1, "cpu").tolist()
-        [[0.0, 0.0, inf, -inf]]
+        [[nan, 0.0]]
     """
-    g = torch.zeros(rows, 4, dtype=torch.float64, device=device)
-    g[:, 2] = math.inf
-    g[:, 3] = -math.inf
+    g = torch.zeros(rows, 2, dtype=torch.float64, device=device)
+    g[:, 0] = math.nan
     return g
 
 
@@ -155,13 +157,15 @@ class Binner:
         like: an output of the layout to bin (shape, strides, dtype; its values are not read).
         counts, sums, peaks: the step buffers ``[rows, B + 3]`` (float64 or int64), ``[rows, 5]``,
             ``[rows, 2]`` (float64), contiguous, on ``like``'s device (a single row: 1-D tensors).
-        grid: auto grids ``[rows, 4]`` (see :func:`new_grids`); or
+        grid: auto grids ``[rows, 2]`` (see :func:`new_grids`); or
         edges, range: a fixed range's float64 edges on the device and ``(lo, hi)``.
         blocks, stride: a sampled plan (``blocks`` runs of :data:`SAMPLE_BLOCK` elements, ``stride``
             apart, from an offset given per call); ``blocks=0`` bins every element.
-        truth: YES/NO rows ``[rows, 2, B + 3]``; binned when a call gives targets, regridded always.
+        truth: YES/NO rows ``[rows, 2, B + 3]``; binned when a call gives targets.
         classes: per-class rows ``[rows, C, B + 3]``; binned when ``bin_classes`` (default: when given;
-            then ``C`` is the last dimension of the output), regridded always.
+            then ``C`` is the last dimension of the output).
+        extra_grid: auto grids ``[rows, 2]`` that ``truth`` and ``classes`` were last counted on; a call
+            that bins into them first moves them (all of them) onto the row's grid.
         single_max: values up to which one program does a call (default :data:`SINGLE_MAX`).
     """
 
@@ -169,8 +173,8 @@ class Binner:
                  grid: torch.Tensor | None = None, edges: torch.Tensor | None = None,
                  range: tuple[float, float] | None = None,  # noqa: A002 - the recorder's name for it
                  blocks: int = 0, stride: int = 0, truth: torch.Tensor | None = None,
-                 classes: torch.Tensor | None = None, bin_classes: bool | None = None,
-                 single_max: int | None = None):
+                 classes: torch.Tensor | None = None, extra_grid: torch.Tensor | None = None,
+                 bin_classes: bool | None = None, single_max: int | None = None):
         if (grid is None) == (edges is None):
             raise ValueError("the kernel needs exactly one of grid= (auto) or edges= with range= (fixed)")
         if edges is not None and range is None:
@@ -182,9 +186,13 @@ class Binner:
             raise ValueError(f"counts must have bins + 3 slots, got {slots}")
         rows = counts.shape[0] if counts.dim() == 2 else 1
         auto = grid is not None
+        if auto and bins < 2:
+            raise ValueError("automatic grids need bins >= 2")
+        if auto and (truth is not None or classes is not None) and extra_grid is None:
+            raise ValueError("YES/NO and class rows on an auto grid need extra_grid= (the grid they were counted on)")
         for name, t, size in (("counts", counts, slots), ("sums", sums, 5), ("peaks", peaks, 2),
-                              ("grid", grid, 4), ("edges", edges, None), ("truth", truth, 2 * slots),
-                              ("classes", classes, None)):
+                              ("grid", grid, 2), ("extra_grid", extra_grid, 2), ("edges", edges, None),
+                              ("truth", truth, 2 * slots), ("classes", classes, None)):
             if t is None:
                 continue
             if t.device != dev or not t.is_contiguous():
@@ -219,7 +227,7 @@ class Binner:
         self.bin_cls = classes is not None and (bin_classes if bin_classes is not None else True)
         if self.bin_cls and self.n_cls != self.cols:
             raise ValueError(f"classes has {self.n_cls} rows for outputs of {self.cols} columns; "
-                             "pass bin_classes=False to only regrid them")
+                             "pass bin_classes=False")
         self.has_truth = truth is not None
         self.extras_apart = bool(blocks) and (self.has_truth or self.bin_cls)  # extras count every element
         from .binning import is_dense
@@ -230,7 +238,8 @@ class Binner:
         self.limit = SINGLE_MAX if single_max is None else single_max
         search = bool(not auto and not _guess_safe(float(range[0]), float(range[1]), bins))  # type: ignore[index]
         dummy = sums
-        self.bufs = (counts, sums, peaks, grid if grid is not None else dummy, edges if edges is not None else dummy,
+        self.bufs = (counts, sums, peaks, grid if grid is not None else dummy,
+                     extra_grid if extra_grid is not None else dummy, edges if edges is not None else dummy,
                      truth if truth is not None else dummy, classes if classes is not None else dummy,
                      2 if truth is not None else 0, self.n_cls)
         self.const = dict(B=bins, SP=slots, BP=_pow2_at_least(slots + 1), BP2=_pow2_at_least(2 * slots + 1),
@@ -278,7 +287,7 @@ class Binner:
 
     def _launch(self, x: torch.Tensor, n_bin: int, offset: int, stride: int, row: int, y: torch.Tensor | None,
                 ymode: int, sampled: bool, main: bool, bin_cls: bool) -> int:
-        counts, sums, peaks, grid, edges, truth, classes, n_truth, n_cls = self.bufs
+        counts, sums, peaks, grid, xgrid, edges, truth, classes, n_truth, n_cls = self.bufs
         if self.bf16:
             x = x.view(torch.int16)  # widened from its bits in the kernel: exact, subnormals included
         y_t = y if y is not None else sums
@@ -288,17 +297,18 @@ class Binner:
             # up to ONE_MAX values: loaded once into registers (a small or a sampled call); more: a loop, read twice
             one = n_bin <= ONE_MAX
             block = (SMALL_BLOCK if n_bin <= SMALL_BLOCK else ONE_MAX) if one else BLOCK
-            k.observe_kernel[(1,)](x, n_bin, self.n, offset, stride, counts, sums, peaks, grid, edges,
+            k.observe_kernel[(1,)](x, n_bin, self.n, offset, stride, counts, sums, peaks, grid, xgrid, edges,
                                    truth, classes, n_truth, n_cls, y_t, self.cols, sums, 1, n_bin, sums, row,
                                    MULTI=False, ONE=one, BLOCK=block, PBLOCK=1,
                                    num_warps=max(4, min(16, block // 512)) if cuda else 4, **flags, **self.const)
             return 1
         part, snap, progs, per = self._scratch(n_bin)
         c = self.const
-        k.reduce_kernel[(progs,)](x, n_bin, offset, stride, per, part, counts, grid, truth, classes, snap,
+        k.reduce_kernel[(progs,)](x, n_bin, offset, stride, per, part, counts, grid, xgrid, truth, classes, snap,
                                   n_truth, n_cls, row, SP=c["SP"], BP=c["BP"], AUTO=c["AUTO"], SAMPLED=sampled,
-                                  SB=SAMPLE_BLOCK, BF16=self.bf16, BLOCK=BLOCK, num_warps=8 if cuda else 4)
-        k.observe_kernel[(progs,)](x, n_bin, self.n, offset, stride, counts, sums, peaks, grid, edges,
+                                  SB=SAMPLE_BLOCK, BF16=self.bf16, MAIN=main, XTRA=ymode != 0 or bin_cls,
+                                  BLOCK=BLOCK, num_warps=8 if cuda else 4)
+        k.observe_kernel[(progs,)](x, n_bin, self.n, offset, stride, counts, sums, peaks, grid, xgrid, edges,
                                    truth, classes, n_truth, n_cls, y_t, self.cols, part, progs, per, snap, row,
                                    MULTI=True, ONE=False, BLOCK=BLOCK, PBLOCK=_pow2_at_least(progs),
                                    num_warps=8 if cuda else 4, **flags, **self.const)
@@ -311,7 +321,7 @@ class Binner:
             per = -(-n_bin // _programs(self.dev))
             per = max(-(-per // BLOCK) * BLOCK, BLOCK)
             progs = -(-n_bin // per)
-            slots, n_truth, n_cls = self.const["SP"], self.bufs[7], self.bufs[8]
+            slots, n_truth, n_cls = self.const["SP"], self.bufs[8], self.bufs[9]
             part = torch.empty(progs * 8, dtype=torch.float64, device=self.dev)
             snap = torch.empty(4 + slots * (1 + n_truth + n_cls) if self.const["AUTO"] else 1, dtype=torch.float64,
                                device=self.dev)
@@ -324,13 +334,13 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
             range: tuple[float, float] | None = None,  # noqa: A002 - the recorder's name for it
             blocks: int = 0, stride: int = 0, offset: int = 0,
             truth: torch.Tensor | None = None, classes: torch.Tensor | None = None,
-            targets: torch.Tensor | None = None, bin_classes: bool | None = None, main: bool = True,
-            single_max: int | None = None) -> int:
+            extra_grid: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+            bin_classes: bool | None = None, main: bool = True, single_max: int | None = None) -> int:
     """Bin one call of ``values`` into one step row on their device; returns the number of kernel launches.
 
     The one-off form of :class:`Binner` (which a hot path keeps, to check and plan once): ``counts``,
-    ``sums``, ``peaks``, ``grid`` are single rows (``[B + 3]``, ``[5]``, ``[2]``, ``[4]``), ``truth``
-    ``[2, B + 3]``, ``classes`` ``[C, B + 3]``; ``offset`` is where the sampled plan starts.
+    ``sums``, ``peaks``, ``grid``, ``extra_grid`` are single rows (``[B + 3]``, ``[5]``, ``[2]``, ``[2]``),
+    ``truth`` ``[2, B + 3]``, ``classes`` ``[C, B + 3]``; ``offset`` is where the sampled plan starts.
 
     Example:
         >>> dev = torch.device("cuda")                                    # doctest: +SKIP
@@ -352,5 +362,6 @@ def observe(values: torch.Tensor, counts: torch.Tensor, sums: torch.Tensor, peak
         raise ValueError(f"sampling plan out of the tensor: {blocks} blocks of {SAMPLE_BLOCK}, stride {stride}, "
                          f"offset {offset}, {values.numel()} elements")
     binner = Binner(values, counts, sums, peaks, grid=grid, edges=edges, range=range, blocks=blocks, stride=stride,
-                    truth=truth, classes=classes, bin_classes=bin_classes, single_max=single_max)
+                    truth=truth, classes=classes, extra_grid=extra_grid, bin_classes=bin_classes,
+                    single_max=single_max)
     return binner(values, 0, offset, targets, main)

@@ -53,25 +53,62 @@ def _ilogb(y):
 
 
 @triton.jit
-def _choose(mn, mx, B: tl.constexpr, LOG2B: tl.constexpr):
-    """The aligned grid ``(e, o)`` (int64 scalars) of finite values in [mn, mx] (docs/grids.md, choose)."""
+def _fit_e(mn, mx, B: tl.constexpr, LOG2B: tl.constexpr):
+    """The smallest ``e >= max(-1022, floor(log2(max|x|)) - 40)`` over which [mn, mx] fits in B bins
+    (``grids.fit_e``; int64 scalar). Fitting is monotone in ``e``: 64 candidates from a lower bound at once."""
     big = tl.maximum(tl.abs(mn), tl.abs(mx))
-    big = tl.where(big > 0, big, 1.0)  # 0 only when mn == mx == 0, handled below
+    lo = tl.maximum(tl.where(big > 0, _ilogb(tl.where(big > 0, big, 1.0)) - 40, -1022), -1022)
     half = mx * 0.5 - mn * 0.5
-    half = tl.where(half > 0, half, 1.0)  # 0 only when mn == mx, handled below
-    # a fitting e has 2**e >= span / B: e >= ilogb(span) - ceil(log2 B); the smallest fitting one is within a few
-    e_lo = _ilogb(half) - LOG2B
+    # a fitting e has 2**e >= span / B: e >= ilogb(span) - ceil(log2 B); the smallest is a few above (B >= 2)
+    e_lo = _ilogb(tl.where(half > 0, half, 1.0)) - LOG2B
     cands = e_lo + tl.arange(0, 64).to(tl.int64)
     s1, s2 = _scales(cands)
     fit = (_floor_scaled(mx, s1, s2) - _floor_scaled(mn, s1, s2)) <= B - 1
     e_fit = tl.min(tl.where(fit, cands, e_lo + 63), 0)
-    e_span = tl.maximum(e_fit, _ilogb(big) - 40)
+    return tl.where(half > 0, tl.maximum(e_fit, lo), lo)
+
+
+@triton.jit
+def _choose(mn, mx, B: tl.constexpr, LOG2B: tl.constexpr):
+    """The grid ``(e, o)`` (int64 scalars) of finite values in [mn, mx] (``grids.choose``): ``e`` from
+    :func:`_fit_e`; one value: width about ``|mn| / B``, centred (``e = -6`` for 0)."""
     same = mn == mx
-    e_one = tl.where(mn == 0, -6, _ilogb(big) - LOG2B)
-    e = tl.where(same, e_one, e_span)
+    big = tl.abs(mn)
+    e_one = tl.where(mn == 0, -6, tl.maximum(_ilogb(tl.where(big > 0, big, 1.0)) - LOG2B, -1022))
+    e = tl.where(same, e_one, _fit_e(mn, mx, B, LOG2B))
     t1, t2 = _scales(e)
     o = _floor_scaled(mn, t1, t2).to(tl.int64) - tl.where(same, B // 2, 0)
     return e, o
+
+
+@triton.jit
+def _coarsen(e_raw, o_raw, counts, mn, mx, has, B: tl.constexpr, BP: tl.constexpr, LOG2B: tl.constexpr):
+    """A row's grid after a call with finite min ``mn`` and max ``mx`` (``grids.coarsen``; docs/grids.md).
+
+    ``e_raw, o_raw``: the row's grid (``e`` NaN: unset); ``counts``: its slot row (the occupied bins);
+    ``has``: whether the call holds a finite value. Returns the row's grid as int64 ``(e, o)`` (0, 0 while
+    unset), the new grid, and whether the counts move (set, occupied and changed).
+    """
+    unset = e_raw != e_raw
+    e_r = tl.where(unset, 0.0, e_raw).to(tl.int64)
+    o_r = tl.where(unset, 0.0, o_raw).to(tl.int64)
+    j = tl.arange(0, BP)
+    occ = tl.load(counts + 1 + j, mask=j < B, other=0) != 0
+    first = tl.min(tl.where(occ, j, B), 0)
+    last = tl.max(tl.where(occ, j, -1), 0)
+    fresh = unset | (last < 0)
+    r1, r2 = _scales(-e_r)  # 2**e_r
+    inside = (mn >= (o_r.to(tl.float64) * r1) * r2) & (mx < ((o_r + B).to(tl.float64) * r1) * r2)
+    amin = tl.minimum(((o_r + first).to(tl.float64) * r1) * r2, mn)
+    amax = tl.maximum(((o_r + last).to(tl.float64) * r1) * r2, mx)
+    ce, co = _choose(mn, mx, B, LOG2B)
+    e2 = tl.maximum(tl.maximum(e_r, ce), _fit_e(amin, amax, B, LOG2B))
+    u1, u2 = _scales(e2)
+    o2 = _floor_scaled(amin, u1, u2).to(tl.int64)
+    e_new = tl.where(~has, e_r, tl.where(fresh, ce, tl.where(inside, e_r, e2)))
+    o_new = tl.where(~has, o_r, tl.where(fresh, co, tl.where(inside, o_r, o2)))
+    moved = ~fresh & ((e_new != e_r) | (o_new != o_r))
+    return e_r, o_r, e_new, o_new, moved
 
 
 @triton.jit
@@ -222,15 +259,20 @@ def _move_rows(src, dst, nrows, SP: tl.constexpr, BP: tl.constexpr):
 
 # Lengths, offsets and row addresses change from call to call: compiling a variant for each value that
 # happens to be 1 or a multiple of 16 (triton's default) would recompile during training.
-@triton.jit(do_not_specialize=["n_bin", "offset", "stride", "per_prog", "counts_ptr", "grid_ptr", "truth_ptr",
-                               "cls_ptr", "n_truth", "n_cls", "row"])
+@triton.jit(do_not_specialize=["n_bin", "offset", "stride", "per_prog", "counts_ptr", "grid_ptr", "xgrid_ptr",
+                               "truth_ptr", "cls_ptr", "n_truth", "n_cls", "row"])
 def reduce_kernel(x_ptr, n_bin, offset, stride, per_prog, part_ptr,
-                  counts_ptr, grid_ptr, truth_ptr, cls_ptr, snap_ptr, n_truth, n_cls, row,
+                  counts_ptr, grid_ptr, xgrid_ptr, truth_ptr, cls_ptr, snap_ptr, n_truth, n_cls, row,
                   SP: tl.constexpr, BP: tl.constexpr, AUTO: tl.constexpr, SAMPLED: tl.constexpr,
-                  SB: tl.constexpr, BF16: tl.constexpr, BLOCK: tl.constexpr):
-    """First launch of a large call: per-program partial statistics (8 float64 each) into ``part_ptr``;
-    with an auto grid, program 0 also moves the row's grid and slot rows to ``snap_ptr`` (the binning
-    launch regrids them back while the other programs add the call's counts)."""
+                  SB: tl.constexpr, BF16: tl.constexpr, MAIN: tl.constexpr, XTRA: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    """First launch of a large call: per-program partial statistics (8 float64 each) into ``part_ptr``.
+
+    With an auto grid, program 0 also moves the row's grids and the slot rows the call regrids (the main
+    row when ``MAIN``, the YES/NO and class rows when ``XTRA``) to ``snap_ptr`` (``[grid 2, extras' grid 2,
+    main B + 3, YES/NO 2 (B + 3), classes C (B + 3)]``), zeroed: the binning launch adds them back regridded
+    while its other programs add the call's counts.
+    """
     pid = tl.program_id(0)
     start = pid * per_prog
     end = tl.minimum(start + per_prog, n_bin)
@@ -247,22 +289,21 @@ def reduce_kernel(x_ptr, n_bin, offset, stride, per_prog, part_ptr,
     if AUTO:
         if pid == 0:
             r64 = row.to(tl.int64)  # step row ``row`` of each buffer
-            counts_ptr += r64 * SP
-            grid_ptr += r64 * 4
-            truth_ptr += r64 * n_truth * SP
-            cls_ptr += r64 * n_cls * SP
-            g = tl.arange(0, 4)
-            tl.store(snap_ptr + g, tl.load(grid_ptr + g))
-            _move_rows(counts_ptr, snap_ptr + 4, 1, SP, BP)
-            _move_rows(truth_ptr, snap_ptr + 4 + SP, n_truth, SP, BP)
-            _move_rows(cls_ptr, snap_ptr + 4 + SP * (1 + n_truth), n_cls, SP, BP)
+            g = tl.arange(0, 2)
+            tl.store(snap_ptr + g, tl.load(grid_ptr + r64 * 2 + g))
+            if XTRA:
+                tl.store(snap_ptr + 2 + g, tl.load(xgrid_ptr + r64 * 2 + g))
+                _move_rows(truth_ptr + r64 * n_truth * SP, snap_ptr + 4 + SP, n_truth, SP, BP)
+                _move_rows(cls_ptr + r64 * n_cls * SP, snap_ptr + 4 + SP * (1 + n_truth), n_cls, SP, BP)
+            if MAIN:
+                _move_rows(counts_ptr + r64 * SP, snap_ptr + 4, 1, SP, BP)
 
 
 @triton.jit(do_not_specialize=["n_bin", "n_seen", "offset", "stride", "counts_ptr", "sums_ptr", "peaks_ptr",
-                               "grid_ptr", "truth_ptr", "cls_ptr", "n_truth", "n_cls", "y_ptr", "cols", "part_ptr",
-                               "n_parts", "per_prog", "snap_ptr", "row"])
+                               "grid_ptr", "xgrid_ptr", "truth_ptr", "cls_ptr", "n_truth", "n_cls", "y_ptr", "cols",
+                               "part_ptr", "n_parts", "per_prog", "snap_ptr", "row"])
 def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
-                   counts_ptr, sums_ptr, peaks_ptr, grid_ptr, edges_ptr,
+                   counts_ptr, sums_ptr, peaks_ptr, grid_ptr, xgrid_ptr, edges_ptr,
                    truth_ptr, cls_ptr, n_truth, n_cls, y_ptr, cols,
                    part_ptr, n_parts, per_prog, snap_ptr, row,
                    B: tl.constexpr, SP: tl.constexpr, BP: tl.constexpr, BP2: tl.constexpr, LOG2B: tl.constexpr,
@@ -272,16 +313,22 @@ def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
                    MULTI: tl.constexpr, ONE: tl.constexpr, BLOCK: tl.constexpr, PBLOCK: tl.constexpr):
     """One call into a step row: statistics, grid (auto: coarsen, regrid), then the counts.
 
+    Auto grids follow docs/grids.md as ``twinpeaks.grids`` and the torch path do: a ``MAIN`` call coarsens
+    the row's grid (``grid_ptr``, ``[e, o]``, ``e`` NaN: unset) from the main row's occupied bins and the
+    call's finite min and max, and regrids the main row; the YES/NO and class rows keep the grid they were
+    last counted on (``xgrid_ptr``) and move onto the row's grid only when a call bins into them.
+
     Single program (``MULTI`` false): everything, in place. ``MULTI``: after :func:`reduce_kernel`, every
     program reads all partials and the snapshot, computes the same grid, bins its share and adds it atomically;
-    program 0 alone writes sums, peaks and the grid and adds the regridded snapshot.
+    program 0 alone writes sums, peaks and grids and adds the regridded snapshot.
     """
     pid = tl.program_id(0)
     r64 = row.to(tl.int64)  # step row ``row`` of each buffer (the truth and class buffers: n_truth, n_cls rows)
     counts_ptr += r64 * SP
     sums_ptr += r64 * 5
     peaks_ptr += r64 * 2
-    grid_ptr += r64 * 4
+    grid_ptr += r64 * 2
+    xgrid_ptr += r64 * 2
     truth_ptr += r64 * n_truth * SP
     cls_ptr += r64 * n_cls * SP
     if MULTI:
@@ -329,46 +376,62 @@ def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
     if AUTO:
         if MULTI:
             gsrc = snap_ptr
+            xsrc = snap_ptr + 2
+            csrc = snap_ptr + 4
         else:
             gsrc = grid_ptr
-        e_r = tl.load(gsrc + 0).to(tl.int64)
-        o_r = tl.load(gsrc + 1).to(tl.int64)
-        rmn = tl.load(gsrc + 2)
-        rmx = tl.load(gsrc + 3)
-        is_set = rmn <= rmx
-        cmn = tl.minimum(rmn, fmin)
-        cmx = tl.maximum(rmx, fmax)
-        has = cmn <= cmx
-        e_c, o_c = _choose(tl.where(has, cmn, 0.0), tl.where(has, cmx, 0.0), B, LOG2B)
-        e_s = tl.maximum(e_c, e_r)
-        u1, u2 = _scales(e_s)
-        o_s = _floor_scaled(tl.where(has, cmn, 0.0), u1, u2).to(tl.int64)
-        e = tl.where(is_set, e_s, tl.where(has, e_c, 0))
-        o = tl.where(is_set, o_s, tl.where(has, o_c, 0))
-        d = tl.where(is_set, e - e_r, 0)
-        o_old = tl.where(is_set, o_r, o)
-        if MULTI:
-            if pid == 0:
-                _regrid_row(snap_ptr + 4, counts_ptr, d, o_old, o, B, SP, BP, True)
-                for r in range(n_truth):
-                    _regrid_row(snap_ptr + 4 + SP * (1 + r), truth_ptr + r * SP, d, o_old, o, B, SP, BP, True)
-                for r in range(n_cls):
-                    _regrid_row(snap_ptr + 4 + SP * (1 + n_truth + r), cls_ptr + r * SP, d, o_old, o,
-                                B, SP, BP, True)
-        else:
-            if is_set & ((e != e_r) | (o != o_r)):
+            xsrc = xgrid_ptr
+            csrc = counts_ptr
+        e_raw = tl.load(gsrc + 0)
+        o_raw = tl.load(gsrc + 1)
+        has = fmin <= fmax
+        if MAIN:
+            e_r, o_r, e, o, moved = _coarsen(e_raw, o_raw, csrc, tl.where(has, fmin, 0.0), tl.where(has, fmax, 0.0),
+                                             has, B, BP, LOG2B)
+            g_set = (e_raw == e_raw) | has
+            d = tl.where(moved, e - e_r, 0)
+            o_old = tl.where(moved, o_r, o)
+            if MULTI:
+                if pid == 0:  # the snapshot back, regridded (the identity when the grid stays)
+                    _regrid_row(csrc, counts_ptr, d, o_old, o, B, SP, BP, True)
+            elif moved:
                 _regrid_row(counts_ptr, counts_ptr, d, o_old, o, B, SP, BP, False)
+            if pid == 0:
+                tl.store(grid_ptr + 0, tl.where(g_set, e.to(tl.float64), e_raw))
+                tl.store(grid_ptr + 1, tl.where(g_set, o.to(tl.float64), o_raw))
+        else:  # YES/NO or class rows only (targets after the forward): on the row's grid as it is
+            g_set = e_raw == e_raw
+            e = tl.where(g_set, e_raw, 0.0).to(tl.int64)
+            o = tl.where(g_set, o_raw, 0.0).to(tl.int64)
+        if BIN_TRUTH or BIN_CLS:  # those rows move from the grid they were counted on to the row's
+            xe_raw = tl.load(xsrc + 0)
+            xo_raw = tl.load(xsrc + 1)
+            x_set = xe_raw == xe_raw
+            xe = tl.where(x_set, xe_raw, 0.0).to(tl.int64)
+            xo = tl.where(x_set, xo_raw, 0.0).to(tl.int64)
+            xmoved = x_set & g_set & ((xe != e) | (xo != o))
+            dx = tl.where(xmoved, e - xe, 0)
+            xo_old = tl.where(xmoved, xo, o)
+            if MULTI:
+                if pid == 0:
+                    for r in range(n_truth):
+                        _regrid_row(snap_ptr + 4 + SP * (1 + r), truth_ptr + r * SP, dx, xo_old, o, B, SP, BP, True)
+                    for r in range(n_cls):
+                        _regrid_row(snap_ptr + 4 + SP * (1 + n_truth + r), cls_ptr + r * SP, dx, xo_old, o,
+                                    B, SP, BP, True)
+            elif xmoved:
                 for r in range(n_truth):
-                    _regrid_row(truth_ptr + r * SP, truth_ptr + r * SP, d, o_old, o, B, SP, BP, False)
+                    _regrid_row(truth_ptr + r * SP, truth_ptr + r * SP, dx, xo_old, o, B, SP, BP, False)
                 for r in range(n_cls):
-                    _regrid_row(cls_ptr + r * SP, cls_ptr + r * SP, d, o_old, o, B, SP, BP, False)
+                    _regrid_row(cls_ptr + r * SP, cls_ptr + r * SP, dx, xo_old, o, B, SP, BP, False)
+            if pid == 0:
+                tl.store(xgrid_ptr + 0, tl.where(g_set, e.to(tl.float64), NAN))
+                tl.store(xgrid_ptr + 1, tl.where(g_set, o.to(tl.float64), 0.0))
         if not MULTI:
             tl.debug_barrier()  # the regridded rows are read and added to by other threads below
-        if pid == 0:
-            tl.store(grid_ptr + 0, tl.where(has, e.to(tl.float64), tl.load(gsrc + 0)))
-            tl.store(grid_ptr + 1, tl.where(has, o.to(tl.float64), tl.load(gsrc + 1)))
-            tl.store(grid_ptr + 2, cmn)
-            tl.store(grid_ptr + 3, cmx)
+        # an unset grid (nothing finite binned into the row): finite values count as overflow, as on the torch path
+        o = tl.where(g_set, o, -(2 * B + 4))
+        e = tl.where(g_set, e, 0)
     else:
         lo = tl.load(edges_ptr + 0)
         hi = tl.load(edges_ptr + B)
@@ -392,14 +455,14 @@ def observe_kernel(x_ptr, n_bin, n_seen, offset, stride,
         if MULTI:
             tl.atomic_add(counts_ptr + j, acc.to(counts_ptr.dtype.element_ty), mask=(j < SP) & (acc > 0))
         else:
-            row = tl.load(counts_ptr + j, mask=j < SP, other=0)
-            tl.store(counts_ptr + j, row + acc.to(counts_ptr.dtype.element_ty), mask=j < SP)
+            cur = tl.load(counts_ptr + j, mask=j < SP, other=0)
+            tl.store(counts_ptr + j, cur + acc.to(counts_ptr.dtype.element_ty), mask=j < SP)
     if BIN_TRUTH:
         if MULTI:
             tl.atomic_add(truth_ptr + j2, tacc.to(truth_ptr.dtype.element_ty), mask=(j2 < 2 * SP) & (tacc > 0))
         else:
-            row2 = tl.load(truth_ptr + j2, mask=j2 < 2 * SP, other=0)
-            tl.store(truth_ptr + j2, row2 + tacc.to(truth_ptr.dtype.element_ty), mask=j2 < 2 * SP)
+            cur2 = tl.load(truth_ptr + j2, mask=j2 < 2 * SP, other=0)
+            tl.store(truth_ptr + j2, cur2 + tacc.to(truth_ptr.dtype.element_ty), mask=j2 < 2 * SP)
 
 
 #: Whether the kernels above were defined for Triton's interpreter (CPU tensors) rather than compiled (CUDA).
