@@ -229,7 +229,6 @@ class Binner:
             raise ValueError(f"classes has {self.n_cls} rows for outputs of {self.cols} columns; "
                              "pass bin_classes=False")
         self.has_truth = truth is not None
-        self.extras_apart = bool(blocks) and (self.has_truth or self.bin_cls)  # extras count every element
         from .binning import is_dense
 
         self.dense = is_dense(like) and all(s >= 0 for s in like.stride())  # read in storage order, no copy
@@ -248,13 +247,14 @@ class Binner:
         self.scratch: dict[int, tuple[torch.Tensor, torch.Tensor, int, int]] = {}
 
     def __call__(self, values: torch.Tensor, row: int = 0, offset: int = 0, targets: torch.Tensor | None = None,
-                 main: bool = True) -> int:
+                 main: bool = True, bin_classes: bool | None = None) -> int:
         """Bin ``values`` (the layout of ``like``) into step row ``row``; returns the kernel launches made.
 
         ``offset``: where a sampled plan starts (elements, storage order). ``targets``: class indices
         ``[batch]`` or 0/1 per output ``[batch, C]``, for the YES/NO rows. ``main=False``: only the YES/NO
-        and class rows (targets given after the forward).
+        and class rows (targets given after the forward). ``bin_classes``: this call only (None: as built).
         """
+        bin_cls = self.bin_cls if bin_classes is None else bool(bin_classes) and self.n_cls == self.cols
         ymode, y = 0, None
         if targets is not None and self.has_truth:
             ymode = _truth_mode(targets, self.n // self.cols, self.cols)
@@ -265,24 +265,25 @@ class Binner:
             if y.dtype == torch.bool:
                 y = y.view(torch.uint8)
             y = y.contiguous()
-        extras = ymode != 0 or self.bin_cls
+        extras = ymode != 0 or bin_cls
+        extras_apart = bool(self.blocks) and extras  # extras count every element: their own launch
         launches = 0
         logical = None  # the elements in logical order, for the class and YES/NO rows
         if main:
-            if extras and not self.extras_apart:
+            if extras and not extras_apart:
                 logical = x = values if self.contiguous else values.reshape(-1).contiguous()
             else:
                 x = values if self.dense else values.reshape(-1)
             launches += int(x is not values)  # a copy
             b = self.blocks
             launches += self._launch(x, b * SAMPLE_BLOCK if b else self.n, offset if b else 0, self.stride, row,
-                                     y, 0 if self.extras_apart else ymode, bool(b), True,
-                                     self.bin_cls and not self.extras_apart)
-        if (not main or self.extras_apart) and extras:
+                                     y, 0 if extras_apart else ymode, bool(b), True,
+                                     bin_cls and not extras_apart)
+        if (not main or extras_apart) and extras:
             if logical is None:
                 logical = values if self.contiguous else values.reshape(-1).contiguous()
                 launches += int(logical is not values)
-            launches += self._launch(logical, self.n, 0, 0, row, y, ymode, False, False, self.bin_cls)
+            launches += self._launch(logical, self.n, 0, 0, row, y, ymode, False, False, bin_cls)
         return launches
 
     def _launch(self, x: torch.Tensor, n_bin: int, offset: int, stride: int, row: int, y: torch.Tensor | None,
