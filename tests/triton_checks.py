@@ -466,6 +466,81 @@ def binner_rows() -> None:
             assert math.isnan(grids[r, 0]) and math.isnan(xgrids[r, 0]) and (peaks[r] == -math.inf).all(), r
 
 
+def _record_model(after: bool) -> dict[str, list]:
+    """A real training run of a small model (sampled layers, per-class and YES/NO rows, growing ranges,
+    a validation pass) recorded in memory: every layer's epoch histograms and per-class and YES/NO rows."""
+    from torch import nn
+
+    import twinpeaks as tp
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 5))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(48, 20, generator=g) * 3, torch.randint(0, 5, (48,), generator=g)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    hist = tp.ActivationsHistogram(model, bins=20, per_class=True, sample=0.3)
+    out: dict[str, list] = {}
+    with hist:
+        for epoch in range(2):
+            for i in range(0, 48, 16):
+                xb, yb = x[i:i + 16] * (1 + epoch * 5), y[i:i + 16]
+                if not after:
+                    hist.targets(yb)
+                pred = model(xb)
+                if after:
+                    hist.targets(yb)
+                loss = nn.functional.cross_entropy(pred, yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                model(x[:16] * 50)
+                hist.targets(y[:16])
+            model.train()
+            hist.end_epoch()
+        run = hist.run
+        for layer in run.layers:
+            for phase in ("train", "valid"):
+                for epoch in range(2):
+                    h = run.histogram(layer, phase=phase, epoch=epoch)
+                    out[f"{layer.name}/{phase}/{epoch}"] = [np.asarray(h.counts).tolist(), np.asarray(h.edges).tolist()]
+                    for kind in ("class_counts", "truth_counts"):
+                        a = run._array(layer.id, phase, kind, epoch)
+                        if a is not None:
+                            out[f"{layer.name}/{phase}/{epoch}/{kind}"] = np.asarray(a).tolist()
+    return out
+
+
+def recorder_on_kernel() -> None:
+    """The recorder with the Triton kernel (on CPU tensors through the interpreter) records exactly what it
+    records with the C kernel: counts, edges, per-class and YES/NO rows, targets before and after."""
+    from twinpeaks import _triton, binning
+
+    calls = [0]
+    real = _triton.Binner.__call__
+
+    def counted(self, *a, **kw):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return real(self, *a, **kw)
+
+    for after in (False, True):
+        binning.TRITON_ON_CPU = False
+        want = _record_model(after)
+        binning.TRITON_ON_CPU = True
+        _triton.Binner.__call__ = counted  # type: ignore[method-assign]
+        try:
+            calls[0] = 0
+            got = _record_model(after)
+        finally:
+            _triton.Binner.__call__ = real  # type: ignore[method-assign]
+            binning.TRITON_ON_CPU = False
+        assert calls[0] >= 40, f"the recorder called the kernel {calls[0]} times"
+        assert sorted(got) == sorted(want), (sorted(got), sorted(want))
+        bad = [k for k in want if got[k] != want[k]]
+        assert not bad, f"targets {'after' if after else 'before'} the forward: {bad[:5]} differ"
+
+
 @check
 def import_is_lazy() -> None:
     import subprocess
