@@ -20,7 +20,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402
 
-from twinpeaks import recorder  # noqa: E402
+from twinpeaks.recording import engine  # noqa: E402
 
 
 class Threshold(overhead.Twinpeaks):
@@ -31,13 +31,13 @@ class Threshold(overhead.Twinpeaks):
         super().__init__(model)
 
     def attach(self) -> None:
-        recorder.EXACT_BELOW = self.exact_below
+        engine.EXACT_BELOW = self.exact_below
         super().attach()
 
 
 def variants(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[dict[str, Any], dict[str, str]]:
     return {"none": overhead.NoTelemetry(),
-            f"default (exact up to {recorder.EXACT_BELOW:,})": Threshold(model, recorder.EXACT_BELOW),
+            f"default (exact up to {engine.EXACT_BELOW:,})": Threshold(model, engine.EXACT_BELOW),
             "exact up to 65,536": Threshold(model, 1 << 16)}, {}
 
 

@@ -1,4 +1,4 @@
-"""Shared by the example scripts: a fresh run path and the charts (when this twinpeaks has them)."""
+"""Shared by the example scripts: a folder of runs and the charts (when this twinpeaks has them)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,14 @@ from pathlib import Path
 import twinpeaks as tp
 
 
-def fresh_run(name: str) -> Path:
-    """``runs/<name>.tp``, removed first if an earlier run of the example left it (twinpeaks never overwrites)."""
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else f"runs/{name}.tp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return path
+def fresh_run(name: str) -> str:
+    """The folder ``runs/<name>/`` (or the path given on the command line): each run of the example is a new file in it."""
+    return sys.argv[1] if len(sys.argv) > 1 else f"runs/{name}/"
 
 
-def report(adapter, path: Path) -> None:
+def report(adapter, folder: str) -> None:
     """Print what the run holds and save the three charts next to it."""
+    path = Path(adapter.recorder.path)
     run = adapter.run
     print(f"{path}: {run.epochs} epochs, phases {run.phases}, {run.n_steps('train')} train steps, "
           f"{len(run.layers)} layers, last layer {run.layers[-1].name!r}")

@@ -1,6 +1,6 @@
 """fastai: a tabular learner on scikit-learn's breast cancer data, recorded by twinpeaks.
 
-Run: python examples/fastai_tabular.py [runs/fastai.tp]
+Run: python examples/fastai_tabular.py [RUN_FILE_OR_FOLDER/]  (default: a new run in runs/fastai/)
 """
 
 from _common import fresh_run, report

@@ -1,6 +1,6 @@
 """Keras 3 on the torch backend: an MLP on scikit-learn's wine data, recorded by twinpeaks every step.
 
-Run: python examples/keras_wine.py [runs/keras.tp]
+Run: python examples/keras_wine.py [RUN_FILE_OR_FOLDER/]  (default: a new run in runs/keras/)
 (With KERAS_BACKEND=jax the callback needs probe=(x, y) and records a probe instead.)
 """
 

@@ -1,6 +1,6 @@
 """PyTorch Lightning: an MLP on scikit-learn's wine data, recorded by twinpeaks.
 
-Run: python examples/lightning_wine.py [runs/lightning.tp]
+Run: python examples/lightning_wine.py [RUN_FILE_OR_FOLDER/]  (default: a new run in runs/lightning/)
 """
 
 import lightning

@@ -1,7 +1,7 @@
 """Hugging Face Trainer: a tiny BERT built from a config (no download) on scikit-learn's digits, 3 vs 7.
 
 Each 8x8 image becomes a sequence of 64 tokens (pixel intensities 0..16).
-Run: python examples/transformers_bert.py [runs/transformers.tp]
+Run: python examples/transformers_bert.py [RUN_FILE_OR_FOLDER/]  (default: a new run in runs/transformers/)
 """
 
 import numpy as np

@@ -11,7 +11,7 @@ Run::
     python examples/verdicts.py            # all cases, into ./verdicts-runs
     python examples/verdicts.py overfit    # one case
 
-``tests/test_diagnose.py`` trains the same cases (shorter where it can) and
+``tests/diagnosis/test_diagnose.py`` trains the same cases (shorter where it can) and
 asserts the verdicts.
 """
 
@@ -30,9 +30,8 @@ from torch import nn
 import twinpeaks as tp
 from twinpeaks.demo import load_data, make_model
 
-#: One range for every layer, wide enough for the logits of these runs (the automatic range,
-#: taken from the first batch, is far too narrow for a last layer whose outputs grow while it
-#: learns: ``tp.diagnose`` reports that as ``out_of_range`` and suggests this kind of range).
+#: One fixed range for every layer, wide enough for the logits of these runs, so that every run's
+#: histograms share one set of bins (automatic ranges would also keep every value: docs/grids.md).
 RANGE = (-24.0, 24.0)
 BINS = 240
 

@@ -10,6 +10,7 @@ ready, and until every layer's chart is drawn.
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 import time
@@ -17,10 +18,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from webhelpers import ARGS, CHROMIUM  # noqa: E402
+import twinpeaks as tp
 
-import twinpeaks as tp  # noqa: E402
+# the browser the tests use (tests/web/conftest.py)
+CHROMIUM = os.environ.get("TWINPEAKS_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def record(path: Path, epochs: int = 10, steps: int = 1000, valid: int = 20) -> None:

@@ -10,7 +10,8 @@ Design constraints:
   :func:`require`, so that a missing one says which extra to install.
 * The recorder is created when the framework hands over the model (fit start),
   then kept for the life of the callback, so a second ``fit`` goes on with the
-  same run. Unknown options fail when the callback is made.
+  same run. Unknown options, and a ``path`` that holds a run (without
+  ``overwrite=True``), fail when the callback is made.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from .recorder import ActivationsHistogram
 from .run import Run
+from .rundir import refuse_existing
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -55,6 +57,8 @@ class Recording:
             inspect.signature(ActivationsHistogram).bind(None, **options)
         except TypeError as exc:
             raise TypeError(f"{type(self).__name__}: {exc}; the options are those of tp.ActivationsHistogram") from None
+        if options.get("path") is not None:  # an existing run fails now, not when training starts
+            refuse_existing(options["path"], bool(options.get("overwrite", False)))
         self._options = options
         self._hist: ActivationsHistogram | None = None
 

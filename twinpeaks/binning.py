@@ -1,36 +1,29 @@
 """Pure binning functions: the one place where activation values become counts.
 
-Design constraints:
+Design constraints (the grids themselves: docs/grids.md; the numpy reference: :mod:`twinpeaks.grids`):
 
-* Exact against numpy. A layer's bin edges are ``B + 1`` float32 numbers
-  (``torch.linspace(lo, hi, B + 1)`` in float32). Values are upcast to float32
-  (fp16 and bf16 convert exactly), so every comparison with an edge is exact and
-  ``numpy.histogram(values, edges)`` gives the same counts: half-open bins, the
-  last one closed.
+* Exact against numpy. Values are upcast to float64 (exactly). A **fixed** range
+  bins against numpy's float64 ``linspace`` edges, as ``np.histogram(values, B,
+  range=(lo, hi))`` does (:class:`Fixed`); an **auto** grid ``(e, o)`` (bin width
+  ``2**e``, first edge ``o * 2**e``) follows each step's values and puts ``x`` in
+  bin ``floor(x / 2**e) - o``, exact by construction.
 * Nothing is dropped. Every binned element lands in exactly one *slot* of a row
   laid out as ``[underflow, bin_0 .. bin_{B-1}, overflow, nonfinite]``
-  (``B + 3`` slots): values below the first edge, above the last edge, and
-  NaN / +-inf are counted, not lost as ``histc`` loses them.
-* Counts are int64. fp16/bf16 and float32 counts saturate (2**11, 2**24).
-* No host synchronisation. The functions only launch tensor operations on the
-  tensor's own device and return tensors on it; nothing here reads a value back.
-  On CPU the fast kernel is ``torch.histogram`` (linear interpolation with a
-  local search against its float32 edges, exact); elsewhere ``torch.bucketize``
-  against the same edges and an int64 ``index_put_``.
-* One pass on CPU. The C kernel ``twinpeaks._cbin`` (built by ``setup.py``; no
-  torch headers) reads a tensor's memory once, or evenly spaced blocks of it,
-  and adds bins, sum, sum of squares, non-zeros, min and max into a step row:
-  about 1.7 ns per element (SSE2; 2.2 portable) and 1-2 us per call, against 12 ns and 70 us for
-  the torch operations below. Without a C compiler at install time, or with
-  ``TWINPEAKS_KERNEL=torch``, the torch operations are used; tests check both.
-* Few operations. On CPU a hook's cost is mostly per-operation dispatch (a few
-  microseconds each), so the hot path (:func:`bin_finite`, :func:`stats_parts`)
-  launches as few as it can: the range kernel of ``torch.histogram`` for the
-  bins, and one more ``torch.histogram`` against ``[-max_f32, lo, hi, max_f32]``
-  for the finite underflow and overflow; NaN and +-inf fall out of both, and the
-  caller recovers them as "binned minus counted". (A single histogram against
-  all edges padded with the float32 extremes is one operation, but its binary
-  search mispredicts branches on fresh data: 4x slower per element.)
+  (``B + 3`` slots). An auto grid holds every finite value: no under/overflow.
+* Counts are int64 (or float64 rows, exact to 2**53).
+* No host synchronisation. The torch functions only launch tensor operations on
+  the values' device and update rows in place; a row's auto grid is a float64
+  tensor ``[e, o]`` (``e`` NaN: unset) on that device, coarsened and regridded by
+  tensor operations (:func:`observe_auto`), never read back. These are the
+  device path (and the path of builds without the C kernel); a device kernel
+  (Triton, issue #18) can stand in for :func:`observe_auto` / :func:`observe_fixed`
+  with the same arguments.
+* One kernel on CPU. The C kernel ``twinpeaks._cbin`` (built by ``setup.py``; no
+  torch headers) reads a tensor's memory (or evenly spaced blocks of it) and adds
+  bins, sum, sum of squares, non-zeros, min and max into a step row; for an auto
+  grid, a first SIMD pass finds the finite min and max. Without a C compiler at
+  install time, or with ``TWINPEAKS_KERNEL=torch``, the torch operations are
+  used; tests check both.
 """
 
 from __future__ import annotations
@@ -42,12 +35,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-#: Number of extra slots after the bins: underflow (first), overflow, nonfinite.
-EXTRA_SLOTS = 3
-#: Largest chunk binned by one ``torch.histogram`` call: its float32 counts are
-#: exact below 2**24.
-_HISTOGRAM_CHUNK = 1 << 23
-_F32_MAX = float(np.finfo(np.float32).max)
+from . import grids
+from .format import EXTRA_SLOTS as EXTRA_SLOTS  # the slot layout lives in twinpeaks.format
+from .format import n_slots as n_slots
+from .format import slots_to_parts as slots_to_parts
 
 try:
     from . import _cbin
@@ -60,20 +51,6 @@ KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.fl
 KERNEL = _cbin is not None and os.environ.get("TWINPEAKS_KERNEL", "c") != "torch"
 
 
-def n_slots(bins: int) -> int:
-    """Length of a slot row for ``bins`` bins: ``bins + 3``."""
-    return bins + EXTRA_SLOTS
-
-
-def float32_edges(lo: float, hi: float, bins: int) -> np.ndarray:
-    """The edges twinpeaks uses for a range: float32 linspace, returned as float64.
-
-    Example:
-        >>> float32_edges(-1.0, 1.0, 4).tolist()
-        [-1.0, -0.5, 0.0, 0.5, 1.0]
-    """
-    check_range(lo, hi, bins)
-    return torch.linspace(lo, hi, bins + 1, dtype=torch.float32).double().numpy()
 
 
 def check_range(lo: float, hi: float, bins: int) -> None:
@@ -82,130 +59,85 @@ def check_range(lo: float, hi: float, bins: int) -> None:
         raise ValueError(f"bins must be a positive int, got {bins!r}; e.g. bins=100")
     if not (math.isfinite(lo) and math.isfinite(hi)) or not lo < hi:
         raise ValueError(f"range must be two finite numbers lo < hi, got {(lo, hi)!r}; e.g. range=(-10, 10)")
-    if not (np.float32(lo) < np.float32(hi)):
-        raise ValueError(f"range {(lo, hi)!r} collapses in float32; widen it")
-
-
-def slots_to_parts(row: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split a slot row (or the last axis of a stack of rows) into counts, under, over, nonfinite.
-
-    For one row the last three are 0-d arrays (use ``int()``); for a stack, one value per row.
-    """
-    row = np.asarray(row)
-    return row[..., 1:-2], row[..., 0], row[..., -2], row[..., -1]
+    if not np.all(np.diff(grids.fixed_edges(lo, hi, bins)) > 0):
+        raise ValueError(f"range {(lo, hi)!r} is too narrow for {bins} distinct float64 edges; widen it")
 
 
 @dataclass(frozen=True)
-class Bounds:
-    """Where a layer's values are binned, held on the activations' device.
+class Fixed:
+    """A fixed range's grid on a device: numpy's float64 edges (see :func:`fixed_grid`).
 
-    ``lo``/``hi`` are 0-d float32 tensors (they may come from an automatic range
-    computed on the device, so no host read is needed to use them);
-    ``boundaries`` are the ``B + 1`` float32 edges with the last one nudged up
-    by one ulp so that ``bucketize`` closes the last bin like numpy does.
-    ``cpu_range`` holds the two Python floats for ``torch.histogram`` on CPU;
-    ``outer`` (CPU only) is ``[-max_f32, lo, boundaries[-1], max_f32]``: its three
-    bins count the finite values below, inside and above the range.
+    ``boundaries`` are the edges with the last one nudged up by one ulp, so that
+    ``bucketize`` closes the last bin like numpy does; ``edges_ptr`` is the CPU
+    edges' address, for the C kernel (0 elsewhere).
     """
 
     bins: int
-    lo: torch.Tensor
-    hi: torch.Tensor
+    lo: float
+    hi: float
     edges: torch.Tensor
     boundaries: torch.Tensor
-    cpu_range: tuple[float, float] | None
-    outer: torch.Tensor | None = field(default=None, compare=False)
-    edges_ptr: int = field(default=0, compare=False)  # address of the float32 edges on CPU, for the C kernel
-
-    def __post_init__(self) -> None:
-        if self.edges.device.type == "cpu":
-            object.__setattr__(self, "edges", self.edges.contiguous())
-            object.__setattr__(self, "edges_ptr", self.edges.data_ptr())
-        if self.outer is None and self.cpu_range is not None and self.boundaries.device.type == "cpu":
-            lo, hi = float(self.boundaries[0]), float(self.boundaries[-1])
-            if -_F32_MAX < lo and hi < _F32_MAX:
-                outer = torch.tensor([-_F32_MAX, lo, hi, _F32_MAX], dtype=torch.float32)
-                object.__setattr__(self, "outer", outer)
+    edges_ptr: int = field(default=0, compare=False)
 
 
-def fixed_bounds(lo: float, hi: float, bins: int, device: torch.device) -> Bounds:
-    """Bounds for a user-given range (no tensor values are read)."""
-    check_range(lo, hi, bins)
-    edges = torch.linspace(lo, hi, bins + 1, dtype=torch.float32, device=device)
-    cpu = (float(np.float32(lo)), float(np.float32(hi))) if device.type == "cpu" else None
-    return _make_bounds(edges, bins, cpu)
-
-
-#: Smallest half-width of an automatic range for the model's last layer (the original's -10..10).
-OUTPUT_HALF_WIDTH = 10.0
-
-
-def auto_bounds(values: torch.Tensor, bins: int, margin: float, output: bool = False) -> Bounds:
-    """Bounds from a first batch, computed from its finite min and max only.
-
-    Hidden layers: ``[min - margin * span, max + margin * span]``; a side whose
-    first-batch extreme is exactly 0 (ReLU, max-pool after ReLU) stays at 0, so no
-    bins are spent on values the layer cannot produce.
-
-    The model's last layer (``output=True``): outputs in ``[0, 1]`` (sigmoid or
-    softmax) get ``[0, 1]``; anything else gets ``[-R, R]`` with
-    ``R = max(10, 4 * max|x|)``, because logits grow far past their first-batch size
-    as a model learns (an untrained head spans about +-0.5, a trained one +-5..10).
-
-    All computed on the device; on CPU the two floats are read (no device to sync).
+def fixed_grid(lo: float, hi: float, bins: int, device: torch.device | str = "cpu") -> Fixed:
+    """The grid of a fixed range ``(lo, hi)``: ``np.linspace(lo, hi, bins + 1)`` in float64, on ``device``.
 
     Example:
-        >>> b = auto_bounds(torch.tensor([0.0, 2.0]), 10, margin=1.0)
-        >>> float(b.lo), float(b.hi)
-        (0.0, 4.0)
-        >>> b = auto_bounds(torch.tensor([-0.4, 0.3]), 10, margin=1.0, output=True)
-        >>> float(b.lo), float(b.hi)
-        (-10.0, 10.0)
+        >>> fixed_grid(-1, 1, 100).edges[50].item()  # numpy's zero edge is exactly 0
+        0.0
     """
-    v = values.reshape(-1).float()
-    finite = torch.isfinite(v)
-    inf = torch.tensor(math.inf, device=v.device)
-    mn = torch.where(finite, v, inf).amin() if v.numel() else inf
-    mx = torch.where(finite, v, -inf).amax() if v.numel() else -inf
-    ok = mn <= mx
-    mn = torch.where(ok, mn, torch.tensor(-1.0, device=v.device))
-    mx = torch.where(ok, mx, torch.tensor(1.0, device=v.device))
-    span = mx - mn
-    scale = torch.maximum(mn.abs(), mx.abs())
-    span = torch.where(span > 0, span, torch.where(scale > 0, scale, torch.ones_like(scale)))
-    if output:
-        half = torch.clamp(4 * scale, min=OUTPUT_HALF_WIDTH)
-        prob = (mn >= 0) & (mx <= 1)
-        lo = torch.where(prob, torch.zeros_like(half), -half)
-        hi = torch.where(prob, torch.ones_like(half), half)
-    else:
-        lo = torch.where(mn == 0, torch.zeros_like(mn), mn - margin * span)
-        hi = torch.where(mx == 0, torch.zeros_like(mx), mx + margin * span)
-    # keep a usable float32 width even for huge or tiny values
-    hi = torch.maximum(hi, lo + span.clamp(min=1e-30) * 1e-3)
-    if v.device.type == "cpu":
-        lo_f, hi_f = float(lo), float(hi)
-        edges = torch.linspace(lo_f, hi_f, bins + 1, dtype=torch.float32)
-        return _make_bounds(edges, bins, (lo_f, hi_f))
-    steps = torch.arange(bins + 1, device=v.device, dtype=torch.float32) / bins
-    edges = lo + (hi - lo) * steps
-    edges[-1] = hi
-    return _make_bounds(edges, bins, None)
-
-
-def _make_bounds(edges: torch.Tensor, bins: int, cpu_range: tuple[float, float] | None) -> Bounds:
-    edges = edges.float()
+    check_range(lo, hi, bins)
+    edges = torch.from_numpy(grids.fixed_edges(lo, hi, bins)).to(device)
     boundaries = edges.clone()
-    boundaries[-1] = torch.nextafter(edges[-1], torch.tensor(math.inf, device=edges.device))
-    return Bounds(bins, edges[0], edges[-1], edges, boundaries, cpu_range)
+    boundaries[-1] = torch.nextafter(edges[-1], torch.tensor(math.inf, dtype=torch.float64, device=edges.device))
+    ptr = edges.data_ptr() if edges.device.type == "cpu" else 0
+    return Fixed(bins, float(lo), float(hi), edges, boundaries, ptr)
 
 
-def slot_index(values: torch.Tensor, bounds: Bounds) -> torch.Tensor:
-    """Slot of every element (int64, same shape): 0 under, 1..B bins, B+1 over, B+2 nonfinite."""
-    v = values.float()
-    slot = torch.bucketize(v, bounds.boundaries, right=True)
-    return slot.masked_fill_(~torch.isfinite(v), bounds.bins + 2)
+def new_grids(rows: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``rows`` unset auto grids: a float64 ``[rows, 2]`` tensor of ``(e, o)``, ``e`` NaN (unset)."""
+    g = torch.zeros(rows, 2, dtype=torch.float64, device=device)
+    g[:, 0] = math.nan
+    return g
 
+
+def slot_index(values: torch.Tensor, grid: Fixed | torch.Tensor) -> torch.Tensor:
+    """Slot of every element (int64, same shape): 0 under, 1..B bins, B+1 over, B+2 nonfinite.
+
+    ``grid`` is a :class:`Fixed` or a row's auto grid (float64 ``[2]`` tensor; with
+    ``e`` unset every finite value counts as overflow, which :func:`observe_auto`
+    never lets happen). For an auto grid pass ``bins`` through :func:`auto_slots`.
+    """
+    if isinstance(grid, Fixed):
+        v = values.double()
+        slot = torch.bucketize(v, grid.boundaries, right=True)
+        return slot.masked_fill_(~torch.isfinite(v), grid.bins + 2)
+    raise TypeError("slot_index takes a Fixed grid; use auto_slots(values, grid, bins) for an auto grid")
+
+
+def observe_fixed(values: torch.Tensor, grid: Fixed, counts: torch.Tensor) -> None:
+    """Add the slot counts of ``values`` on a fixed grid into a ``B + 3`` row (int64 or float64), in place.
+
+    Example:
+        >>> row = torch.zeros(7, dtype=torch.int64)
+        >>> observe_fixed(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, float("nan")]), fixed_grid(-1, 1, 4), row)
+        >>> row.tolist()
+        [1, 1, 0, 1, 1, 1, 1]
+    """
+    counts.add_(count_slots(slot_index(values, grid), grid.bins + EXTRA_SLOTS).to(counts.dtype))
+
+
+def bin_values(values: torch.Tensor, grid: Fixed) -> torch.Tensor:
+    """Slot row (int64, ``B + 3``) of all elements of ``values`` on a fixed grid, on their device.
+
+    Example:
+        >>> bin_values(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, float("nan")]), fixed_grid(-1, 1, 4)).tolist()
+        [1, 1, 0, 1, 1, 1, 1]
+    """
+    row = torch.zeros(grid.bins + EXTRA_SLOTS, dtype=torch.int64, device=values.device)
+    observe_fixed(values.reshape(-1), grid, row)
+    return row
 
 def count_slots(slots: torch.Tensor, n: int) -> torch.Tensor:
     """int64 counts of ``slots`` (values in ``[0, n)``) without reading anything back.
@@ -219,43 +151,6 @@ def count_slots(slots: torch.Tensor, n: int) -> torch.Tensor:
         return torch.bincount(flat, minlength=n)
     out = torch.zeros(n, dtype=torch.int64, device=flat.device)
     return out.index_put_((flat,), torch.ones_like(flat), accumulate=True)
-
-
-def bin_values(values: torch.Tensor, bounds: Bounds) -> torch.Tensor:
-    """Slot row (int64, ``B + 3``) of all elements of ``values``, on their device.
-
-    Example:
-        >>> b = fixed_bounds(-1.0, 1.0, 4, torch.device("cpu"))
-        >>> bin_values(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, float("nan")]), b).tolist()
-        [1, 1, 0, 1, 1, 1, 1]
-    """
-    v = values.reshape(-1).float()
-    n = n_slots(bounds.bins)
-    if v.device.type != "cpu" or bounds.cpu_range is None:
-        return count_slots(slot_index(v, bounds), n)
-    return _bin_cpu(v, bounds)
-
-
-def bin_finite(values: torch.Tensor, bounds: Bounds) -> torch.Tensor:
-    """Counts of the finite values of a flat float32 tensor: ``[underflow, bins..., overflow]`` (``B + 2``).
-
-    The hot-path variant of :func:`bin_values`: NaN and +-inf are left out, and
-    the caller counts them as the number of elements binned minus the sum of
-    the row. The dtype is float32 or int64 (exact: float32 only up to
-    ``2**23`` elements per call); add it into a float64 or int64 accumulator.
-
-    Example:
-        >>> b = fixed_bounds(-1.0, 1.0, 4, torch.device("cpu"))
-        >>> bin_finite(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, float("nan")]), b).tolist()
-        [1.0, 1.0, 0.0, 1.0, 1.0, 1.0]
-    """
-    if values.device.type != "cpu" or bounds.cpu_range is None:
-        return count_slots(slot_index(values, bounds), n_slots(bounds.bins))[:-1]
-    if bounds.outer is not None and values.numel() <= _HISTOGRAM_CHUNK:
-        inside = torch.histogram(values, bounds.bins, range=bounds.cpu_range)[0]
-        outer = torch.histogram(values, bounds.outer)[0]
-        return torch.cat([outer[:1], inside, outer[2:]])
-    return _bin_cpu(values, bounds, nonfinite=False)
 
 
 def is_dense(t: torch.Tensor) -> bool:
@@ -275,10 +170,13 @@ def is_dense(t: torch.Tensor) -> bool:
     return True
 
 
-def kernel_observe(values: torch.Tensor, bounds: Bounds, counts: torch.Tensor, sums: torch.Tensor,
+def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: torch.Tensor, sums: torch.Tensor,
                    peaks: torch.Tensor, stride: int = 1, blocks: int = 0, block: int = 1, offset: int = 0) -> None:
     """Add a CPU tensor's slot counts, sums and ``[-min, max]`` into float64 rows, in place (C kernel).
 
+    ``grid`` is a :class:`Fixed` or the row's auto grid (a contiguous float64 CPU
+    ``[2]`` tensor ``(e, o)``, ``e`` NaN when unset), coarsened in place (and the
+    counts regridded) as docs/grids.md says.
     ``sums`` is ``[sum, sum of squares, non-zeros, elements binned, elements in values]``.
     ``counts`` (``B + 3``), ``sums`` (5) and ``peaks`` (2) are contiguous float64
     CPU rows: counts add up, and so do sums; peaks take the maximum (NaN wins, as
@@ -288,19 +186,33 @@ def kernel_observe(values: torch.Tensor, bounds: Bounds, counts: torch.Tensor, s
     ``offset + i * stride``. Needs :data:`KERNEL_DTYPES` and :data:`KERNEL`.
 
     Example:
-        >>> b = fixed_bounds(-1.0, 1.0, 4, torch.device("cpu"))
         >>> c, s, p = (torch.zeros(k, dtype=torch.float64) for k in (7, 5, 2))
-        >>> kernel_observe(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, float("inf")]), b, c, s, p)
+        >>> kernel_observe(torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, float("inf")]), fixed_grid(-1, 1, 4), c, s, p)
         >>> c.tolist()
         [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+        >>> g, c = new_grids(1)[0], torch.zeros(7, dtype=torch.float64)
+        >>> kernel_observe(torch.tensor([0.0, 1.0, 3.0]), g, c, s, p)
+        >>> g.tolist(), c.tolist()
+        ([0.0, 0.0], [0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
     """
     if _cbin is None:
         raise RuntimeError("the C kernel twinpeaks._cbin is not built (no C compiler at install?): reinstall twinpeaks")
-    for row, size in ((counts, n_slots(bounds.bins)), (sums, 5), (peaks, 2)):
+    bins = counts.numel() - EXTRA_SLOTS
+    for row, size in ((counts, bins + EXTRA_SLOTS), (sums, 5), (peaks, 2)):
         if row.dtype != torch.float64 or row.device.type != "cpu" or not row.is_contiguous() or row.numel() != size:
             raise ValueError(f"kernel_observe needs contiguous float64 CPU rows of {size}, got {tuple(row.shape)}")
-    if values.device.type != "cpu" or values.dtype not in KERNEL_DTYPES or not bounds.edges_ptr:
-        raise ValueError("kernel_observe bins float32/float16/bfloat16/float64 CPU tensors against CPU bounds")
+    if isinstance(grid, Fixed):
+        if grid.bins != bins or not grid.edges_ptr:
+            raise ValueError("kernel_observe: the fixed grid must be on the CPU and have as many bins as counts")
+        edges, gptr = grid.edges_ptr, 0
+    else:
+        if grid.dtype != torch.float64 or grid.device.type != "cpu" or not grid.is_contiguous() or grid.numel() != 2:
+            raise ValueError("kernel_observe: an auto grid is a contiguous float64 CPU tensor [e, o]")
+        if bins < 2:
+            raise ValueError("automatic grids need bins >= 2")
+        edges, gptr = 0, grid.data_ptr()
+    if values.device.type != "cpu" or values.dtype not in KERNEL_DTYPES:
+        raise ValueError("kernel_observe bins float32/float16/bfloat16/float64 CPU tensors")
     if not is_dense(values):
         raise ValueError("kernel_observe reads memory in order: pass values.contiguous()")
     n = values.numel()
@@ -308,7 +220,7 @@ def kernel_observe(values: torch.Tensor, bounds: Bounds, counts: torch.Tensor, s
         raise ValueError(f"sampling plan out of the tensor: {blocks} blocks of {block}, stride {stride}, "
                          f"offset {offset}, {n} elements")
     _cbin.observe(values.data_ptr() + offset * values.element_size(), KERNEL_DTYPES[values.dtype], n, stride,
-                  blocks, block, bounds.edges_ptr, bounds.bins, counts.data_ptr(), sums.data_ptr(), peaks.data_ptr())
+                  blocks, block, edges, gptr, bins, counts.data_ptr(), sums.data_ptr(), peaks.data_ptr())
 
 
 def stats_parts(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -326,23 +238,138 @@ def stats_parts(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     add = torch.stack([values.sum(dtype=torch.float64), torch.dot(values, values), torch.count_nonzero(values)])
     return add, torch.stack([-mn, mx])
 
+# -- auto grids with tensor operations (the device path): the functions of twinpeaks.grids, vectorised ----------
+def _pow2(e: torch.Tensor) -> torch.Tensor:
+    """``2.0**e`` (float64, exact) of an int64 tensor, ``e`` in ``[-2044, 2046]``: two normal powers multiplied."""
+    h = torch.div(e, 2, rounding_mode="floor")
+    a = ((h + 1023) << 52).view(torch.float64)
+    b = ((e - h + 1023) << 52).view(torch.float64)
+    return a * b
 
-def _bin_cpu(v: torch.Tensor, bounds: Bounds, nonfinite: bool = True) -> torch.Tensor:
-    lo, hi = bounds.cpu_range  # type: ignore[misc]
-    total = v.numel()
-    inside = torch.zeros(bounds.bins, dtype=torch.int64)
-    for start in range(0, total, _HISTOGRAM_CHUNK):
-        chunk = v[start : start + _HISTOGRAM_CHUNK]
-        inside += torch.histogram(chunk, bounds.bins, range=(lo, hi))[0].to(torch.int64)
-    # below/above include -inf/+inf; NaN is in none of the four counts
-    marks = torch.stack([
-        torch.count_nonzero(v < lo),
-        torch.count_nonzero(v > hi),
-        torch.count_nonzero(v == -math.inf),
-        torch.count_nonzero(v == math.inf),
-    ])
-    finite_marks = marks[:2] - marks[2:]
-    row = torch.cat([finite_marks[:1], inside, finite_marks[1:]])
-    if not nonfinite:
-        return row
-    return torch.cat([row, (total - row.sum()).view(1)])
+
+def _floor_log2(x: torch.Tensor) -> torch.Tensor:
+    """``floor(log2(x))`` (int64) of positive finite float64 values, exactly."""
+    return torch.frexp(x)[1].long() - 1
+
+
+def _ceil_log2(x: torch.Tensor) -> torch.Tensor:
+    m, ex = torch.frexp(x)
+    return ex.long() - (m == 0.5).long()
+
+
+def _bin_of(x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """``floor(x / 2**e)`` as float64 (exact), like :func:`twinpeaks.grids.bin_of`."""
+    q = torch.floor(x * _pow2(-e))
+    return torch.where((q == 0) & (x < 0), -torch.ones_like(q), q)
+
+
+def _fit_e(mn: torch.Tensor, mx: torch.Tensor, bins: int) -> torch.Tensor:
+    """:func:`twinpeaks.grids.fit_e` of float64 tensors ``[k]`` (int64 ``[k]``): the smallest fitting candidate.
+
+    The guess from the span is within a few exponents of the answer; seven candidates
+    around it are checked at once (fitting is monotone in ``e``).
+    """
+    big = torch.maximum(mn.abs(), mx.abs())
+    lo = torch.where(big > 0, _floor_log2(torch.where(big > 0, big, 1.0)) - grids.RESOLUTION, grids.E_MIN)
+    lo = lo.clamp(min=grids.E_MIN)
+    per = (mx * 0.5 - mn * 0.5) / bins
+    guess = torch.where(per > 0, _ceil_log2(torch.where(per > 0, per, 1.0)) - 1, lo)
+    cand = torch.maximum(guess[:, None] + torch.arange(-2, 5, device=mn.device), lo[:, None])
+    ok = (_bin_of(mx[:, None], cand) - _bin_of(mn[:, None], cand)) <= bins - 1
+    return torch.where(ok, cand, cand[:, -1:]).amin(dim=1)
+
+
+def observe_auto(values: torch.Tensor, grid: torch.Tensor, counts: torch.Tensor) -> None:
+    """Add ``values`` into an auto-grid slot row, in place, on their device, with no host sync.
+
+    ``grid`` is the row's float64 ``[2]`` tensor ``(e, o)`` (``e`` NaN: unset),
+    ``counts`` its ``B + 3`` row (float64 or int64). As docs/grids.md says: the
+    finite min and max of ``values`` coarsen the row's grid, the counts move to
+    the new grid (exact), then every finite value goes to ``floor(x / 2**e) - o``.
+    Equal to :func:`twinpeaks.grids.observe` count for count. (About 60 small
+    tensor operations per call, whatever the size: a device kernel can replace it.)
+
+    Example:
+        >>> g, row = new_grids(1)[0], torch.zeros(7, dtype=torch.int64)
+        >>> observe_auto(torch.tensor([0.0, 1.0, 3.0]), g, row)
+        >>> observe_auto(torch.tensor([-4.0, float("nan")]), g, row)
+        >>> g.tolist(), row.tolist()
+        ([1.0, -2.0], [0, 1, 0, 2, 1, 0, 1])
+    """
+    bins = counts.numel() - EXTRA_SLOTS
+    v = values.reshape(-1).double()
+    if not v.numel():
+        return
+    fin = torch.isfinite(v)
+    mn = torch.where(fin, v, math.inf).amin()
+    mx = torch.where(fin, v, -math.inf).amax()
+    has = mn <= mx
+    mn = torch.where(has, mn, 0.0)
+    mx = torch.where(has, mx, 0.0)
+    # the row: its grid and occupied bins
+    unset = torch.isnan(grid[0])
+    e_r = torch.where(unset, 0.0, grid[0]).long()
+    o_r = torch.where(unset, 0.0, grid[1])
+    cnt = counts[1:-2]
+    idx = torch.arange(bins, device=v.device)
+    occ = cnt != 0
+    first = torch.where(occ, idx, bins).amin()
+    last = torch.where(occ, idx, -1).amax()
+    fresh = unset | (last < 0)
+    step = _pow2(e_r)
+    inside = (mn >= o_r * step) & (mx < (o_r + bins) * step)
+    amin = torch.minimum((o_r + first) * step, mn)
+    amax = torch.maximum((o_r + last) * step, mx)
+    # the call's own grid (choose) and the union's smallest fitting e, in one batch
+    fe = _fit_e(torch.stack([mn, amin]), torch.stack([mx, amax]), bins)
+    same = mn == mx
+    one = torch.where(mn == 0, grids.ZERO_E,
+                      _floor_log2(torch.where(mn == 0, 1.0, mn.abs())) - grids._ceil_log2(bins)).clamp(min=grids.E_MIN)
+    ce = torch.where(same, one, fe[0])
+    e2 = torch.maximum(torch.maximum(e_r, ce), fe[1])
+    e_new = torch.where(~has, e_r, torch.where(fresh, ce, torch.where(inside, e_r, e2)))
+    lo_val = torch.where(fresh, mn, amin)
+    o_new = _bin_of(lo_val, e_new) - torch.where(fresh & same, float(bins // 2), 0.0)
+    o_new = torch.where(~has | (~fresh & inside), o_r, o_new)
+    # regrid (the identity when the grid stays; empty bins may land anywhere: clamped, they add 0)
+    src = o_r.long() + idx
+    dst = (torch.bitwise_right_shift(src, (e_new - e_r).clamp(0, 62)) - o_new.long()).clamp(0, bins - 1)
+    counts[1:-2] = torch.zeros_like(cnt).index_add_(0, dst, cnt)
+    grid.copy_(torch.where(has | ~unset, torch.stack([e_new.double(), o_new]), grid))
+    counts.add_(count_slots(_auto_slot(v, fin, e_new, o_new, bins), bins + EXTRA_SLOTS).to(counts.dtype))
+
+
+def _auto_slot(v: torch.Tensor, fin: torch.Tensor, e: torch.Tensor, o: torch.Tensor, bins: int) -> torch.Tensor:
+    q = _bin_of(torch.where(fin, v, 0.0), e) - o
+    slot = (q.clamp(-1, bins) + 1).long()
+    return slot.masked_fill_(~fin, bins + 2)
+
+
+def auto_slots(values: torch.Tensor, grid: torch.Tensor, bins: int) -> torch.Tensor:
+    """Slot of every element (int64, same shape) on a row's auto grid ``(e, o)`` as it is now.
+
+    For rows that share a step row's grid (per-class and truth rows of the last
+    layer); values must already be inside the grid (binned by
+    :func:`observe_auto` first). An unset grid puts finite values in overflow.
+    """
+    v = values.double()
+    unset = torch.isnan(grid[0])
+    e = torch.where(unset, torch.zeros_like(grid[0]), grid[0]).long()
+    o = torch.where(unset, torch.full_like(grid[1], -float(2 * bins + 4)), grid[1])
+    return _auto_slot(v, torch.isfinite(v), e, o, bins)
+
+
+def regrid_rows(counts: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """Rows ``[..., B + 3]`` counted on auto grid ``old`` moved onto ``new`` (coarser or equal), tensor ops.
+
+    An unset ``old`` grid (no finite count) leaves the rows as they are.
+    """
+    bins = counts.shape[-1] - EXTRA_SLOTS
+    unset = torch.isnan(old[0]) | torch.isnan(new[0])
+    e, o = torch.where(unset, 0.0, old[0]).long(), torch.where(unset, 0.0, old[1]).long()
+    e2, o2 = torch.where(unset, 0.0, new[0]).long(), torch.where(unset, 0.0, new[1]).long()
+    src = o + torch.arange(bins, device=counts.device)
+    dst = (torch.bitwise_right_shift(src, (e2 - e).clamp(0, 62)) - o2).clamp(0, bins - 1)
+    out = counts.clone()
+    out[..., 1:-2] = torch.zeros_like(counts[..., 1:-2]).index_add_(counts.dim() - 1, dst, counts[..., 1:-2])
+    return out

@@ -27,10 +27,6 @@ COMMANDS = {
 }
 
 
-class UsageError(TwinpeaksError):
-    """A command-line mistake: reported in one line, exit code 2."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="twinpeaks", description="Activation histograms of every layer: record, chart, diagnose."

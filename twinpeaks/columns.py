@@ -9,35 +9,20 @@ nothing is approximated, only time resolution is traded.
 Columns record the steps they cover (``start``, ``end`` exclusive). Rows
 appended together (one flush) never share a column with earlier rows, so a
 column's data is final once written, until the next merge rewrites them all.
+
+With automatic ranges every column also keeps its grid ``(e, o)`` (docs/grids.md):
+merged columns are regridded onto their common grid before adding, which is
+exact (:func:`twinpeaks.grids.merge_groups`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-#: Stats fields kept per column, float64: binned and seen element counts, then
-#: the additive sums and the extremes.
-STATS = ("binned", "seen", "sum", "sumsq", "zeros", "min", "max")
-_ADD = slice(0, 5)
-_MIN, _MAX = 5, 6
+from . import grids as _grids
+from .format import ADDITIVE, MAX, MIN, STATS, combine_stats, empty_stats
 
-
-def empty_stats(n: int) -> np.ndarray:
-    """``n`` stats rows that are neutral for merging."""
-    s = np.zeros((n, len(STATS)), dtype=np.float64)
-    s[:, _MIN] = np.inf
-    s[:, _MAX] = -np.inf
-    return s
-
-
-def combine_stats(stats: np.ndarray) -> np.ndarray:
-    """Combine stats rows (axis 0) into one row."""
-    out = empty_stats(1)[0]
-    if len(stats):
-        out[_ADD] = stats[:, _ADD].sum(axis=0)
-        out[_MIN] = stats[:, _MIN].min()
-        out[_MAX] = stats[:, _MAX].max()
-    return out
+__all__ = ["STATS", "ColumnStore", "combine_stats", "empty_stats", "merge_stats"]
 
 
 def _merge_groups(arr: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
@@ -51,9 +36,9 @@ def _merge_groups(arr: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
 def merge_stats(stats: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """Merge stats rows by group starts (as ``np.add.reduceat`` takes them)."""
     out = np.empty((len(groups), stats.shape[1]), dtype=np.float64)
-    out[:, _ADD] = _merge_groups(stats[:, _ADD], groups, "add")
-    out[:, _MIN] = _merge_groups(stats[:, _MIN], groups, "min")
-    out[:, _MAX] = _merge_groups(stats[:, _MAX], groups, "max")
+    out[:, ADDITIVE] = _merge_groups(stats[:, ADDITIVE], groups, "add")
+    out[:, MIN] = _merge_groups(stats[:, MIN], groups, "min")
+    out[:, MAX] = _merge_groups(stats[:, MAX], groups, "max")
     return out
 
 
@@ -67,7 +52,7 @@ class ColumnStore:
         ([[0, 2], [2, 3]], [6, 3])
     """
 
-    def __init__(self, cap: int, shape: tuple[int, ...]):
+    def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool = False):
         if cap < 2:
             raise ValueError(f"max_columns must be at least 2, got {cap}")
         self.cap = cap
@@ -77,6 +62,7 @@ class ColumnStore:
         self._steps = np.zeros((0, 2), dtype=np.int64)
         self._counts = np.zeros((0, *shape), dtype=np.int64)
         self._stats = empty_stats(0)
+        self._grid = np.zeros((0, 2), dtype=np.int64) if gridded else None
         self.written = 0  # columns already persisted unchanged
         self.rewrite = False  # a merge happened since the last write
 
@@ -95,6 +81,11 @@ class ColumnStore:
         """``[n, 7]`` float64 stats (:data:`STATS`) of every column."""
         return self._stats[:self._n]
 
+    @property
+    def grid(self) -> np.ndarray | None:
+        """``[n, 2]`` int64 grid ``(e, o)`` of every column (automatic ranges), or None (a fixed range)."""
+        return None if self._grid is None else self._grid[:self._n]
+
     def __len__(self) -> int:
         return self._n
 
@@ -111,21 +102,28 @@ class ColumnStore:
             return
         # geometric growth, but never past what a full store plus this append needs
         size = max(need, min(2 * len(self._steps), self.cap + extra), 16)
-        for name in ("_steps", "_counts", "_stats"):
+        for name in ("_steps", "_counts", "_stats", "_grid"):
             old = getattr(self, name)
+            if old is None:
+                continue
             new = np.empty((size, *old.shape[1:]), dtype=old.dtype)
             new[:self._n] = old[:self._n]
             setattr(self, name, new)
 
-    def append(self, start: int, counts: np.ndarray, stats: np.ndarray) -> None:
-        """Append consecutive per-step rows beginning at step ``start``."""
+    def append(self, start: int, counts: np.ndarray, stats: np.ndarray, grid: np.ndarray | None = None) -> None:
+        """Append consecutive per-step rows beginning at step ``start`` (with their ``[n, 2]`` grids if gridded)."""
         n = len(counts)
         if n == 0:
             return
+        if (grid is None) != (self._grid is None):
+            raise ValueError("a gridded store takes rows with grids, a fixed one without")
         groups = np.arange(0, n, self.width)
         ends = np.minimum(groups + self.width, n)
         if self.width > 1:
-            counts = np.add.reduceat(counts, groups, axis=0)
+            if grid is not None:
+                counts, grid = _grids.merge_groups(counts, grid, groups)
+            else:
+                counts = np.add.reduceat(counts, groups, axis=0)
             stats = merge_stats(stats, groups)
         k = len(groups)
         self._reserve(k)
@@ -134,6 +132,8 @@ class ColumnStore:
         self._steps[at, 1] = start + ends
         self._counts[at] = counts
         self._stats[at] = stats
+        if self._grid is not None and grid is not None:
+            self._grid[at] = grid
         self._n += k
         while self._n > self.cap:
             self._halve()
@@ -141,12 +141,17 @@ class ColumnStore:
     def _halve(self) -> None:
         n = self._n
         groups = np.arange(0, n, 2)
-        counts = np.add.reduceat(self.counts, groups, axis=0)
+        if self._grid is not None:
+            counts, grid = _grids.merge_groups(self.counts, self.grid, groups)  # type: ignore[arg-type]
+        else:
+            counts = np.add.reduceat(self.counts, groups, axis=0)
         stats = merge_stats(self.stats, groups)
         ends = np.append(groups[1:], n) - 1
         steps = np.stack([self._steps[groups, 0], self._steps[ends, 1]], axis=1)
         k = len(groups)
         self._steps[:k], self._counts[:k], self._stats[:k] = steps, counts, stats
+        if self._grid is not None:
+            self._grid[:k] = grid
         self._n = k
         self.width *= 2
         self.rewrite = True
@@ -160,9 +165,24 @@ class ColumnStore:
         self.written = len(self.steps)
         self.rewrite = False
 
-    def total(self, from_step: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-        """Sum of the columns starting at or after ``from_step``: counts, stats, steps covered."""
+    def total(self, from_step: int | None = None, onto: tuple[int, int] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int] | None]:
+        """Sum of the columns starting at or after ``from_step``: counts, stats, steps covered, grid.
+
+        Gridded columns combine on their common grid (None when nothing finite was
+        binned), or on ``onto`` (per-class and truth rows go onto their layer's
+        summary grid, which holds every value they hold). A fixed store: grid None.
+        """
         keep = slice(None) if from_step is None else self.steps[:, 0] >= from_step
         counts, steps = self.counts[keep], self.steps[keep]
         n_steps = int((steps[:, 1] - steps[:, 0]).sum()) if len(steps) else 0
-        return counts.sum(axis=0), combine_stats(self.stats[keep]), n_steps
+        stats = combine_stats(self.stats[keep])
+        if self._grid is None:
+            return counts.sum(axis=0), stats, n_steps, None
+        if not len(counts):
+            return counts.sum(axis=0), stats, n_steps, onto
+        if onto is None:
+            row, grid = _grids.combine(counts, self.grid[keep])  # type: ignore[index]
+            return row, stats, n_steps, grid
+        out = _grids.sum_onto(counts, self.grid[keep], onto)  # type: ignore[index]
+        return out, stats, n_steps, onto

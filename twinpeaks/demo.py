@@ -94,14 +94,18 @@ def train(
     batch_size: int = 32,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    started: Callable[[ActivationsHistogram], None] | None = None,
     **record_options: object,
 ) -> ActivationsHistogram:
     """Train a demo model with twinpeaks recording all layers, valid and test; return the recorder.
 
+    ``path`` is a run file, or a folder of runs (``"runs/"``: a new run name each time,
+    ``hist.path``); ``started(hist)`` is called once the recorder is made, before training.
+
     Example:
-        >>> hist = train("binary", "runs/demo.tp", epochs=3)  # doctest: +SKIP
-        >>> hist.run.epochs                                     # doctest: +SKIP
-        3
+        >>> hist = train("binary", "runs/", epochs=3)  # doctest: +SKIP
+        >>> print(hist.path, hist.run.epochs)            # doctest: +SKIP
+        runs/2026-11-29_231500.tp 3
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
@@ -112,6 +116,8 @@ def train(
     loss_fn: nn.Module = nn.MSELoss() if task == "regression" else nn.CrossEntropyLoss()
     options: dict = {"classes": data.classes, "per_class": task == "multiclass", **record_options}
     hist = ActivationsHistogram(model, path, **options)  # type: ignore[arg-type]
+    if started:
+        started(hist)
     gen = torch.Generator().manual_seed(seed)
     with hist:
         for epoch in range(epochs):
@@ -164,16 +170,14 @@ def print_progress(msg: str) -> None:
 
 
 #: Recording options of ``twinpeaks demo``: the library's defaults, on purpose (automatic ranges:
-#: each hidden layer from its first batch, the last layer +-max(10, 4 x max|x|), so the trained
-#: logits of every task stay inside it). The multiclass run's pooled layers grow about 7x and
-#: spill over their range in later epochs: the red strips of the colorful chart and the
-#: diagnosis' ``out_of_range`` finding show what that looks like.
+#: every step's histogram on a grid that holds all its values, docs/grids.md, so layers that grow,
+#: like the multiclass run's pooled layers, about 7x, stay whole on the charts).
 DEMO_RECORDING: dict[str, dict] = {"binary": {}, "multiclass": {}, "regression": {}}
 
 #: What to look for in each demo chart, by task.
 LOOK_AT = {
     "colorful": "every layer over training: colour = log(1 + count) per step, blue lines = epochs, "
-                "white = mean +-1 std, curves = each epoch's histogram; red strips = values outside the range",
+                "white = mean +-1 std, curves = each epoch's histogram; every column on its own bins (automatic ranges hold every value)",
     "twinpeaks": {
         "binary": "the last layer's outputs split into a NO peak (left) and a YES peak (right); "
                   "valid (solid) should sit on train (dashed)",
@@ -191,7 +195,7 @@ def write_charts(run_path: str | Path, out: str | Path, task: str) -> list[tuple
     """Draw the demo's charts of a run into ``out``; return ``(png path, what to look at)`` pairs.
 
     Example:
-        >>> write_charts("twinpeaks-demo/binary.tp", "twinpeaks-demo", "binary")  # doctest: +SKIP
+        >>> write_charts("twinpeaks-demo/runs/", "twinpeaks-demo", "binary")  # doctest: +SKIP
     """
     from .charts import plot_colorful_dimension, plot_twin_peaks, plot_twin_peaks_history
     from .run import open_run

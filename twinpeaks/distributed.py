@@ -6,18 +6,20 @@ This module holds all of the collective logic.
 
 Design constraints:
 
-* One picture. At every flush the ranks sum their rows with ``all_reduce``:
-  slot counts (int64), binned/seen element counts and the sums behind the stats
-  (sum, sum of squares, zeros) add; minima and maxima combine. Every rank ends
+* One picture, over declared state. At every flush the ranks combine their rows
+  with ``all_reduce``, each buffer by the reduction it declared (``"sum"``,
+  ``"max"``, ``"min"``; see :meth:`twinpeaks.recording.engine.PhaseBuffers.add_state`):
+  this module never knows what a buffer holds, and never touches the recorder's
+  state: the recorder hands it rows and applies what it returns. Every rank ends
   with the same rows; only rank 0 writes the file, the others keep the same run
   in memory (nothing on disk).
-* Identical bin edges. An automatic range is agreed on a layer's first recorded
-  call: its first batch's finite min and max are all-reduced once, then every
-  rank computes the same bounds (:func:`twinpeaks.binning.auto_bounds` depends
-  only on them). That is the one collective inside a training step; it needs
-  every rank to run the same layers in the same order on its first step (DDP
-  and FSDP do).
-* No collective in a training step otherwise. A full ``flush_every`` buffer
+* One grid per combined row. With automatic ranges every rank's step row has its
+  own grid (docs/grids.md), declared as state with the reduction ``"grid"``; the
+  slot rows counted on it reduce as ``"sum@grid"``. Before summing, the ranks
+  agree a common grid per row with two small all-reduces (the largest ``e``; then
+  the lowest and highest occupied bin at that ``e``), and each rank regrids its
+  rows onto it (exact).
+* No collective in a training step. A full ``flush_every`` buffer
   moves its rows to the host of its own rank only. The collective flush runs in
   ``end_epoch()`` and ``close()``, which every rank must reach.
 * Aligned steps. A rank's i-th step of a phase is step i of the run; ranks with
@@ -33,24 +35,43 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import warnings
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import binning
+from . import grids
 from .errors import TwinpeaksError
-
-if TYPE_CHECKING:
-    from .recorder import ActivationsHistogram
-    from .runfile import RunWriter
+from .runfile import RunWriter
 
 log = logging.getLogger("twinpeaks")
 
-_Rows = tuple[int, np.ndarray, np.ndarray, dict[str, np.ndarray]]  # start step, counts, stats, extra
+#: Host rows of one record and phase: declared state name -> array, one row per step.
+Rows = dict[str, np.ndarray]
+#: How each declared reduction combines ranks, and its neutral element (the rows of a rank without that step).
+_OPS = {"sum": (dist.ReduceOp.SUM, 0), "max": (dist.ReduceOp.MAX, -math.inf), "min": (dist.ReduceOp.MIN, math.inf),
+        # automatic ranges: grids are agreed first (then equal on every rank), slot rows regridded onto them
+        "grid": (dist.ReduceOp.MAX, 0), "sum@grid": (dist.ReduceOp.SUM, 0)}
+
+
+@dataclass(frozen=True)
+class DistOptions:
+    """How a recorder syncs across ranks (see :func:`configure`)."""
+
+    group: Any = None
+    timeout: timedelta | None = None
+
+
+class LayerState(NamedTuple):
+    """What ranks compare of one record at an epoch's end."""
+
+    name: str
+    phases: dict[str, dict[str, list]]  # phase -> declared state -> [per-row shape, host dtype, reduction]
+    classes: int
+    out_shape: list[int] | None
 
 
 def is_rank_zero() -> bool:
@@ -66,12 +87,12 @@ def is_rank_zero() -> bool:
 
 
 def configure(
-    hist: ActivationsHistogram,
+    hist: Any,
     *,
     group: Any = None,
     timeout: float | timedelta | None = None,
-) -> ActivationsHistogram:
-    """Set how ``hist`` syncs across ranks; call it on every rank before ``attach``.
+) -> Any:
+    """Set how ``hist`` (an ``ActivationsHistogram``) syncs across ranks; call it on every rank before ``attach``.
 
     Args:
         hist: the recorder.
@@ -87,25 +108,23 @@ def configure(
         >>> hist = tp.ActivationsHistogram(model, "run.tp")      # doctest: +SKIP
         >>> tp.distributed.configure(hist, timeout=120)         # doctest: +SKIP
     """
-    if hist._writer is not None:
+    if hist.attached:
         raise RuntimeError("configure() after attach(): call it before `with hist:` / hist.attach()")
     if timeout is not None and not isinstance(timeout, timedelta):
         if not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be seconds > 0 or a timedelta, got {timeout!r}; e.g. timeout=600")
         timeout = timedelta(seconds=float(timeout))
-    hist._dist_options = {"group": group, "timeout": timeout}  # type: ignore[attr-defined]
+    hist.dist_options = DistOptions(group, timeout)
     return hist
 
 
-def setup(hist: ActivationsHistogram) -> DistSync | None:
+def setup(options: DistOptions) -> DistSync | None:
     """The sync of a recorder that attaches now, or None when no more than one rank runs."""
     if not (dist.is_available() and dist.is_initialized()):
         return None
-    opts = getattr(hist, "_dist_options", {})
-    group = opts.get("group")
-    if dist.get_world_size(group) <= 1:
+    if dist.get_world_size(options.group) <= 1:
         return None
-    return DistSync(group, opts.get("timeout"))
+    return DistSync(options.group, options.timeout)
 
 
 class DistSync:
@@ -126,24 +145,23 @@ class DistSync:
         self._own_ctrl = group is None
         self.monitored = str(dist.get_backend(self.ctrl)) == "gloo"
         self.timeout = timeout
-        self._held: dict[tuple[int, str], list[_Rows]] = {}
+        self._held: dict[tuple[int, str], list[tuple[int, Rows]]] = {}
         self._base: dict[str, int] = {}
 
     # -- attach ---------------------------------------------------------------------------
-    def open_writer(self, hist: ActivationsHistogram) -> RunWriter:
-        """Rank 0 creates the run file, the others an in-memory run; a failure on any rank fails all."""
-        from .runfile import RunWriter
+    def open_writer(self, path: Any, meta: dict[str, Any], names: list[str], *, overwrite: bool = False,
+                    claimed: bool = False) -> RunWriter:
+        """Rank 0 creates the run file, the others (``path`` None) an in-memory run; a failure on any rank fails all.
 
-        if not self.writes:
-            hist.path = None  # only rank 0 writes; the others keep the same summed run in memory
+        ``overwrite`` and ``claimed`` are :class:`~twinpeaks.runfile.RunWriter`'s.
+        """
         writer, error = None, None
         try:
-            writer = RunWriter(hist.path, hist._meta())
+            writer = RunWriter(path, meta, overwrite=overwrite, claimed=claimed)
             writer.set_meta("distributed", {"world_size": self.world, "backend": self.backend})
             writer.commit()
         except Exception as exc:  # reported to every rank below, then raised here
             error = exc
-        names = [name for name, _ in hist._selected]
         infos = self._handshake("attach()", {"kind": "attach()", "error": None if error is None else str(error),
                                              "layers": names})
         if error is not None:
@@ -158,29 +176,6 @@ class DistSync:
         assert writer is not None
         return writer
 
-    # -- the one collective in a step ----------------------------------------------------------
-    def auto_bounds(self, values: torch.Tensor, bins: int, margin: float, record: int,
-                    output: bool = False) -> binning.Bounds:
-        """Automatic bounds from the first batch of every rank: finite min/max all-reduced once.
-
-        The same as :func:`twinpeaks.binning.auto_bounds` over all ranks' first
-        batches together (it depends on their min and max only).
-        """
-        v = values.reshape(-1).float()
-        finite = torch.isfinite(v)
-        inf = torch.full((), math.inf, device=v.device)  # a fill, not a copy from the host: no sync
-        mn = torch.where(finite, v, inf).amin() if v.numel() else inf
-        mx = torch.where(finite, v, -inf).amax() if v.numel() else -inf
-        rid = torch.full((), float(record), device=v.device)
-        buf = torch.stack([-mn, mx, rid, -rid]).double()
-        buf = buf.to(self._device(v.device))
-        dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=self.data)
-        if buf.device.type == "cpu" and buf[2] != -buf[3]:  # on an accelerator this check would sync the host
-            raise TwinpeaksError("ranks agreed automatic ranges of different layers: every rank must run the same "
-                                 "layers in the same order on its first step, or pass range=(lo, hi)")
-        lohi = torch.stack([-buf[0], buf[1]]).to(v.device)
-        return binning.auto_bounds(lohi, bins, margin, output=output)
-
     def _device(self, device: torch.device) -> torch.device:
         """Where tensors of the data group's collectives live: the host for gloo, else the accelerator."""
         if str(dist.get_backend(self.data)) == "gloo":
@@ -190,45 +185,40 @@ class DistSync:
         return device
 
     # -- flushing --------------------------------------------------------------------------
-    def hold(self, hist: ActivationsHistogram) -> None:
-        """Move the window's rows to this rank's host (no collective): the summing waits for end_epoch."""
-        for rec in hist._records:
-            for phase, pd in rec.phases.items():
-                start = hist._window_start[phase]
-                n = hist._step[phase] - start
-                if n > 0:
-                    self._held.setdefault((rec.id, phase), []).append((start, *pd.take(n)))
-        for phase in hist._step:
-            self._base.setdefault(phase, hist._window_start[phase])
-            hist._window_start[phase] = hist._step[phase]
+    def hold(self, taken: dict[tuple[int, str], tuple[int, Rows]], starts: dict[str, int]) -> None:
+        """Keep a window's rows on this rank's host (no collective): the combining waits for the epoch's end.
 
-    def reduce(self, hist: ActivationsHistogram) -> dict[tuple[int, str], _Rows]:
-        """Sum every rank's rows of this epoch; align the step counters of all ranks.
-
-        Returns ``{(record id, phase): (start step, counts, stats, extra)}``,
-        the same on every rank.
+        ``taken``: ``{(record id, phase): (first step, rows)}``; ``starts``: each phase's window start.
         """
-        self.hold(hist)
-        phases = {p: [self._base.get(p, hist._window_start[p]), hist._step[p], hist._epoch_first[p]]
-                  for p in hist._step}
-        records = [[rec.name, {p: {k: list(v.shape[1:-1]) for k, v in pd.extra.items()}
-                               for p, pd in sorted(rec.phases.items())}, rec.classes, rec.out_shape]
-                   for rec in hist._records]
+        for key, rows in taken.items():
+            self._held.setdefault(key, []).append(rows)
+        for phase, start in starts.items():
+            self._base.setdefault(phase, start)
+
+    def agree_epoch(self, epoch: int, phases: dict[str, tuple[int, int]], layers: list[LayerState],
+                    ) -> tuple[dict[str, list[int]], list[tuple[int, str, LayerState]]]:
+        """Agree the steps of every phase and the records of every rank at ``end_epoch()`` (after :meth:`hold`).
+
+        ``phases``: this rank's ``{phase: (step, epoch start)}``. Returns the agreed
+        ``{phase: [first held step, end step, epoch start]}`` (the same on every rank; a
+        rank with fewer steps contributes neutral rows), and the ``(record index,
+        phase, another rank's state)`` of records this rank never ran in a phase that
+        another rank did: the caller creates their buffers before :meth:`combine`.
+        """
+        mine = {p: [self._base.get(p, end), end, first] for p, (end, first) in phases.items()}
         # The layer structure travels as a digest; the full lists only when ranks differ (rare: a rank
         # without a phase's batches), so 1,000 layers on 1,024 ranks exchange a few bytes per rank.
-        digest = hashlib.sha1(repr([r[:2] for r in records]).encode()).hexdigest()  # names, phases, extras
-        what = f"end_epoch() of epoch {hist.epoch}"
-        infos = self._handshake(what, {"kind": "end_epoch()", "epoch": hist.epoch, "phases": phases, "layers": digest})
+        digest = hashlib.sha1(repr([(x.name, x.phases) for x in layers]).encode()).hexdigest()
+        what = f"end_epoch() of epoch {epoch}"
+        infos = self._handshake(what, {"kind": "end_epoch()", "epoch": epoch, "phases": mine, "layers": digest})
         self._agree(infos, "kind", "epoch")
         if all(info["layers"] == digest for info in infos):
-            for info in infos:
-                info["records"] = records
+            everyone = [layers] * len(infos)
         else:
-            for info, recs in zip(infos, self._gather(what, records)):
-                info["records"] = recs
-        names = [r[0] for r in records]
-        for r, info in enumerate(infos):
-            if [x[0] for x in info["records"]] != names:
+            everyone = [[LayerState(*x) for x in recs] for recs in self._gather(what, [tuple(x) for x in layers])]
+        names = [x.name for x in layers]
+        for r, recs in enumerate(everyone):
+            if [x.name for x in recs] != names:
                 raise TwinpeaksError(f"twinpeaks: rank {r} recorded other layers than rank {self.rank}: "
                                      "every rank must run the same layers (sub-records included)")
         # phases: union in rank order; base and epoch start must agree, rows are the longest rank's
@@ -242,75 +232,98 @@ class DistSync:
                                          "ranks must call end_epoch() at the same points")
                 else:
                     agreed[p][1] = max(agreed[p][1], end)
-        hist._step = {p: end for p, (_, end, _) in agreed.items()}
-        hist._window_start = dict(hist._step)
-        hist._epoch_first = {p: first for p, (_, _, first) in agreed.items()}
         self._base = {}
-        out: dict[tuple[int, str], _Rows] = {}
-        for p, (base, end, _) in agreed.items():
-            out.update(self._reduce_phase(hist, infos, p, base, end - base))
-        return out
+        missing = []
+        for i, layer in enumerate(layers):
+            for p in agreed:
+                if p not in layer.phases:
+                    other = next((recs[i] for recs in everyone if p in recs[i].phases), None)
+                    if other is not None:
+                        missing.append((i, p, other))
+        return agreed, missing
 
-    def _reduce_phase(self, hist: ActivationsHistogram, infos: list[dict], phase: str, base: int,
-                      n: int) -> dict[tuple[int, str], _Rows]:
-        from .recorder import _PhaseData
+    def combine(self, agreed: dict[str, list[int]], states: dict[int, dict[str, dict[str, list]]],
+                ) -> dict[tuple[int, str], tuple[int, Rows]]:
+        """Combine the held rows of every rank, each declared state by its reduction: one all_reduce per kind.
 
-        slots = binning.n_slots(hist.bins)
-        specs: list[tuple[int, dict[str, list[int]]]] = []
-        for i, rec in enumerate(hist._records):
-            spec = next((info["records"][i][1][phase] for info in infos if phase in info["records"][i][1]), None)
-            if spec is None:
+        ``states``: ``{record id: {phase: {state: [per-row shape, host dtype, reduction]}}}``, the same
+        on every rank. Returns ``{(record id, phase): (first step, rows)}``, the same on every rank.
+        """
+        out: dict[tuple[int, str], tuple[int, Rows]] = {}
+        for phase, (base, end, _) in agreed.items():
+            n = end - base
+            specs = [(rid, per[phase]) for rid, per in states.items() if phase in per]
+            if not specs or n <= 0:
+                for rid, _ in specs:
+                    self._held.pop((rid, phase), None)
                 continue
-            if phase not in rec.phases:  # this rank never ran the layer in this phase: create it for the summed rows
-                other = next(info["records"][i] for info in infos if phase in info["records"][i][1])
-                rec.out_shape = rec.out_shape or other[3]
-                if other[2] and not rec.classes:
-                    rec.classes = other[2]
-                rec.dirty = True
-                if rec.bounds is None and hist.range is not None:
-                    rec.bounds = binning.fixed_bounds(*hist.range, hist.bins, torch.device("cpu"))
-                with torch.inference_mode(False):
-                    rec.phases[phase] = _PhaseData(hist.flush_every, slots, self._buffer_device(hist),
-                                                   hist.max_columns, {k: c[0] for k, c in spec.items()})
-            specs.append((rec.id, spec))
-        if not specs or n == 0:
-            return {}
-        # Three buffers for the whole phase, filled in place: int64 counts (+ per-class/truth counts), float64
-        # sums (binned, seen, sum, sumsq, zeros) and float64 [-min, max], so one all_reduce each.
-        sizes = [n * slots * (1 + sum(math.prod(shape) for shape in spec.values())) for _, spec in specs]
-        ints = np.zeros(sum(sizes), np.int64)
-        sums = np.zeros((len(specs), n, 5))
-        ext = np.full((len(specs), 2, n), -np.inf)
-        views: list[tuple[int, np.ndarray, dict[str, np.ndarray]]] = []
-        o = 0
-        for b, (rid, spec) in enumerate(specs):
-            counts = ints[o:o + n * slots].reshape(n, slots)
-            o += n * slots
-            extra = {}
-            for k, shape in spec.items():
-                size = n * math.prod(shape) * slots
-                extra[k] = ints[o:o + size].reshape(n, *shape, slots)
-                o += size
-            for start, c, st, e in self._held.pop((rid, phase), []):
-                r = slice(start - base, start - base + len(c))
-                counts[r], sums[b, r], ext[b, 0, r], ext[b, 1, r] = c, st[:, :5], -st[:, 5], st[:, 6]
-                for k, arr in e.items():
-                    extra[k][r] = arr
-            views.append((rid, counts, extra))
-        for arr, op in ((ints, dist.ReduceOp.SUM), (sums, dist.ReduceOp.SUM), (ext, dist.ReduceOp.MAX)):
-            self._all_reduce(arr, op)
-        out: dict[tuple[int, str], _Rows] = {}
-        for b, (rid, counts, extra) in enumerate(views):
-            stats = np.empty((n, 7))
-            stats[:, :5], stats[:, 5], stats[:, 6] = sums[b], -ext[b, 0], ext[b, 1]
-            out[rid, phase] = (base, counts, stats, extra)
+            # one flat buffer per (dtype, reduction), filled in place through views
+            groups: dict[tuple[str, str], int] = {}
+            for _, spec in specs:
+                for shape, dtype, op in spec.values():
+                    groups[dtype, op] = groups.get((dtype, op), 0) + n * math.prod(shape)
+            flats = {k: np.full(size, _OPS[k[1]][1], np.dtype(k[0])) for k, size in groups.items()}
+            used = dict.fromkeys(groups, 0)
+            for rid, spec in specs:
+                rows: Rows = {}
+                for name, (shape, dtype, op) in spec.items():
+                    size = n * math.prod(shape)
+                    o = used[dtype, op]
+                    rows[name] = flats[dtype, op][o:o + size].reshape(n, *shape)
+                    used[dtype, op] = o + size
+                for start, held in self._held.pop((rid, phase), []):
+                    r = slice(start - base, start - base + len(held["counts"]))
+                    for name, arr in held.items():
+                        rows[name][r] = arr
+                out[rid, phase] = (base, rows)
+            gridded = [(rows, [k for k, (_, _, op) in spec.items() if op == "sum@grid"])
+                       for (rid, spec), rows in ((x, out[x[0], phase][1]) for x in specs) if "grid" in spec]
+            if gridded:
+                self._agree_grids(gridded)
+            for (_, op), flat in flats.items():
+                self._all_reduce(flat, _OPS[op][0])
         return out
 
-    def _buffer_device(self, hist: ActivationsHistogram) -> torch.device:
-        for rec in hist._records:
-            for pd in rec.phases.values():
-                return pd.counts.device
-        return torch.device("cpu")
+    def _agree_grids(self, gridded: list[tuple[Rows, list[str]]]) -> None:
+        """One grid per row for all ranks; each rank's slot rows regridded onto it, in place (before summing).
+
+        Two all-reduces for all records together: the largest ``e`` of every row (rows
+        with no finite value take no part), then the lowest and highest occupied bin
+        at that ``e``. The common grid is the smallest ``e`` >= it over which they fit,
+        ``o`` the lowest (docs/grids.md).
+        """
+        none = np.iinfo(np.int64).min // 4
+        local = np.stack([rows["grid"] for rows, _ in gridded])  # [records, n, 2]
+        bins = gridded[0][0]["counts"].shape[-1] - 3
+        occ_bins: np.ndarray = np.stack([rows["counts"][:, 1:-2] > 0 for rows, _ in gridded])  # [records, n, B]
+        occ: np.ndarray = np.asarray(occ_bins.any(axis=2))
+        lo_i = np.where(occ, occ_bins.argmax(axis=2), 0)
+        hi_i = np.where(occ, bins - 1 - occ_bins[:, :, ::-1].argmax(axis=2), 0)
+        e_max = np.where(occ, local[..., 0], none)
+        self._all_reduce(e_max, dist.ReduceOp.MAX)
+        live = e_max > none
+        k = np.where(occ, e_max - local[..., 0], 0)
+
+        def shift(v: np.ndarray) -> np.ndarray:
+            return np.where(k < 62, v >> np.minimum(k, 62), np.where(v < 0, -1, 0))
+
+        ends = np.stack([np.where(occ, -shift(local[..., 1] + lo_i), none), np.where(occ, shift(local[..., 1] + hi_i), none)])
+        self._all_reduce(ends, dist.ReduceOp.MAX)
+        lo, hi = -ends[0], ends[1]
+        up = np.zeros(e_max.shape, np.int64)
+        while True:  # the smallest e >= e_max over which every rank's occupied bins fit
+            wide = live & ((hi >> up) - (lo >> up) > bins - 1)
+            if not wide.any():
+                break
+            up += wide
+        common = np.stack([np.where(live, e_max + up, 0), np.where(live, lo >> np.where(live, up, 0), 0)], axis=-1)
+        for b, (rows, names) in enumerate(gridded):
+            for i in np.flatnonzero(occ[b]):
+                old, new = (int(local[b, i, 0]), int(local[b, i, 1])), (int(common[b, i, 0]), int(common[b, i, 1]))
+                if old != new:
+                    for name in names:
+                        rows[name][i, ..., 1:-2] = grids.regrid(rows[name][i, ..., 1:-2], old, new)
+            rows["grid"][:] = common[b]
 
     def _all_reduce(self, arr: np.ndarray, op: Any) -> None:
         """All-reduce ``arr`` in place (through the accelerator when the data group needs it)."""
@@ -321,17 +334,11 @@ class DistSync:
             host.copy_(t.cpu())
 
     # -- closing -----------------------------------------------------------------------------
-    def close(self, hist: ActivationsHistogram, need: bool) -> None:
-        """Close the open epoch on every rank if any rank has steps in it; never raises (logs instead)."""
-        try:
-            infos = self._handshake("close()", {"kind": "close()", "epoch": hist.epoch, "need": need})
-            self._agree(infos, "kind", "epoch")
-            if any(info["need"] for info in infos):
-                hist._close_epoch(final=True)
-        except Exception as exc:  # closing is best effort: the file keeps every committed epoch
-            msg = f"the last epoch was not written: {exc}"
-            log.error(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    def agree_close(self, epoch: int, need: bool) -> bool:
+        """Whether any rank has steps in the open epoch, so that every rank closes it (``close()``/``flush()``)."""
+        infos = self._handshake("close()", {"kind": "close()", "epoch": epoch, "need": need})
+        self._agree(infos, "kind", "epoch")
+        return any(info["need"] for info in infos)
 
     def release(self) -> None:
         """Destroy the private control group (after the last collective of ``close()``).

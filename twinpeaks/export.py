@@ -25,7 +25,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from .columns import STATS
+from .display import merge_bins
+from .format import MAX, MIN, SUM, SUMSQ, mean_std
 from .run import Run, open_run
 
 log = logging.getLogger("twinpeaks")
@@ -71,12 +72,11 @@ def _tb_histogram(writer: Any, tag: str, step: int, counts: np.ndarray, edges: n
     finite = int(counts.sum()) + int(under) + int(over)
     if not finite:
         return False
-    s = dict(zip(STATS, stats.tolist()))
-    vmin, vmax = s["min"], s["max"]
+    vmin, vmax = float(stats[MIN]), float(stats[MAX])
     lo = vmin if np.isfinite(vmin) else float(edges[0])
     limits, values = tb_buckets(counts, edges, under, over, vmin, vmax)
     hi = vmax if np.isfinite(vmax) else limits[-1]
-    total, total_sq = s["sum"], s["sumsq"]
+    total, total_sq = float(stats[SUM]), float(stats[SUMSQ])
     if not (np.isfinite(total) and np.isfinite(total_sq)):  # NaN/inf poisoned the sums: use bucket middles
         right = np.array(limits)
         mids = (np.concatenate([[lo], right[:-1]]) + right) / 2
@@ -132,29 +132,26 @@ def _write_tensorboard(run: Run, writer: Any) -> int:
     for info in run.layers:
         if not info.called:
             continue
-        edges = run.edges(info)
         for phase in run.phases:
             tag = f"activations/{info.name}/{phase}"
-            if phase == "train":
+            if phase == "train":  # every column on its own edges (automatic ranges: each step its grid)
                 cols = run.columns(info, phase)
                 nonfinite += int(cols.nonfinite.sum())
                 rows: list[tuple[Any, ...]] = list(
-                    zip(cols.starts.tolist(), cols.counts, cols.underflow, cols.overflow, cols.stats))
+                    zip(cols.starts.tolist(), cols.counts, cols.edges, cols.underflow, cols.overflow, cols.stats))
             else:
                 rows = []
                 for e in range(run.epochs):
                     h = run.histogram(info, phase, e)
                     nonfinite += h.nonfinite
-                    rows.append((_epoch_step(run, e), h.counts, h.underflow, h.overflow, h.stats))
-            for step, counts, under, over, stats in rows:
+                    rows.append((_epoch_step(run, e), h.counts, h.edges, h.underflow, h.overflow, h.stats))
+            for step, counts, edges, under, over, stats in rows:
                 if _tb_histogram(writer, tag, step, counts, edges, int(under), int(over), stats):
                     n += 1
-                    s = dict(zip(STATS, stats.tolist()))
-                    if s["binned"] and np.isfinite(s["sum"]) and np.isfinite(s["sumsq"]):
-                        mean = s["sum"] / s["binned"]
-                        writer.add_scalar(f"mean/{info.name}/{phase}", mean, int(step))
-                        writer.add_scalar(f"std/{info.name}/{phase}",
-                                          float(np.sqrt(max(s["sumsq"] / s["binned"] - mean * mean, 0.0))), int(step))
+                    mean, std = mean_std(stats)
+                    if np.isfinite(mean) and np.isfinite(std):
+                        writer.add_scalar(f"mean/{info.name}/{phase}", float(mean), int(step))
+                        writer.add_scalar(f"std/{info.name}/{phase}", float(std), int(step))
     if nonfinite:
         log.warning("twinpeaks: %d non-finite values (NaN/inf) are not in the TensorBoard histograms", nonfinite)
     return n
@@ -173,8 +170,6 @@ def wandb_bins(counts: np.ndarray, edges: np.ndarray, under: int = 0, over: int 
         >>> len(c), int(c.sum())
         (500, 1000)
     """
-    from .web.payload import merge_bins
-
     room = max_bins - bool(under) - bool(over)
     counts, edges = merge_bins(np.asarray(counts), np.asarray(edges, np.float64), room)
     if under:

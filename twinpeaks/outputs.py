@@ -35,6 +35,18 @@ def flatten(out: Any, path: tuple = (), depth: int = 0) -> Iterator[tuple[tuple,
             yield from flatten(v, (*path, i), depth + 1)
 
 
+def is_main(path: tuple) -> bool:
+    """Whether ``path`` leads to a module's main output: itself, or the first item of a tuple/list, recursively.
+
+    An LSTM's output sequence, an attention module's attention output: recorded under the module's own name.
+
+    Example:
+        >>> is_main(()), is_main((0,)), is_main((0, 0)), is_main((1, 0)), is_main(("a",))
+        (True, True, True, False, False)
+    """
+    return all(type(p) is int and p == 0 for p in path)
+
+
 def path_name(base: str, path: tuple) -> str:
     """Qualified record name: ``lstm`` + ``(1, 0)`` -> ``lstm.1.0``."""
     return ".".join([base, *map(str, path)]) if path else base

@@ -1,195 +1,105 @@
-"""Recording: forward hooks that bin every layer's output into device buffers.
+"""The recorder: a small facade over the parts in :mod:`twinpeaks.recording`.
 
 Design constraints (the hot path is every forward of every hooked layer):
 
 * Bin inside the hook. The next module may overwrite an output in place
   (``ReLU(inplace=True)``), so counts are taken before the hook returns.
-* No host sync in a step. Counts and stats accumulate in int64/float64 buffers
-  on the activations' device, one row per step; rows move to the host only at a
-  flush (``end_epoch``, or when the buffer of ``flush_every`` rows is full).
-  No ``.item()``, no ``.cpu()``, no branching on tensor values in a step.
+* No host sync in a step. Counts and stats accumulate in float64 device buffers,
+  one row per step; rows move to the host only at a flush (``end_epoch``, or when
+  the buffer of ``flush_every`` rows is full). No ``.item()``, no ``.cpu()``, no
+  branching on tensor values in a step.
 * Bounded memory. Host-side, per-step rows go into column stores that merge
   pairwise past ``max_columns`` (see :mod:`twinpeaks.columns`).
 * Never crash training. Anything a hook cannot handle is skipped with one
-  warning per module, and training goes on.
+  warning per module (:func:`twinpeaks.errors.warn`, attributed to the user's
+  line), and training goes on.
 * Knows nothing of charts: it writes a run file; everything else reads it.
+  Optional features (live charts) attach as listeners, imported by name.
+
+The parts, one job each (imports run one way: this module -> parts): hooks and
+module selection (:mod:`~twinpeaks.recording.selection`), the step clock
+(:mod:`~twinpeaks.recording.clock`), the binning engine
+(:mod:`~twinpeaks.recording.engine`), the epoch writer
+(:mod:`~twinpeaks.recording.epoch_writer`), the compile ops
+(:mod:`~twinpeaks.recording.ops`) and, with several ranks,
+:mod:`twinpeaks.distributed`.
 """
 
 from __future__ import annotations
 
-import ast
 import contextlib
-import logging
-import math
 import os
-import random
-import warnings
-import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from importlib import import_module
+from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import binning, distributed
 from ._version import __version__
-from .columns import ColumnStore, combine_stats, empty_stats
-from .outputs import flatten, path_name
-from .run import Run, _memory_run, open_run
+from .errors import TwinpeaksWarning, warn
+from .outputs import flatten, is_main, path_name
+from .recording import ops
+from .recording.clock import StepClock
+from .recording.engine import AUTO_SAMPLE, EXACT_BELOW, SAMPLE_BLOCK, BinningEngine, Record
+from .recording.epoch_writer import EpochWriter
+from .recording.probe import CompositeProbe
+from .recording.selection import (
+    Hooks,
+    composite_candidates,
+    layer_name,
+    leaf_modules,
+    named_modules,
+    select_modules,
+    unwrap,
+)
+from .run import Run, open_run
+from .rundir import claim, claim_run_path, names_a_folder, next_run_path, refuse_existing
 from .runfile import RunWriter
 
-log = logging.getLogger("twinpeaks")
+__all__ = ["AUTO_SAMPLE", "EXACT_BELOW", "SAMPLE_BLOCK", "ActivationsHistogram", "TwinpeaksWarning", "layer_name",
+           "leaf_modules", "named_modules", "unwrap"]
 
-#: Outputs with at most this many elements per call are always binned exactly.
-EXACT_BELOW = 1 << 14
-#: With ``sample="auto"``, larger outputs are binned on a sample of about this many elements.
-AUTO_SAMPLE = 1 << 13
-#: Sampled elements come in contiguous blocks of this many.
-SAMPLE_BLOCK = 16
-_SKIP = None  # the plan of an output that is not binned (empty, complex)
+#: Optional listeners that options switch on, by option: "module:attribute", imported when asked for, so the
+#: recorder never imports them itself (``live=True`` -> :class:`twinpeaks.live.LiveChart`).
+LISTENERS = {"live": "twinpeaks.live:LiveChart"}
 
 
-def _no_kernel(*args: Any) -> None:
-    raise RuntimeError("twinpeaks._cbin is not built")  # never called: plans use the kernel only when it is built
+def _listener(option: str) -> Callable[[Any], None]:
+    module, _, name = LISTENERS[option].partition(":")
+    return getattr(import_module(module), name)()
 
 
-_cbin_observe: Callable[..., None] = binning._cbin.observe if binning._cbin is not None else _no_kernel
-_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
-_EXTRA_BUDGET = 64 << 20  # bytes of per-step per-class/truth rows kept on the device
+def _as_range(value: Any, bins: int, what: str = "range") -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be (lo, hi) or None, got {value!r}; e.g. range=(-10, 10)") from None
+    try:
+        binning.check_range(lo, hi, bins)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
+    return lo, hi
 
 
-class TwinpeaksWarning(UserWarning):
-    """Something twinpeaks skipped so that training could go on."""
-
-
-#: Attributes through which wrappers hold the module they wrap, left out of layer names: FSDP1 units
-#: (``FullyShardedDataParallel``) and activation checkpointing (``checkpoint_wrapper``).
-_WRAPPED = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
-
-
-def layer_name(qualified: str) -> str:
-    """A module's name without wrapper segments: ``0._fsdp_wrapped_module`` -> ``0``.
-
-    Example:
-        >>> layer_name("blocks.1._checkpoint_wrapped_module.mlp")
-        'blocks.1.mlp'
-    """
-    return ".".join(p for p in qualified.split(".") if p not in _WRAPPED)
-
-
-def named_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Every module by :func:`layer_name`; a wrapper and the module it wraps share a name: the module wins."""
-    return {layer_name(name): m for name, m in model.named_modules()}
-
-
-def leaf_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Every leaf module in registration order, parameter-less ones included, named without wrappers.
-
-    Containers that cannot be called (an empty ``ModuleList``) are left out; a
-    model that is itself a leaf is its own only layer.
-    """
-    leaves = [
-        (layer_name(name), m) for name, m in model.named_modules()
-        if not any(True for _ in m.children()) and not isinstance(m, _CONTAINERS) and layer_name(name)
-    ]
-    return leaves or [(type(model).__name__, model)]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP/DataParallel/FSDP1/``torch.compile`` wrappers."""
-    while True:
-        inner = getattr(model, "module", None) if isinstance(
-            model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else None
-        inner = inner or getattr(model, "_orig_mod", None) or getattr(model, "_fsdp_wrapped_module", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
-
-
-class _PhaseData:
-    """Device buffers (one row per step of the current window) and host stores of one record in one phase.
-
-    On the device: ``counts`` (float64, exact to 2**53) of the ``B + 3`` slots
-    (the torch path adds only finite values and the nonfinite slot is recovered
-    at :meth:`take` as binned minus counted; the C kernel counts it), ``sums``
-    (sum, sum of squares, non-zeros, elements binned, elements seen) and ``peaks``
-    (-min, max), combined by max. On the host: the binning plan per output layout.
-    """
-
-    def __init__(self, rows: int, slots: int, device: torch.device, max_columns: int, extra: dict[str, int]):
-        self.counts = torch.zeros(rows, slots, dtype=torch.float64, device=device)
-        self.finite = self.counts[:, :-1]  # view: underflow, bins, overflow
-        self.sums = torch.zeros(rows, 5, dtype=torch.float64, device=device)
-        self.peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64, device=device)
-        self.plans: dict[tuple, _Plan] = {}  # (shape, strides, dtype, type) -> ActivationsHistogram._plan()
-        self.store = ColumnStore(max_columns, (slots,))
-        self.epoch = ColumnStore(256, (slots,))
-        self.extra = {k: torch.zeros(rows, c, slots, dtype=torch.int64, device=device) for k, c in extra.items()}
-        self.epoch_extra = {k: ColumnStore(256, (c, slots)) for k, c in extra.items()}
-        # CPU: the buffers' addresses and the bytes of a counts row, for the C kernel
-        self.addr = (self.counts.data_ptr(), self.sums.data_ptr(), self.peaks.data_ptr(), slots * 8
-                     ) if device.type == "cpu" else None
-
-    def take(self, n: int) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Move the first ``n`` rows to the host (the flush's only sync) and reset them."""
-        # .cpu() is a no-op on CPU and .numpy() shares memory: copy (astype) before resetting
-        counts = self.counts[:n].cpu().numpy().astype(np.int64)
-        sums = self.sums[:n].cpu().numpy().copy()
-        peaks = self.peaks[:n].cpu().numpy().copy()
-        binned = sums[:, 3].astype(np.int64)
-        counts[:, -1] += binned - counts.sum(axis=1)  # torch path: NaN and +-inf are binned but not counted
-        stats = empty_stats(n)
-        stats[:, 0], stats[:, 1] = binned, sums[:, 4]
-        stats[:, 2:4] = sums[:, :2]
-        stats[:, 4] = binned - sums[:, 2]
-        stats[:, 5], stats[:, 6] = -peaks[:, 0], peaks[:, 1]
-        extra = {k: v[:n].cpu().numpy().copy() for k, v in self.extra.items()}
-        for buf, value in ((self.counts, 0), (self.sums, 0), (self.peaks, -math.inf),
-                           *((v, 0) for v in self.extra.values())):
-            # CPU: reset through a numpy view, no torch operation
-            (buf.numpy() if self.addr is not None else buf)[:n] = value
-        return counts, stats, extra
-
-
-class _Plan(NamedTuple):
-    """How to bin one output layout of one record in one phase, made once (see ActivationsHistogram._plan)."""
-
-    key: tuple  # (shape, strides, dtype, type) of the outputs it is for
-    phase: str
-    code: int  # the C kernel's dtype code, or -1: torch operations
-    n: int  # elements per output
-    stride: int  # sampling: block stride in elements
-    blocks: int  # sampling: blocks per output; 0 = every element
-    size: int  # bytes per element
-    dense: bool  # the elements fill their storage block: read in storage order
-    counts_addr: int  # C kernel: addresses of row 0 of the phase's counts, sums and peaks buffers
-    sums_addr: int
-    peaks_addr: int
-    row_bytes: int  # bytes per counts row
-    edges_addr: int
-    pd: _PhaseData
-    extra: bool  # the last layer with per-class or truth rows
-    kn: torch.Tensor | None  # torch path: [binned, seen] to add per output
-
-
-class _Record:
-    """One recorded tensor: a module's output or one tensor inside it."""
-
-    def __init__(self, rid: int, module_index: int, sub_index: int, name: str, type_: str, last: bool):
-        self.id = rid
-        self.module_index = module_index
-        self.sub_index = sub_index
-        self.name = name
-        self.type = type_
-        self.last = last  # belongs to the last hooked module: per-class and truth apply
-        self.out_shape: list[int] | None = None
-        self.bounds: binning.Bounds | None = None
-        self.edges_written = False
-        self.classes = 0  # per-class columns
-        self.phases: dict[str, _PhaseData] = {}
-        self.fast: _Plan | None = None  # the plan of the last output binned (see ActivationsHistogram._plan)
-        self.dirty = True  # layer row needs (re)writing
+def _check_range_option(value: Any, bins: int) -> Any:
+    """``range=`` as given, checked: None, ``(lo, hi)``, ``{layer name: (lo, hi) or None}`` or a function."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError(f"range: dict keys must be layer names (str), got {k!r}")
+            out[k] = None if v is None else _as_range(v, bins, f"range[{k!r}]")
+        return out
+    if callable(value):
+        return value
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"range must be (lo, hi), a dict of layer names or a function, got {value!r}")
+    return _as_range(value, bins)
 
 
 class ActivationsHistogram:
@@ -202,21 +112,31 @@ class ActivationsHistogram:
     Args:
         model: the module to record (DDP, DataParallel, FSDP1 and ``torch.compile`` wrappers are unwrapped;
             FSDP1 units and activation-checkpoint wrappers inside it are left out of layer names).
-        path: run file to create (never overwritten); None keeps the run in memory.
-        modules: None = every leaf module, parameter-less ones included; or a list
-            of qualified names / integer indices into that leaf list.
+        path: run file to create; a folder (it exists, or the path ends with ``/``) for a new run file in it
+            each time, named by the time (``runs/2026-11-29_231500.tp``, see :mod:`twinpeaks.rundir`;
+            ``hist.path`` says which; a ``pathlib.Path`` drops a trailing ``/``, so give a str or an
+            existing folder); None keeps the run in memory. An existing run file is refused here, when
+            the recorder is made, unless ``overwrite``.
+        modules: None = every leaf module, parameter-less ones included, and every module whose
+            children do not run through their own forward (attention: see
+            :mod:`twinpeaks.recording.probe`); or a list of qualified names / integer indices into
+            the leaf list.
         bins: bins per histogram.
-        range: ``(lo, hi)`` for all layers; None = per layer, from its first batch,
-            then frozen: hidden layers widened by ``margin`` x its span, the last layer
-            ``+-max(10, 4 x max|x|)`` (or ``[0, 1]`` for probabilities), since logits grow
-            as a model learns (see :func:`twinpeaks.binning.auto_bounds`).
+        range: None (the default): automatic, every step's histogram on a grid that holds
+            all of that step's values (docs/grids.md), so nothing falls out of range however
+            a layer grows, shrinks or shifts. ``(lo, hi)``: one fixed range for every layer,
+            binned as ``np.histogram(values, bins, range=(lo, hi))`` (values outside it are
+            counted as underflow/overflow). ``{layer name: (lo, hi) or None}``: fixed ranges
+            for some layers (a sub-record such as ``"lstm.0"`` also matches its module's
+            name), automatic for the others. A function ``name -> (lo, hi) or None``: the same,
+            decided per layer.
         per_class: for the last layer, also one histogram per output column.
         sample: ``"auto"`` (the last layer and outputs up to 16,384 elements per call
             binned exactly, larger ones on a sample of 8,192: evenly spaced 16-element
             blocks with a random offset per step), or a fraction in (0, 1]; 1.0 = every
             element, exact.
         classes: class names, stored in the run for the charts.
-        margin: widening of automatic ranges, as a multiple of the first batch's span.
+        margin: no longer used (automatic ranges follow every step's values); kept so that old calls still run.
         flush_every: steps kept on the device before rows move to the host.
         max_columns: per-step columns kept per layer and phase before merging pairwise.
         seed: seed of the sampling offsets.
@@ -224,6 +144,9 @@ class ActivationsHistogram:
             output cell; elsewhere: ``<path>.live.png``). See :mod:`twinpeaks.live`.
         output: also record the model's own output, passed through this function
             (e.g. ``lambda out: out.logits``), as the last layer, named ``"output"``.
+        overwrite: replace an existing run file at ``path`` when recording starts (the new
+            empty run is renamed over it: the path always holds a whole run file). Default:
+            an existing run is never overwritten.
 
     Example:
         >>> hist = tp.ActivationsHistogram(model, path="runs/exp1.tp")  # doctest: +SKIP
@@ -233,16 +156,13 @@ class ActivationsHistogram:
         ...         hist.end_epoch()
     """
 
-    #: set by attach() when torch.distributed runs more than one rank (see twinpeaks.distributed)
-    _sync: distributed.DistSync | None = None
-
     def __init__(
         self,
         model: nn.Module,
         path: str | os.PathLike | None = None,
         modules: Sequence[str | int] | None = None,
         bins: int = 100,
-        range: tuple[float, float] | None = None,  # noqa: A002 - contract name
+        range: Any = None,  # noqa: A002 - contract name: None, (lo, hi), {layer: (lo, hi) | None} or a function
         per_class: bool = False,
         sample: float | str = "auto",
         *,
@@ -253,18 +173,13 @@ class ActivationsHistogram:
         seed: int = 0,
         live: bool = False,
         output: Callable[[Any], Any] | None = None,
+        overwrite: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(bins, int) or isinstance(bins, bool) or bins < 1:
             raise ValueError(f"bins must be a positive int, got {bins!r}; e.g. bins=100")
-        if range is not None:
-            try:
-                lo, hi = (float(v) for v in range)
-            except (TypeError, ValueError):
-                raise ValueError(f"range must be (lo, hi) or None, got {range!r}; e.g. range=(-10, 10)") from None
-            binning.check_range(lo, hi, bins)
-            range = (lo, hi)
+        range = _check_range_option(range, bins)
         if sample != "auto" and not (isinstance(sample, (int, float)) and 0 < sample <= 1):
             raise ValueError(f"sample must be 'auto' or a fraction in (0, 1], got {sample!r}; 1.0 bins everything")
         if not (isinstance(margin, (int, float)) and margin >= 0):
@@ -273,9 +188,22 @@ class ActivationsHistogram:
             raise ValueError(f"flush_every must be a positive int, got {flush_every!r}")
         if classes is not None:
             classes = [str(c) for c in classes]
+        if classes is not None:
+            classes = [str(c) for c in classes]
+        if output is not None and not callable(output):
+            raise TypeError(f"output must be a function of the model's output or None, got {output!r}")
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be True or False, got {overwrite!r}")
+        self._folder: Path | None = None
+        if path is not None:
+            refuse_existing(path, overwrite)  # now, not after the user's set-up: a second run of a script fails here
+            if names_a_folder(path):
+                self._folder = Path(path)
+                path = next_run_path(self._folder)  # claimed (created) when recording starts
         self.model = model
         self.root = unwrap(model)
         self.path = path
+        self.overwrite = overwrite
         self.bins = bins
         self.range = range
         self.per_class = bool(per_class)
@@ -284,86 +212,98 @@ class ActivationsHistogram:
         self.margin = float(margin)
         self.flush_every = flush_every
         self.max_columns = max_columns
-        self._rng = random.Random(seed)
-        if output is not None and not callable(output):
-            raise TypeError(f"output must be a function of the model's output or None, got {output!r}")
+        #: how the recorder syncs under torch.distributed (set by :func:`twinpeaks.distributed.configure`)
+        self.dist_options = distributed.DistOptions()
         self._output = output
-        self._selected = self._select(modules)
+        self._selected = select_modules(self.root, modules)
+        self._probe: CompositeProbe | None = None
+        self._probe_wanted = modules is None  # default selection: also the layers leaf hooks miss
+        self._probe_started = False
+        self._hooked = 0  # selected modules with a hook
+        self._listed: set[int] = set()  # records with a layer row
+        self._output_index = len(self._selected) if output is not None else -1
         if output is not None:
             self._selected.append(("output", self.root))
-        self._handles: list[Any] = []
-        self._writer: RunWriter | None = None
-        self._records: list[_Record] = []
-        self._by_module: list[dict[tuple, _Record]] = []
+        self._order = {id(m): k for k, m in enumerate(self.root.modules())}  # layers are listed in this order
+        self._check_range_names()
+        self.clock = StepClock(flush_every)
+        self.engine = BinningEngine(self.clock, bins=bins, sample=sample, per_class=self.per_class, rows=flush_every,
+                                    seed=seed, warn=self._warn_once,
+                                    range_of=lambda rec: self._range_for(rec.name, rec.module_name))
+        self._hooks = Hooks()
+        self._sync: distributed.DistSync | None = None
+        self._writer: EpochWriter | None = None
+        self._records: list[Record] = []
+        self._by_module: list[dict[tuple, Record]] = []
         self._explicit: list[str] = []
         self._manual_steps = False
-        self._phase: str | None = None
-        self._row = 0
-        self._rows = flush_every
-        self._step: dict[str, int] = {}
-        self._window_start: dict[str, int] = {}
-        self._epoch_first: dict[str, int] = {}
-        self.epoch = 0
         self._warned: set[str] = set()
-        self._targets: torch.Tensor | None = None
-        self._targets_after: bool | None = None
-        self._pending: list[tuple[_Record, str, int, torch.Tensor]] = []
         self._listeners: list[Callable[[ActivationsHistogram], None]] = []
         self._run: Run | None = None
+        self._token = torch.zeros(1)  # compiled graphs: the declared mutation of the ops (see recording.ops)
         if live:
-            from .live import LiveChart
+            self.add_listener(_listener("live"))
 
-            self.add_listener(LiveChart())
+    @property
+    def attached(self) -> bool:
+        """Whether :meth:`attach` opened the run (it stays open until :meth:`close`)."""
+        return self._writer is not None
 
-    # -- selection -----------------------------------------------------------
-    def _select(self, modules: Sequence[str | int] | None) -> list[tuple[str, nn.Module]]:
-        leaves = leaf_modules(self.root)
-        if modules is None:
-            return leaves
-        if isinstance(modules, (str, int)):
-            modules = [modules]
-        by_name = named_modules(self.root)
-        picked: list[tuple[str, nn.Module]] = []
-        for m in modules:
-            if isinstance(m, bool) or not isinstance(m, (str, int)):
-                raise TypeError(f"modules must hold qualified names or int indices, got {m!r}")
-            if isinstance(m, int):
-                if not -len(leaves) <= m < len(leaves):
-                    raise ValueError(f"modules index {m} is out of range: the model has {len(leaves)} leaf modules")
-                picked.append(leaves[m])
-            elif m in by_name and m:
-                picked.append((m, by_name[m]))
-            else:
-                names = ", ".join(repr(n) for n, _ in leaves[:6])
-                raise ValueError(f"modules: no module named {m!r} in the model; leaf modules are {names}, ...")
-        order = {id(mod): i for i, (_, mod) in enumerate(self.root.named_modules())}
-        picked = list({id(mod): (n, mod) for n, mod in picked}.values())
-        return sorted(picked, key=lambda nm: order.get(id(nm[1]), 0))
+    @property
+    def epoch(self) -> int:
+        """Number of closed epochs (the index of the open one)."""
+        return self.clock.epoch
 
     # -- attach / detach ---------------------------------------------------------
     def attach(self) -> ActivationsHistogram:
         """Create the run file and register the hooks (what ``with hist:`` does on entry)."""
-        if self._handles:
+        if self._hooks:
             return self
         if self._writer is None:
-            self._sync = distributed.setup(self)
-            self._writer = self._sync.open_writer(self) if self._sync else RunWriter(self.path, self._meta())
+            self._sync = distributed.setup(self.dist_options)
+            if self._sync is not None and not self._sync.writes:
+                self.path = None  # only rank 0 writes; the others keep the same summed run in memory
+            claimed = self._claim()
+            if self._sync is not None:
+                writer = self._sync.open_writer(self.path, self._meta(), [name for name, _ in self._selected],
+                                                overwrite=self.overwrite, claimed=claimed)
+            else:
+                writer = RunWriter(self.path, self._meta(), overwrite=self.overwrite, claimed=claimed)
+            self._writer = EpochWriter(writer, self.bins, self.max_columns)
             for i, (name, mod) in enumerate(self._selected):
-                rec = _Record(len(self._records), i, 0, name, type(mod).__name__, i == len(self._selected) - 1)
+                rec = Record(len(self._records), self._module_order(i, mod), 0, name, type(mod).__name__,
+                             i == len(self._selected) - 1)
+                self.engine.know_range(rec)  # a fixed range's edges are written with the layer
                 self._records.append(rec)
                 self._by_module.append({(): rec})
-            self._write_layers()
+            if self._probe_wanted:  # layers are written once the first step showed which modules are layers
+                self._probe = CompositeProbe(self.root, composite_candidates(self.root), self._observe_composite)
+            else:
+                self._write_layers()
             self._writer.commit()
-        self._handles.append(self.root.register_forward_pre_hook(self._begin_step))
-        for i, (_, mod) in enumerate(self._selected):
-            self._handles.append(mod.register_forward_hook(self._make_hook(i)))
+        ops.register(self)
+        self._hooks.register(self.root, self._begin_step, [mod for _, mod in self._selected], self._make_hook)
+        self._hooked = len(self._selected)
         return self
+
+    def _claim(self) -> bool:
+        """Folder runs: create the run file under its name (the next free one if it was taken since)."""
+        if self._folder is None or self.path is None:
+            return False
+        if not claim(self.path):
+            self.path = claim_run_path(self._folder)
+        return True
+
+    def _module_order(self, index: int, module: nn.Module) -> int:
+        """Where a selected module's records are listed: the model's order, the ``output`` record last."""
+        return len(self._order) if index == self._output_index else self._order.get(id(module), len(self._order))
 
     def detach(self) -> None:
         """Remove the hooks; recorded data stays. Attach again to go on recording."""
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+        if self._probe is not None:
+            self._probe.remove()
+            self._settle()
+        self._hooks.remove()
 
     def close(self) -> None:
         """Detach, close the open epoch (see :meth:`end_epoch`) and close the file."""
@@ -393,11 +333,44 @@ class ActivationsHistogram:
             "model": type(self.root).__name__,
             "classes": self.classes,
             "options": {
-                "bins": self.bins, "range": self.range, "per_class": self.per_class,
+                "bins": self.bins, "per_class": self.per_class,
+                "range": self.range if not callable(self.range) else "function",
                 "sample": self.sample, "margin": self.margin, "flush_every": self.flush_every,
                 "max_columns": self.max_columns,
             },
         }
+
+    # -- ranges -----------------------------------------------------------------
+    def _check_range_names(self) -> None:
+        """Fail early on a ``range=`` that names no recorded layer, or a function that returns a bad range."""
+        names = [name for name, _ in self._selected]
+        if isinstance(self.range, dict):  # any module of the model (composite layers are found while training)
+            known = [*named_modules(self.root), *names]
+            unknown = [k for k in self.range if not any(k == n or k.startswith(n + ".") for n in known if n)]
+            if unknown:
+                shown = ", ".join(repr(n) for n in names[:6])
+                raise ValueError(f"range: no recorded layer named {unknown[0]!r}; recorded layers are {shown}, ...")
+        if callable(self.range) or isinstance(self.range, dict):
+            for name in names:
+                self._range_for(name)  # raises naming the layer
+        if self.bins < 2 and any(self._range_for(name) is None for name in names):
+            raise ValueError("bins must be >= 2 with automatic ranges (values of both signs need two bins); "
+                             "e.g. bins=100, or give every layer a range=(lo, hi)")
+
+    def _range_for(self, name: str, module_name: str | None = None) -> tuple[float, float] | None:
+        """The fixed range of a layer (or sub-record ``name`` of module ``module_name``), or None: automatic."""
+        r = self.range
+        if r is None or isinstance(r, tuple):
+            return r
+        if isinstance(r, dict):
+            got = r.get(name, r.get(module_name)) if module_name is not None else r.get(name)
+        else:
+            try:
+                got = r(name)
+            except Exception as exc:
+                raise ValueError(f"range: the function raised {exc!r} for layer {name!r}; it must return "
+                                 "(lo, hi) or None") from None
+        return None if got is None else _as_range(got, self.bins, f"range for layer {name!r}")
 
     # -- phases ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -429,19 +402,9 @@ class ActivationsHistogram:
         """
         if not isinstance(y, torch.Tensor):
             y = torch.as_tensor(y)
-        y = y.detach()
-        # The first call fixes the style: targets given after the forward apply to
-        # that forward's pending outputs; given before, they wait for the next one.
-        if self._targets_after is None:
-            self._targets_after = bool(self._pending)
-        if self._targets_after:
-            for rec, phase, row, out in self._pending:
-                self._count_truth(rec, phase, row, out, y)
-            self._pending = []
-        else:
-            self._targets = y
+        self.engine.set_targets(y.detach())
 
-    # -- the hot path ---------------------------------------------------------------------
+    # -- steps ------------------------------------------------------------------------------
     def begin_step(self, phase: str | None = None) -> None:
         """Start a step now, in ``phase`` (None: the usual phase rule). For framework adapters.
 
@@ -461,9 +424,13 @@ class ActivationsHistogram:
         """
         if self._writer is None:
             return
-        need = any(self._step.get(p, 0) > self._epoch_first.get(p, 0) for p in self._step)
+        need = bool(self.clock.open_phases())
         if self._sync is not None:
-            self._sync.close(self, need)  # every rank or none closes the epoch; logs instead of raising
+            try:  # every rank or none closes the epoch
+                if self._sync.agree_close(self.clock.epoch, need):
+                    self._close_epoch(final=True)
+            except Exception as exc:  # closing is best effort: the file keeps every committed epoch
+                warn(f"twinpeaks: the last epoch was not written: {exc}", RuntimeWarning)
         elif need:
             self._close_epoch(final=True)
 
@@ -472,288 +439,203 @@ class ActivationsHistogram:
 
     def _begin_step(self, module: nn.Module, args: Any) -> None:
         if torch.compiler.is_compiling():  # traced: the bookkeeping runs at run time inside an opaque op
-            torch.ops.twinpeaks.begin_step(self._token, id(self))
+            ops.begin_step(self._token, id(self))
             return
         if not self._manual_steps:
             self._start_step(self._current_phase())
 
-    def _start_step(self, phase: str) -> None:
-        self._pending = []
-        if phase not in self._step:
-            self._step[phase] = self._window_start[phase] = self._epoch_first[phase] = 0
-        row = self._step[phase] - self._window_start[phase]
-        if row >= self._rows:
-            self._flush_window()
-            row = 0
-        self._step[phase] += 1
-        self._phase, self._row = phase, row
+    def begin_traced(self) -> None:
+        """The pre-hook's work, called by the compiled graph's op (see :mod:`twinpeaks.recording.ops`)."""
+        self._begin_step(self.root, ())
 
+    def _start_step(self, phase: str) -> None:
+        if self._probe is not None:  # the probe watches the first step; the next one settles the layers
+            if self._probe_started:
+                self._settle()
+            self._probe_started = True
+        self.engine.pending = []
+        if self.clock.full(phase):
+            self._flush_window()
+        self.clock.start(phase)
+
+    # -- the hot path ---------------------------------------------------------------------
     def _make_hook(self, module_index: int) -> Callable[..., None]:
-        _LIVE[id(self)] = self
-        if getattr(self, "_token", None) is None:
-            self._token = torch.zeros(1)
-        pick = self._output if self._output is not None and module_index == len(self._selected) - 1 else None
+        pick = self._output if module_index == self._output_index else None
         main = self._by_module[module_index][()]  # the record of a plain tensor output
+        clock, bin_, token, tensor = self.clock, self.engine.bin, self._token, torch.Tensor
 
         def hook(module: nn.Module, args: Any, out: Any) -> None:
-            if torch.compiler.is_compiling():  # traced: one opaque op, no graph break (see _observe_op)
+            if torch.compiler.is_compiling():  # traced: one opaque op, no graph break (see recording.ops)
                 pairs = list(flatten(pick(out) if pick is not None else out))
                 if pairs:
-                    torch.ops.twinpeaks.observe([t.detach() for _, t in pairs], self._token, id(self),
-                                                module_index, repr(tuple(p for p, _ in pairs)))
+                    ops.observe([t.detach() for _, t in pairs], token, id(self), module_index,
+                                repr(tuple(p for p, _ in pairs)))
                 return
             try:
                 if pick is not None:
                     with torch.no_grad():
                         out = pick(out)
-                if isinstance(out, torch.Tensor) and self._phase is not None:
-                    self._bin(main, out)  # the common case, kept short: this runs for every layer, every step
+                if isinstance(out, tensor) and clock.phase is not None:
+                    bin_(main, out)  # the common case, kept short: this runs for every layer, every step
                 else:
                     self._observe(module_index, flatten(out), type(out).__name__)
             except Exception as exc:  # never crash the user's training
                 self._warn_once(self._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
         return hook
 
+    def observe_traced(self, module_index: int, pairs: Any) -> None:
+        """A hook's work on the tensors of one output, called by the compiled graph's op."""
+        try:
+            with torch.no_grad():
+                self._observe(module_index, pairs, "a tuple")
+        except Exception as exc:  # never crash the user's training
+            self._warn_once(self._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
+
     def _observe(self, module_index: int, pairs: Any, kind: str) -> None:
-        if self._phase is None:  # a layer called outside a forward of the model
+        if self.clock.phase is None:  # a layer called outside a forward of the model
             self._start_step(self._current_phase())
         recs = self._by_module[module_index]
         found = False
         for path, t in pairs:
             found = True
+            path = () if is_main(path) else path  # the first tensor of a tuple is the module's own layer
             rec = recs.get(path)
             if rec is None:
                 rec = self._add_subrecord(module_index, path)
-            self._bin(rec, t)
+            self.engine.bin(rec, t)
         if not found:
             self._warn_once(self._selected[module_index][0], f"returned {kind}, which holds no tensor: nothing to bin")
 
-    def _add_subrecord(self, module_index: int, path: tuple) -> _Record:
+    def _add_subrecord(self, module_index: int, path: tuple) -> Record:
         recs = self._by_module[module_index]
         base = recs[()]
-        rec = _Record(len(self._records), module_index, len(recs), path_name(base.name, path), base.type, base.last)
+        rec = Record(len(self._records), base.module_index, len(recs), path_name(base.name, path), base.type, base.last)
+        rec.module_name = base.module_name
         recs[path] = rec
         self._records.append(rec)
         return rec
 
-    def _bin(self, rec: _Record, t: torch.Tensor) -> None:
-        # Runs for every layer, every step: kept to a few attribute reads. Everything that depends only on
-        # the output's layout and the phase sits in one cached tuple (see _plan).
-        key = (t.shape, t.stride(), t.dtype, type(t))
-        f = rec.fast
-        if f is None or f[0] != key or f[1] != self._phase:  # f.key, f.phase (indexing is faster)
+    # -- layers that leaf hooks miss (see twinpeaks.recording.probe) ---------------------------
+    def _observe_composite(self, name: str, module: nn.Module, out: Any) -> None:
+        """The probe saw ``module`` run while no descendant ran: record this output as its layer."""
+        try:
+            index = next((i for i, (_, m) in enumerate(self._selected) if m is module and i != self._output_index),
+                         None)
+            if index is None:
+                index = len(self._selected)
+                self._selected.append((name, module))
+                rec = Record(len(self._records), self._module_order(index, module), 0, name, type(module).__name__,
+                             False)
+                self._records.append(rec)
+                self._by_module.append({(): rec})
             with torch.no_grad():
-                f = self._plan(rec, t, key)
-            if f is _SKIP:
-                return
-        _, _, code, n, stride, blocks, size, dense, c0, s0, p0, cs, edges, pd, extra, _ = f  # type: ignore[misc]
-        row = self._row
-        if code >= 0:  # the C kernel: one pass over the memory, no torch operation
-            src = t if dense else t.reshape(-1)  # a dense layout (even permuted) is read in storage order
-            ptr = src.data_ptr()
-            if blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
-                ptr += int(self._rng.random() * (stride - SAMPLE_BLOCK + 1)) * size
-            _cbin_observe(ptr, code, n, stride, blocks, SAMPLE_BLOCK, edges, self.bins,
-                          c0 + row * cs, s0 + row * 40, p0 + row * 16)
-        else:
-            with torch.no_grad():
-                self._bin_torch(rec, t, row, f)
-        if extra:  # the last layer: per-class and truth (YES/NO) counts
-            with torch.no_grad():
-                self._bin_last(rec, pd, t)
+                self._observe(index, flatten(out), type(out).__name__)
+        except Exception as exc:  # never crash the user's training
+            self._warn_once(name, f"recording failed and is skipped ({exc!r})")
 
-    def _plan(self, rec: _Record, t: torch.Tensor, key: tuple) -> _Plan | None:
-        """How to bin outputs of ``t``'s layout (``key``: shape, strides, dtype, type) in this phase; cached on ``rec``.
-
-        ``_SKIP`` for outputs that are not binned. Creates the phase's buffers and the layer's bounds on first use.
-        """
-        n = t.numel()
-        if n == 0:
-            return _SKIP
-        if t.is_complex():
-            self._warn_once(rec.name, "has a complex output: not binned")
-            return _SKIP
-        pd = rec.phases.get(self._phase)  # type: ignore[arg-type]
-        plan = pd.plans.get(key) if pd is not None else None
-        if plan is None:
-            if rec.out_shape is None:
-                rec.out_shape = list(t.shape)
-                rec.dirty = True
-            if pd is None:
-                pd = self._phase_data(rec, t)
-            if rec.bounds is None:  # once per layer, from the whole first output (not the sample)
-                rec.bounds = (binning.fixed_bounds(*self.range, self.bins, t.device) if self.range
-                              else self._sync.auto_bounds(t.detach(), self.bins, self.margin, rec.id, output=rec.last)
-                              if self._sync else binning.auto_bounds(t.detach(), self.bins, self.margin, output=rec.last))
-            stride, blocks = self._stride(n, t.shape, rec.last)
-            k = blocks * SAMPLE_BLOCK if blocks else n
-            kernel = (pd.addr is not None and binning.KERNEL and rec.bounds.edges_ptr and t.dtype in binning.KERNEL_DTYPES
-                      and type(t) in (torch.Tensor, nn.Parameter))  # a subclass (DTensor, ...) may hold no memory
-            c0, s0, p0, cs = (pd.addr if kernel else None) or (0, 0, 0, 0)
-            kn = None
-            if not kernel:
-                with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
-                    kn = torch.tensor([k, n], dtype=torch.float64, device=t.device)
-            plan = pd.plans[key] = _Plan(
-                key, self._phase, binning.KERNEL_DTYPES[t.dtype] if kernel else -1,  # type: ignore[arg-type]
-                n, stride, blocks, t.element_size(), binning.is_dense(t), c0, s0, p0, cs, rec.bounds.edges_ptr, pd,
-                rec.last and bool(rec.classes or "truth" in pd.extra), kn)
-        rec.fast = plan
-        return plan
-
-    def _bin_torch(self, rec: _Record, t: torch.Tensor, row: int, plan: _Plan) -> None:
-        """The same as the C kernel with torch operations: other devices and dtypes, or no kernel."""
-        stride, blocks, dense, pd = plan.stride, plan.blocks, plan.dense, plan.pd
-        flat = t.detach()
-        if not dense:
-            flat = flat.reshape(-1)
-        if blocks:
-            offset = flat.storage_offset() + int(self._rng.random() * (stride - SAMPLE_BLOCK + 1))
-            flat = flat.as_strided((blocks, SAMPLE_BLOCK), (stride, 1), offset).reshape(-1)
-        elif dense:
-            flat = flat.as_strided((t.numel(),), (1,), flat.storage_offset())
-        # one contiguous float32 copy of a sample: the five passes below then read it from cache
-        v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
-        pd.finite[row].add_(binning.bin_finite(v, rec.bounds))  # type: ignore[arg-type]
-        add, peak = binning.stats_parts(v)
-        sums = pd.sums[row]
-        sums[:3].add_(add)
-        sums[3:].add_(plan.kn)  # type: ignore[arg-type]  # set for every torch-path plan
-        peaks = pd.peaks[row]
-        torch.maximum(peaks, peak, out=peaks)
-
-    def _stride(self, n: int, shape: tuple[int, ...], last: bool = False) -> tuple[int, int]:
-        """Sampling plan for an output of ``n`` elements: ``(block stride, blocks)``; ``(1, 0)``: bin all.
-
-        Samples are contiguous blocks (cache lines, not scattered elements: a
-        strided gather of single floats costs a cache miss each). The stride is
-        made coprime with the size of one batch item, so that the blocks of a
-        step walk through every position of a feature map.
-        """
-        if n <= EXACT_BELOW or self.sample == 1 or (last and self.sample == "auto"):
-            return 1, 0  # small outputs, and the last layer that Twin Peaks and the diagnosis read: exact
-        want = AUTO_SAMPLE if self.sample == "auto" else n * float(self.sample)
-        blocks = max(1, int(want) // SAMPLE_BLOCK)
-        stride = n // blocks
-        if stride < 2 * SAMPLE_BLOCK:
-            return 1, 0
-        item = math.prod(shape[1:]) if len(shape) > 1 else 1
-        while math.gcd(stride, item) != 1 and stride > SAMPLE_BLOCK:
-            stride -= 1
-        return stride, blocks
-
-    def _phase_data(self, rec: _Record, t: torch.Tensor) -> _PhaseData:
-        extra: dict[str, int] = {}
-        if rec.last:
-            cols = t.shape[-1] if t.dim() >= 2 else 1
-            if self.per_class:
-                rec.classes = cols
-                rec.dirty = True
-                extra["classes"] = cols
-            extra["truth"] = 2
-            per_row = sum(extra.values()) * binning.n_slots(self.bins) * 8
-            self._rows = min(self._rows, max(8, _EXTRA_BUDGET // per_row))
-        with torch.inference_mode(False):  # buffers must stay normal tensors, updatable outside inference mode
-            pd = _PhaseData(self.flush_every, binning.n_slots(self.bins), t.device, self.max_columns, extra)
-        rec.phases[self._phase] = pd  # type: ignore[index]
-        return pd
-
-    def _bin_last(self, rec: _Record, pd: _PhaseData, t: torch.Tensor) -> None:
-        cols = t.shape[-1] if t.dim() >= 2 else 1
-        out = t.detach().reshape(-1, cols)
-        slots = None
-        s = binning.n_slots(self.bins)
-        if "classes" in pd.extra and cols == rec.classes:
-            slots = binning.slot_index(out, rec.bounds)  # type: ignore[arg-type]
-            offs = torch.arange(cols, device=slots.device) * s
-            pd.extra["classes"][self._row] += binning.count_slots(slots + offs, cols * s).view(cols, s)
-        if self._targets is not None:
-            self._count_truth(rec, self._phase, self._row, out, self._targets, slots)  # type: ignore[arg-type]
-            self._targets = None
-        elif self._targets_after is not False:
-            # binned when targets() comes after the forward: a copy, in case the output is changed in place
-            self._pending.append((rec, self._phase, self._row, out.clone()))  # type: ignore[arg-type]
-
-    def _count_truth(self, rec: _Record, phase: str, row: int, out: torch.Tensor, y: torch.Tensor,
-                     slots: torch.Tensor | None = None) -> None:
-        pd = rec.phases[phase]
-        b, cols = out.shape
-        y = y.to(out.device)
-        if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
-            yes = y.reshape(b, cols) > 0.5
-        elif y.numel() == b and cols > 1 and not y.is_floating_point():
-            yes = torch.nn.functional.one_hot(y.reshape(b).long().clamp(0, cols - 1), cols).bool()
-        else:
-            self._warn_once(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(out.shape)}: "
-                                      "truth split skipped (pass class indices [batch] or 0/1 per output)")
+    def _settle(self) -> None:
+        """End the probe (after the first step): hook the layers found, leave out their never-run descendants."""
+        probe, self._probe = self._probe, None
+        if probe is None:
             return
-        if slots is None:
-            slots = binning.slot_index(out, rec.bounds)  # type: ignore[arg-type]
-        s = binning.n_slots(self.bins)
-        pd.extra["truth"][row] += binning.count_slots(slots + (~yes).long() * s, 2 * s).view(2, s)
+        layers = [m for _, m in probe.finish()]
+        inside = {id(d) for m in layers for d in m.modules() if d is not m}
+        if self._hooks:  # attached: the layers found get the ordinary hook (attach hooks every selected module)
+            for i in range(self._hooked, len(self._selected)):
+                self._hooks.add(self._selected[i][1], self._make_hook(i))
+            self._hooked = len(self._selected)
+        owner = {id(r): i for i, recs in enumerate(self._by_module) for r in recs.values()}
+        for rec in self._records:
+            if id(self._selected[owner[id(rec)]][1]) in inside and rec.out_shape is None:
+                rec.dirty = False  # part of a layer found, and never ran itself: not listed as never called
+        self._write_layers()
+
+    def _write_layers(self) -> None:
+        """Write the layer rows that changed; a module whose outputs all went to sub-records (a dict) is not listed."""
+        w = self._writer
+        assert w is not None
+        for recs in self._by_module:
+            main = recs[()]
+            if main.out_shape is None and any(r.out_shape is not None for r in recs.values()):
+                main.dirty = False
+                if main.id in self._listed:
+                    w.drop_layer(main.id)
+                    self._listed.discard(main.id)
+        self._listed.update(rec.id for rec in self._records if rec.dirty)
+        w.write_layers(self._records)
 
     def _warn_once(self, key: str, what: str) -> None:
         if key in self._warned:
             return
         self._warned.add(key)
-        msg = f"twinpeaks: layer {key!r} {what}"
-        log.warning(msg)
-        warnings.warn(msg, TwinpeaksWarning, stacklevel=3)
+        warn(f"twinpeaks: layer {key!r} {what}")
 
     # -- flushing --------------------------------------------------------------------------
+    def _take_window(self) -> dict[tuple[int, str], tuple[int, dict]]:
+        """The open window's rows of every record and phase, on the host: ``{(id, phase): (first step, rows)}``."""
+        taken = {}
+        for rec in self._records:
+            for phase, pd in rec.phases.items():
+                start, n = self.clock.window(phase)
+                if n > 0:
+                    taken[rec.id, phase] = (start, pd.take(n))
+        return taken
+
     def _flush_window(self, epoch_end: bool = False) -> None:
         """Move all rows of the current window to the host stores and commit the new columns.
 
         Distributed: mid-epoch, rows only move to this rank's host; at the epoch's
-        end every rank's rows are summed (see :mod:`twinpeaks.distributed`).
+        end every rank's rows are combined (see :mod:`twinpeaks.distributed`).
         """
-        if self._sync is not None and not epoch_end:
-            self._sync.hold(self)
-            return
-        reduced = self._sync.reduce(self) if self._sync is not None else None
+        if self._probe is not None:
+            self._settle()
         w = self._writer
         assert w is not None
+        if self._sync is not None:
+            self._sync.hold(self._take_window(), {p: self.clock.window(p)[0] for p in self.clock.step})
+            self.clock.close_window()
+            if not epoch_end:
+                return
+            taken = self._reduce()
+        else:
+            taken = self._take_window()
+            self.clock.close_window()
         for rec in self._records:
-            for phase, pd in rec.phases.items():
-                if reduced is not None:
-                    if (rec.id, phase) not in reduced:
-                        continue
-                    start, counts, stats, extra = reduced[rec.id, phase]
-                else:
-                    n = self._step[phase] - self._window_start[phase]
-                    if n <= 0:
-                        continue
-                    counts, stats, extra = pd.take(n)
-                    start = self._window_start[phase]
-                pd.store.append(start, counts, stats)
-                pd.epoch.append(start, counts, stats)
-                for k, arr in extra.items():
-                    pd.epoch_extra[k].append(start, arr, stats)
-                first, rewrite = pd.store.unwritten()
-                if rewrite:
-                    w.drop_columns(rec.id, phase)
-                if first < len(pd.store):
-                    w.put_array(rec.id, phase, "col_steps", -1, first, pd.store.steps[first:])
-                    w.put_array(rec.id, phase, "col_counts", -1, first, pd.store.counts[first:])
-                    w.put_array(rec.id, phase, "col_stats", -1, first, pd.store.stats[first:])
-                pd.store.mark_written()
-        for phase in self._step:
-            self._window_start[phase] = self._step[phase]
+            for phase in rec.phases:
+                if (rec.id, phase) in taken:
+                    start, rows = taken[rec.id, phase]
+                    w.add_window(rec, phase, start, *rec.phases[phase].columns(rows))
         self._write_layers()
         if not epoch_end:  # at an epoch's end, _close_epoch commits the columns with the epoch: one transaction
             w.commit()
 
-    def _write_layers(self) -> None:
-        w = self._writer
-        assert w is not None
+    def _reduce(self) -> dict[tuple[int, str], tuple[int, dict]]:
+        """Combine every rank's rows of this epoch by their declared reductions; align the clocks."""
+        assert self._sync is not None
+        clock = self.clock
+        layers = [distributed.LayerState(rec.name, {p: pd.shapes() for p, pd in sorted(rec.phases.items())},
+                                         rec.classes, rec.out_shape) for rec in self._records]
+        phases = {p: (clock.step[p], clock.epoch_first[p]) for p in clock.step}
+        agreed, missing = self._sync.agree_epoch(clock.epoch, phases, layers)
+        clock.align({p: (end, first) for p, (_, end, first) in agreed.items()})
+        for index, phase, other in missing:  # this rank never ran the layer in the phase: buffers for the sums
+            rec = self._records[index]
+            rec.out_shape = rec.out_shape or other.out_shape
+            if other.classes and not rec.classes:
+                rec.classes = other.classes
+            rec.dirty = True
+            self.engine.know_range(rec)
+            extra = {k: shape[0] for k, (shape, _, _) in other.phases[phase].items()
+                     if k not in ("counts", "sums", "peaks", "grid")}
+            rec.phases[phase] = self.engine.new_buffers(self._buffer_device(), extra, auto=rec.fixed is None)
+        return self._sync.combine(agreed, {rec.id: {p: pd.shapes() for p, pd in rec.phases.items()}
+                                           for rec in self._records})
+
+    def _buffer_device(self) -> torch.device:
         for rec in self._records:
-            if rec.dirty:
-                w.put_layer(rec.id, rec.module_index, rec.sub_index, rec.name, rec.type,
-                            rec.out_shape, self.bins, rec.classes)
-                rec.dirty = False
-            if rec.bounds is not None and not rec.edges_written:
-                w.put_array(rec.id, "", "edges", -1, 0, rec.bounds.edges.cpu().double().numpy())
-                rec.edges_written = True
+            for pd in rec.phases.values():
+                return pd.counts.device
+        return torch.device("cpu")
 
     def end_epoch(self) -> None:
         """Close the current epoch: flush its steps and summaries to the file and commit.
@@ -769,32 +651,17 @@ class ActivationsHistogram:
         self._flush_window(epoch_end=True)
         w = self._writer
         assert w is not None
-        phases = [p for p in self._step if self._step[p] > self._epoch_first[p]]
+        clock = self.clock
+        phases = clock.open_phases()
         # Eval-only steps after the last end_epoch (a final test pass) join the last epoch.
-        merge = final and self.epoch > 0 and "train" not in phases
-        epoch = self.epoch - 1 if merge else self.epoch
-        steps: dict[str, list[int]] = {}
-        for phase in phases:
-            first, end = self._epoch_first[phase], self._step[phase]
-            lq_first = end - max(1, math.ceil((end - first) / 4))
-            steps[phase] = [first, end, lq_first]
-            for rec in self._records:
-                pd = rec.phases.get(phase)
-                if pd is None or not len(pd.epoch):
-                    continue
-                self._write_summary(rec, phase, epoch, pd, lq_first, add=merge)
-                for store in (pd.epoch, *pd.epoch_extra.values()):
-                    store.clear()
-            self._epoch_first[phase] = end
-        if merge:
-            old = self.run.epoch_info(epoch).steps
-            # a phase already in that epoch (valid, then another evaluate()) keeps its first step
-            steps = {**{p: list(v) for p, v in old.items()},
-                     **{p: [old[p][0], *v[1:]] if p in old else v for p, v in steps.items()}}
-        w.put_epoch(epoch, steps)
+        merge = final and clock.epoch > 0 and "train" not in phases
+        epoch = clock.epoch - 1 if merge else clock.epoch
+        w.write_epoch(self._records, epoch, {p: (clock.epoch_first[p], clock.step[p]) for p in phases}, merge)
+        for p in phases:
+            clock.close_epoch_phase(p)
         w.commit()
         if not merge:
-            self.epoch += 1
+            clock.epoch += 1
         if self._run is not None:
             self._run.refresh()
         for listener in self._listeners if self._sync is None or self._sync.writes else []:  # charts: rank 0 only
@@ -803,30 +670,6 @@ class ActivationsHistogram:
             except Exception as exc:  # a chart must never stop training
                 self._warn_once(f"listener {listener!r}", f"failed ({exc!r})")
 
-    def _write_summary(self, rec: _Record, phase: str, epoch: int, pd: _PhaseData, lq_first: int, add: bool) -> None:
-        w = self._writer
-        assert w is not None
-        counts, stats, n = pd.epoch.total()
-        lq_counts, lq_stats, lq_n = pd.epoch.total(lq_first)
-        arrays = {"counts": counts, "stats": stats, "lq_counts": lq_counts, "lq_stats": lq_stats,
-                  "summary": np.array([n, lq_n], np.int64)}
-        for k, store in pd.epoch_extra.items():
-            name = "class" if k == "classes" else k
-            arrays[f"{name}_counts"] = store.total()[0]
-            arrays[f"{name}_lq"] = store.total(lq_first)[0]
-        if add:
-            old_run = self.run
-            for kind, arr in list(arrays.items()):
-                prev = old_run._array(rec.id, phase, kind, epoch)
-                if prev is None:
-                    continue
-                if kind.endswith("stats"):
-                    arrays[kind] = combine_stats(np.vstack([prev, arr]))
-                else:
-                    arrays[kind] = prev + arr
-        for kind, arr in arrays.items():
-            w.put_array(rec.id, phase, kind, epoch, 0, arr)
-
     # -- reading back ------------------------------------------------------------------------
     @property
     def run(self) -> Run:
@@ -834,50 +677,9 @@ class ActivationsHistogram:
         if self._writer is None and self.path is None:
             raise RuntimeError("nothing recorded yet: attach first")
         if self._run is None:
-            self._run = open_run(self.path) if self.path is not None else _memory_run(self._writer.conn)  # type: ignore[union-attr]
+            self._run = open_run(self.path) if self.path is not None else Run(self._writer.conn, None, owned=False)  # type: ignore[union-attr]
         return self._run.refresh()
 
     def add_listener(self, fn: Callable[[ActivationsHistogram], None]) -> None:
         """Call ``fn(hist)`` after every closed epoch (live charts use this)."""
         self._listeners.append(fn)
-
-
-#: Recorders with hooks, by id, for the compiled-graph op below (weak: a dropped recorder just stops recording).
-_LIVE: weakref.WeakValueDictionary[int, ActivationsHistogram] = weakref.WeakValueDictionary()
-
-
-@torch.library.custom_op("twinpeaks::observe", mutates_args=("token",))
-def _observe_op(ts: list[torch.Tensor], token: torch.Tensor, recorder: int, module_index: int, paths: str) -> None:
-    """A hook's work as one opaque operator, so that ``torch.compile`` keeps the graph whole.
-
-    Dynamo traces forward hooks registered before compiling; binning (Python
-    state, ``torch.histogram``) cannot be traced, so the traced hook calls this
-    op, which runs the eager hook body at run time. ``token`` is a declared
-    mutation that keeps the op from being removed as dead code.
-    """
-    hist = _LIVE.get(recorder)
-    if hist is None:
-        return
-    try:
-        with torch.no_grad():
-            hist._observe(module_index, zip(ast.literal_eval(paths), ts), "a tuple")
-    except Exception as exc:  # never crash the user's training
-        hist._warn_once(hist._selected[module_index][0], f"recording failed and is skipped ({exc!r})")
-
-
-@_observe_op.register_fake
-def _observe_fake(ts: list[torch.Tensor], token: torch.Tensor, recorder: int, module_index: int, paths: str) -> None:
-    return None
-
-
-@torch.library.custom_op("twinpeaks::begin_step", mutates_args=("token",))
-def _begin_step_op(token: torch.Tensor, recorder: int) -> None:
-    """The root pre-hook's bookkeeping (phase, step, flush) as an opaque op, for compiled graphs."""
-    hist = _LIVE.get(recorder)
-    if hist is not None:
-        hist._begin_step(hist.root, ())
-
-
-@_begin_step_op.register_fake
-def _begin_step_fake(token: torch.Tensor, recorder: int) -> None:
-    return None

@@ -14,24 +14,28 @@ Design constraints:
   them when they are non-negative (schema 2; schema 1 stored int64), and read
   back as int64: most per-step counts fit in 16 bits, a quarter of the bytes.
 
-Tables (schema 2; schema 1 files read the same):
+Tables (schema 3; schema 1 and 2 files read the same, with one float32-edged range per layer and no grids):
 
 ``meta(key, value)``
     JSON values: ``schema``, ``twinpeaks_version``, ``created``, ``options``,
     ``classes``, ``model``, ...
 ``layers(layer, module_index, sub_index, name, type, out_shape, bins, columns)``
     One row per record; ``out_shape`` JSON or NULL (never called);
-    ``columns`` is the number of per-class columns (0 without per-class data).
+    ``columns`` is the number of per-class columns (0 without per-class data);
+    rows are listed by ``(module_index, sub_index)``: the module's position in the model.
 ``epochs(epoch, closed_at, steps)``
     ``steps`` is JSON ``{phase: [first_step, end_step, last_quarter_first_step]}``.
 ``arrays(layer, phase, kind, epoch, part, dtype, shape, data)``
-    Every array. ``kind`` is ``edges`` (float64 ``[B+1]``, phase ``""``),
-    step columns (``epoch = -1``, ``part`` = first column index of a segment):
-    ``col_steps`` int64 ``[n, 2]``, ``col_counts`` int64 ``[n, B+3]``,
-    ``col_stats`` float64 ``[n, 7]``; epoch summaries (``part = 0``):
-    ``counts``/``stats`` for the whole epoch, ``lq_counts``/``lq_stats`` for its
-    last quarter, ``class_counts``/``class_lq`` ``[C, B+3]`` and
-    ``truth_counts``/``truth_lq`` ``[2, B+3]`` (yes, no).
+    Every array. ``kind`` is ``edges`` (float64 ``[B+1]``, phase ``""``: numpy's
+    edges of a layer with a fixed range; a layer without it has automatic grids,
+    see docs/grids.md), step columns (``epoch = -1``, ``part`` = first column
+    index of a segment): ``col_steps`` int64 ``[n, 2]``, ``col_counts`` int64
+    ``[n, B+3]``, ``col_stats`` float64 ``[n, 7]``, ``col_grid`` int64 ``[n, 2]``
+    (each column's grid ``(e, o)``; auto layers only; ``0, 0`` for a column with
+    no finite value); epoch summaries (``part = 0``): ``counts``/``stats``/``grid``
+    for the whole epoch, ``lq_counts``/``lq_stats``/``lq_grid`` for its last
+    quarter, ``class_counts``/``class_lq`` ``[C, B+3]`` and ``truth_counts``/``truth_lq``
+    ``[2, B+3]`` (yes, no), counted on their summary's grid.
 """
 
 from __future__ import annotations
@@ -46,11 +50,11 @@ from typing import Any
 import numpy as np
 
 from .errors import RunFileError
+from .format import encode
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Schemas this version reads.
-READABLE_SCHEMAS = (1, 2)
-_NARROW = [(np.uint8, 1 << 8), (np.uint16, 1 << 16), (np.uint32, 1 << 32)]
+READABLE_SCHEMAS = (1, 2, 3)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -83,53 +87,41 @@ CREATE TABLE IF NOT EXISTS arrays (
 """
 
 
-def encode(arr: np.ndarray) -> tuple[str, str, bytes]:
-    """``(dtype, shape, bytes)`` of an array, little-endian; non-negative integers in the narrowest unsigned type."""
-    arr = np.ascontiguousarray(arr)
-    if arr.dtype.kind in "iu" and arr.size:
-        lo, hi = int(arr.min()), int(arr.max())
-        if lo >= 0:
-            for dt, limit in _NARROW:
-                if hi < limit:
-                    arr = arr.astype(dt) if arr.dtype.itemsize > np.dtype(dt).itemsize else arr
-                    break
-    le = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
-    return le.dtype.str, "[" + ", ".join(map(str, arr.shape)) + "]", le.tobytes()
-
-
-def decode(dtype: str, shape: str, data: bytes) -> np.ndarray:
-    """Inverse of :func:`encode`; the result is native-endian and writable, integers as int64."""
-    dt = np.dtype(dtype)
-    if dt.kind not in "iufb" or dt.hasobject:
-        raise RunFileError(f"run file holds an array of unsupported dtype {dtype!r}")
-    arr = np.frombuffer(data, dtype=dt).reshape(json.loads(shape))
-    return arr.astype(np.int64 if dt.kind in "iu" else dt.newbyteorder("="))
-
-
 class RunWriter:
     """Owns the write connection of a run file (or of an in-memory run)."""
 
-    def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any]):
+    def __init__(self, path: str | os.PathLike | None, meta: dict[str, Any], *, overwrite: bool = False,
+                 claimed: bool = False):
+        """Create the run file at ``path`` (None: in memory).
+
+        An existing ``path`` is refused unless ``overwrite``, which replaces it at
+        once: the new, empty run is made beside it and renamed over it, so ``path``
+        always holds a whole run file, the old or the new; the old run's WAL and
+        shared-memory files go first, so nothing of the old run is replayed into
+        the new one. Never overwrite a run that another process still writes.
+        ``claimed``: the caller just created ``path`` empty and exclusively
+        (:func:`twinpeaks.rundir.claim`) for this run.
+        """
         self.path = None if path is None else Path(path)
         self._arrays: list[tuple] = []
+        meta = {"schema": SCHEMA_VERSION, "created": time.time(), **meta}
         if self.path is None:
             self.conn = sqlite3.connect(":memory:", check_same_thread=False)
         else:
-            if self.path.exists():
-                raise FileExistsError(
-                    f"path {str(self.path)!r} already exists; twinpeaks never overwrites a run: "
-                    "pick a new path or delete the old file"
-                )
+            if claimed and self.path.stat().st_size:
+                raise FileExistsError(f"path {str(self.path)!r} was claimed empty for a new run but holds data")
+            if not claimed and os.path.lexists(self.path):
+                if not overwrite:
+                    raise FileExistsError(
+                        f"path {str(self.path)!r} already exists; twinpeaks never overwrites a run unless told: "
+                        "pass overwrite=True to replace it, or a folder to get a new run name each time"
+                    )
+                _replace_with_empty_run(self.path, meta)
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(self.path, check_same_thread=False)
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
-        meta = {"schema": SCHEMA_VERSION, "created": time.time(), **meta}
-        self.conn.executemany(
-            "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
-        )
-        self.conn.commit()
+        _initialise(self.conn, meta)
 
     def set_meta(self, key: str, value: Any) -> None:
         self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
@@ -141,6 +133,10 @@ class RunWriter:
             (layer, module_index, sub_index, name, type_,
              None if out_shape is None else json.dumps(out_shape), bins, columns),
         )
+
+    def drop_layer(self, layer: int) -> None:
+        """Remove a layer row that turned out to hold nothing (its module's outputs went to sub-records)."""
+        self.conn.execute("DELETE FROM layers WHERE layer=?", (layer,))
 
     def put_array(self, layer: int, phase: str, kind: str, epoch: int, part: int, arr: np.ndarray) -> None:
         """Queue an array for the next :meth:`commit` (written in one ``executemany``)."""
@@ -170,6 +166,32 @@ class RunWriter:
         if self.path is not None:
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.conn.close()
+
+
+def _initialise(conn: sqlite3.Connection, meta: dict[str, Any]) -> None:
+    conn.executescript(_SCHEMA)
+    conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+    conn.commit()
+
+
+def _replace_with_empty_run(path: Path, meta: dict[str, Any]) -> None:
+    """Put an empty run file at ``path`` in one rename, dropping the old run's WAL first (see RunWriter)."""
+    if path.is_symlink() or not path.is_file():
+        raise FileExistsError(f"path {str(path)!r} exists and is not a regular file: overwrite=True replaces run files only")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")  # hidden: listings of runs skip it
+    for p in (tmp, Path(f"{tmp}-journal")):
+        p.unlink(missing_ok=True)
+    try:
+        conn = sqlite3.connect(tmp)
+        try:
+            _initialise(conn, meta)
+        finally:
+            conn.close()
+        for suffix in ("-wal", "-shm", "-journal"):  # the old run's: never replayed into the new file
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def connect_reader(path: str | os.PathLike) -> sqlite3.Connection:

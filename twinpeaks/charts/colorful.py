@@ -1,16 +1,20 @@
 """The Colorful Dimension: every layer's histogram over training, as an image.
 
 x is the training step (a merged column covers several steps: positions are
-exact column by column, the axis is labelled in steps), y the activation value
-(the stored bin edges), colour ``log(1 + count per step)``, positive values up.
-Over the image: a zero line, epoch boundaries, the per-step mean and +-1 std,
-each epoch's mean histogram as a profile curve (one per class with per-class
-data), and strips above and below the range whose colour is the share of the
-step's values that fell outside it, so exploding activations stay visible.
+exact column by column, the axis is labelled in steps), y the activation value,
+colour ``log(1 + count per step)``, positive values up. With automatic ranges
+every column has its own bin edges (docs/grids.md): each is drawn from its own
+edges onto one value axis that covers where the layer's values went over the
+run (a bin's count spread over the pixel rows it covers; the colour is then
+the count per step in a ``1 / bins`` slice of that axis). Over the image: a zero
+line, epoch boundaries, the per-step mean and +-1 std, each epoch's mean
+histogram as a profile curve (one per class with per-class data), and, for a
+fixed range only (``range=``: values outside it are counted, not binned),
+strips above and below it whose colour is the share of the step's values that
+fell outside, so exploding activations stay visible.
 
-Drawing is one ``imshow`` of the stored column array per layer: a 60-layer
-grid of a 10,000-step run (columns are bounded by ``max_columns``) renders in
-seconds.
+Drawing is one ``imshow`` per layer: a 60-layer grid of a 10,000-step run
+(columns are bounded by ``max_columns``) renders in seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from ..display import palette as _palette
 from ..run import Columns, LayerInfo, LayerRef, Run
 from .common import (
     as_run,
@@ -34,7 +39,6 @@ from .common import (
     rebin,
     style,
 )
-from .twin_peaks import _palette
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -55,15 +59,42 @@ def step_to_x(cols: Columns, steps: np.ndarray | float) -> np.ndarray:
     return np.interp(steps, knots, np.arange(len(knots), dtype=float))
 
 
-def x_to_step(cols: Columns, x: np.ndarray | float) -> np.ndarray:
-    knots = np.append(cols.starts, cols.ends[-1]).astype(float)
-    return np.interp(x, np.arange(len(knots), dtype=float), knots)
+#: pixel rows of the common value axis of a layer with automatic ranges (at least its bins)
+AXIS_ROWS = 400
 
 
-def colorful_image(cols: Columns) -> np.ndarray:
-    """``log(1 + count per step)``, bins x columns (transposed columns; per-step columns: plain counts)."""
+def value_axis(cols: Columns) -> np.ndarray:
+    """The edges of a layer's drawn value axis: its fixed edges, or ``AXIS_ROWS`` rows over its value range."""
+    if cols.fixed:
+        return np.asarray(cols.edges[0], np.float64)
+    lo, hi = cols.value_range()
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, max(AXIS_ROWS, cols.counts.shape[1]) + 1)
+
+
+def colorful_image(cols: Columns, axis: np.ndarray | None = None) -> np.ndarray:
+    """``log(1 + count per step)``, rows x columns, on the layer's :func:`value_axis` (per-step columns: plain counts).
+
+    A fixed range: the stored bins. Automatic ranges: every column's bins spread
+    onto the axis from their own edges, as counts per ``1 / bins`` of the axis.
+    """
     width = np.maximum(cols.ends - cols.starts, 1)[:, None]
-    return np.log1p(cols.counts / width).T
+    if cols.fixed:
+        return np.log1p(cols.counts / width).T
+    axis = value_axis(cols) if axis is None else axis
+    per = (len(axis) - 1) / cols.counts.shape[1]  # axis rows per 1/bins of the axis
+    return np.log1p(cols.resampled(axis) * per / width).T
+
+
+def share_label(share: float) -> str:
+    """A share as a percentage, ``"<1%"`` below 1% (never a misleading ``"0%"``).
+
+    Example:
+        >>> share_label(0.004), share_label(0.2)
+        ('<1%', '20%')
+    """
+    return "<1%" if 0 < share < 0.01 else f"{100 * share:.0f}%"
 
 
 def _out_shares(cols: Columns) -> tuple[np.ndarray, np.ndarray]:
@@ -93,25 +124,28 @@ def draw_colorful(
     if not len(cols):
         raise ValueError(f"layer {info.name!r} has no {phase} steps to draw")
     n = len(cols)
-    lo, hi = float(cols.edges[0]), float(cols.edges[-1])
-    img = colorful_image(cols)
+    axis = value_axis(cols)
+    lo, hi = float(axis[0]), float(axis[-1])
+    img = colorful_image(cols, axis)
     im = ax.imshow(img, origin="lower", aspect="auto", extent=(0, n, lo, hi), cmap=CMAP,
                    vmin=0, vmax=vmax if vmax is not None else max(float(img.max()), 1e-9), interpolation="nearest")
     im.set_gid("colorful:image")
 
-    # out-of-range strips: colour = share of the step's values above / below the range
+    # a fixed range: out-of-range strips, colour = share of the step's values above / below the range
     h = STRIP * (hi - lo)
-    under, over = _out_shares(cols)
-    norm = PowerNorm(0.5, vmin=0, vmax=1)
-    for share, (y0, y1), gid in ((over, (hi, hi + h), "over"), (under, (lo - h, lo), "under")):
-        strip = ax.imshow(share[None, :], origin="lower", aspect="auto", extent=(0, n, y0, y1), cmap="Reds",
-                          norm=norm, interpolation="nearest")
-        strip.set_gid(f"colorful:{gid}")
-        if share.max() >= 5e-4:
-            ax.text(n, (y0 + y1) / 2, f" {'>' if gid == 'over' else '<'}range max {100 * share.max():.0f}%",
-                    fontsize=6, va="center", ha="left", color="#b00000", clip_on=False)
-    ax.axhline(hi, color="0.6", lw=0.4)
-    ax.axhline(lo, color="0.6", lw=0.4)
+    if cols.fixed:
+        under, over = _out_shares(cols)
+        norm = PowerNorm(0.5, vmin=0, vmax=1)
+        for share, (y0, y1), gid in ((over, (hi, hi + h), "over"), (under, (lo - h, lo), "under")):
+            strip = ax.imshow(share[None, :], origin="lower", aspect="auto", extent=(0, n, y0, y1), cmap="Reds",
+                              norm=norm, interpolation="nearest")
+            strip.set_gid(f"colorful:{gid}")
+            if share.max() > 0:  # inside the axes, right-aligned: never cut off at the figure's edge
+                ax.text(n, (y0 + y1) / 2, f"{'>' if gid == 'over' else '<'}range max {share_label(share.max())} ",
+                        fontsize=6, va="center", ha="right", color="#b00000", gid=f"colorful:{gid}:label",
+                        bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.6})
+        ax.axhline(hi, color="0.6", lw=0.4)
+        ax.axhline(lo, color="0.6", lw=0.4)
     bad = np.flatnonzero(cols.nonfinite > 0)
     if len(bad):
         ax.plot(bad + 0.5, np.full(len(bad), hi + h / 2), "x", color="k", ms=3, label="NaN/inf")
@@ -141,7 +175,7 @@ def draw_colorful(
              if cols.starts[0] <= t <= cols.ends[-1]]
     ax.set_xticks(step_to_x(cols, np.array(ticks, float)), [f"{int(t):,}" for t in ticks])
     ax.set_yticks([t for t in MaxNLocator(5).tick_values(lo, hi) if lo <= t <= hi])
-    ax.set_title(layer_title(info, show_layer_info, cols.edges)
+    ax.set_title(layer_title(info, show_layer_info, axis)
                  + (f", {plural(int(np.max(cols.ends - cols.starts)), 'step')}/column" if show_layer_info else ""),
                  loc="left", pad=9)
     return im
@@ -200,7 +234,7 @@ def plot_colorful_dimension(
     shared_scale: bool = False,
     show_stats: bool = True,
     ax: Axes | None = None,
-) -> object:
+) -> Figure:
     """The Colorful Dimension of one layer or a grid of layers.
 
     Args:
@@ -270,8 +304,10 @@ def plot_colorful_dimension(
             if (shared_scale or n == 1) and im is not None:
                 fig.colorbar(im, ax=axes[:n], label="log(1 + count per step)", shrink=0.9, pad=0.02)
             scale = "shared" if shared_scale else "per layer"
-            note = (f"colour: log(1 + count per step), {scale} scale; red strips: share of values outside the range; "
-                    f"blue lines: epochs; white: mean ±1 std")
+            fixed = any(c.fixed for _, c in data)
+            note = (f"colour: log(1 + count per step), {scale} scale; "
+                    + ("red strips: share of values outside the fixed range; " if fixed else "")
+                    + "blue lines: epochs; white: mean ±1 std")
             if skipped:
                 note += "\nnot drawn: " + "; ".join(f"{i.index} {i.name} ({i.type}, {why})" for i, why in skipped)
             note = "\n".join(textwrap.fill(line, 90 * ncols) for line in note.split("\n"))

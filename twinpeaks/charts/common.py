@@ -101,6 +101,23 @@ def rebin(centers: np.ndarray, share: np.ndarray, factor: int) -> tuple[np.ndarr
     return (lo + hi) / 2, np.add.reduceat(share, starts)
 
 
+def hold_y(axes: Sequence[Any], bottom: float = 0.0, margin: float = 0.05) -> None:
+    """Set the y limits of ``axes`` so that each holds every curve drawn in any of them.
+
+    The top is the highest data value of every line and filled area in all of
+    ``axes`` (their data limits), plus ``margin`` of the span: panels that share a
+    y axis then all hold the tallest peak, wherever it is drawn. Called after the
+    last curve is drawn (a chart drawn into an ``ax`` that already holds curves
+    keeps them in view too).
+    """
+    tops = [float(ax.dataLim.y1) for ax in axes]
+    top = max((t for t in tops if np.isfinite(t)), default=bottom)
+    if top <= bottom:
+        top = bottom + 1.0
+    for ax in axes:
+        ax.set_ylim(bottom, top + margin * (top - bottom))
+
+
 def display_factor(bins: int, max_points: int | None) -> int:
     """How many bins to sum so that a curve has at most ``max_points`` points."""
     return -(-bins // max_points) if max_points else 1

@@ -14,17 +14,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
-from ..run import PHASES, LayerRef, Run
+from ..display import palette as _palette
+from ..run import PHASES, LayerRef, Run, on_common_grid
 from .common import (
     PHASE_COLORS,
     PHASE_STYLES,
     as_run,
     class_names,
     display_factor,
+    hold_y,
     layer_title,
     new_figure,
     plural,
@@ -34,6 +36,7 @@ from .common import (
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 TRUTH_COLORS = {"YES": "#1f77b4", "NO": "#ff7f0e"}
 
@@ -104,16 +107,20 @@ def twin_peaks_curves(
         groups = [("YES", {"truth": "yes"}), ("NO", {"truth": "no"})]
     else:
         groups = [(None, {})]
-    curves = []
+    picked = []
     for phase in _phases(run, epoch, phases):
         lq = phase == "train"
         for group, kw in groups:
-            h = run.histogram(info, phase, epoch, last_quarter=lq, **kw)
-            total = h.total
-            if not total:
-                continue
-            curves.append(Curve(phase, group, h.centers, h.counts / total, h.underflow / total,
-                                h.overflow / total, h.nonfinite / total, h.steps, lq))
+            picked.append((phase, group, lq, run.histogram(info, phase, epoch, last_quarter=lq, **kw)))
+    # automatic ranges: each histogram has its own grid; one common grid makes the curves' bins line up (exact)
+    hists = on_common_grid([h for *_, h in picked])
+    curves = []
+    for (phase, group, lq, _), h in zip(picked, hists):
+        total = h.total
+        if not total:
+            continue
+        curves.append(Curve(phase, group, h.centers, h.counts / total, h.underflow / total,
+                            h.overflow / total, h.nonfinite / total, h.steps, lq))
     if by_truth and not curves:
         raise ValueError(f"layer {info.name!r} has no YES/NO data: give targets with hist.targets(y) while recording")
     if not curves:
@@ -153,7 +160,9 @@ def draw_twin_peaks(
         present = list(run.epoch_info(epoch).steps)
         phases = [next((p for p in ("valid", "test") if p in present), present[0])] if present else None
     curves = twin_peaks_curves(run, epoch, info, per_class=per_class, by_truth=by_truth, phases=phases)
-    edges = run.edges(info)
+    before = ax.get_xlim() if ax.has_data() else None  # curves drawn into ax earlier stay in view
+    half = (curves[0].centers[1] - curves[0].centers[0]) / 2 if len(curves[0].centers) > 1 else 0.5
+    edges = np.array([curves[0].centers[0] - half, curves[0].centers[-1] + half])  # the curves' common bins
     curves = [c.rebinned(display_factor(info.bins, max_points)) for c in curves]
     names = list(dict.fromkeys(c.group for c in curves))
     palette = _palette(len(names))
@@ -171,8 +180,9 @@ def draw_twin_peaks(
             ax.fill_between(c.centers, c.share, color=color, alpha=0.08 if c.phase == "train" else 0.15, lw=0)
     if by_truth:
         _shade_overlap(ax, curves)
-    ax.set_xlim(*(_data_limits(curves, edges) if zoom else (edges[0], edges[-1])))
-    ax.set_ylim(bottom=0)
+    lo, hi = _data_limits(curves, edges) if zoom else (float(edges[0]), float(edges[-1]))
+    ax.set_xlim(*((lo, hi) if before is None else (min(lo, *before), max(hi, *before))))
+    hold_y([ax])  # every curve in ax, also those drawn before this call
     if edges[0] < 0 < edges[-1]:
         ax.axvline(0, color="0.5", lw=0.7, zorder=0)
     if notes:
@@ -201,13 +211,6 @@ def _data_limits(curves: list[Curve], edges: np.ndarray) -> tuple[float, float]:
         return float(edges[0]), float(edges[-1])
     centers, pad = curves[0].centers, 0.05 * (edges[-1] - edges[0])
     return max(float(edges[0]), centers[used[0]] - pad), min(float(edges[-1]), centers[used[-1]] + pad)
-
-
-def _palette(n: int) -> list:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
-    return [cmap(i % cmap.N) for i in range(n)]
 
 
 def _shade_overlap(ax: Axes, curves: list[Curve]) -> None:
@@ -250,7 +253,7 @@ def plot_twin_peaks(
     figsize: tuple[float, float] = (7.0, 4.0),
     max_points: int = 80,
     zoom: bool = True,
-) -> object:
+) -> Figure:
     """The Twin Peaks chart of one epoch: last-quarter train vs valid (and test) histograms.
 
     Args:
@@ -277,7 +280,7 @@ def plot_twin_peaks(
         >>> fig.savefig("twin_peaks.png")                            # doctest: +SKIP
     """
     with as_run(run) as r, style():
-        fig = new_figure(figsize) if ax is None else ax.figure  # type: ignore[attr-defined]
+        fig = new_figure(figsize) if ax is None else cast("Figure", ax.figure)
         draw_twin_peaks(ax if ax is not None else fig.add_subplot(), r, epoch, layer,
                         per_class=per_class, by_truth=by_truth, phases=phases, max_points=max_points, zoom=zoom)
     return fig
@@ -291,7 +294,7 @@ def plot_twin_peaks_history(
     by_truth: bool = False,
     max_panels: int = 12,
     cols: int = 6,
-) -> object:
+) -> Figure:
     """The twin peaks chart of every epoch side by side, so train/valid drift shows over time.
 
     With more than ``max_panels`` epochs, evenly spaced epochs are shown (first and last always).
@@ -324,6 +327,7 @@ def plot_twin_peaks_history(
             else:
                 ax.set_xlabel("activation value")
         axes[0].set_xlim(min(lo for lo, _ in limits), max(hi for _, hi in limits))  # shared: every epoch's data
+        hold_y(axes[:len(epochs)])  # shared: the tallest peak of every epoch, not the first panel's
         for ax in axes[len(epochs):]:
             ax.set_visible(False)
         handles, labels = axes[0].get_legend_handles_labels()
@@ -331,6 +335,9 @@ def plot_twin_peaks_history(
         if per_class:
             names = class_names(r, info.columns)
             handles, labels = handles[:len(names)], names
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(len(labels), 8), frameon=False)
+        # as many entries per row as fit the figure's width (legend font 7 pt: about 0.06 in per character)
+        entry = 0.45 + 0.06 * max((len(lab) for lab in labels), default=1)
+        per_row = max(1, min(len(labels), 8, int(fig.get_figwidth() / entry)))
+        fig.legend(handles, labels, loc="outside lower center", ncols=per_row, frameon=False)
         fig.suptitle(f"Twin Peaks per epoch: {layer_title(info)}")
     return fig

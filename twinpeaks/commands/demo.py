@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-HELP = "Train a small CNN on scikit-learn's digits (3 vs 7) with twinpeaks recording, and write the run."
+if TYPE_CHECKING:
+    from ..recorder import ActivationsHistogram
+
+HELP = ("Train a small CNN on scikit-learn's digits (3 vs 7) with twinpeaks recording; each run is a new file in "
+        "DIR/runs/ (named by time), the charts of the newest go to DIR.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="twinpeaks-demo", metavar="DIR", help="output folder (default: twinpeaks-demo)")
+    p.add_argument("--out", default="twinpeaks-demo", metavar="DIR",
+                   help="output folder: runs in DIR/runs/, charts in DIR (default: twinpeaks-demo)")
     p.add_argument("--epochs", type=int, default=8, metavar="N", help="training epochs (default: 8)")
     p.add_argument("--task", choices=["binary", "multiclass", "regression"], default="binary",
                    help="binary: digits 3 vs 7; multiclass: 10 digits, per-class; regression: diabetes")
@@ -39,14 +46,13 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.task}.tp"
-    if path.exists():
-        path.unlink()
-        for suffix in ("-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
+    runs = out / "runs"
     t0 = time.perf_counter()
-    print(f"training a {args.task} model for {args.epochs} epochs, recording every layer ...")
-    print(f"live chart (redrawn every epoch, open it in an image viewer): {live_path(path)}")
+
+    def started(hist: ActivationsHistogram) -> None:
+        print(f"training a {args.task} model for {args.epochs} epochs, recording every layer into {hist.path} ...")
+        print(f"live chart (redrawn every epoch, open it in an image viewer): {live_path(Path(str(hist.path)))}")
+
     done = [0]
 
     def progress(msg: str) -> None:  # one line per epoch, with a bar
@@ -54,10 +60,12 @@ def _demo(args: argparse.Namespace) -> int:
         k = min(done[0], args.epochs)
         print_progress(f"[{'#' * k}{'.' * (args.epochs - k)}] {msg}" if msg.startswith("epoch") else msg)
 
-    train(args.task, path, args.epochs, progress=progress, live=True, **DEMO_RECORDING[args.task])
+    hist = train(args.task, f"{runs}{os.sep}", args.epochs, progress=progress, started=started, live=True,
+                 **DEMO_RECORDING[args.task])
+    path = Path(str(hist.path))
     print(f"trained in {time.perf_counter() - t0:.1f} s; drawing charts ...")
     charts = write_charts(path, out, args.task)
-    print(f"\nrun file: {path}   (what it holds: twinpeaks info {path})")
+    print(f"\nrun file: {path}   (what it holds: twinpeaks info {path}; the newest run: twinpeaks info {runs})")
     print("charts, and what to look at:")
     for png, what in charts:
         print(f"  {png}\n      {what}")

@@ -5,20 +5,23 @@ from __future__ import annotations
 import argparse
 import os
 
+from . import RUN_HELP, run_path
+
 HELP = "Show a run's layers, shapes, epochs, phases, steps and file size."
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run file (.tp)")
+    p.add_argument("run", metavar="RUN", help=RUN_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..run import open_run
 
-    with open_run(args.run) as r:
-        size = os.path.getsize(args.run)
+    path = run_path(args.run)
+    with open_run(path) as r:
+        size = os.path.getsize(path)
         meta = r.meta
-        print(f"run      {args.run}  ({size / 1024:.1f} KiB, schema {meta['schema']}, "
+        print(f"run      {path}  ({size / 1024:.1f} KiB, schema {meta['schema']}, "
               f"twinpeaks {meta.get('twinpeaks_version')})")
         print(f"model    {meta.get('model')}  options {meta.get('options')}")
         print(f"epochs   {r.epochs}")

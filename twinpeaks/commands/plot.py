@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import RUN_HELP, run_path
+
 HELP = "Draw the Colorful Dimension, Twin Peaks or Twin Peaks history chart of a run to an image file."
 CHARTS = ("colorful", "twinpeaks", "history")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="run file (.tp)")
+    p.add_argument("run", metavar="RUN", help=RUN_HELP)
     p.add_argument("--chart", choices=CHARTS, default="colorful", help="which chart (default: colorful)")
     p.add_argument("--layers", nargs="+", metavar="LAYER",
                    help="layer names or indices (colorful: default all; twinpeaks/history: one, default -1)")
@@ -22,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="twinpeaks/history: true class (YES) vs all others (NO), overlap shaded")
     p.add_argument("--shared-scale", action="store_true", help="colorful: one colour scale for all layers")
     p.add_argument("--layer-info", action="store_true", help="colorful: output shapes and ranges in titles")
-    p.add_argument("-o", "--output", metavar="FILE.png", help="output image (default: RUN.<chart>.png beside RUN)")
+    p.add_argument("-o", "--output", metavar="FILE.png", help="output image (default: <run file>.<chart>.png beside the run)")
 
 
 def _layer(value: str) -> int | str:
@@ -39,8 +41,9 @@ def run(args: argparse.Namespace) -> int:
     layers = [_layer(v) for v in args.layers] if args.layers else None
     if args.chart != "colorful" and layers and len(layers) > 1:
         raise ValueError(f"--chart {args.chart} draws one layer; got --layers {' '.join(args.layers)}")
-    out = Path(args.output) if args.output else Path(f"{args.run}.{args.chart}.png")
-    with open_run(args.run) as r:
+    path = run_path(args.run)
+    out = Path(args.output) if args.output else Path(f"{path}.{args.chart}.png")
+    with open_run(path) as r:
         if args.chart == "colorful":
             fig = plot_colorful_dimension(r, layers, phase=args.phase, shared_scale=args.shared_scale,
                                           show_layer_info=args.layer_info)

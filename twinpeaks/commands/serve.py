@@ -8,7 +8,8 @@ HELP = "Serve a live dashboard of the run files (*.tp) under DIR; pages update w
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("directory", metavar="DIR", help="folder holding .tp run files (searched recursively)")
+    p.add_argument("directory", metavar="DIR",
+                   help="folder holding .tp run files (searched recursively); all are listed, the newest is shown when the page opens")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8686, help="port (default: 8686; 0 picks a free one)")
 

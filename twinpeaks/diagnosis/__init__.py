@@ -36,7 +36,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ..columns import STATS
-from ..run import Run, open_run
+from ..run import Run, on_common_grid, open_run
 from . import metrics as M
 
 log = logging.getLogger("twinpeaks")
@@ -393,10 +393,16 @@ class _Diagnoser:
         """Separation, AUC, overlap, bimodality per phase; train-valid distance and gap. Returns the task."""
         truth_seen = False
         parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {}  # yes, no, all, x
+        # per epoch, every phase's yes/no/all histograms on one grid (automatic ranges: exact regridding)
+        on_grid: dict[tuple[str, int], list[Any]] = {}
+        for e in range(self.n):
+            hs = on_common_grid([self._hist(self.last, p, e, t) for p in self.phases for t in ("yes", "no", None)])
+            for i, p in enumerate(self.phases):
+                on_grid[p, e] = hs[3 * i:3 * i + 3]
         for phase in self.phases:
             sep, sepm, auc, ovl, bim, rows = [], [], [], [], [], []
             for e in range(self.n):
-                yes, no, h = (self._hist(self.last, phase, e, t) for t in ("yes", "no", None))
+                yes, no, h = on_grid[phase, e]
                 cy, x = M.with_outside(yes.counts, yes.edges, yes.underflow, yes.overflow)
                 cn, _ = M.with_outside(no.counts, no.edges, no.underflow, no.overflow)
                 ch, _ = M.with_outside(h.counts, h.edges, h.underflow, h.overflow)
@@ -560,6 +566,8 @@ class _Diagnoser:
         of the whole run, rounded outwards.
         """
         for layer in self.layers:
+            if not self.run.is_fixed(layer):
+                continue  # an automatic range follows the values: nothing falls outside it
             shares = np.array([self.metrics[("out_of_range", p, layer.name)] for p in self.phases])
             last = np.nanmax(shares[:, -1]) if np.isfinite(shares[:, -1]).any() else np.nan
             if not (np.isfinite(last) and last >= self.t.range_warning):
@@ -580,7 +588,9 @@ class _Diagnoser:
                   "spread_growth": growth}
             severity = "problem" if last >= self.t.range_problem else "warning"
             rng = f"[{edges[0]:.3g}, {edges[-1]:.3g}]"
-            suggest = f"record with range=({_nice(lo, down=True):g}, {_nice(hi, down=False):g})"
+            # per layer: one range rarely fits every layer; automatic ranges (the default) never clip
+            suggest = (f"record this layer with range={{{layer.name!r}: ({_nice(lo, down=True):g}, "
+                       f"{_nice(hi, down=False):g})}}, or leave it automatic (no range for it)")
             if np.isfinite(first_step) and first_step >= 0.5 * share[-1]:
                 self._add("out_of_range", severity, layer.name, 0,
                           f"{share[-1]:.0%} of the {phase} values of layer {layer.name!r} fall outside the recorded "

@@ -82,7 +82,7 @@ def render_html(
     items = _as_runs(runs)
     opened = [open_run(r) for r in items]
     try:
-        names = [None if isinstance(r, Run) else Path(r).name for r in items]
+        names = [None if isinstance(r, Run) else Path(run.path or r).name for r, run in zip(items, opened)]
         payload = report_payload(opened, names, max_columns=max_columns, max_bins=max_bins)
     finally:
         for orig, run in zip(items, opened):

@@ -26,8 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import grids
 from .._version import __version__
-from ..run import Histogram, Run
+from ..columns import merge_stats
+from ..display import groups, merge_bins
+from ..format import BINNED, mean_std, zero_fraction
+from ..run import Histogram, Run, on_common_grid
 
 log = logging.getLogger("twinpeaks")
 
@@ -42,36 +46,6 @@ MAX_CELLS = 3_000_000
 MIN_AUTO_COLUMNS = 60
 #: Heatmap cells are sent as log1p(count per step) quantised to this many levels.
 LEVELS = 65535
-
-
-def groups(n: int, k: int) -> np.ndarray:
-    """Starts of ``min(n, k)`` contiguous, near-equal groups of ``n`` items (for ``np.add.reduceat``).
-
-    Example:
-        >>> groups(10, 4).tolist()
-        [0, 2, 5, 8]
-    """
-    if n <= k:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n, k + 1).round().astype(np.int64)[:-1])
-
-
-def merge_bins(counts: np.ndarray, edges: np.ndarray, max_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sum every ``k`` adjacent bins (last axis), the smallest ``k`` giving at most ``max_bins``.
-
-    Merged bins keep equal widths (the last one may be narrower), so a merged
-    histogram keeps its shape. Returns ``(counts, edges)``.
-
-    Example:
-        >>> c, e = merge_bins(np.ones(6, np.int64), np.arange(7.0), 3)
-        >>> c.tolist(), e.tolist()
-        ([2, 2, 2], [0.0, 2.0, 4.0, 6.0])
-    """
-    bins = counts.shape[-1]
-    if bins <= max_bins:
-        return counts, edges
-    g = np.arange(0, bins, -(-bins // max_bins))
-    return np.add.reduceat(counts, g, axis=-1), np.append(edges[g], edges[-1])
 
 
 def floats(values: Any, digits: int = 5) -> list[float | None]:
@@ -112,20 +86,23 @@ def heatmap(run: Run, layer: int, phase: str, max_columns: int = MAX_COLUMNS, ma
     g = groups(len(cols), max_columns)
     last = np.append(g[1:], len(cols)) - 1
     starts, ends = cols.starts[g], cols.ends[last]
-    counts, edges = merge_bins(np.add.reduceat(cols.counts, g, axis=0), cols.edges, max_bins)
+    grid = None if cols.fixed else run.layer_grid(layer)
+    if grid is None:
+        merged, edges = cols.counts, cols.edges[0]
+    else:  # automatic ranges: every column moved exactly onto the layer's grid (where its values went over the run)
+        merged, edges = cols.on_grid(grid), grids.edges_of(grid, cols.counts.shape[1])
+    counts, edges = merge_bins(np.add.reduceat(merged, g, axis=0), edges, max_bins)
     per_step = counts / np.maximum(ends - starts, 1)[:, None]
     scale = float(np.log1p(per_step.max())) if per_step.size else 0.0
     levels = np.zeros(per_step.shape, np.uint16)
     if scale > 0:
         levels = np.rint(np.log1p(per_step) / scale * LEVELS).astype("<u2")
     add = lambda a: np.add.reduceat(a, g)  # noqa: E731
-    stats = np.add.reduceat(cols.stats[:, :5], g, axis=0)
-    binned, sums, sumsq, zeros = stats[:, 0], stats[:, 2], stats[:, 3], stats[:, 4]
+    stats = merge_stats(cols.stats, g)
+    mean, std = mean_std(stats)
+    zero_frac = zero_fraction(stats)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = sums / binned
-        std = np.sqrt(np.maximum(sumsq / binned - mean * mean, 0.0))
-        outside = (add(cols.underflow) + add(cols.overflow) + add(cols.nonfinite)) / binned
-        zero_frac = zeros / binned
+        outside = (add(cols.underflow) + add(cols.overflow) + add(cols.nonfinite)) / stats[:, BINNED]
     return {
         "starts": starts.tolist(), "ends": ends.tolist(), "edges": floats(edges, 7),
         "rows": int(per_step.shape[1]), "cols": int(per_step.shape[0]),
@@ -138,7 +115,9 @@ def heatmap(run: Run, layer: int, phase: str, max_columns: int = MAX_COLUMNS, ma
     }
 
 
-def _hist(h: Histogram, max_bins: int) -> dict:
+def _hist(h: Histogram, max_bins: int, onto: tuple[int, int] | None = None) -> dict:
+    if onto is not None:  # automatic ranges: onto the layer's grid, shared by all its histograms (exact)
+        h = on_common_grid([h], onto)[0]
     counts, _ = merge_bins(h.counts, h.edges, max_bins)
     return {"counts": counts.tolist(), "total": h.total, "under": h.underflow, "over": h.overflow,
             "nonfinite": h.nonfinite, "steps": h.steps}
@@ -147,10 +126,11 @@ def _hist(h: Histogram, max_bins: int) -> dict:
 def _epoch_hists(run: Run, layer: int, epoch: int, phases: Sequence[str], max_bins: int, **pick: Any) -> dict:
     """``{phase: histogram}`` of one epoch; train is its last quarter (what Twin Peaks compares)."""
     out = {}
+    onto = run.layer_grid(layer)
     for phase in phases:
         h = run.histogram(layer, phase, epoch, last_quarter=phase == "train", **pick)
         if h.total:
-            out[phase] = _hist(h, max_bins)
+            out[phase] = _hist(h, max_bins, onto)
     return out
 
 

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 from .._version import __version__
 from ..errors import TwinpeaksError
 from ..run import open_run
+from ..rundir import run_sort_key
 from .build import plotly_js, static_text
 from .payload import report_payload
 
@@ -94,6 +95,10 @@ class RunDirectory:
                     continue
                 found.append(rel)
         return found
+
+    def newest(self, rels: list[str]) -> str | None:
+        """The newest of the runs ``rels`` (by the time in their names, see :mod:`twinpeaks.rundir`)."""
+        return max(rels, key=lambda rel: run_sort_key(self.root / rel), default=None)
 
     def resolve(self, rel: str | None) -> Path:
         """The real path of run ``rel``, or :class:`NotARun` for anything else."""
@@ -235,7 +240,8 @@ class Handler(BaseHTTPRequestHandler):
                 continue
             except (TwinpeaksError, sqlite3.Error, OSError, ValueError, KeyError, IndexError) as exc:
                 out.append({"path": rel, "error": f"{type(exc).__name__}: {exc}"})
-        self._json(HTTPStatus.OK, {"runs": out, "root": self.directory.root.name})
+        self._json(HTTPStatus.OK, {"runs": out, "root": self.directory.root.name, "newest": self.directory.newest(
+            [r["path"] for r in out if "error" not in r])})
 
     def _one(self, query: dict, what: str) -> None:
         rel = query.get("path", [None])

@@ -31,7 +31,7 @@
         r.path,
         el("span", { class: "tp-run-info" + (r.error ? " tp-run-error" : ""), text: r.error ? "error: " + r.error : r.epochs + " epochs · " + Object.entries(r.steps).map(([p, n]) => p + " " + n).join(", ") })))));
     if (!data.runs.length) list.replaceChildren(el("li", { class: "tp-note", text: "No .tp run files here yet." }));
-    if (!selected() && data.runs.length && !current) location.hash = "#run=" + encodeURIComponent(data.runs[0].path);
+    if (!selected() && data.runs.length && !current) location.hash = "#run=" + encodeURIComponent(data.newest || data.runs[0].path);
   }
 
   function showError(path, msg) {

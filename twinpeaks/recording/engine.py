@@ -1,0 +1,429 @@
+"""The binning engine: plans, device buffers, and the C-kernel and torch paths of the hot path.
+
+Design constraints (the hot path is every forward of every hooked layer):
+
+* Bin inside the hook, no host sync: counts and stats go into float64 device
+  rows, one row per step of the window (:class:`PhaseBuffers`); they reach the
+  host only in :meth:`PhaseBuffers.take`, at a flush.
+* Declared state. Every buffer is declared once with how ranks combine it
+  (``"sum"``, ``"max"``, ``"min"``, as torchmetrics' ``add_state``): a flush takes
+  them as named host arrays, and :mod:`twinpeaks.distributed` reduces them by
+  their declaration without knowing what they hold.
+* A :class:`Plan` per output layout and phase, made once and read by name: the
+  kernel's arguments, the row addresses of the buffers, the sampling stride.
+  Per-row grids (``docs/grids.md``, issue 13) are declared state too (reduction
+  ``"grid"``; the slot rows counted on them reduce as ``"sum@grid"``: ranks agree
+  a common grid and regrid before summing); the hot path stays one lookup and one call.
+* Never crash training: anything unbinnable is skipped with one warning per layer.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import binning, grids
+from ..format import BINNED, MAX, MIN, SEEN, SUM, ZEROS, empty_stats
+
+#: Outputs with at most this many elements per call are always binned exactly.
+EXACT_BELOW = 1 << 14
+#: With ``sample="auto"``, larger outputs are binned on a sample of about this many elements.
+AUTO_SAMPLE = 1 << 13
+#: Sampled elements come in contiguous blocks of this many.
+SAMPLE_BLOCK = 16
+#: bytes of per-step per-class/truth rows kept on the device
+EXTRA_BUDGET = 64 << 20
+#: columns of the ``sums`` buffer: sum, sum of squares, non-zeros, elements binned, elements seen
+SUMS = ("sum", "sumsq", "nonzero", "binned", "seen")
+#: columns of the ``peaks`` buffer: -min, max (both combine by maximum)
+PEAKS = ("neg_min", "max")
+_F64 = 8  # bytes per float64
+
+Reduce = Literal["sum", "max", "min", "grid", "sum@grid"]
+#: Host rows of one record and phase: declared state name -> array with one row per step.
+Rows = dict[str, np.ndarray]
+
+
+def _no_kernel(*args: Any) -> None:
+    raise RuntimeError("twinpeaks._cbin is not built")  # never called: plans use the kernel only when it is built
+
+
+_cbin_observe: Callable[..., None] = binning._cbin.observe if binning._cbin is not None else _no_kernel
+
+
+class PhaseBuffers:
+    """Device buffers of one record in one phase (one row per step of the window) and its plans.
+
+    Declared state (:meth:`add_state`): ``counts`` (float64, exact to 2**53) of the
+    ``B + 3`` slots, ``sums`` (:data:`SUMS`), ``peaks`` (:data:`PEAKS`) and, for
+    the last layer, ``classes`` and ``truth`` slot counts. With automatic ranges
+    (``auto``), ``grid``: each row's aligned binary grid ``(e, o)`` (float64 on the
+    device, ``e`` NaN while unset; int64 on the host, ``0, 0`` for a row with no
+    finite value), on which the row's slot counts are counted (docs/grids.md).
+    Per-class and truth rows keep the grid they were last counted on
+    (``extra_grids``, local), and move onto their row's grid at :meth:`take`.
+    """
+
+    def __init__(self, rows: int, slots: int, device: torch.device, extra: dict[str, int], auto: bool = True):
+        self.slots = slots
+        self.auto = auto
+        slot_op: Reduce = "sum@grid" if auto else "sum"
+        self.states: dict[str, tuple[torch.Tensor, Reduce, str]] = {}
+        self.counts = self.add_state("counts", torch.zeros(rows, slots, dtype=torch.float64, device=device), slot_op,
+                                     host="int64")
+        self.sums = self.add_state("sums", torch.zeros(rows, len(SUMS), dtype=torch.float64, device=device), "sum")
+        self.peaks = self.add_state("peaks", torch.full((rows, len(PEAKS)), -math.inf, dtype=torch.float64,
+                                                         device=device), "max")
+        self.extra = {k: self.add_state(k, torch.zeros(rows, c, slots, dtype=torch.int64, device=device), slot_op)
+                      for k, c in extra.items()}
+        self.grids = self.add_state("grid", binning.new_grids(rows, device), "grid", host="int64") if auto else None
+        self.extra_grids = binning.new_grids(rows, device) if auto and extra else None
+        self.plans: dict[tuple, Plan] = {}  # (shape, strides, dtype, type) -> plan
+        self.cpu = device.type == "cpu"
+        #: C kernel: the addresses of row ``i`` of grid, counts, sums and peaks (and the bins), for every row
+        self.row_addresses = [self._addresses(i) for i in range(rows)] if self.cpu else []
+
+    def add_state(self, name: str, buffer: torch.Tensor, reduce: Reduce, host: str | None = None) -> torch.Tensor:
+        """Declare a buffer (first axis: the window's rows), how ranks combine it, its dtype on the host; returns it."""
+        self.states[name] = (buffer, reduce, host or str(buffer.dtype).removeprefix("torch."))
+        return buffer
+
+    def shapes(self) -> dict[str, list]:
+        """Per-row shape, host dtype and reduction of every declared state (what ranks must agree on)."""
+        return {name: [list(buf.shape[1:]), host, op] for name, (buf, op, host) in self.states.items()}
+
+    def _addresses(self, row: int) -> tuple[int, int, int, int, int]:
+        grid = self.grids.data_ptr() + row * 2 * _F64 if self.grids is not None else 0
+        return (grid, self.slots - binning.EXTRA_SLOTS, self.counts.data_ptr() + row * self.slots * _F64,
+                self.sums.data_ptr() + row * len(SUMS) * _F64, self.peaks.data_ptr() + row * len(PEAKS) * _F64)
+
+    def take(self, n: int) -> Rows:
+        """Move the first ``n`` rows of every declared state to the host (the flush's only sync) and reset them."""
+        rows: Rows = {}
+        for name, (buf, _, host) in self.states.items():
+            if name == "grid":
+                g = buf[:n].cpu().numpy()
+                rows[name] = np.where(np.isnan(g), 0, g).astype(np.int64)  # unset: no finite value, any grid
+            else:  # a copy (on CPU .numpy() shares memory) before resetting
+                rows[name] = buf[:n].cpu().numpy().astype(host)
+        if self.extra_grids is not None:  # per-class/truth rows counted on an earlier (finer) grid of their row
+            grid, eg = rows["grid"], self.extra_grids[:n].cpu().numpy()
+            for i in np.flatnonzero(~np.isnan(eg[:, 0]) & (eg != grid).any(axis=1)):
+                old, new = (int(eg[i, 0]), int(eg[i, 1])), (int(grid[i, 0]), int(grid[i, 1]))
+                for k in self.extra:
+                    rows[k][i, ..., 1:-2] = grids.regrid(rows[k][i, ..., 1:-2], old, new)
+            (self.extra_grids.numpy() if self.cpu else self.extra_grids)[:n] = math.nan
+        counts = rows["counts"]  # the nonfinite slot of the torch path: binned but not counted
+        counts[:, -1] += rows["sums"][:, SUMS.index("binned")].astype(np.int64) - counts.sum(axis=1)
+        for buf, op, _ in self.states.values():
+            # CPU: reset through a numpy view, no torch operation
+            (buf.numpy() if self.cpu else buf)[:n] = (-math.inf if op == "max" else math.inf if op == "min"
+                                                      else math.nan if op == "grid" else 0)
+        return rows
+
+    @staticmethod
+    def columns(rows: Rows) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        """``(counts, stats, extra, grid)`` of taken (or rank-reduced) rows: stats in :data:`twinpeaks.format.STATS`
+        order, ``grid`` the rows' int64 grids (automatic ranges) or None."""
+        sums, peaks = rows["sums"], rows["peaks"]
+        stats = empty_stats(len(sums))
+        stats[:, BINNED] = sums[:, SUMS.index("binned")]
+        stats[:, SEEN] = sums[:, SUMS.index("seen")]
+        stats[:, SUM:SUM + 2] = sums[:, :2]  # sum, sumsq
+        stats[:, ZEROS] = stats[:, BINNED] - sums[:, SUMS.index("nonzero")]
+        stats[:, MIN], stats[:, MAX] = -peaks[:, 0], peaks[:, 1]
+        extra = {k: v for k, v in rows.items() if k not in ("counts", "sums", "peaks", "grid")}
+        return rows["counts"], stats, extra, rows.get("grid")
+
+
+@dataclass(eq=False, slots=True)
+class Plan:
+    """How to bin one output layout of one record in one phase, made once (see :meth:`BinningEngine.plan`)."""
+
+    key: tuple  # (shape, strides, dtype, type) of the outputs it is for
+    phase: str
+    buffers: PhaseBuffers
+    kernel: bool  # the C kernel bins it; else torch operations
+    #: C kernel: (dtype code, elements, block stride, blocks, block size, fixed edges address or 0); see binning
+    kernel_args: tuple
+    row_addresses: list[tuple[int, int, int, int, int]]  # C kernel: grid, bins, counts, sums, peaks per row
+    dense: bool  # the elements fill their storage block: read in storage order
+    stride: int  # sampling: block stride in elements
+    blocks: int  # sampling: blocks per output; 0 = every element
+    offsets: int  # sampling: number of possible random block offsets
+    itemsize: int  # bytes per element
+    last: bool  # the last layer with per-class or truth rows
+    seen: torch.Tensor | None  # torch path: [binned, seen] to add per output
+
+    @property
+    def code(self) -> int:
+        """The C kernel's dtype code, or -1: torch operations."""
+        return self.kernel_args[0] if self.kernel else -1
+
+
+class Record:
+    """One recorded tensor: a module's output or one tensor inside it."""
+
+    def __init__(self, rid: int, module_index: int, sub_index: int, name: str, type_: str, last: bool):
+        self.id = rid
+        self.module_index = module_index
+        self.sub_index = sub_index
+        self.name = name
+        self.type = type_
+        self.last = last  # belongs to the last hooked module: per-class and truth apply
+        self.module_name = name  # the module's layer name (a sub-record's is its module's)
+        self.out_shape: list[int] | None = None
+        self.fixed: binning.Fixed | None = None  # a fixed range; None: automatic grids (docs/grids.md)
+        self.range_known = False  # looked up (see BinningEngine.know_range)
+        self.edges_written = False
+        self.classes = 0  # per-class columns
+        self.phases: dict[str, PhaseBuffers] = {}
+        self.fast: Plan | None = None  # the plan of the last output binned
+        self.dirty = True  # layer row needs (re)writing
+
+    def host_edges(self) -> np.ndarray | None:
+        """A fixed range's float64 numpy edges on the host (written once per layer); None: automatic grids."""
+        return None if self.fixed is None else self.fixed.edges.cpu().numpy()
+
+
+RangeFn = Callable[[Record], "tuple[float, float] | None"]
+
+
+class BinningEngine:
+    """Bins outputs into their record's buffers at the clock's current row.
+
+    Args:
+        clock: the step clock (its ``phase`` and ``row`` say where a value goes).
+        bins, sample, per_class, rows: the recorder's options.
+        warn: ``warn(layer, what)``: one warning per layer.
+        range_of: ``range_of(record)``: the layer's fixed range ``(lo, hi)``, or None for
+            automatic grids (the recorder resolves ``range=`` per layer); may raise
+            ``ValueError`` (then: automatic, with one warning).
+    """
+
+    def __init__(self, clock: Any, *, bins: int, sample: float | str, per_class: bool, rows: int, seed: int,
+                 warn: Callable[[str, str], None], range_of: RangeFn | None = None):
+        self.clock = clock
+        self.bins = bins
+        self.range_of: RangeFn = range_of or (lambda rec: None)
+        self.sample = sample
+        self.per_class = per_class
+        self.rows = rows
+        self.rng = random.Random(seed)
+        self.warn = warn
+        self.targets: torch.Tensor | None = None
+        self.targets_after: bool | None = None
+        self.pending: list[tuple[Record, str, int, torch.Tensor]] = []
+
+    def know_range(self, rec: Record) -> None:
+        """Look up a record's range once: fixed (numpy's float64 edges, on the CPU for now) or automatic."""
+        if rec.range_known:
+            return
+        try:
+            r = self.range_of(rec)
+        except ValueError as exc:  # e.g. a range function that fails on a sub-record's name
+            self.warn(rec.name, f"{exc}; its range is automatic")
+            r = None
+        rec.fixed = binning.fixed_grid(r[0], r[1], self.bins) if r is not None else None
+        rec.range_known = True
+
+    # -- the hot path -------------------------------------------------------------------------
+    def bin(self, rec: Record, t: torch.Tensor) -> None:
+        """Add ``t`` into ``rec``'s row of the current step. Runs for every layer, every step: kept short."""
+        key = (t.shape, t.stride(), t.dtype, type(t))
+        clock = self.clock
+        f = rec.fast
+        if f is None or f.key != key or f.phase != clock.phase:
+            with torch.no_grad():
+                f = self.plan(rec, t, key)
+            if f is None:
+                return
+        if f.kernel:  # the C kernel: one pass over the memory, no torch operation
+            src = t if f.dense else t.reshape(-1)  # a dense layout (even permuted): storage order; else a copy,
+            ptr = src.data_ptr()  # kept alive in `src` until the kernel has read it
+            if f.blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
+                ptr += int(self.rng.random() * f.offsets) * f.itemsize
+            _cbin_observe(ptr, *f.kernel_args, *f.row_addresses[clock.row])
+        else:
+            with torch.no_grad():
+                self._bin_torch(rec, t, clock.row, f)
+        if f.last:  # the last layer: per-class and truth (YES/NO) counts
+            with torch.no_grad():
+                self._bin_last(rec, f.buffers, t)
+
+    def plan(self, rec: Record, t: torch.Tensor, key: tuple) -> Plan | None:
+        """How to bin outputs of ``t``'s layout in this phase; cached on ``rec``. None: not binned.
+
+        Creates the phase's buffers on first use (and looks up the layer's range).
+        """
+        n = t.numel()
+        if n == 0:
+            return None
+        if t.is_complex():
+            self.warn(rec.name, "has a complex output: not binned")
+            return None
+        phase = self.clock.phase
+        pd = rec.phases.get(phase)
+        plan = pd.plans.get(key) if pd is not None else None
+        if plan is None:
+            if rec.out_shape is None:
+                rec.out_shape = list(t.shape)
+                rec.dirty = True
+            self.know_range(rec)
+            if rec.fixed is not None and rec.fixed.edges.device != t.device:
+                rec.fixed = binning.fixed_grid(rec.fixed.lo, rec.fixed.hi, self.bins, t.device)
+            if pd is None:
+                pd = self._new_buffers(rec, t)
+            stride, blocks = self.sampling(n, t.shape, rec.last)
+            k = blocks * SAMPLE_BLOCK if blocks else n
+            kernel = bool(pd.cpu and binning.KERNEL and t.dtype in binning.KERNEL_DTYPES
+                          and type(t) in (torch.Tensor, nn.Parameter))  # a subclass (DTensor, ...) may hold no memory
+            seen = None
+            if not kernel:
+                with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
+                    seen = torch.tensor([k, n], dtype=torch.float64, device=t.device)
+            kernel_args = ((binning.KERNEL_DTYPES[t.dtype], n, stride, blocks, SAMPLE_BLOCK,
+                            rec.fixed.edges_ptr if rec.fixed is not None else 0) if kernel else ())
+            plan = pd.plans[key] = Plan(
+                key=key, phase=phase, buffers=pd, kernel=kernel, kernel_args=kernel_args,  # type: ignore[arg-type]
+                row_addresses=pd.row_addresses, dense=binning.is_dense(t), stride=stride, blocks=blocks,
+                offsets=stride - SAMPLE_BLOCK + 1, itemsize=t.element_size(),
+                last=rec.last and bool(rec.classes or "truth" in pd.extra), seen=seen)
+        rec.fast = plan
+        return plan
+
+    def sampling(self, n: int, shape: tuple[int, ...], last: bool = False) -> tuple[int, int]:
+        """Sampling plan for an output of ``n`` elements: ``(block stride, blocks)``; ``(1, 0)``: bin all.
+
+        Samples are contiguous blocks (cache lines, not scattered elements: a
+        strided gather of single floats costs a cache miss each). The stride is
+        made coprime with the size of one batch item, so that the blocks of a
+        step walk through every position of a feature map.
+        """
+        if n <= EXACT_BELOW or self.sample == 1 or (last and self.sample == "auto"):
+            return 1, 0  # small outputs, and the last layer that Twin Peaks and the diagnosis read: exact
+        want = AUTO_SAMPLE if self.sample == "auto" else n * float(self.sample)
+        blocks = max(1, int(want) // SAMPLE_BLOCK)
+        stride = n // blocks
+        if stride < 2 * SAMPLE_BLOCK:
+            return 1, 0
+        item = math.prod(shape[1:]) if len(shape) > 1 else 1
+        while math.gcd(stride, item) != 1 and stride > SAMPLE_BLOCK:
+            stride -= 1
+        return stride, blocks
+
+    def _bin_torch(self, rec: Record, t: torch.Tensor, row: int, plan: Plan) -> None:
+        """The same as the C kernel with torch operations: other devices and dtypes, or no kernel."""
+        stride, blocks, dense, pd = plan.stride, plan.blocks, plan.dense, plan.buffers
+        flat = t.detach()
+        if not dense:
+            flat = flat.reshape(-1)
+        if blocks:
+            offset = flat.storage_offset() + int(self.rng.random() * plan.offsets)
+            flat = flat.as_strided((blocks, SAMPLE_BLOCK), (stride, 1), offset).reshape(-1)
+        elif dense:
+            flat = flat.as_strided((t.numel(),), (1,), flat.storage_offset())
+        # one contiguous float32 copy of a sample for the stats; bins from the values themselves (upcast to float64)
+        v = flat.float() if flat.dtype != torch.float32 else flat.contiguous() if stride > 1 else flat
+        values = flat if flat.dtype == torch.float64 else v
+        if rec.fixed is not None:
+            binning.observe_fixed(values, rec.fixed, pd.counts[row])
+        else:
+            binning.observe_auto(values, pd.grids[row], pd.counts[row])  # type: ignore[index]
+        add, peak = binning.stats_parts(v)
+        sums = pd.sums[row]
+        sums[:3].add_(add)
+        sums[3:].add_(plan.seen)  # type: ignore[arg-type]  # set for every torch-path plan
+        peaks = pd.peaks[row]
+        torch.maximum(peaks, peak, out=peaks)
+
+    # -- buffers --------------------------------------------------------------------------------
+    def _new_buffers(self, rec: Record, t: torch.Tensor) -> PhaseBuffers:
+        extra: dict[str, int] = {}
+        if rec.last:
+            cols = t.shape[-1] if t.dim() >= 2 else 1
+            if self.per_class:
+                rec.classes = cols
+                rec.dirty = True
+                extra["classes"] = cols
+            extra["truth"] = 2
+            per_row = sum(extra.values()) * binning.n_slots(self.bins) * 8
+            self.clock.rows = min(self.clock.rows, max(8, EXTRA_BUDGET // per_row))
+        pd = self.new_buffers(t.device, extra, auto=rec.fixed is None)
+        rec.phases[self.clock.phase] = pd
+        return pd
+
+    def new_buffers(self, device: torch.device, extra: dict[str, int], auto: bool = True) -> PhaseBuffers:
+        """Empty buffers of one record in one phase (``extra``: per-class/truth columns; ``auto``: per-row grids)."""
+        with torch.inference_mode(False):  # buffers must stay normal tensors, updatable outside inference mode
+            return PhaseBuffers(self.rows, binning.n_slots(self.bins), device, extra, auto)
+
+    # -- the last layer: per-class and truth counts ---------------------------------------------
+    def set_targets(self, y: torch.Tensor) -> None:
+        """Targets of the current batch, before or after its forward (see ``ActivationsHistogram.targets``)."""
+        # The first call fixes the style: targets given after the forward apply to
+        # that forward's pending outputs; given before, they wait for the next one.
+        if self.targets_after is None:
+            self.targets_after = bool(self.pending)
+        if self.targets_after:
+            for rec, phase, row, out in self.pending:
+                self._count_truth(rec, phase, row, out, y)
+            self.pending = []
+        else:
+            self.targets = y
+
+    def _bin_last(self, rec: Record, pd: PhaseBuffers, t: torch.Tensor) -> None:
+        cols = t.shape[-1] if t.dim() >= 2 else 1
+        out = t.detach().reshape(-1, cols)
+        slots = None
+        s = binning.n_slots(self.bins)
+        row, phase = self.clock.row, self.clock.phase
+        if "classes" in pd.extra and cols == rec.classes:
+            slots = self._slots(rec, pd, row, out)
+            offs = torch.arange(cols, device=slots.device) * s
+            pd.extra["classes"][row] += binning.count_slots(slots + offs, cols * s).view(cols, s)
+        if self.targets is not None:
+            self._count_truth(rec, phase, row, out, self.targets, slots)
+            self.targets = None
+        elif self.targets_after is not False:
+            # binned when targets() comes after the forward: a copy, in case the output is changed in place
+            self.pending.append((rec, phase, row, out.clone()))
+
+    def _count_truth(self, rec: Record, phase: str, row: int, out: torch.Tensor, y: torch.Tensor,
+                     slots: torch.Tensor | None = None) -> None:
+        pd = rec.phases[phase]
+        b, cols = out.shape
+        y = y.to(out.device)
+        if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
+            yes = y.reshape(b, cols) > 0.5
+        elif y.numel() == b and cols > 1 and not y.is_floating_point():
+            yes = torch.nn.functional.one_hot(y.reshape(b).long().clamp(0, cols - 1), cols).bool()
+        else:
+            self.warn(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(out.shape)}: "
+                                "truth split skipped (pass class indices [batch] or 0/1 per output)")
+            return
+        if slots is None:
+            slots = self._slots(rec, pd, row, out)
+        s = binning.n_slots(self.bins)
+        pd.extra["truth"][row] += binning.count_slots(slots + (~yes).long() * s, 2 * s).view(2, s)
+
+    def _slots(self, rec: Record, pd: PhaseBuffers, row: int, out: torch.Tensor) -> torch.Tensor:
+        """Slots of the last layer's outputs on its step row's grid, for the per-class and truth rows.
+
+        Automatic ranges: those rows first move onto the row's grid as it is now (it
+        may have coarsened since they were last counted: a second call in the step).
+        """
+        if rec.fixed is not None:
+            return binning.slot_index(out, rec.fixed)
+        g, eg = pd.grids[row], pd.extra_grids[row]  # type: ignore[index]
+        for buf in pd.extra.values():
+            buf[row] = binning.regrid_rows(buf[row], eg, g)
+        eg.copy_(g)
+        return binning.auto_slots(out, g, self.bins)

@@ -1,0 +1,195 @@
+"""The epoch writer: host column stores, the flush of a window's rows and the epoch summaries.
+
+Design constraints: memory stays bounded (per-step columns merge pairwise past
+``max_columns``, see :mod:`twinpeaks.columns`); every commit leaves a readable
+file; the writer keeps what it needs to add a final evaluation pass into the
+last epoch itself, and never reads the run file back. Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+import numpy as np
+
+from .. import grids
+from ..columns import ColumnStore
+from ..format import combine_stats, n_slots
+from ..runfile import RunWriter
+
+
+class LayerRecord(Protocol):
+    """What the writer reads of a recorded layer (see :class:`twinpeaks.recording.engine.Record`)."""
+
+    id: int
+    module_index: int
+    sub_index: int
+    name: str
+    type: str
+    out_shape: list[int] | None
+    classes: int
+    dirty: bool
+    edges_written: bool
+
+    def host_edges(self) -> np.ndarray | None: ...
+
+
+class _HostColumns:
+    """Host stores of one record in one phase: the run's columns and the open epoch's (gridded: automatic ranges)."""
+
+    def __init__(self, max_columns: int, slots: int, extra: dict[str, tuple[int, ...]], gridded: bool):
+        self.gridded = gridded
+        self.store = ColumnStore(max_columns, (slots,), gridded)
+        self.epoch = ColumnStore(256, (slots,), gridded)
+        self.epoch_extra = {k: ColumnStore(256, (*shape, slots), gridded) for k, shape in extra.items()}
+
+
+class EpochWriter:
+    """Writes a recorder's columns, layers and epochs through one :class:`~twinpeaks.runfile.RunWriter`."""
+
+    def __init__(self, writer: RunWriter, bins: int, max_columns: int):
+        self.writer = writer
+        self.bins = bins
+        self.max_columns = max_columns
+        self.hosts: dict[tuple[int, str], _HostColumns] = {}
+        self._last_epoch: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # summaries of the last epoch written
+        self._last_steps: dict[str, list[int]] = {}
+
+    def columns(self, rid: int, phase: str) -> _HostColumns | None:
+        return self.hosts.get((rid, phase))
+
+    def add_window(self, rec: LayerRecord, phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
+                   extra: dict[str, np.ndarray], grid: np.ndarray | None = None) -> None:
+        """Append a window's rows (first step ``start``; ``grid``: their grids, automatic ranges) to the stores and
+        write the new columns."""
+        host = self.hosts.get((rec.id, phase))
+        if host is None:
+            host = self.hosts[rec.id, phase] = _HostColumns(
+                self.max_columns, n_slots(self.bins), {k: v.shape[1:-1] for k, v in extra.items()}, grid is not None)
+        host.store.append(start, counts, stats, grid)
+        host.epoch.append(start, counts, stats, grid)
+        for k, arr in extra.items():
+            host.epoch_extra[k].append(start, arr, stats, grid)
+        w = self.writer
+        first, rewrite = host.store.unwritten()
+        if rewrite:
+            w.drop_columns(rec.id, phase)
+        if first < len(host.store):
+            w.put_array(rec.id, phase, "col_steps", -1, first, host.store.steps[first:])
+            w.put_array(rec.id, phase, "col_counts", -1, first, host.store.counts[first:])
+            w.put_array(rec.id, phase, "col_stats", -1, first, host.store.stats[first:])
+            if host.store.grid is not None:
+                w.put_array(rec.id, phase, "col_grid", -1, first, host.store.grid[first:])
+        host.store.mark_written()
+
+    def drop_layer(self, layer: int) -> None:
+        """Remove a layer row that turned out to hold nothing (its module's outputs went to sub-records)."""
+        self.writer.drop_layer(layer)
+
+    def write_layers(self, records: Iterable[LayerRecord]) -> None:
+        """(Re)write the layer rows that changed, and every layer's edges once."""
+        w = self.writer
+        for rec in records:
+            if rec.dirty:
+                w.put_layer(rec.id, rec.module_index, rec.sub_index, rec.name, rec.type,
+                            rec.out_shape, self.bins, rec.classes)
+                rec.dirty = False
+            if not rec.edges_written:
+                edges = rec.host_edges()
+                if edges is not None:
+                    w.put_array(rec.id, "", "edges", -1, 0, edges)
+                    rec.edges_written = True
+
+    def write_epoch(self, records: Iterable[LayerRecord], epoch: int, phases: dict[str, tuple[int, int]],
+                    merge: bool) -> None:
+        """Write the summaries of ``epoch`` (``phases``: first and end step of each) and its step ranges.
+
+        With ``merge``, the rows join ``epoch``, already written (a final evaluation pass):
+        its summaries are added to, its phases keep their first step.
+        """
+        steps: dict[str, list[int]] = {}
+        records = list(records)
+        if not merge:
+            self._last_epoch = {}
+        for phase, (first, end) in phases.items():
+            lq_first = end - max(1, math.ceil((end - first) / 4))
+            steps[phase] = [first, end, lq_first]
+            for rec in records:
+                host = self.hosts.get((rec.id, phase))
+                if host is None or not len(host.epoch):
+                    continue
+                self._write_summary(rec.id, phase, epoch, host, lq_first, merge)
+                for store in (host.epoch, *host.epoch_extra.values()):
+                    store.clear()
+        if merge:
+            old = self._last_steps
+            # a phase already in that epoch (valid, then another evaluate()) keeps its first step
+            steps = {**{p: list(v) for p, v in old.items()},
+                     **{p: [old[p][0], *v[1:]] if p in old else v for p, v in steps.items()}}
+        self.writer.put_epoch(epoch, steps)
+        self._last_steps = steps
+
+    def _write_summary(self, rid: int, phase: str, epoch: int, host: _HostColumns, lq_first: int, add: bool) -> None:
+        counts, stats, n, grid = host.epoch.total()
+        lq_counts, lq_stats, lq_n, lq_grid = host.epoch.total(lq_first)
+        arrays = {"counts": counts, "stats": stats, "lq_counts": lq_counts, "lq_stats": lq_stats,
+                  "summary": np.array([n, lq_n], np.int64)}
+        for k, store in host.epoch_extra.items():  # per-class and truth rows on their summary's grid
+            name = "class" if k == "classes" else k
+            arrays[f"{name}_counts"] = store.total(None, onto=grid)[0]
+            arrays[f"{name}_lq"] = store.total(lq_first, onto=lq_grid)[0]
+        if host.gridded:
+            arrays["grid"] = np.array(grid if grid is not None else (0, 0), np.int64)
+            arrays["lq_grid"] = np.array(lq_grid if lq_grid is not None else (0, 0), np.int64)
+        prev = self._last_epoch.get((rid, phase)) if add else None
+        if prev is not None and host.gridded:
+            _add_on_grids(prev, arrays)
+        elif prev is not None:
+            for kind, arr in list(arrays.items()):
+                if kind not in prev:
+                    continue
+                if kind.endswith("stats"):
+                    arrays[kind] = combine_stats(np.vstack([prev[kind], arr]))
+                else:
+                    arrays[kind] = prev[kind] + arr
+        self._last_epoch[rid, phase] = arrays
+        for kind, arr in arrays.items():
+            self.writer.put_array(rid, phase, kind, epoch, 0, arr)
+
+    def commit(self) -> None:
+        self.writer.commit()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    @property
+    def conn(self) -> Any:
+        return self.writer.conn
+
+
+def _add_on_grids(prev: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> None:
+    """Automatic ranges: add an epoch's new summaries to its written ones, on their common grid (exact), in place."""
+    for prefix, kinds in (("", ("counts", "class_counts", "truth_counts")), ("lq_", ("lq_counts", "class_lq",
+                                                                                   "truth_lq"))):
+        gs: list[tuple[int, int] | None] = []
+        for d in (prev, arrays):
+            stored = d[prefix + "grid"]
+            gs.append((int(stored[0]), int(stored[1])) if d[kinds[0]][1:-2].any() else None)
+        row, common = grids.combine([prev[kinds[0]], arrays[kinds[0]]], gs)
+        arrays[kinds[0]] = row
+        arrays[prefix + "grid"] = np.array(common if common is not None else (0, 0), np.int64)
+        for kind in kinds[1:]:
+            if kind not in arrays:
+                continue
+            parts = [(arrays[kind], gs[1])] + ([(prev[kind], gs[0])] if kind in prev else [])
+            total: np.ndarray = np.sum([p for p, _ in parts], axis=0)
+            total[..., 1:-2] = 0
+            for part, pg in parts:
+                if pg is not None and common is not None:
+                    total[..., 1:-2] += grids.regrid(part[..., 1:-2], pg, common)
+            arrays[kind] = total
+    for kind in ("stats", "lq_stats"):
+        arrays[kind] = combine_stats(np.vstack([prev[kind], arrays[kind]]))
+    arrays["summary"] = prev["summary"] + arrays["summary"]
