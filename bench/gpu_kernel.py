@@ -4,9 +4,10 @@ One prepared script for a GPU machine (``bench/gpu.sh`` runs it with a timeout);
 writes ``bench/results/gpu-kernel.json``. In order, each section skipped (and said so) once the time
 budget is spent:
 
-1. **Correctness on the device**: every check of ``tests/triton_checks.py`` (counts against numpy,
+1. **Correctness on the device**: every check of ``tests/recording/triton_checks.py`` (counts against numpy,
    values on and next to every edge, NaN/inf, sampled plans, regrids, per-class and YES/NO rows, the
-   two-launch path) with the kernel compiled for this GPU.
+   two-launch path) with the kernel compiled for this GPU; then a small recorded training run, its
+   histograms with the kernel equal to those of the torch device path.
 2. **Overhead**: a CNN and a transformer with 60 and 500 leaf modules, fp32 and bf16/fp16 autocast, a
    real training step; variants ``none``, ``floor`` (one read of every output), ``torch path`` (the
    recorder on the torch device operations), ``kernel`` (the recorder on the fused kernel; before the
@@ -39,13 +40,14 @@ from typing import Any
 
 if "--device" in sys.argv and sys.argv[sys.argv.index("--device") + 1] == "cpu":
     os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported: the kernels run in the interpreter
+    os.environ["TWINPEAKS_KERNEL"] = "triton"  # and the recorder uses them for CPU tensors
 
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "recording"))
 
 import twinpeaks as tp  # noqa: E402
 from twinpeaks import _triton, binning  # noqa: E402
@@ -193,7 +195,7 @@ class KernelHooks(Variant):
                 bufs = (torch.zeros(self.rows, s, dtype=torch.float64, device=dev),
                         torch.zeros(self.rows, 5, dtype=torch.float64, device=dev),
                         torch.full((self.rows, 2), -math.inf, dtype=torch.float64, device=dev),
-                        _triton.new_grids(self.rows, dev))
+                        binning.new_grids(self.rows, dev))
                 binner = _triton.Binner(out, *bufs[:3], grid=bufs[3], blocks=blocks, stride=stride)
                 st = self.state[key] = (binner, stride, bufs)
             binner, stride, _ = st
@@ -325,7 +327,7 @@ def compiled(device: torch.device, small: bool, rounds: int, steps: int) -> dict
         out["variants"][key] = {"ms": statistics.median(ts) * 1e3, "compile_s": warm,
                                 "launches": launches_per_step(step, 2, cuda), "sync": sync_clean(step, 3, cuda)}
         if hist is not None:
-            out["variants"][key]["recorded_steps"] = hist._step.get("train", 0)
+            out["variants"][key]["recorded_steps"] = getattr(getattr(hist, "clock", None), "step", {}).get("train")
             hist.detach()
     base = out["variants"]["none"]
     for row in out["variants"].values():
@@ -335,7 +337,7 @@ def compiled(device: torch.device, small: bool, rounds: int, steps: int) -> dict
 
 
 def device_checks(device: torch.device) -> dict[str, str]:
-    """tests/triton_checks.py's checks with every tensor moved to ``device`` around the kernel call."""
+    """tests/recording/triton_checks.py's checks with every tensor moved to ``device`` around the kernel call."""
     import triton_checks
 
     real = _triton.observe
@@ -363,7 +365,7 @@ def device_checks(device: torch.device) -> dict[str, str]:
     _triton.observe = observe  # type: ignore[assignment]
     try:
         for name, fn in triton_checks.CHECKS.items():
-            if name == "import_is_lazy":
+            if name in ("import_is_lazy", "recorder_on_kernel"):  # the process's business; CPU tensors
                 continue
             try:
                 fn()
@@ -372,6 +374,15 @@ def device_checks(device: torch.device) -> dict[str, str]:
                 results[name] = traceback.format_exc(limit=4)
     finally:
         _triton.observe = real  # type: ignore[assignment]
+    if recorder_uses_kernel():  # a recorded training run: the kernel against the torch device path
+        try:
+            if device.type == "cuda":
+                triton_checks.recorder_kernel_vs_torch(str(device))
+            else:  # the dry run: the kernel (interpreted) against the C kernel
+                triton_checks.recorder_on_kernel()
+            results["recorder_kernel_vs_torch"] = "ok"
+        except Exception:
+            results["recorder_kernel_vs_torch"] = traceback.format_exc(limit=4)
     return results
 
 

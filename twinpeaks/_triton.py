@@ -6,7 +6,7 @@ Design constraints:
   it); :func:`available` says whether it imports, and the kernels (:mod:`twinpeaks._triton_kernels`)
   are loaded on first use. CUDA tensors run compiled kernels; with ``TRITON_INTERPRET=1`` set before
   triton is first imported, CPU tensors run the same kernels in Triton's interpreter: that is how the
-  tests check them against numpy without a GPU (tests/test_triton_kernel.py, in a subprocess).
+  tests check them against numpy without a GPU (tests/recording/test_triton_kernel.py, in a subprocess).
 * No host sync. Every decision the launcher makes comes from shapes, dtypes and Python numbers; the
   grid of an automatic range is computed, coarsened and applied on the device.
 * Exact, per docs/grids.md, count for count with ``twinpeaks.grids`` (the numpy reference) and the
@@ -39,9 +39,9 @@ The buffers a call adds into, one row per step, all on the values' device:
 * ``sums``: float64 ``[rows, 5]``: sum, sum of squares, non-zeros, elements binned, elements seen;
 * ``peaks``: float64 ``[rows, 2]``: ``-min, max`` over every binned value (NaN if any is NaN: it wins,
   as in ``torch.maximum``);
-* auto grids: ``grid``, float64 ``[rows, 2]``: ``e, o``, ``e`` NaN while unset (nothing finite binned
-  yet; see :func:`new_grids`); with YES/NO or class rows, ``extra_grid`` likewise: the grid those rows
-  were last counted on;
+* auto grids: ``grid``, float64 ``[rows, 2]``: ``e, o``, ``e`` NaN while unset (nothing finite
+  binned yet; see :func:`twinpeaks.binning.new_grids`); with YES/NO or class rows, ``extra_grid``
+  likewise: the grid those rows were last counted on;
 * fixed ranges: ``edges``, the ``B + 1`` float64 edges ``np.linspace(lo, hi, B + 1)`` on the device,
   and ``range`` = ``(lo, hi)`` as Python floats;
 * optionally ``truth`` ``[rows, 2, B + 3]`` (YES, NO) and ``classes`` ``[rows, C, B + 3]`` (int64 or
@@ -51,7 +51,6 @@ The buffers a call adds into, one row per step, all on the values' device:
 from __future__ import annotations
 
 import functools
-import math
 import types
 
 import numpy as np
@@ -96,18 +95,6 @@ def kernels() -> types.ModuleType:
 def interpreting() -> bool:
     """Whether the kernels run in Triton's interpreter (``TRITON_INTERPRET=1`` when they were defined)."""
     return bool(getattr(kernels(), "INTERPRETED", False))
-
-
-def new_grids(rows: int, device: torch.device | str) -> torch.Tensor:
-    """Float64 ``[rows, 2]`` auto grids ``(e, o)``, all unset (``e`` NaN), as ``twinpeaks.binning.new_grids``.
-
-    Example:
-        >>> new_grids(1, "cpu").tolist()
-        [[nan, 0.0]]
-    """
-    g = torch.zeros(rows, 2, dtype=torch.float64, device=device)
-    g[:, 0] = math.nan
-    return g
 
 
 def _pow2_at_least(n: int) -> int:
@@ -157,7 +144,7 @@ class Binner:
         like: an output of the layout to bin (shape, strides, dtype; its values are not read).
         counts, sums, peaks: the step buffers ``[rows, B + 3]`` (float64 or int64), ``[rows, 5]``,
             ``[rows, 2]`` (float64), contiguous, on ``like``'s device (a single row: 1-D tensors).
-        grid: auto grids ``[rows, 2]`` (see :func:`new_grids`); or
+        grid: auto grids ``[rows, 2]`` (see :func:`twinpeaks.binning.new_grids`); or
         edges, range: a fixed range's float64 edges on the device and ``(lo, hi)``.
         blocks, stride: a sampled plan (``blocks`` runs of :data:`SAMPLE_BLOCK` elements, ``stride``
             apart, from an offset given per call); ``blocks=0`` bins every element.

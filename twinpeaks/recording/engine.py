@@ -161,6 +161,7 @@ class Plan:
     itemsize: int  # bytes per element
     last: bool  # the last layer with per-class or truth rows
     seen: torch.Tensor | None  # torch path: [binned, seen] to add per output
+    binner: Any = None  # the fused Triton kernel over the buffers (twinpeaks._triton.Binner), or None
 
     @property
     def code(self) -> int:
@@ -245,6 +246,13 @@ class BinningEngine:
                 f = self.plan(rec, t, key)
             if f is None:
                 return
+        if f.binner is not None:  # the Triton kernel: one launch (the per-class and YES/NO rows with it)
+            offset = int(self.rng.random() * f.offsets) if f.blocks else 0
+            if f.last:
+                self._bin_last_kernel(rec, f, t, offset)
+            else:
+                f.binner(t.detach(), clock.row, offset)
+            return
         if f.kernel:  # the C kernel: one pass over the memory, no torch operation
             src = t if f.dense else t.reshape(-1)  # a dense layout (even permuted): storage order; else a copy,
             ptr = src.data_ptr()  # kept alive in `src` until the kernel has read it
@@ -283,10 +291,13 @@ class BinningEngine:
                 pd = self._new_buffers(rec, t)
             stride, blocks = self.sampling(n, t.shape, rec.last)
             k = blocks * SAMPLE_BLOCK if blocks else n
-            kernel = bool(pd.cpu and binning.KERNEL and t.dtype in binning.KERNEL_DTYPES
-                          and type(t) in (torch.Tensor, nn.Parameter))  # a subclass (DTensor, ...) may hold no memory
+            plain = t.dtype in binning.KERNEL_DTYPES and type(t) in (torch.Tensor, nn.Parameter)  # a subclass
+            # (DTensor, ...) may hold no memory
+            binner = self._binner(rec, pd, t, stride, blocks) if plain and binning.DEVICE_KERNEL and (
+                t.device.type == "cuda" or binning.TRITON_ON_CPU) else None
+            kernel = bool(binner is None and pd.cpu and binning.KERNEL and plain)
             seen = None
-            if not kernel:
+            if not kernel and binner is None:
                 with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                     seen = torch.tensor([k, n], dtype=torch.float64, device=t.device)
             kernel_args = ((binning.KERNEL_DTYPES[t.dtype], n, stride, blocks, SAMPLE_BLOCK,
@@ -295,9 +306,27 @@ class BinningEngine:
                 key=key, phase=phase, buffers=pd, kernel=kernel, kernel_args=kernel_args,  # type: ignore[arg-type]
                 row_addresses=pd.row_addresses, dense=binning.is_dense(t), stride=stride, blocks=blocks,
                 offsets=stride - SAMPLE_BLOCK + 1, itemsize=t.element_size(),
-                last=rec.last and bool(rec.classes or "truth" in pd.extra), seen=seen)
+                last=rec.last and bool(rec.classes or "truth" in pd.extra), seen=seen, binner=binner)
         rec.fast = plan
         return plan
+
+    def _binner(self, rec: Record, pd: PhaseBuffers, t: torch.Tensor, stride: int, blocks: int) -> Any:
+        """The fused Triton kernel over ``pd``'s buffers for outputs of ``t``'s layout; None: the torch path."""
+        try:
+            from .. import _triton
+
+            fixed, last = rec.fixed, rec.last
+            cols = t.shape[-1] if t.dim() >= 2 else 1
+            return _triton.Binner(
+                t, pd.counts, pd.sums, pd.peaks, grid=pd.grids if fixed is None else None,
+                edges=fixed.edges if fixed is not None else None,
+                range=(fixed.lo, fixed.hi) if fixed is not None else None, blocks=blocks, stride=stride,
+                truth=pd.extra.get("truth") if last else None, classes=pd.extra.get("classes") if last else None,
+                extra_grid=pd.extra_grids if last and fixed is None else None,
+                bin_classes="classes" in pd.extra and cols == rec.classes)
+        except Exception as exc:  # triton unusable here, an odd layout: torch operations bin instead
+            self.warn(rec.name, f"cannot use the Triton kernel ({exc!r}): binned with torch operations")
+            return None
 
     def sampling(self, n: int, shape: tuple[int, ...], last: bool = False) -> tuple[int, int]:
         """Sampling plan for an output of ``n`` elements: ``(block stride, blocks)``; ``(1, 0)``: bin all.
@@ -396,10 +425,40 @@ class BinningEngine:
             # binned when targets() comes after the forward: a copy, in case the output is changed in place
             self.pending.append((rec, phase, row, out.clone()))
 
+    def _bin_last_kernel(self, rec: Record, plan: Plan, t: torch.Tensor, offset: int) -> None:
+        """The last layer on the Triton kernel: its output, per-class rows and (targets given before the
+        forward) YES/NO rows in one call; targets given after it bin the kept copy (:meth:`_count_truth`)."""
+        cols = t.shape[-1] if t.dim() >= 2 else 1
+        y, row = self.targets, self.clock.row
+        if y is not None:
+            self.targets = None
+            ok = "truth" in plan.buffers.extra and self._truth_ok(rec, y, t.numel() // cols, cols)
+            plan.binner(t.detach(), row, offset, targets=y if ok else None)
+            return
+        plan.binner(t.detach(), row, offset)
+        if self.targets_after is not False:
+            # binned when targets() comes after the forward: a copy, in case the output is changed in place
+            self.pending.append((rec, self.clock.phase, row, t.detach().reshape(-1, cols).clone()))
+
+    def _truth_ok(self, rec: Record, y: torch.Tensor, b: int, cols: int) -> bool:
+        """Whether targets ``y`` split a ``[b, cols]`` output into YES/NO (else one warning)."""
+        if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
+            return True
+        if y.numel() == b and cols > 1 and not y.is_floating_point():
+            return True
+        self.warn(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {(b, cols)}: "
+                            "truth split skipped (pass class indices [batch] or 0/1 per output)")
+        return False
+
     def _count_truth(self, rec: Record, phase: str, row: int, out: torch.Tensor, y: torch.Tensor,
                      slots: torch.Tensor | None = None) -> None:
         pd = rec.phases[phase]
         b, cols = out.shape
+        plan = rec.fast
+        if plan is not None and plan.binner is not None and plan.buffers is pd:  # the Triton kernel: YES/NO only
+            if self._truth_ok(rec, y, b, cols):
+                plan.binner(out, row, targets=y, main=False, bin_classes=False)
+            return
         y = y.to(out.device)
         if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
             yes = y.reshape(b, cols) > 0.5

@@ -1,7 +1,7 @@
 """The fused Triton kernel (twinpeaks._triton) against numpy, through Triton's interpreter on CPU tensors.
 
 ``TRITON_INTERPRET=1`` only works when set before triton is first imported, and other tests in this
-process may import triton (torch.compile does), so the checks (tests/triton_checks.py) run once in a
+process may import triton (torch.compile does), so the checks (tests/recording/triton_checks.py) run once in a
 subprocess that sets it; each check is one test here. Skipped only when triton is not installed.
 """
 
@@ -18,11 +18,12 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                 reason="triton is not installed (pip install 'twinpeaks[gpu]')")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
 @pytest.fixture(scope="module")
 def results():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, os.path.join(HERE, "triton_checks.py")], capture_output=True, text=True,
                           env=env, timeout=300)
@@ -46,7 +47,7 @@ def test_kernels_compile_for_cuda():
         backends = {}
     if "nvidia" not in backends:
         pytest.skip("triton has no nvidia backend here")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, os.path.join(HERE, "triton_checks.py"), "--compile"], capture_output=True,
                           text=True, env=env, timeout=600)

@@ -1,97 +1,19 @@
-"""The numpy reference of docs/grids.md that the Triton kernel's checks compare with (issue #18).
-
-``twinpeaks.grids`` (issue #13) is the project's reference: when this checkout has it, its
-``choose``, ``coarsen``, ``occupied`` and ``regrid`` are used. Otherwise the same rules written
-here, independently of the kernels: exponents by exact rational arithmetic (``fractions``),
-counts by ``np.histogram`` against the float64 edges, regrids bin by bin with Python's floor shifts.
+"""What the Triton kernel's checks compare with (issue #18): ``twinpeaks.grids`` (the project's numpy
+reference of docs/grids.md, issue #13) for the grid rules, and here the rest, written independently of
+the kernels: counts by ``np.histogram`` against the float64 edges, regrids bin by bin with Python's
+floor shifts, and a step row that follows the recorder (its YES/NO and class rows on the grid they were
+last counted on, moved onto the row's when binned into).
 """
 
 from __future__ import annotations
 
 import math
-from fractions import Fraction
 
 import numpy as np
 
-try:  # issue #13's reference, when this checkout has it
-    from twinpeaks import grids as _grids
-except ImportError:
-    _grids = None  # type: ignore[assignment]
+from twinpeaks.grids import choose, coarsen, occupied
 
-E_MIN = -1022
-RESOLUTION = 40
-ZERO_E = -6
-
-
-def bin_of(x: float, e: int) -> int:
-    """floor(x / 2**e), exactly."""
-    return math.floor(Fraction(x) / Fraction(2) ** e)
-
-
-def _ilogb(x: float) -> int:
-    return math.frexp(abs(x))[1] - 1
-
-
-def _ceil_log2(n: int) -> int:
-    return (n - 1).bit_length()
-
-
-def fits(mn: float, mx: float, e: int, bins: int) -> bool:
-    return bin_of(mx, e) - bin_of(mn, e) <= bins - 1
-
-
-def fit_e(mn: float, mx: float, bins: int) -> int:
-    """The smallest e >= max(E_MIN, floor(log2(max|x|)) - 40) over which [mn, mx] fits in ``bins`` bins."""
-    big = max(abs(mn), abs(mx))
-    lo = max(E_MIN, _ilogb(big) - RESOLUTION if big > 0 else E_MIN)
-    e = lo
-    if mx > mn:
-        e = max(lo, _ilogb(mx - mn) - _ceil_log2(bins) - 2)
-        while e > lo and fits(mn, mx, e - 1, bins):
-            e -= 1
-    while not fits(mn, mx, e, bins):
-        e += 1
-    return e
-
-
-def choose(mn: float, mx: float, bins: int) -> tuple[int, int]:
-    """The grid ``(e, o)`` of finite values in [mn, mx] (docs/grids.md, "Choosing a grid")."""
-    if _grids is not None:
-        return _grids.choose(mn, mx, bins)
-    if mn == mx:
-        e = ZERO_E if mn == 0 else max(E_MIN, _ilogb(mn) - _ceil_log2(bins))
-        return e, bin_of(mn, e) - bins // 2
-    e = fit_e(mn, mx, bins)
-    return e, bin_of(mn, e)
-
-
-def occupied(row: np.ndarray, grid: tuple[int, int] | None) -> tuple[int, int] | None:
-    """First and last non-empty bin of a slot row, as absolute bin numbers on its grid."""
-    if _grids is not None:
-        return _grids.occupied(row, grid)
-    if grid is None:
-        return None
-    occ = np.flatnonzero(np.asarray(row)[1:-2])
-    return (grid[1] + int(occ[0]), grid[1] + int(occ[-1])) if occ.size else None
-
-
-def coarsen(grid: tuple[int, int] | None, extent: tuple[int, int] | None, mn: float, mx: float,
-            bins: int) -> tuple[int, int]:
-    """The row's grid after a call with finite min ``mn`` and max ``mx`` (docs/grids.md)."""
-    if _grids is not None:
-        return _grids.coarsen(grid, extent, mn, mx, bins)
-    call = choose(mn, mx, bins)
-    if grid is None or extent is None:
-        return call
-    e, o = grid
-    w = Fraction(2) ** e
-    if Fraction(mn) >= o * w and Fraction(mx) < (o + bins) * w:
-        return grid
-    amin = min(Fraction(extent[0]) * w, Fraction(mn))
-    amax = max(Fraction(extent[1]) * w, Fraction(mx))
-    fa, fb = float(amin), float(amax)  # bin edges and values: exact in float64
-    e2 = max(e, call[0], fit_e(fa, fb, bins))
-    return e2, bin_of(fa, e2)
+__all__ = ["AutoRow", "add_stats", "choose", "fixed_row", "grid_edges", "regrid", "slot_row"]
 
 
 def grid_edges(e: int, o: int, bins: int) -> np.ndarray:

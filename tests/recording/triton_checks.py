@@ -1,11 +1,11 @@
-"""The Triton kernel's checks against numpy, run by tests/test_triton_kernel.py in a subprocess.
+"""The Triton kernel's checks against numpy, run by tests/recording/test_triton_kernel.py in a subprocess.
 
 ``TRITON_INTERPRET=1`` must be set before triton is first imported (triton's own library functions are
 defined for the interpreter or for compilation at that moment), so the checks run in a fresh process
 that sets it first thing, on CPU tensors. Importing this module does not import triton (the test
 module reads :data:`CHECKS` from it). Prints one JSON object: check name -> "ok" or the failure.
 
-Run by hand: ``python tests/triton_checks.py [names...]``; ``--compile`` compiles the kernels for sm_90
+Run by hand: ``python tests/recording/triton_checks.py [names...]``; ``--compile`` compiles the kernels for sm_90
 instead (no GPU needed; triton's nvidia backend brings its own ptxas).
 """
 
@@ -24,6 +24,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import grid_reference as ref  # noqa: E402
+
+from twinpeaks import binning  # noqa: E402
 
 CHECKS: dict[str, Callable[[], None]] = {}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -131,7 +133,7 @@ def fixed_int64_counts_dense_permuted() -> None:
 
 def _auto_calls(calls: list[torch.Tensor], bins: int, count_dtype: torch.dtype = torch.float64) -> None:
     counts, sums, peaks = row(bins, count_dtype)
-    grid = tp().new_grids(1, "cpu")[0]
+    grid = binning.new_grids(1)[0]
     want = ref.AutoRow(bins)
     for i, x in enumerate(calls):
         assert tp().observe(x, counts, sums, peaks, grid=grid) == 1
@@ -152,7 +154,7 @@ def _auto(dtype: torch.dtype) -> None:
     _auto_calls([relu, torch.cat([relu[:50], specials(dtype)]), wide, relu * 0.01], 20)
     # values on and next to every edge of the row's grid: the grid after a first call, then its edges
     counts, sums, peaks = row(16)
-    grid = tp().new_grids(1, "cpu")[0]
+    grid = binning.new_grids(1)[0]
     first = (torch.randn(300, generator=g) * 3 + 1).to(dtype)
     tp().observe(first, counts, sums, peaks, grid=grid)
     want = ref.AutoRow(16)
@@ -204,7 +206,7 @@ def auto_coarsen_rules() -> None:
     bins, cols = 100, 2
     s = bins + 3
     counts, sums, peaks = row(bins)
-    grid, xgrid = tp().new_grids(1, "cpu")[0], tp().new_grids(1, "cpu")[0]
+    grid, xgrid = binning.new_grids(1)[0], binning.new_grids(1)[0]
     truth = torch.zeros(2, s, dtype=torch.int64)
     want = ref.AutoRow(bins, cols)
     first = torch.tensor([[0.0, 1.0], [0.25, 0.5]])
@@ -237,7 +239,7 @@ def sampled_plans() -> None:
             idx = (offset + np.arange(blocks)[:, None] * stride + np.arange(sb)[None, :]).ravel()
             sample = x.reshape(-1).double().numpy()[idx]
             counts, sums, peaks = row(12)
-            grid = tp().new_grids(1, "cpu")[0]
+            grid = binning.new_grids(1)[0]
             assert tp().observe(x, counts, sums, peaks, grid=grid, blocks=blocks, stride=stride, offset=offset) == 1
             want = ref.AutoRow(12)
             want.observe(sample, n_seen=n)
@@ -266,10 +268,10 @@ def classes_and_truth_auto() -> None:
     bins, cols = 10, 5
     s = bins + 3
     counts, sums, peaks = row(bins)
-    grid = tp().new_grids(1, "cpu")[0]
+    grid = binning.new_grids(1)[0]
     truth = torch.zeros(2, s, dtype=torch.int64)
     classes = torch.zeros(cols, s, dtype=torch.int64)
-    xgrid = tp().new_grids(1, "cpu")[0]
+    xgrid = binning.new_grids(1)[0]
     want = ref.AutoRow(bins, cols)
     calls = [
         ((torch.randn(37, cols, generator=g)).half(), torch.randint(-1, cols + 1, (37,), generator=g)),  # clamped
@@ -349,10 +351,10 @@ def multi_program_auto() -> None:
     bins, cols = 16, 7
     s = bins + 3
     counts, sums, peaks = row(bins)
-    grid = tp().new_grids(1, "cpu")[0]
+    grid = binning.new_grids(1)[0]
     truth = torch.zeros(2, s, dtype=torch.int64)
     classes = torch.zeros(cols, s, dtype=torch.int64)
-    xgrid = tp().new_grids(1, "cpu")[0]
+    xgrid = binning.new_grids(1)[0]
     want = ref.AutoRow(bins, cols)
     small = torch.randn(10, cols, generator=g) * 0.1
     y0 = torch.randint(0, cols, (10,), generator=g)
@@ -376,7 +378,7 @@ def multi_program_auto() -> None:
     # a large sampled plan
     x = torch.randn(20000, generator=g).half()
     counts, sums, peaks = row(bins)
-    grid = tp().new_grids(1, "cpu")[0]
+    grid = binning.new_grids(1)[0]
     assert tp().observe(x, counts, sums, peaks, grid=grid, blocks=300, stride=60, offset=11, single_max=1000) == 2
     idx = (11 + np.arange(300)[:, None] * 60 + np.arange(16)[None, :]).ravel()
     want = ref.AutoRow(bins)
@@ -408,9 +410,9 @@ def single_program_sizes() -> None:
     s = bins + 3
     for n in (900, 5000, 9000, 30000):
         counts, sums, peaks = row(bins)
-        grid = tp().new_grids(1, "cpu")[0]
+        grid = binning.new_grids(1)[0]
         classes = torch.zeros(cols, s, dtype=torch.int64)
-        xgrid = tp().new_grids(1, "cpu")[0]
+        xgrid = binning.new_grids(1)[0]
         want = ref.AutoRow(bins, cols)
         for scale in (1.0, 7.0):
             x = (torch.randn(n // cols, cols, generator=g) * scale).to(torch.float16)
@@ -437,10 +439,10 @@ def binner_rows() -> None:
     counts = torch.zeros(rows, s, dtype=torch.float64)
     sums = torch.zeros(rows, 5, dtype=torch.float64)
     peaks = torch.full((rows, 2), -math.inf, dtype=torch.float64)
-    grids = tp().new_grids(rows, "cpu")
+    grids = binning.new_grids(rows)
     truth = torch.zeros(rows, 2, s, dtype=torch.int64)
     classes = torch.zeros(rows, cols, s, dtype=torch.int64)
-    xgrids = tp().new_grids(rows, "cpu")
+    xgrids = binning.new_grids(rows)
     like = torch.empty(40, cols, dtype=torch.bfloat16)
     binner = tp().Binner(like, counts, sums, peaks, grid=grids, truth=truth, classes=classes, extra_grid=xgrids)
     big = tp().Binner(torch.empty(800, cols), counts, sums, peaks, grid=grids, truth=truth, classes=classes,
@@ -466,7 +468,7 @@ def binner_rows() -> None:
             assert math.isnan(grids[r, 0]) and math.isnan(xgrids[r, 0]) and (peaks[r] == -math.inf).all(), r
 
 
-def _record_model(after: bool) -> dict[str, list]:
+def _record_model(after: bool, device: str = "cpu") -> dict[str, list]:
     """A real training run of a small model (sampled layers, per-class and YES/NO rows, growing ranges,
     a validation pass) recorded in memory: every layer's epoch histograms and per-class and YES/NO rows."""
     from torch import nn
@@ -474,9 +476,10 @@ def _record_model(after: bool) -> dict[str, list]:
     import twinpeaks as tp
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 5))
+    model = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 5)).to(device)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(48, 20, generator=g) * 3, torch.randint(0, 5, (48,), generator=g)
+    x, y = x.to(device), y.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     hist = tp.ActivationsHistogram(model, bins=20, per_class=True, sample=0.3)
     out: dict[str, list] = {}
@@ -512,6 +515,7 @@ def _record_model(after: bool) -> dict[str, list]:
     return out
 
 
+@check
 def recorder_on_kernel() -> None:
     """The recorder with the Triton kernel (on CPU tensors through the interpreter) records exactly what it
     records with the C kernel: counts, edges, per-class and YES/NO rows, targets before and after."""
@@ -539,6 +543,23 @@ def recorder_on_kernel() -> None:
         assert sorted(got) == sorted(want), (sorted(got), sorted(want))
         bad = [k for k in want if got[k] != want[k]]
         assert not bad, f"targets {'after' if after else 'before'} the forward: {bad[:5]} differ"
+
+
+def recorder_kernel_vs_torch(device: str) -> None:
+    """On a GPU: the recorder with the Triton kernel records exactly what it records with the torch device path."""
+    from twinpeaks import binning
+
+    old = binning.DEVICE_KERNEL
+    try:
+        for after in (False, True):
+            binning.DEVICE_KERNEL = False
+            want = _record_model(after, device)
+            binning.DEVICE_KERNEL = True
+            got = _record_model(after, device)
+            bad = [k for k in want if got.get(k) != want[k]]
+            assert sorted(got) == sorted(want) and not bad, f"targets after: {after}: {bad[:5]} differ"
+    finally:
+        binning.DEVICE_KERNEL = old
 
 
 @check
