@@ -11,7 +11,7 @@ TEST_STAMP := $(VENV)/.stamp-test-$(SUM)
 # the C binning kernel, rebuilt in place when its source changes (the first pip install -e builds it too)
 KERNEL := $(VENV)/.stamp-kernel
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench verdicts lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ test: $(TEST_STAMP) $(KERNEL)
 
 bench: $(TEST_STAMP) $(KERNEL)
 	$(PY) bench/overhead.py
+
+# the verdict suite: real small models with known defects, precision and recall of tp.diagnose per finding kind
+verdicts: $(TEST_STAMP) $(KERNEL)
+	$(PY) bench/verdicts.py
 
 lint: $(TEST_STAMP)
 	$(PY) -m ruff check setup.py twinpeaks tests bench examples scripts

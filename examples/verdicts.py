@@ -12,7 +12,9 @@ Run::
     python examples/verdicts.py overfit    # one case
 
 ``tests/diagnosis/test_diagnose.py`` trains the same cases (shorter where it can) and
-asserts the verdicts.
+asserts the verdicts. The full suite, with precision and recall per finding
+kind over 49 scenarios and 6 seeds, with targets and without, is
+``make verdicts`` (``bench/verdicts.py``).
 """
 
 from __future__ import annotations

@@ -148,7 +148,9 @@ class Binner:
         edges, range: a fixed range's float64 edges on the device and ``(lo, hi)``.
         blocks, stride: a sampled plan (``blocks`` runs of :data:`SAMPLE_BLOCK` elements, ``stride``
             apart, from an offset given per call); ``blocks=0`` bins every element.
-        truth: YES/NO rows ``[rows, 2, B + 3]``; binned when a call gives targets.
+        truth: YES/NO rows ``[rows, 2, B + 3]``; binned when a call gives targets (class indices are
+            clamped into ``[0, C)``, the recorder's rule before issue #16; the recorder now splits YES/NO
+            with torch operations, which leave out ``ignore_index`` and indices outside ``[0, C)``).
         classes: per-class rows ``[rows, C, B + 3]``; binned when ``bin_classes`` (default: when given;
             then ``C`` is the last dimension of the output).
         extra_grid: auto grids ``[rows, 2]`` that ``truth`` and ``classes`` were last counted on; a call

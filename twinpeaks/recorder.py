@@ -393,16 +393,27 @@ class ActivationsHistogram:
         """Force the phase of the next forwards (None: back to train/eval detection). For framework adapters."""
         self._explicit = [] if name is None else [name]
 
-    def targets(self, y: torch.Tensor) -> None:
+    def targets(self, y: torch.Tensor, ignore_index: int = -100) -> None:
         """Give the targets of the current batch, before or after its forward.
 
         Splits the last layer into the outputs of the true class(es) ("yes") and
         all others ("no"). ``y`` holds class indices (``[batch]``) or 0/1 per
-        output (multi-label, binary).
+        output (multi-label, binary). A sample whose index is ``ignore_index``
+        (-100, as in ``cross_entropy``: padding) is left out of both; any other
+        index outside ``[0, K)`` is left out too, with one warning (counted on
+        the device, read at the epoch's end: no host sync per batch). Nothing is
+        clamped. With 0/1 per output, an output whose target is
+        ``ignore_index`` is left out.
+
+        Example:
+            >>> hist.targets(y)                       # doctest: +SKIP
+            >>> hist.targets(tokens, ignore_index=0)  # doctest: +SKIP
         """
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise ValueError(f"ignore_index must be an int, got {ignore_index!r}; e.g. ignore_index=-100")
         if not isinstance(y, torch.Tensor):
             y = torch.as_tensor(y)
-        self.engine.set_targets(y.detach())
+        self.engine.set_targets(y.detach(), ignore_index)
 
     # -- steps ------------------------------------------------------------------------------
     def begin_step(self, phase: str | None = None) -> None:
@@ -649,6 +660,12 @@ class ActivationsHistogram:
 
     def _close_epoch(self, final: bool) -> None:
         self._flush_window(epoch_end=True)
+        for name, n, cols in self.engine.take_bad_targets():
+            if name + "/targets" not in self._warned:
+                self._warned.add(name + "/targets")
+                warn(f"twinpeaks: layer {name!r} got {n} target class index(es) outside [0, {cols}) other than "
+                     f"ignore_index={self.engine.ignore_index} this epoch: left out of the YES/NO split, not clamped "
+                     "(pass hist.targets(y, ignore_index=...) for padding)")
         w = self._writer
         assert w is not None
         clock = self.clock

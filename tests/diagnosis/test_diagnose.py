@@ -193,7 +193,7 @@ def test_learning_rate_1000x_too_high_is_unstable_from_the_first_epoch(trained):
     _, d = trained["lr_high"]
     (f,) = [f for f in d.findings if f.kind == "unstable"]
     assert f.severity == "problem" and f.epoch == 0
-    assert f.evidence["share_of_layers"] >= 0.5 and "learning rate" in f.message
+    assert "learning rate" in f.cause and "lower the learning rate ~10x" in f.remedy
     healthy = trained["binary"][1]
     for layer in ("0", "3", "7"):  # the convolutions jump far more than in the healthy run
         assert d.metric("step_jump", layer=layer)[0] > 5 * healthy.metric("step_jump", layer=layer)[0]
@@ -330,8 +330,8 @@ def test_nan_values_are_unstable_from_their_epoch(tmp_path):
     assert d.metric("nonfinite", "train", layer="0")[1] == 0 and d.metric("nonfinite", "train", layer="0")[3] > 0
 
 
-@pytest.mark.parametrize("gap, bimodal", [(4.0, True), (0.0, False)], ids=["two-clusters", "one-cluster"])
-def test_without_targets_bimodality_stands_in_for_separation(tmp_path, gap, bimodal):
+@pytest.mark.parametrize("gap, peaks", [(4.0, True), (0.0, False)], ids=["two-clusters", "one-cluster"])
+def test_without_targets_the_label_free_separation_says_whether_twin_peaks_show(tmp_path, gap, peaks):
     model = nn.Linear(4, 2)
     with torch.no_grad():
         model.weight[:, 0] = torch.tensor([2.0, -2.0])  # each output follows the first input
@@ -342,10 +342,13 @@ def test_without_targets_bimodality_stands_in_for_separation(tmp_path, gap, bimo
         m(x)
 
     d = _record(tmp_path, model, 2, step, range=(-10, 10))
-    assert d.task == "unlabeled" and np.isnan(d.metric("separation", "train")).all()
+    sep = d.metric("separation", "train")
+    assert d.task == "unlabeled" and np.isfinite(sep).all()
+    np.testing.assert_array_equal(sep, d.metric("separation_label_free", "train"))
+    assert np.isnan(d.metric("separation_label_aware", "train")).all()
     (f,) = [f for f in d.findings if f.kind in ("separation", "no_twin_peaks")]
-    assert f.kind == ("separation" if bimodal else "no_twin_peaks") and f.severity == "info"
-    assert (f.evidence["bimodality_last"] > 0.555) == bimodal
+    assert f.kind == ("separation" if peaks else "no_twin_peaks") and f.severity == "info"
+    assert (sep[-1] > 4) if peaks else (sep[-1] < 1.5)
 
 
 # -- API and command line ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ spills over the range still weighs on means, spreads and distances.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from statistics import NormalDist
 
 import numpy as np
@@ -256,3 +257,96 @@ def auc_separation(yes: np.ndarray, no: np.ndarray, clip: float = 1e-4) -> float
         return float("nan")
     a = min(max(a, clip), 1 - clip)
     return float(np.sqrt(2) * NormalDist().inv_cdf(a))
+
+
+def top_split(counts: np.ndarray, w: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split a histogram into its top ``w`` share of mass and the rest (the bin on the cut is shared).
+
+    The label-free YES/NO split: in a trained classifier with ``K`` outputs,
+    one output per sample is the true class, so the YES peak holds ``1/K`` of
+    the last layer's values and sits on top. Returns ``(top, rest)`` counts
+    (floats) that add up to ``counts``.
+
+    Example:
+        >>> [a.tolist() for a in top_split(np.array([6, 2, 2]), 0.3)]
+        [[0.0, 1.0, 2.0], [6.0, 1.0, 0.0]]
+    """
+    c = np.asarray(counts, np.float64)
+    n = c.sum()
+    top = np.zeros_like(c)
+    if n <= 0:
+        return top, c.copy()
+    want = w * n
+    above = np.cumsum(c[::-1])[::-1] - c  # mass strictly above each bin
+    take = np.clip(want - above, 0.0, c)
+    top = take
+    return top, c - top
+
+
+
+
+@lru_cache(maxsize=64)
+def _split_curve(w: float) -> tuple[np.ndarray, np.ndarray]:
+    """``f_w(D)``: the top-``w`` split's :func:`separation` for ``w N(D, 1) + (1 - w) N(0, 1)``, D on a grid."""
+    ds = np.linspace(0.0, 10.0, 401)
+    x = np.linspace(-9.0, 20.0, 5801)
+    out = []
+    for d in ds:
+        dens = w * np.exp(-0.5 * (x - d) ** 2) + (1 - w) * np.exp(-0.5 * x**2)
+        top, rest = top_split(dens, w)
+        out.append(separation(top, rest, x))
+    return ds, np.maximum.accumulate(np.asarray(out))
+
+
+def label_free_separation(counts: np.ndarray, x: np.ndarray, outputs: int, spike: float = 0.05,
+                          clip: float = 5.26) -> float:
+    """Separation of the YES and NO peaks without labels, from the (K-1):1 mass split of the last layer.
+
+    In a classifier with ``K = outputs`` outputs (at least 2) one output per
+    sample is the true class, so the YES peak holds ``w = 1/K`` of the last
+    layer's values, on top. The top ``w`` of the values (:func:`top_split`)
+    stand for it, the rest for NO; their :func:`separation` (means apart in
+    pooled spreads) is mapped back through ``f_w``, the same quantity for the
+    mixture ``w N(D, 1) + (1 - w) N(0, 1)``, to the ``D`` that gives it. So one
+    normal peak (an untrained model) gives 0 and two normal peaks ``D``
+    spreads apart with masses ``(K-1):1`` give ``D``: the unit of the
+    label-aware :func:`auc_separation` (which is also ``D`` on that mixture),
+    clipped at the same 5.26. ``counts`` and ``x`` as laid out by
+    :func:`with_outside` (values beyond the range sit just outside it, so the
+    top group's spread is then a guess). Each value counts as spread over
+    its bin (Sheppard's correction: ``width^2 / 12`` added to each group's
+    variance), so a coarse histogram does not read as narrow peaks.
+
+    A top group with (almost) no spread, under ``spike`` times the rest's
+    while it lies inside the range, is an output stuck at one value whatever
+    the input, not a YES peak: 0. NaN for an empty histogram.
+
+    Example:
+        >>> x = np.linspace(-10, 10, 401)
+        >>> round(label_free_separation(np.exp(-0.5 * x**2), x, 10), 2)
+        0.0
+        >>> two = 0.9 * np.exp(-0.5 * x**2) + 0.1 * np.exp(-0.5 * (x - 4) ** 2)
+        >>> round(label_free_separation(two, x, 10), 1)
+        4.0
+    """
+    c = np.asarray(counts, np.float64)
+    n = c.sum()
+    if n <= 0:
+        return float("nan")
+    w = 1.0 / max(int(outputs), 2)
+    x = np.asarray(x, np.float64)
+    top, rest = top_split(c, w)
+    # Sheppard's correction: each value lies anywhere in its bin, not at its centre (coarse bins would
+    # otherwise make narrow peaks, and a large separation out of an unresolved histogram)
+    width2 = np.gradient(x) ** 2 / 12 if len(x) > 1 else np.zeros(1)
+    (m_top, s_top), (m_rest, s_rest) = moments(top, x), moments(rest, x)
+    v_top = s_top**2 + float(np.sum(top * width2) / max(top.sum(), 1e-300))
+    v_rest = s_rest**2 + float(np.sum(rest * width2) / max(rest.sum(), 1e-300))
+    if c[-1] < 0.5 * w * n and s_rest > 0 and s_top < spike * s_rest:
+        return 0.0
+    pooled = np.sqrt((v_top + v_rest) / 2)
+    if not (np.isfinite(pooled) and pooled > 0):
+        return float("nan")
+    raw = (m_top - m_rest) / pooled
+    ds, f = _split_curve(round(w, 6))
+    return float(min(np.interp(raw, f, ds, left=0.0, right=ds[-1]), clip))

@@ -221,6 +221,9 @@ class BinningEngine:
         self.warn = warn
         self.targets: torch.Tensor | None = None
         self.targets_after: bool | None = None
+        self.ignore_index = -100
+        #: layer -> (count of class indices outside [0, K) other than ignore_index, on the device; K): read at epoch end
+        self.bad_targets: dict[str, tuple[torch.Tensor, int]] = {}
         self.pending: list[tuple[Record, str, int, torch.Tensor]] = []
 
     def know_range(self, rec: Record) -> None:
@@ -246,12 +249,11 @@ class BinningEngine:
                 f = self.plan(rec, t, key)
             if f is None:
                 return
-        if f.binner is not None:  # the Triton kernel: one launch (the per-class and YES/NO rows with it)
-            offset = int(self.rng.random() * f.offsets) if f.blocks else 0
-            if f.last:
-                self._bin_last_kernel(rec, f, t, offset)
-            else:
-                f.binner(t.detach(), clock.row, offset)
+        if f.binner is not None:  # the Triton kernel: one launch, the per-class rows with it
+            f.binner(t.detach(), clock.row, int(self.rng.random() * f.offsets) if f.blocks else 0)
+            if f.last:  # the YES/NO rows (torch operations)
+                with torch.no_grad():
+                    self._bin_last(rec, f.buffers, t, classes_done=True)
             return
         if f.kernel:  # the C kernel: one pass over the memory, no torch operation
             src = t if f.dense else t.reshape(-1)  # a dense layout (even permuted): storage order; else a copy,
@@ -311,19 +313,23 @@ class BinningEngine:
         return plan
 
     def _binner(self, rec: Record, pd: PhaseBuffers, t: torch.Tensor, stride: int, blocks: int) -> Any:
-        """The fused Triton kernel over ``pd``'s buffers for outputs of ``t``'s layout; None: the torch path."""
+        """The fused Triton kernel over ``pd``'s buffers for outputs of ``t``'s layout; None: the torch path.
+
+        It bins the output and, for the last layer, its per-class rows; the YES/NO rows stay with
+        :meth:`_count_truth` (torch operations: ``ignore_index``, indices outside ``[0, K)``).
+        """
         try:
             from .. import _triton
 
-            fixed, last = rec.fixed, rec.last
+            fixed = rec.fixed
             cols = t.shape[-1] if t.dim() >= 2 else 1
+            classes = pd.extra.get("classes") if rec.last else None
             return _triton.Binner(
                 t, pd.counts, pd.sums, pd.peaks, grid=pd.grids if fixed is None else None,
                 edges=fixed.edges if fixed is not None else None,
                 range=(fixed.lo, fixed.hi) if fixed is not None else None, blocks=blocks, stride=stride,
-                truth=pd.extra.get("truth") if last else None, classes=pd.extra.get("classes") if last else None,
-                extra_grid=pd.extra_grids if last and fixed is None else None,
-                bin_classes="classes" in pd.extra and cols == rec.classes)
+                classes=classes, extra_grid=pd.extra_grids if classes is not None and fixed is None else None,
+                bin_classes=classes is not None and cols == rec.classes)
         except Exception as exc:  # triton unusable here, an odd layout: torch operations bin instead
             self.warn(rec.name, f"cannot use the Triton kernel ({exc!r}): binned with torch operations")
             return None
@@ -395,8 +401,9 @@ class BinningEngine:
             return PhaseBuffers(self.rows, binning.n_slots(self.bins), device, extra, auto)
 
     # -- the last layer: per-class and truth counts ---------------------------------------------
-    def set_targets(self, y: torch.Tensor) -> None:
+    def set_targets(self, y: torch.Tensor, ignore_index: int = -100) -> None:
         """Targets of the current batch, before or after its forward (see ``ActivationsHistogram.targets``)."""
+        self.ignore_index = ignore_index
         # The first call fixes the style: targets given after the forward apply to
         # that forward's pending outputs; given before, they wait for the next one.
         if self.targets_after is None:
@@ -408,13 +415,14 @@ class BinningEngine:
         else:
             self.targets = y
 
-    def _bin_last(self, rec: Record, pd: PhaseBuffers, t: torch.Tensor) -> None:
+    def _bin_last(self, rec: Record, pd: PhaseBuffers, t: torch.Tensor, classes_done: bool = False) -> None:
+        """Per-class (unless the Triton kernel counted them: ``classes_done``) and YES/NO rows of the last layer."""
         cols = t.shape[-1] if t.dim() >= 2 else 1
         out = t.detach().reshape(-1, cols)
         slots = None
         s = binning.n_slots(self.bins)
         row, phase = self.clock.row, self.clock.phase
-        if "classes" in pd.extra and cols == rec.classes:
+        if "classes" in pd.extra and cols == rec.classes and not classes_done:
             slots = self._slots(rec, pd, row, out)
             offs = torch.arange(cols, device=slots.device) * s
             pd.extra["classes"][row] += binning.count_slots(slots + offs, cols * s).view(cols, s)
@@ -425,45 +433,25 @@ class BinningEngine:
             # binned when targets() comes after the forward: a copy, in case the output is changed in place
             self.pending.append((rec, phase, row, out.clone()))
 
-    def _bin_last_kernel(self, rec: Record, plan: Plan, t: torch.Tensor, offset: int) -> None:
-        """The last layer on the Triton kernel: its output, per-class rows and (targets given before the
-        forward) YES/NO rows in one call; targets given after it bin the kept copy (:meth:`_count_truth`)."""
-        cols = t.shape[-1] if t.dim() >= 2 else 1
-        y, row = self.targets, self.clock.row
-        if y is not None:
-            self.targets = None
-            ok = "truth" in plan.buffers.extra and self._truth_ok(rec, y, t.numel() // cols, cols)
-            plan.binner(t.detach(), row, offset, targets=y if ok else None)
-            return
-        plan.binner(t.detach(), row, offset)
-        if self.targets_after is not False:
-            # binned when targets() comes after the forward: a copy, in case the output is changed in place
-            self.pending.append((rec, self.clock.phase, row, t.detach().reshape(-1, cols).clone()))
-
-    def _truth_ok(self, rec: Record, y: torch.Tensor, b: int, cols: int) -> bool:
-        """Whether targets ``y`` split a ``[b, cols]`` output into YES/NO (else one warning)."""
-        if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
-            return True
-        if y.numel() == b and cols > 1 and not y.is_floating_point():
-            return True
-        self.warn(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {(b, cols)}: "
-                            "truth split skipped (pass class indices [batch] or 0/1 per output)")
-        return False
-
     def _count_truth(self, rec: Record, phase: str, row: int, out: torch.Tensor, y: torch.Tensor,
                      slots: torch.Tensor | None = None) -> None:
         pd = rec.phases[phase]
         b, cols = out.shape
-        plan = rec.fast
-        if plan is not None and plan.binner is not None and plan.buffers is pd:  # the Triton kernel: YES/NO only
-            if self._truth_ok(rec, y, b, cols):
-                plan.binner(out, row, targets=y, main=False, bin_classes=False)
-            return
         y = y.to(out.device)
+        ignore = self.ignore_index
         if y.numel() == b * cols and (cols == 1 or y.dim() >= 2 or y.is_floating_point() or y.dtype == torch.bool):
-            yes = y.reshape(b, cols) > 0.5
+            per_output = y.reshape(b, cols)
+            yes = per_output > 0.5
+            keep = per_output != ignore  # an output whose target is ignore_index is left out
         elif y.numel() == b and cols > 1 and not y.is_floating_point():
-            yes = torch.nn.functional.one_hot(y.reshape(b).long().clamp(0, cols - 1), cols).bool()
+            idx = y.reshape(b).long()
+            inside = (idx >= 0) & (idx < cols)
+            bad = (~inside & (idx != ignore)).sum()  # stays on the device: read at the epoch's end
+            seen = self.bad_targets.get(rec.name)
+            self.bad_targets[rec.name] = (bad if seen is None else seen[0] + bad, cols)
+            # nothing clamped: a sample whose index is outside [0, K) is left out of YES and NO alike
+            yes = torch.nn.functional.one_hot(torch.where(inside, idx, 0), cols).bool() & inside[:, None]
+            keep = inside[:, None].expand(b, cols)
         else:
             self.warn(rec.name, f"targets of shape {tuple(y.shape)} do not match outputs {tuple(out.shape)}: "
                                 "truth split skipped (pass class indices [batch] or 0/1 per output)")
@@ -471,7 +459,17 @@ class BinningEngine:
         if slots is None:
             slots = self._slots(rec, pd, row, out)
         s = binning.n_slots(self.bins)
-        pd.extra["truth"][row] += binning.count_slots(slots + (~yes).long() * s, 2 * s).view(2, s)
+        code = torch.where(keep, slots + (~yes).long() * s, 2 * s)  # left-out outputs: one more slot, cut off
+        pd.extra["truth"][row] += binning.count_slots(code, 2 * s + 1)[: 2 * s].view(2, s)
+
+    def take_bad_targets(self) -> list[tuple[str, int, int]]:
+        """``(layer, count, K)`` of the class indices outside ``[0, K)`` (not ``ignore_index``) since the last call.
+
+        Reads the device counters: a host sync, so only at an epoch's end.
+        """
+        out = [(name, int(n), cols) for name, (n, cols) in self.bad_targets.items()]
+        self.bad_targets = {}
+        return [x for x in out if x[1]]
 
     def _slots(self, rec: Record, pd: PhaseBuffers, row: int, out: torch.Tensor) -> torch.Tensor:
         """Slots of the last layer's outputs on its step row's grid, for the per-class and truth rows.

@@ -1,0 +1,126 @@
+"""Verdicts on real runs: a fast subset of the scenario suite (``bench/scenarios.py``), and the label-free separation.
+
+The whole suite (47 scenarios x seeds, precision and recall per kind) is
+``make verdicts``; here a few scenarios train for seconds each and must get
+their verdict: no problem-level finding on a healthy run, the expected kind
+on a broken one, with targets and without.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import twinpeaks as tp
+from twinpeaks.diagnosis import metrics as M
+
+pytest.importorskip("sklearn")
+
+_spec = importlib.util.spec_from_file_location("scenarios", Path(__file__).parents[2] / "bench" / "scenarios.py")
+S = importlib.util.module_from_spec(_spec)
+sys.modules["scenarios"] = S
+_spec.loader.exec_module(S)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Train once per module: name -> (Trained, Diagnosis)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("scenarios")
+    out = {}
+    try:
+        for name in ("mlp_digits", "mlp_digits_nolabels", "cnn_digits", "dead_mlp_nolabels", "lr_high_mlp",
+                     "vanishing_sigmoid_nolabels", "saturated_tanh", "overfit_mlp", "overfit_mlp_nolabels"):
+            t = S.train(S.SCENARIOS[name], 0, root / f"{name}.tp")
+            out[name] = (t, tp.diagnose(t.path))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _kinds(d, severities=("warning", "problem")):
+    return {f.kind for f in d.findings if f.severity in severities}
+
+
+@pytest.mark.parametrize("name", ["mlp_digits", "mlp_digits_nolabels", "cnn_digits"])
+def test_healthy_run_has_no_problem_and_twin_peaks_show(runs, name):
+    t, d = runs[name]
+    assert t.valid_accuracy[-1] > 0.9
+    assert not _kinds(d, ("problem",)), [f.message for f in d.findings if f.severity == "problem"]
+    assert not _kinds(d) & {"overfitting", "unstable", "dead", "saturated", "vanishing"}
+    sep = d.metric("separation", "valid")
+    assert np.isfinite(sep).all() and sep[-1] > sep[0] + 1 and sep[-1] > 2.5  # rises as the model learns
+    (f,) = [f for f in d.findings if f.kind == "separation"]
+    assert f.severity == "info"
+    assert d.task == ("unlabeled" if name.endswith("_nolabels") else "classification")
+
+
+@pytest.mark.parametrize("name", ["mlp_digits", "cnn_digits"])
+def test_label_free_separation_agrees_with_the_label_aware_one(runs, name):
+    _, d = runs[name]
+    for phase in ("train", "valid"):
+        aware, free = d.metric("separation_label_aware", phase), d.metric("separation_label_free", phase)
+        assert np.isfinite(aware).all() and np.isfinite(free).all()
+        assert abs(free[-1] - aware[-1]) < 1.0, (phase, free[-1], aware[-1])  # measured: 0.1-0.95
+        assert np.corrcoef(aware[1:], free[1:])[0, 1] > 0.7
+        assert free[-1] > free[0] + 1  # rises without labels too
+    # the same training without targets reads the same label-free numbers
+    if name == "mlp_digits":
+        np.testing.assert_allclose(runs["mlp_digits_nolabels"][1].metric("separation", "valid"),
+                                   d.metric("separation_label_free", "valid"))
+
+
+@pytest.mark.parametrize("name, kind, layer", [
+    ("dead_mlp_nolabels", "dead", "1"),
+    ("lr_high_mlp", "unstable", "1"),
+    ("vanishing_sigmoid_nolabels", "vanishing", None),
+    ("saturated_tanh", "saturated", "1"),
+    ("overfit_mlp", "overfitting", "4"),
+    ("overfit_mlp_nolabels", "overfitting", "4"),
+])
+def test_broken_run_gets_its_finding_with_cause_remedy_and_layer(runs, name, kind, layer):
+    _, d = runs[name]
+    found = [f for f in d.findings if f.kind == kind and f.severity in ("warning", "problem")]
+    assert found, [(f.kind, f.severity, f.message) for f in d.findings]
+    f = found[0]
+    assert f.cause and f.remedy and f.layer is not None
+    if layer is not None:
+        assert f.layer == layer
+    assert f"likely cause: {f.cause}" in str(d)
+
+
+def test_label_free_separation_recovers_the_d_of_a_mixture():
+    rng = np.random.default_rng(0)
+    edges = np.linspace(-6, 12, 181)
+    for k in (2, 3, 10):
+        for dist in (0.0, 3.0, 4.5):
+            n = 60_000
+            yes = rng.normal(dist, 1, n)
+            no = rng.normal(0, 1, n * (k - 1))
+            c, x = M.with_outside(np.histogram(np.concatenate([yes, no]), edges)[0], edges)
+            got = M.label_free_separation(c, x, k)
+            assert got == pytest.approx(dist, abs=0.35 if dist else 0.6), (k, dist, got)
+    # scale-free, and an output stuck at one value (a spike) is no YES peak
+    c, x = M.with_outside(np.histogram(np.concatenate([rng.normal(4, 1, 5000), rng.normal(0, 1, 45000)]),
+                                       edges)[0], edges)
+    assert M.label_free_separation(c, x * 3, 10) == pytest.approx(M.label_free_separation(c, x, 10))
+    stuck = np.zeros(len(x))
+    stuck[100], stuck[40:80] = 1000, 9000 / 40
+    assert M.label_free_separation(stuck, x, 10) == 0.0
+
+
+def test_scenario_truths_name_known_kinds_and_every_classifier_runs_without_targets():
+    kinds = set(tp.diagnosis.KINDS)
+    base = [s for s in S.SCENARIOS.values() if not s.name.endswith("_nolabels")]
+    assert len(S.SCENARIOS) >= 30
+    for s in base:
+        assert set(s.truth) | set(s.also) <= kinds
+        if s.task != "regression":
+            assert S.SCENARIOS[s.name + "_nolabels"] == replace(s, name=s.name + "_nolabels", targets=False)
