@@ -28,6 +28,7 @@ Design constraints (the grids themselves: docs/grids.md; the numpy reference: :m
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from dataclasses import dataclass, field
@@ -49,6 +50,13 @@ except ImportError:  # pragma: no cover - installed without a C compiler: torch 
 KERNEL_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 #: Whether CPU tensors are binned by the C kernel (``TWINPEAKS_KERNEL=torch`` turns it off).
 KERNEL = _cbin is not None and os.environ.get("TWINPEAKS_KERNEL", "c") != "torch"
+#: Whether CUDA tensors are binned by the fused Triton kernel (:mod:`twinpeaks._triton`): triton is
+#: installed (imported at the first CUDA plan, never by ``import twinpeaks``) and ``TWINPEAKS_KERNEL``
+#: is not ``"torch"``. Otherwise, and for tensor subclasses, the torch device path bins them.
+DEVICE_KERNEL = os.environ.get("TWINPEAKS_KERNEL", "") != "torch" and importlib.util.find_spec("triton") is not None
+#: ``TWINPEAKS_KERNEL=triton``: CPU tensors through the Triton kernel too (in Triton's interpreter, with
+#: ``TRITON_INTERPRET=1`` set before triton is imported): how the tests check the wiring without a GPU.
+TRITON_ON_CPU = DEVICE_KERNEL and os.environ.get("TWINPEAKS_KERNEL", "") == "triton"
 
 
 

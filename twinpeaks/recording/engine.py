@@ -161,6 +161,7 @@ class Plan:
     itemsize: int  # bytes per element
     last: bool  # the last layer with per-class or truth rows
     seen: torch.Tensor | None  # torch path: [binned, seen] to add per output
+    binner: Any = None  # the fused Triton kernel over the buffers (twinpeaks._triton.Binner), or None
 
     @property
     def code(self) -> int:
@@ -248,6 +249,12 @@ class BinningEngine:
                 f = self.plan(rec, t, key)
             if f is None:
                 return
+        if f.binner is not None:  # the Triton kernel: one launch, the per-class rows with it
+            f.binner(t.detach(), clock.row, int(self.rng.random() * f.offsets) if f.blocks else 0)
+            if f.last:  # the YES/NO rows (torch operations)
+                with torch.no_grad():
+                    self._bin_last(rec, f.buffers, t, classes_done=True)
+            return
         if f.kernel:  # the C kernel: one pass over the memory, no torch operation
             src = t if f.dense else t.reshape(-1)  # a dense layout (even permuted): storage order; else a copy,
             ptr = src.data_ptr()  # kept alive in `src` until the kernel has read it
@@ -289,10 +296,13 @@ class BinningEngine:
                 pd = self._new_buffers(rec, t)
             stride, blocks = self.sampling(n, t.shape, rec.last)
             k = blocks * SAMPLE_BLOCK if blocks else n
-            kernel = bool(pd.cpu and binning.KERNEL and t.dtype in binning.KERNEL_DTYPES
-                          and type(t) in (torch.Tensor, nn.Parameter))  # a subclass (DTensor, ...) may hold no memory
+            plain = t.dtype in binning.KERNEL_DTYPES and type(t) in (torch.Tensor, nn.Parameter)  # a subclass
+            # (DTensor, ...) may hold no memory
+            binner = self._binner(rec, pd, t, stride, blocks) if plain and binning.DEVICE_KERNEL and (
+                t.device.type == "cuda" or binning.TRITON_ON_CPU) else None
+            kernel = bool(binner is None and pd.cpu and binning.KERNEL and plain)
             seen = None
-            if not kernel:
+            if not kernel and binner is None:
                 with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                     seen = torch.tensor([k, n], dtype=torch.float64, device=t.device)
             kernel_args = ((binning.KERNEL_DTYPES[t.dtype], n, stride, blocks, SAMPLE_BLOCK,
@@ -301,9 +311,31 @@ class BinningEngine:
                 key=key, phase=phase, buffers=pd, kernel=kernel, kernel_args=kernel_args,  # type: ignore[arg-type]
                 row_addresses=pd.row_addresses, dense=binning.is_dense(t), stride=stride, blocks=blocks,
                 offsets=stride - SAMPLE_BLOCK + 1, itemsize=t.element_size(),
-                last=rec.last and bool(rec.classes or "truth" in pd.extra), seen=seen)
+                last=rec.last and bool(rec.classes or "truth" in pd.extra), seen=seen, binner=binner)
         rec.fast = plan
         return plan
+
+    def _binner(self, rec: Record, pd: PhaseBuffers, t: torch.Tensor, stride: int, blocks: int) -> Any:
+        """The fused Triton kernel over ``pd``'s buffers for outputs of ``t``'s layout; None: the torch path.
+
+        It bins the output and, for the last layer, its per-class rows; the YES/NO rows stay with
+        :meth:`_count_truth` (torch operations: ``ignore_index``, indices outside ``[0, K)``).
+        """
+        try:
+            from .. import _triton
+
+            fixed = rec.fixed
+            cols = t.shape[-1] if t.dim() >= 2 else 1
+            classes = pd.extra.get("classes") if rec.last else None
+            return _triton.Binner(
+                t, pd.counts, pd.sums, pd.peaks, grid=pd.grids if fixed is None else None,
+                edges=fixed.edges if fixed is not None else None,
+                range=(fixed.lo, fixed.hi) if fixed is not None else None, blocks=blocks, stride=stride,
+                classes=classes, extra_grid=pd.extra_grids if classes is not None and fixed is None else None,
+                bin_classes=classes is not None and cols == rec.classes)
+        except Exception as exc:  # triton unusable here, an odd layout: torch operations bin instead
+            self.warn(rec.name, f"cannot use the Triton kernel ({exc!r}): binned with torch operations")
+            return None
 
     def sampling(self, n: int, shape: tuple[int, ...], last: bool = False) -> tuple[int, int]:
         """Sampling plan for an output of ``n`` elements: ``(block stride, blocks)``; ``(1, 0)``: bin all.
@@ -386,13 +418,14 @@ class BinningEngine:
         else:
             self.targets = y
 
-    def _bin_last(self, rec: Record, pd: PhaseBuffers, t: torch.Tensor) -> None:
+    def _bin_last(self, rec: Record, pd: PhaseBuffers, t: torch.Tensor, classes_done: bool = False) -> None:
+        """Per-class (unless the Triton kernel counted them: ``classes_done``) and YES/NO rows of the last layer."""
         cols = t.shape[-1] if t.dim() >= 2 else 1
         out = t.detach().reshape(-1, cols)
         slots = None
         s = binning.n_slots(self.bins)
         row, phase = self.clock.row, self.clock.phase
-        if "classes" in pd.extra and cols == rec.classes:
+        if "classes" in pd.extra and cols == rec.classes and not classes_done:
             slots = self._slots(rec, pd, row, out)
             offs = torch.arange(cols, device=slots.device) * s
             pd.extra["classes"][row] += binning.count_slots(slots + offs, cols * s).view(cols, s)
