@@ -48,6 +48,9 @@ from torch import nn  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "recording"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import overhead  # noqa: E402  (bench/overhead.py: the shared training step)
 
 import twinpeaks as tp  # noqa: E402
 from twinpeaks import _triton, binning  # noqa: E402
@@ -96,19 +99,8 @@ def workload(kind: str, leaves: int, device: torch.device, small: bool) -> tuple
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str) -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
-
-    # no GradScaler: its step reads found-inf back (a sync of its own, in every variant)
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-            loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-
-    return step
+    """bench/overhead.py's training step (no GradScaler: its step reads found-inf back, a sync in every variant)."""
+    return overhead.make_step(model, x, y, amp, lr=1e-4)
 
 
 # -- variants ----------------------------------------------------------------------------------

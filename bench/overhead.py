@@ -90,8 +90,10 @@ def workloads(quick: bool, scale: int = 1) -> dict[str, tuple[nn.Module, torch.T
     return out
 
 
-def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str = "none") -> Callable[[], None]:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str = "none",
+              lr: float = 1e-3) -> Callable[[], None]:
+    """One SGD training step under optional autocast; no GradScaler (its step reads found-inf back: a sync)."""
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(amp)
 
