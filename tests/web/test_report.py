@@ -52,7 +52,8 @@ def test_heatmap_is_numpy_counts_per_step(rec, layer, max_columns, max_bins):
         idx = run.layer(layer).index
         m = run_payload(run, max_columns=max_columns, max_bins=max_bins)["heatmaps"][str(idx)]["train"]
     steps = rec.steps(layer, "train")
-    assert m["cols"] == min(len(steps), max_columns) and m["rows"] == min(40, max_bins)
+    # automatic ranges: the rows span only the bins the layer used (test_automatic_range_axes_...)
+    assert m["cols"] == min(len(steps), max_columns) and 0 < m["rows"] <= min(40, max_bins)
     edges = np.array(m["edges"])
     want = np.stack([
         sum(np_counts(steps[s], edges) for s in range(a, b)) / (b - a) for a, b in zip(m["starts"], m["ends"])
@@ -67,8 +68,8 @@ def test_heatmap_is_numpy_counts_per_step(rec, layer, max_columns, max_bins):
 def test_twin_peaks_per_class_and_truth_are_numpy(rec):
     with tp.open_run(rec.path) as run:
         p = run_payload(run)
-        edges = run.edges(-1)
     tpk = p["twinpeaks"]
+    edges = np.array(tpk["edges"])  # the shown edges (a fixed range's, or the used part of an automatic grid)
     assert tpk["name"] == "2" and len(tpk["epochs"]) == 3
     for e, entry in enumerate(tpk["epochs"]):
         train = [v for v, _ in rec.epoch("2", "train", e)]
@@ -278,3 +279,37 @@ def test_import_twinpeaks_loads_no_optional_dependency():
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_automatic_range_axes_span_only_where_values_went(tmp_path):
+    """With automatic ranges the layer's common grid is a power-of-two grid that may reach far past the values
+    (e.g. to 8.5 for logits within +-4): the report's value axes span the bins any histogram used, and the
+    counts over the shown edges are still numpy's."""
+    path = tmp_path / "auto.tp"
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    outs: dict[str, list[torch.Tensor]] = {"train": [], "valid": []}
+    model[0].register_forward_hook(lambda m, a, o: outs["train" if m.training else "valid"].append(o.detach().clone()))
+    with tp.ActivationsHistogram(model, path) as hist, torch.no_grad():
+        for scale in (1.0, 2.0, 3.0):
+            model.train()
+            for _ in range(4):
+                model(torch.randn(16, 4) * scale)
+            model.eval()
+            model(torch.randn(16, 4) * scale)
+            hist.end_epoch()
+    with tp.open_run(path) as run:
+        p = run_payload(run)
+        full = run.edges(-1)
+    tpk, m = p["twinpeaks"], p["heatmaps"]["0"]["train"]
+    shown = outs["valid"] + outs["train"][3::4]  # Twin Peaks: valid and each epoch's last training quarter
+    for edges, seen in ((np.array(tpk["edges"]), shown), (np.array(m["edges"]), outs["train"])):
+        values = torch.cat([o.reshape(-1) for o in seen]).double().numpy()
+        assert edges[0] <= values.min() and edges[-1] > values.max()
+        assert edges[0] >= full[0] and edges[-1] <= full[-1] and len(edges) <= len(full)
+    last = tpk["epochs"][-1]["phases"]["valid"]
+    assert last["counts"] == np_counts(outs["valid"][-1], np.array(tpk["edges"])).tolist()
+    used = np.sum([h["counts"] for e in tpk["epochs"] for h in e["phases"].values()], axis=0)
+    assert used[0] > 0 and used[-1] > 0  # the axis starts and ends at a used bin
+    rows = decoded(m).sum(axis=1)
+    assert rows[0] > 0 and rows[-1] > 0

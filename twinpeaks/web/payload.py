@@ -91,6 +91,8 @@ def heatmap(run: Run, layer: int, phase: str, max_columns: int = MAX_COLUMNS, ma
         merged, edges = cols.counts, cols.edges[0]
     else:  # automatic ranges: every column moved exactly onto the layer's grid (where its values went over the run)
         merged, edges = cols.on_grid(grid), grids.edges_of(grid, cols.counts.shape[1])
+        lo, hi = _occupied([merged.sum(axis=0)], merged.shape[1])
+        merged, edges = merged[:, lo:hi + 1], edges[lo:hi + 2]  # the value axis: where the values went
     counts, edges = merge_bins(np.add.reduceat(merged, g, axis=0), edges, max_bins)
     per_step = counts / np.maximum(ends - starts, 1)[:, None]
     scale = float(np.log1p(per_step.max())) if per_step.size else 0.0
@@ -115,41 +117,58 @@ def heatmap(run: Run, layer: int, phase: str, max_columns: int = MAX_COLUMNS, ma
     }
 
 
-def _hist(h: Histogram, max_bins: int, onto: tuple[int, int] | None = None) -> dict:
+def _occupied(counts: Sequence[np.ndarray], bins: int) -> tuple[int, int]:
+    """The first and last bin holding a count in any of ``counts`` (all bins when none does)."""
+    nz = np.flatnonzero(np.sum(counts, axis=0)) if len(counts) else np.zeros(0, np.int64)
+    return (int(nz[0]), int(nz[-1])) if len(nz) else (0, bins - 1)
+
+
+def _hist(h: Histogram, onto: tuple[int, int] | None = None) -> dict:
+    """One histogram on the layer's grid; its ``counts`` (an array) are trimmed and merged by :func:`twin_peaks`."""
     if onto is not None:  # automatic ranges: onto the layer's grid, shared by all its histograms (exact)
         h = on_common_grid([h], onto)[0]
-    counts, _ = merge_bins(h.counts, h.edges, max_bins)
-    return {"counts": counts.tolist(), "total": h.total, "under": h.underflow, "over": h.overflow,
+    return {"counts": h.counts, "total": h.total, "under": h.underflow, "over": h.overflow,
             "nonfinite": h.nonfinite, "steps": h.steps}
 
 
-def _epoch_hists(run: Run, layer: int, epoch: int, phases: Sequence[str], max_bins: int, **pick: Any) -> dict:
+def _epoch_hists(run: Run, layer: int, epoch: int, phases: Sequence[str], onto: tuple[int, int] | None,
+                 **pick: Any) -> dict:
     """``{phase: histogram}`` of one epoch; train is its last quarter (what Twin Peaks compares)."""
     out = {}
-    onto = run.layer_grid(layer)
     for phase in phases:
         h = run.histogram(layer, phase, epoch, last_quarter=phase == "train", **pick)
         if h.total:
-            out[phase] = _hist(h, max_bins, onto)
+            out[phase] = _hist(h, onto)
     return out
 
 
 def twin_peaks(run: Run, layer: int, max_bins: int = PEAK_BINS) -> dict:
-    """Per-epoch histograms of ``layer``: train (last quarter), valid, test; per class and by truth when recorded."""
+    """Per-epoch histograms of ``layer``: train (last quarter), valid, test; per class and by truth when recorded.
+
+    Every histogram shares the layer's edges; with an automatic range they span only the bins any epoch used.
+    """
     info = run.layer(layer)
     phases = run.phases
-    edges = merge_bins(np.zeros(info.bins), run.edges(info), max_bins)[1]
-    out: dict[str, Any] = {"layer": info.index, "name": info.name, "edges": floats(edges, 7), "epochs": []}
+    onto = run.layer_grid(info.index)
+    epochs: list[dict[str, Any]] = []
     for e in range(run.epochs):
-        entry: dict[str, Any] = {"phases": _epoch_hists(run, info.index, e, phases, max_bins)}
+        entry: dict[str, Any] = {"phases": _epoch_hists(run, info.index, e, phases, onto)}
         if info.columns:
-            entry["classes"] = [_epoch_hists(run, info.index, e, phases, max_bins, column=k)
+            entry["classes"] = [_epoch_hists(run, info.index, e, phases, onto, column=k)
                                 for k in range(info.columns)]
-        truth = {t: _epoch_hists(run, info.index, e, phases, max_bins, truth=t) for t in ("yes", "no")}
+        truth = {t: _epoch_hists(run, info.index, e, phases, onto, truth=t) for t in ("yes", "no")}
         if truth["yes"] or truth["no"]:
             entry["truth"] = truth
-        out["epochs"].append(entry)
-    return out
+        epochs.append(entry)
+    hists = [h for entry in epochs for group in (entry["phases"], *entry.get("classes", ()),
+                                                 *entry.get("truth", {}).values()) for h in group.values()]
+    edges = run.edges(info)
+    first, last = _occupied([h["counts"] for h in hists], info.bins) if onto is not None else (0, info.bins - 1)
+    edges = edges[first:last + 2]
+    for h in hists:
+        h["counts"] = merge_bins(h["counts"][first:last + 1], edges, max_bins)[0].tolist()
+    edges = merge_bins(np.zeros(last + 1 - first), edges, max_bins)[1]
+    return {"layer": info.index, "name": info.name, "edges": floats(edges, 7), "epochs": epochs}
 
 
 def _small(evidence: Any, limit: int = 4000) -> Any:
