@@ -8,8 +8,11 @@ process, interleaved (A B C ... A B C ...), each round timing a few steps of
 each; the table reports the median step time over rounds and its ratio to no
 telemetry. Besides the table (printed, and written as JSON under
 ``bench/results/``), it measures the peak RSS growth over 20,000 recorded MLP
-steps, the run-file size, the ``end_epoch`` flush of 60 layers x 100 bins and
-the rendering of a 60-layer colorful grid of a 10,000-step run.
+steps, the run-file size, the ``end_epoch`` flush of 60 layers x 100 bins,
+the rendering of a 60-layer colorful grid of a 10,000-step run, and issue #17's
+500-layer case (``deep500``: step ratio, extra peak RSS, flush stalls, ``end_epoch``
+time, bytes per layer-step). ``--only PART ...`` / ``--skip PART ...`` run a subset
+(workloads ``cnn mlp transformer small``, extras ``memory flush render deep500``).
 """
 
 from __future__ import annotations
@@ -62,6 +65,29 @@ def mlp(features: int = 64, hidden: int = 512, depth: int = 4, classes: int = 10
     return nn.Sequential(*layers)
 
 
+def small_cnn(width: int = 24) -> nn.Module:
+    """A small CNN for 8x8 digits: 3 conv/BN/ReLU blocks, two max-pools, a 2-layer head (15 leaf modules).
+
+    At width 24 and batch 64 its training step takes about 5 ms on one thread of this machine: the short
+    step of issue #17, where the per-call cost of the hooks weighs most.
+    """
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(2 * w * 4, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def digits_batch(n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images of sklearn's ``load_digits`` (8x8, scaled to [0, 1]) and their labels."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (torch.tensor(d.images[:n] / 16.0, dtype=torch.float32).unsqueeze(1),
+            torch.tensor(d.target[:n], dtype=torch.long))
+
+
 class Encoder(nn.Module):
     """A small transformer encoder classifier over token ids."""
 
@@ -86,8 +112,13 @@ def workloads(quick: bool, scale: int = 1) -> dict[str, tuple[nn.Module, torch.T
         "mlp": (mlp(), torch.randn(8 * b, 64, generator=g), torch.randint(0, 10, (8 * b,), generator=g)),
         "transformer": (Encoder(), torch.randint(0, 1000, (b * 5 // 64, 128), generator=g),
                         torch.randint(0, 2, (b * 5 // 64,), generator=g)),
+        "small": (small_cnn(), *digits_batch(64 * scale)),
     }
     return out
+
+
+# steps per round of each workload: the short step runs more of them, so that a round is not a few ms of noise
+STEPS_FACTOR = {"small": 10}
 
 
 def make_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: str = "none",
@@ -374,6 +405,104 @@ def deep_model(layers: int = 60) -> nn.Module:
     return nn.Sequential(*mods)
 
 
+def deep500_in_child(quick: bool) -> dict[str, Any]:
+    """:func:`deep500` in a fresh process, so that its peak RSS is its own."""
+    code = f"import json, overhead; print(json.dumps(overhead.deep500(quick={quick})))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def deep500(quick: bool = False, blocks: int = 250, width: int = 32, batch: int = 32) -> dict[str, Any]:
+    """A deep stack of small layers (``blocks`` x Linear+ReLU + a head: 501 leaf modules), recording vs not.
+
+    Issue #17's 500-layer case. One process, one thread. First 50 unrecorded steps, after which the peak
+    RSS (VmHWM) is the model's own; then rounds of ``steps`` recorded and ``steps`` unrecorded training
+    steps, interleaved (the order alternates), each step timed alone (thread CPU and wall). The recorder
+    has its defaults (``flush_every=256``); ``end_epoch()`` runs, timed apart from the steps, every
+    ``epoch`` recorded steps, with ``epoch > 256`` so that every epoch also has one mid-epoch flush,
+    which runs inside the step that finds the window full. Reports the median of per-round ratios of
+    the median step time, the peak RSS without and with recording, the worst recorded step but the
+    first (which creates the buffers of every layer: reported apart) and its excess over the median
+    recorded step (a flush's stall), the ``end_epoch`` times, and the run file's bytes per layer and
+    recorded step.
+    """
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    mods: list[nn.Module] = []
+    for _ in range(blocks):
+        mods += [nn.Linear(width, width), nn.ReLU()]
+    model = nn.Sequential(*mods, nn.Linear(width, 10))
+    x, y = torch.randn(batch, width), torch.randint(0, 10, (batch,))
+    step = make_step(model, x, y)
+    layers = len(leaf_modules(model))
+    rounds, steps, epoch = (4, 10, 20) if quick else (100, 30, 300)  # full: 3,000 recorded steps, 10 epochs
+    for _ in range(50):
+        step()
+    gc.collect()
+    rss_none = rss_mb()
+    wall: dict[str, list[list[float]]] = {"none": [], "twinpeaks": []}
+    cpu: dict[str, list[list[float]]] = {"none": [], "twinpeaks": []}
+    ends: list[float] = []
+    recorded = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "deep.tp"
+        hist = tp.ActivationsHistogram(model, path)
+        t0 = time.perf_counter()
+        hist.attach()
+        attach_s = time.perf_counter() - t0
+        hist.detach()
+        for r in range(rounds):
+            for key in (("none", "twinpeaks") if r % 2 else ("twinpeaks", "none")):
+                if key == "twinpeaks":
+                    hist.attach()
+                ws, cs = [], []
+                for _ in range(steps):
+                    t0, c0 = time.perf_counter(), time.thread_time()
+                    step()
+                    cs.append(time.thread_time() - c0)
+                    ws.append(time.perf_counter() - t0)
+                    if key == "twinpeaks":
+                        recorded += 1
+                        if recorded % epoch == 0:
+                            t0 = time.perf_counter()
+                            hist.end_epoch()
+                            ends.append(time.perf_counter() - t0)
+                if key == "twinpeaks":
+                    hist.detach()
+                wall[key].append(ws)
+                cpu[key].append(cs)
+        hist.close()
+        gc.collect()
+        rss_with = rss_mb()
+        size = path.stat().st_size
+    med = statistics.median
+
+    def ratio(d: dict[str, list[list[float]]]) -> float:
+        return med(med(a) / med(b) for a, b in zip(d["twinpeaks"], d["none"]))
+
+    rec_wall = [t for ws in wall["twinpeaks"] for t in ws]
+    none_wall = [t for ws in wall["none"] for t in ws]
+    rec_cpu = [t for cs in cpu["twinpeaks"] for t in cs]
+    none_cpu = [t for cs in cpu["none"] for t in cs]
+    return {"layers": layers, "width": width, "batch": batch, "rounds": rounds, "steps_per_round": steps,
+            "recorded_steps": recorded, "end_epoch_every": epoch, "flush_every": hist.flush_every,
+            "attach_ms": attach_s * 1e3,
+            "cpu_ms_none": med(none_cpu) * 1e3, "cpu_ms_twinpeaks": med(rec_cpu) * 1e3, "cpu_ratio": ratio(cpu),
+            "wall_ms_none": med(none_wall) * 1e3, "wall_ms_twinpeaks": med(rec_wall) * 1e3,
+            "wall_ratio": ratio(wall),
+            "us_per_hooked_call_wall": (med(rec_wall) - med(none_wall)) / layers * 1e6,
+            "first_step_ms_twinpeaks": rec_wall[0] * 1e3,
+            "max_step_ms_none": max(none_wall) * 1e3, "max_step_ms_twinpeaks": max(rec_wall[1:]) * 1e3,
+            "worst_stall_ms": (max(rec_wall[1:]) - med(rec_wall)) * 1e3,
+            "slowest_steps_ms": {i + 1: round(rec_wall[i] * 1e3, 1)
+                                 for i in sorted(range(len(rec_wall)), key=lambda i: -rec_wall[i])[:6]},
+            "end_epoch_ms_median": med(ends) * 1e3 if ends else None,
+            "end_epoch_ms_max": max(ends) * 1e3 if ends else None, "end_epochs": len(ends),
+            "peak_rss_mb_none": rss_none, "peak_rss_mb_twinpeaks": rss_with, "extra_rss_mb": rss_with - rss_none,
+            "run_file_mb": size / 2**20, "bytes_per_layer_step": size / (layers * recorded)}
+
+
 def flush_time(epochs: int, steps: int) -> dict[str, Any]:
     """Median ``end_epoch`` time for 60 layers x 100 bins, ``steps`` training steps per epoch."""
     model = deep_model()
@@ -464,12 +593,41 @@ def inside_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def deep_table(d: dict[str, Any]) -> str:
+    """Markdown table of the 500-layer measurement (issue #17's targets beside the figures)."""
+    rows = [("layers (leaf modules)", f"{d['layers']}", ""),
+            ("step CPU ms, none / twinpeaks", f"{d['cpu_ms_none']:.2f} / {d['cpu_ms_twinpeaks']:.2f}", ""),
+            ("CPU ratio (median of per-round ratios)", f"{d['cpu_ratio']:.3f}", "<= 1.05"),
+            ("wall ratio", f"{d['wall_ratio']:.3f}", "<= 1.05"),
+            ("us per hooked call (wall, step difference / layers)", f"{d['us_per_hooked_call_wall']:.1f}", "<= 5"),
+            ("peak RSS MiB, none / twinpeaks", f"{d['peak_rss_mb_none']:.0f} / {d['peak_rss_mb_twinpeaks']:.0f}", ""),
+            ("extra peak RSS MiB", f"{d['extra_rss_mb']:.0f}", "<= 150"),
+            ("first recorded step ms (buffers created)", f"{d['first_step_ms_twinpeaks']:.1f}", ""),
+            ("worst recorded step ms but the first (unrecorded worst)",
+             f"{d['max_step_ms_twinpeaks']:.1f} ({d['max_step_ms_none']:.1f})", ""),
+            ("worst stall ms (worst - median recorded step)", f"{d['worst_stall_ms']:.1f}", "<= 20"),
+            ("end_epoch ms, median / max",
+             "-" if d["end_epoch_ms_median"] is None
+             else f"{d['end_epoch_ms_median']:.0f} / {d['end_epoch_ms_max']:.0f} ({d['end_epochs']} epochs)", ""),
+            ("run file bytes per layer-step", f"{d['bytes_per_layer_step']:.0f} ({d['run_file_mb']:.1f} MiB)", "")]
+    lines = ["| deep500 | figure | #17 target |", "|---|---:|---:|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
+
+
+WORKLOADS = ("cnn", "mlp", "transformer", "small")
+EXTRAS = ("memory", "flush", "render", "deep500")
+PARTS = WORKLOADS + EXTRAS
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small batches, few rounds: a smoke run")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 30, quick 3)")
-    ap.add_argument("--only", nargs="*", default=None, help="workloads to run (cnn mlp transformer)")
-    ap.add_argument("--skip-extras", action="store_true", help="only the overhead table")
+    ap.add_argument("--only", nargs="*", default=None, choices=PARTS, metavar="PART",
+                    help=f"parts to run, of: {' '.join(PARTS)} (default all)")
+    ap.add_argument("--skip", nargs="*", default=[], choices=PARTS, metavar="PART", help="parts not to run")
+    ap.add_argument("--skip-extras", action="store_true", help=f"only the overhead table (skip {' '.join(EXTRAS)})")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine, 2-thread steps wait on a descheduled thread)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -479,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
                     help='run twinpeaks steps under torch.cuda.set_sync_debug_mode("error")')
     ap.add_argument("--out", type=Path, default=None, help="JSON output path")
     args = ap.parse_args(argv)
+    parts = [p for p in (args.only or PARTS) if p not in args.skip and not (args.skip_extras and p in EXTRAS)]
     rounds = args.rounds or (3 if args.quick else 30)
     steps = 2 if args.quick else 3
     torch.manual_seed(0)
@@ -486,21 +645,28 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     dev = torch.device(args.device)
     for name, (model, x, y) in workloads(args.quick, args.scale).items():
-        if args.only and name not in args.only:
+        if name not in parts:
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
         model, x, y = model.to(dev), x.to(dev), y.to(dev)
-        results.append(measure(name, model, x, y, rounds, steps, args.amp, args.sync_check))
+        results.append(measure(name, model, x, y, rounds, steps * STEPS_FACTOR.get(name, 1), args.amp,
+                               args.sync_check))
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "overhead": results}
     print(table(results))
     print(inside_table(results))
-    if not args.skip_extras:
-        print("memory and run file ...", file=sys.stderr, flush=True)
-        report["memory"] = memory_and_file_in_child(2_000 if args.quick else 20_000)
-        report["flush"] = flush_time(3 if args.quick else 10, 100)
-        report["render"] = render_time(1_000 if args.quick else 10_000)
-        for key in ("memory", "flush", "render"):
+    extras: dict[str, Callable[[], dict[str, Any]]] = {
+        "memory": lambda: memory_and_file_in_child(2_000 if args.quick else 20_000),
+        "flush": lambda: flush_time(3 if args.quick else 10, 100),
+        "render": lambda: render_time(1_000 if args.quick else 10_000),
+        "deep500": lambda: deep500_in_child(args.quick),
+    }
+    for key, fn in extras.items():
+        if key in parts:
+            print(f"{key} ...", file=sys.stderr, flush=True)
+            report[key] = fn()
             print(f"{key}: {json.dumps(report[key])}")
+    if "deep500" in report:
+        print(deep_table(report["deep500"]))
     out = args.out or RESULTS / f"overhead{'-quick' if args.quick else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
