@@ -2,7 +2,6 @@
 
 (Automatic grids and more fixed-range cases: tests/test_kernel_grids.py and tests/test_grids.py.)"""
 
-import contextlib
 import math
 
 import numpy as np
@@ -10,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_paths import c_paths
 
 from twinpeaks import binning
 
@@ -72,24 +72,8 @@ def kernel_rows(b):
             torch.full((2,), -math.inf, dtype=torch.float64))
 
 
-PATHS = [True, False] if binning._cbin is not None and binning._cbin.simd() else [False]
 
 
-@contextlib.contextmanager
-def using_simd(simd):
-    """The C kernel's SSE2 path on or off for a while."""
-    was = binning._cbin.simd(simd)
-    try:
-        yield simd
-    finally:
-        binning._cbin.simd(was)
-
-
-def c_paths():
-    """Each code path of the C kernel in turn (SSE2 and portable, where built), restored afterwards."""
-    for simd in PATHS:
-        with using_simd(simd):
-            yield simd
 
 
 def check_c_kernel(x, b):
@@ -156,12 +140,6 @@ def test_c_kernel_edges_of_any_range(lo, width, bins, seed):
         binning.kernel_observe(x, b, counts, sums, peaks)
         np.testing.assert_array_equal(counts.numpy(), oracle(x, b.edges.double().numpy()))
 
-
-@pytest.fixture(params=PATHS, ids=lambda simd: "sse2" if simd else "portable")
-def c_path(request):
-    """Runs a test on each code path of the C kernel."""
-    with using_simd(request.param) as simd:
-        yield simd
 
 
 def test_c_kernel_reads_only_the_planned_blocks(c_path):

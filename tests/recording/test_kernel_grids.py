@@ -1,6 +1,5 @@
 """The C kernel and the torch (device) path against the numpy reference (twinpeaks.grids) and np.histogram."""
 
-import contextlib
 import math
 
 import numpy as np
@@ -8,28 +7,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_paths import PATHS, using_simd
 
 from twinpeaks import binning, grids
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
-PATHS = [True, False] if binning._cbin is not None and binning._cbin.simd() else [False]
 ISSUE_RANGES = [(-0.5, 0.5), (-1, 1), (-2, 2), (-3, 3), (-4, 4), (-6, 6), (-8, 8)]
 
 
-@contextlib.contextmanager
-def using_simd(simd):
-    was = binning._cbin.simd(simd)
-    try:
-        yield simd
-    finally:
-        binning._cbin.simd(was)
-
-
-@pytest.fixture(params=PATHS, ids=lambda simd: "sse2" if simd else "portable")
-def c_path(request):
-    """Runs a test on each code path of the C kernel."""
-    with using_simd(request.param) as simd:
-        yield simd
 
 
 def numpy_fixed(x: torch.Tensor, lo, hi, bins) -> np.ndarray:
