@@ -40,6 +40,11 @@ AUTO_SAMPLE = 1 << 13
 SAMPLE_BLOCK = 16
 #: bytes of per-step per-class/truth rows kept on the device
 EXTRA_BUDGET = 64 << 20
+#: bytes of per-step rows kept on the device in one phase, all layers together: a model of many layers gets a
+#: shorter window (``flush_every`` at most, :data:`MIN_ROWS` at least; see :func:`window_rows`)
+WINDOW_BUDGET = 24 << 20
+#: the shortest window a large model gets (unless ``flush_every`` is shorter)
+MIN_ROWS = 16
 #: columns of the ``sums`` buffer: sum, sum of squares, non-zeros, elements binned, elements seen
 SUMS = ("sum", "sumsq", "nonzero", "binned", "seen")
 #: columns of the ``peaks`` buffer: -min, max (both combine by maximum)
@@ -56,6 +61,18 @@ def _no_kernel(*args: Any) -> None:
 
 
 _cbin_observe: Callable[..., None] = binning._cbin.observe if binning._cbin is not None else _no_kernel
+
+
+def window_rows(flush_every: int, layers: int, bins: int) -> int:
+    """Steps per window (device rows per record and phase): ``flush_every``, fewer when ``layers`` would pass
+    :data:`WINDOW_BUDGET` (never fewer than :data:`MIN_ROWS`).
+
+    Example:
+        >>> window_rows(256, 10, 100), window_rows(256, 501, 100)
+        (256, 56)
+    """
+    row = (binning.n_slots(bins) + len(SUMS) + len(PEAKS) + 2) * _F64  # counts, sums, peaks, grid
+    return max(min(flush_every, WINDOW_BUDGET // (max(1, layers) * row)), min(MIN_ROWS, flush_every))
 
 
 class PhaseBuffers:
