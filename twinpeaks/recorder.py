@@ -47,7 +47,6 @@ from .recording import ops
 from .recording.clock import StepClock
 from .recording.engine import AUTO_SAMPLE, EXACT_BELOW, SAMPLE_BLOCK, BinningEngine, PhaseBuffers, Record, window_rows
 from .recording.epoch_writer import EpochWriter
-from .recording.writer_thread import WriterThread
 from .recording.probe import CompositeProbe
 from .recording.selection import (
     Hooks,
@@ -59,6 +58,7 @@ from .recording.selection import (
     select_modules,
     unwrap,
 )
+from .recording.writer_thread import WriterThread, pause
 from .run import Run, open_run
 from .rundir import claim, claim_run_path, names_a_folder, next_run_path, refuse_existing
 from .runfile import MAX_BINS, RunWriter
@@ -518,6 +518,8 @@ class ActivationsHistogram:
                 warn(f"twinpeaks: the last epoch was not written: {exc}", RuntimeWarning)
         elif need:
             self._close_epoch(final=True)
+        self._thread.wait()  # layer rows handed over since (a detach) are in the file too
+        self._deliver()
 
     def _current_phase(self) -> str:
         return self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
@@ -640,7 +642,8 @@ class ActivationsHistogram:
         """Write the layer rows that changed; a module whose outputs all went to sub-records (a dict) is not listed."""
         w = self._writer
         assert w is not None
-        self._thread.submit(lambda changes=self._layer_changes(): w.apply_layers(changes))
+        changes = self._layer_changes()
+        self._thread.submit(lambda: w.apply_layers(changes))
 
     def _layer_changes(self) -> list[tuple]:
         """The layer rows to (re)write or drop, taken now (the writer's thread applies them)."""
@@ -691,12 +694,17 @@ class ActivationsHistogram:
     # -- flushing --------------------------------------------------------------------------
     def _take_window(self) -> dict[tuple[int, str], tuple[int, dict]]:
         """The open window's rows of every record and phase, on the host: ``{(id, phase): (first step, rows)}``."""
+        return {key: (start, pd.finish(raw)) for key, (start, pd, raw) in self._take_raw().items()}
+
+    def _take_raw(self) -> dict[tuple[int, str], tuple[int, PhaseBuffers, dict]]:
+        """The open window's rows copied as they are (:meth:`PhaseBuffers.take_raw`; the step waits only for this)."""
         taken = {}
+        window = self.clock.window
         for rec in self._records:
             for phase, pd in rec.phases.items():
-                start, n = self.clock.window(phase)
+                start, n = window(phase)
                 if n > 0:
-                    taken[rec.id, phase] = (start, pd.take(n))
+                    taken[rec.id, phase] = (start, pd, pd.take_raw(n))
         return taken
 
     def _flush_window(self, epoch_end: bool = False) -> Callable[[], None] | None:
@@ -717,16 +725,20 @@ class ActivationsHistogram:
             self.clock.close_window()
             if not epoch_end:
                 return None
-            taken = self._reduce()
+            reduced = self._reduce()
+            taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, dict]] = {
+                key: (start, None, rows) for key, (start, rows) in reduced.items()}
         else:
-            taken = self._take_window()
+            taken = dict(self._take_raw())
             self.clock.close_window()
         changes = self._layer_changes()
 
         def write() -> None:
             w.apply_layers(changes)
-            for (rid, phase), (start, rows) in taken.items():
-                w.add_window(rid, phase, start, *PhaseBuffers.columns(rows))
+            for (rid, phase), (start, pd, rows) in taken.items():
+                w.add_window(rid, phase, start, *PhaseBuffers.columns(rows if pd is None else pd.finish(rows)))
+                if not epoch_end:  # training goes on meanwhile: leave it the GIL between layers
+                    pause()
             if not epoch_end:  # at an epoch's end, _close_epoch commits the columns with the epoch
                 w.commit()
 

@@ -129,6 +129,7 @@ class RunWriter:
         self._drops: set[tuple[int, str]] = set()
         self._arrays: dict[tuple, tuple] = {}  # (layer, phase, kind, epoch, part) -> row
         self._queued_columns: dict[tuple[int, str], set[tuple]] = {}  # (layer, phase) -> its step columns' keys
+        self.queued_bytes = 0  #: bytes of the arrays queued for the next commit
         self._epochs: dict[int, tuple] = {}
         self.failed: str | None = None  #: why the last commit failed (None: it succeeded)
         self._warned = False
@@ -147,6 +148,7 @@ class RunWriter:
             else:
                 create_exclusive(self.path)
             self.conn = sqlite3.connect(self.path, check_same_thread=False)
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # an empty file: pages freed can be given back
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
         _initialise(self.conn, meta)
@@ -167,7 +169,10 @@ class RunWriter:
 
     def put_array(self, layer: int, phase: str, kind: str, epoch: int, part: int, arr: np.ndarray) -> None:
         """Queue an array for the next :meth:`commit`."""
-        self._arrays[layer, phase, kind, epoch, part] = (layer, phase, kind, epoch, part, *encode(arr))
+        row = (layer, phase, kind, epoch, part, *encode(arr))
+        old = self._arrays.get(row[:5])
+        self.queued_bytes += len(row[7]) - (len(old[7]) if old is not None else 0)
+        self._arrays[row[:5]] = row
         if epoch == -1:
             self._queued_columns.setdefault((layer, phase), set()).add((layer, phase, kind, epoch, part))
 
@@ -175,7 +180,7 @@ class RunWriter:
         """Delete the step columns of a layer in a phase (at the next commit, before the arrays queued after)."""
         self._drops.add((layer, phase))
         for key in self._queued_columns.pop((layer, phase), ()):
-            del self._arrays[key]
+            self.queued_bytes -= len(self._arrays.pop(key)[7])
 
     def read_columns(self, layer: int, phase: str, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The step columns of a layer in a phase as written so far: the file's, with what is queued on top.
@@ -239,6 +244,7 @@ class RunWriter:
             return False
         self._meta, self._layers, self._drops, self._arrays, self._epochs = {}, {}, set(), {}, {}
         self._queued_columns = {}
+        self.queued_bytes = 0
         self._layer_drops = set()
         if self.failed is not None:
             log.warning("the run file %r can be written again: recording resumed", self.where)
@@ -262,6 +268,7 @@ class RunWriter:
                         self.where, self.failed)
         if self.path is not None:
             try:
+                self.conn.executescript("PRAGMA incremental_vacuum;")  # give back the pages merges freed (to the end)
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.execute("PRAGMA journal_mode=DELETE").fetchall()
             except sqlite3.Error:  # a reader holds the file (it stays a WAL file), or the disk is full
@@ -398,6 +405,7 @@ def _guard(conn: RunConnection) -> None:
 
 
 def _initialise(conn: sqlite3.Connection, meta: dict[str, Any]) -> None:
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # no effect on a file that holds tables already
     conn.executescript(_SCHEMA)
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
     conn.commit()

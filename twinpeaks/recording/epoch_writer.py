@@ -40,6 +40,9 @@ class LayerRecord(Protocol):
 #: Columns of the open epoch kept per record and phase (in memory, for the epoch's summaries: the whole epoch is
 #: exact at any size, its last quarter starts at a column boundary, so this sets its resolution).
 EPOCH_COLUMNS = 64
+#: The writer commits (mid-flush) once this many bytes are queued: a rewrite of every layer's columns is
+#: committed layer by layer, not held in memory whole (each commit leaves every layer's columns whole)
+COMMIT_BYTES = 8 << 20
 _COLUMN_KINDS = ("col_steps", "col_counts", "col_stats", "col_grid")
 
 
@@ -71,8 +74,9 @@ class FileColumns:
         new = ColumnStore.restore(self.cap + n, self.shape, self.gridded, self.width, origin)  # never merges
         new.append(start, counts, stats, grid)
         first = len(self.steps)
-        if first + len(new) <= self.cap:
-            store = new
+        if first + len(new) <= self.cap:  # new columns: one more segment (part = its first column)
+            columns = [new.steps, new.counts, new.stats, new.grid]
+            self.steps = np.concatenate([self.steps, new.steps])
         else:  # past the cap: merge every column (read back from the file), rewrite them all
             got = w.read_columns(rid, phase, _COLUMN_KINDS)
             if first and len(got.get("col_steps", ())) != first:
@@ -81,14 +85,12 @@ class FileColumns:
                 self.steps, got["col_counts"], got["col_stats"], got.get("col_grid")) if first else None)
             store.append(start, counts, stats, grid)
             w.drop_columns(rid, phase)
-            first = 0
-        w.put_array(rid, phase, "col_steps", -1, first, store.steps)
-        w.put_array(rid, phase, "col_counts", -1, first, store.counts)
-        w.put_array(rid, phase, "col_stats", -1, first, store.stats)
-        if store.grid is not None:
-            w.put_array(rid, phase, "col_grid", -1, first, store.grid)
-        self.steps = np.concatenate([self.steps, store.steps]) if first else store.steps.copy()
-        self.width, self.origin = store.width, origin
+            columns = [store.steps, store.counts, store.stats, store.grid]
+            self.steps, self.width, first = store.steps.copy(), store.width, 0
+        for kind, arr in zip(_COLUMN_KINDS, columns):
+            if arr is not None:
+                w.put_array(rid, phase, kind, -1, first, arr)
+        self.origin = origin
 
 
 class _HostColumns:
@@ -128,6 +130,8 @@ class EpochWriter:
             host = self.hosts[rid, phase] = _HostColumns(
                 self.max_columns, n_slots(self.bins), {k: v.shape[1:-1] for k, v in extra.items()}, grid is not None)
         host.store.append(self.writer, rid, phase, start, counts, stats, grid)
+        if self.writer.queued_bytes > COMMIT_BYTES and self.writer.failed is None:
+            self.writer.commit()
         host.epoch.append(start, counts, stats, grid)
         for k, arr in extra.items():
             host.epoch_extra[k].append(start, arr, stats, grid)

@@ -10,7 +10,7 @@ Design constraints:
 * Committed on return: :meth:`WriterThread.wait` returns once every job handed over has run
   (``end_epoch``, ``flush`` and ``close`` wait, so what they return from is in the file).
 * Never crash training, never hide a bug: the file's own failures (full disk, a second writer)
-  are the run writer's (it warns once and keeps its queue); messages meant for the user are
+  are the run writer's (it warns once and keeps its queue; a read that fails is a message too); messages meant for the user are
   issued on the training thread (:meth:`WriterThread.deliver`), so they point at the user's line;
   any other exception of a job is re-raised on the training thread at the next hand-over or wait.
 * One daemon thread per recorder, started at the first job, ended by :meth:`WriterThread.close`.
@@ -20,10 +20,22 @@ Design constraints:
 from __future__ import annotations
 
 import queue
+import sqlite3
 import threading
+import time
 from collections.abc import Callable
 
 Job = Callable[[], None]
+
+#: How long the writer's thread sleeps between two layers' work (:func:`pause`): long enough for a waiting
+#: training thread to take the GIL, so the writer never holds it for more than one layer's work.
+PAUSE_S = 50e-6
+
+
+def pause() -> None:
+    """Let the training thread run (release the GIL briefly); a no-op off the writer's thread."""
+    if threading.current_thread().name.startswith("twinpeaks-writer-"):
+        time.sleep(PAUSE_S)
 
 
 class WriterThread:
@@ -98,6 +110,8 @@ class WriterThread:
                 if job is None:
                     return
                 job()
+            except (sqlite3.Error, OSError) as exc:  # the file failed outside a commit (which keeps its queue)
+                self.say(f"could not write to the run file ({exc}); training goes on, the file keeps what it held")
             except BaseException as exc:  # re-raised on the training thread
                 if self._error is None:
                     self._error = exc
