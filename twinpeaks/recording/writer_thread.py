@@ -28,7 +28,9 @@ from collections.abc import Callable
 Job = Callable[[], None]
 
 #: How long the writer's thread sleeps between two layers' work (:func:`pause`): long enough for a waiting
-#: training thread to take the GIL, so the writer never holds it for more than one layer's work.
+#: training thread to take the GIL, so the writer never holds it for more than one layer's work. (Sleeping in
+#: proportion to the work, to spread it over more steps, made the writer fall a window behind when every
+#: layer's columns merge at once, and a step then waited for it.)
 PAUSE_S = 50e-6
 
 
