@@ -193,3 +193,37 @@ def test_the_window_shrinks_for_many_layers():
     layers = 501
     assert layers * window_rows(256, layers, 100) * (103 + 9) * 8 <= 16 << 20
     assert np.isfinite(window_rows(256, 0, 100))
+
+
+@pytest.mark.parametrize("gridded", [False, True], ids=["fixed", "grids"])
+@pytest.mark.parametrize("cap,window", [(10, 3), (8, 8), (50, 37), (2, 5)], ids=str)
+def test_file_columns_follow_the_column_store_exactly(gridded, cap, window):
+    """The run's columns kept in the file (read back to merge) equal an in-memory ColumnStore fed the same rows,
+    windows of any length against any cap, with a failed commit in the middle (its queue is read back too)."""
+    from twinpeaks.columns import ColumnStore
+    from twinpeaks.runfile import RunWriter
+
+    rng = np.random.default_rng(cap * 100 + window)
+    w = RunWriter(None, {"options": {}})
+    files, ref = epoch_writer.FileColumns(cap, (6,), gridded), ColumnStore(cap, (6,), gridded)
+    start = 0
+    for k in range(40):
+        n = int(rng.integers(1, window + 1))
+        counts = rng.integers(0, 50, (n, 6))
+        stats = np.column_stack([rng.random((n, 5)) * 10, -rng.random(n), rng.random(n)])
+        grid = np.column_stack([rng.integers(-3, -1, n), rng.integers(-8, -4, n)]) if gridded else None
+        if gridded:  # rows on different grids must hold bins that fit the common one: keep 4 bins in the middle
+            counts[:, 1] = counts[:, -1] = counts[:, -2] = 0
+        files.append(w, 0, "train", start, counts, stats, grid)
+        ref.append(start, counts, stats, grid)
+        start += n
+        if k % 7 != 3:  # every 7th flush's commit "fails": its arrays stay queued and are read back from there
+            w.commit()
+        got = w.read_columns(0, "train", ("col_steps", "col_counts", "col_stats", "col_grid"))
+        np.testing.assert_array_equal(got["col_steps"], ref.steps)
+        np.testing.assert_array_equal(files.steps, ref.steps)
+        np.testing.assert_array_equal(got["col_counts"], ref.counts)
+        np.testing.assert_array_equal(got["col_stats"], ref.stats)
+        if gridded:
+            np.testing.assert_array_equal(got["col_grid"], ref.grid)
+        assert len(ref) <= cap
