@@ -735,7 +735,8 @@ class ActivationsHistogram:
 
         def write() -> None:
             w.apply_layers(changes)
-            for (rid, phase), (start, pd, rows) in taken.items():
+            for rid, phase in list(taken):  # each layer's rows are let go once written
+                start, pd, rows = taken.pop((rid, phase))
                 w.add_window(rid, phase, start, *PhaseBuffers.columns(rows if pd is None else pd.finish(rows)))
                 if not epoch_end:  # training goes on meanwhile: leave it the GIL between layers
                     pause()
