@@ -448,6 +448,19 @@ def deep500(quick: bool = False, blocks: int = 250, width: int = 32, batch: int 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "deep.tp"
         hist = tp.ActivationsHistogram(model, path)
+        flushes: list[tuple[int, float, float]] = []  # mid-epoch flushes inside a step: (step, wall s, thread CPU s)
+        flush_window = hist._flush_window
+
+        def timed_flush(epoch_end: bool = False) -> Any:
+            if epoch_end:
+                return flush_window(epoch_end)
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return flush_window(epoch_end)
+            finally:
+                flushes.append((recorded + 1, time.perf_counter() - t0, time.thread_time() - c0))
+
+        hist._flush_window = timed_flush  # type: ignore[method-assign]
         t0 = time.perf_counter()
         hist.attach()
         attach_s = time.perf_counter() - t0
@@ -482,6 +495,7 @@ def deep500(quick: bool = False, blocks: int = 250, width: int = 32, batch: int 
         return med(med(a) / med(b) for a, b in zip(d["twinpeaks"], d["none"]))
 
     rec_wall = [t for ws in wall["twinpeaks"] for t in ws]
+    flush_steps = [rec_wall[i - 1] for i, _, _ in flushes if 1 < i <= len(rec_wall)]
     none_wall = [t for ws in wall["none"] for t in ws]
     rec_cpu = [t for cs in cpu["twinpeaks"] for t in cs]
     none_cpu = [t for cs in cpu["none"] for t in cs]
@@ -497,6 +511,11 @@ def deep500(quick: bool = False, blocks: int = 250, width: int = 32, batch: int 
             "worst_stall_ms": (max(rec_wall[1:]) - med(rec_wall)) * 1e3,
             "slowest_steps_ms": {i + 1: round(rec_wall[i] * 1e3, 1)
                                  for i in sorted(range(len(rec_wall)), key=lambda i: -rec_wall[i])[:6]},
+            "flushes_in_steps": len(flushes), "window_steps": hist.clock.rows,
+            "flush_handover_ms_median": med(f[1] for f in flushes) * 1e3 if flushes else None,
+            "flush_handover_ms_max": max(f[1] for f in flushes) * 1e3 if flushes else None,
+            "flush_handover_cpu_ms_max": max(f[2] for f in flushes) * 1e3 if flushes else None,
+            "flush_step_stall_ms_max": (max(flush_steps) - med(rec_wall)) * 1e3 if flush_steps else None,
             "end_epoch_ms_median": med(ends) * 1e3 if ends else None,
             "end_epoch_ms_max": max(ends) * 1e3 if ends else None, "end_epochs": len(ends),
             "peak_rss_mb_none": rss_none, "peak_rss_mb_twinpeaks": rss_with, "extra_rss_mb": rss_with - rss_none,
@@ -606,6 +625,13 @@ def deep_table(d: dict[str, Any]) -> str:
             ("worst recorded step ms but the first (unrecorded worst)",
              f"{d['max_step_ms_twinpeaks']:.1f} ({d['max_step_ms_none']:.1f})", ""),
             ("worst stall ms (worst - median recorded step)", f"{d['worst_stall_ms']:.1f}", "<= 20"),
+            ("mid-epoch flushes in steps (window steps)", f"{d['flushes_in_steps']} ({d['window_steps']})", ""),
+            ("flush hand-over in a step ms, median / max (thread CPU max)",
+             "-" if d["flush_handover_ms_median"] is None
+             else f"{d['flush_handover_ms_median']:.1f} / {d['flush_handover_ms_max']:.1f} "
+                  f"({d['flush_handover_cpu_ms_max']:.1f})", "<= 20"),
+            ("worst step with a flush ms, minus the median recorded step",
+             "-" if d["flush_step_stall_ms_max"] is None else f"{d['flush_step_stall_ms_max']:.1f}", "<= 20"),
             ("end_epoch ms, median / max",
              "-" if d["end_epoch_ms_median"] is None
              else f"{d['end_epoch_ms_median']:.0f} / {d['end_epoch_ms_max']:.0f} ({d['end_epochs']} epochs)", ""),

@@ -68,6 +68,7 @@ class ColumnStore:
         self.cap = cap
         self.width = 1  # steps per bucket: every column lies inside one bucket
         self.origin = 0  # first step of the first bucket (the first step appended)
+        self._origin_set = False
         # buffers with spare rows, grown geometrically: an append copies only the new rows
         self._n = 0
         self._steps = np.zeros((0, 2), dtype=np.int64)
@@ -103,9 +104,36 @@ class ColumnStore:
     def clear(self) -> None:
         """Drop every column and start again at one step per column (an epoch store at epoch end)."""
         self.width = 1
+        self._origin_set = False
         self._n = 0
         self.written = 0
         self.rewrite = False
+
+    @classmethod
+    def restore(cls, cap: int, shape: tuple[int, ...], gridded: bool, width: int, origin: int,
+                columns: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None = None) -> ColumnStore:
+        """A store in a known state: bucket ``width`` and ``origin``, and ``columns`` ``(steps, counts, stats, grid)``
+        (e.g. read back from a run file; None: no column yet, the next rows still fall in the buckets of ``origin``).
+
+        Example:
+            >>> s = ColumnStore.restore(4, (3,), False, width=2, origin=0)
+            >>> s.append(3, np.ones((3, 3), np.int64), np.zeros((3, 7)))
+            >>> s.steps.tolist()
+            [[3, 4], [4, 6]]
+        """
+        store = cls(cap, shape, gridded)
+        store.width, store.origin, store._origin_set = int(width), int(origin), True
+        if columns is not None and len(columns[0]):
+            steps, counts, stats, grid = columns
+            store._reserve(len(steps))
+            n = store._n = len(steps)
+            store._steps[:n], store._counts[:n], store._stats[:n] = steps, counts, stats
+            if store._grid is not None:
+                if grid is None:
+                    raise ValueError("a gridded store takes columns with grids")
+                store._grid[:n] = grid
+            store.written = n
+        return store
 
     def _reserve(self, extra: int) -> None:
         need = self._n + extra
@@ -128,8 +156,9 @@ class ColumnStore:
             return
         if (grid is None) != (self._grid is None):
             raise ValueError("a gridded store takes rows with grids, a fixed one without")
-        if self._n == 0:
+        if not self._origin_set:
             self.origin = int(start)
+            self._origin_set = True
         if self.width > 1:  # one column per bucket the rows touch
             bucket = (np.arange(start, start + n, dtype=np.int64) - self.origin) // self.width
             groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))

@@ -387,11 +387,13 @@ def merge_groups(counts: np.ndarray, grid: np.ndarray, starts: np.ndarray) -> tu
     ends = np.append(starts[1:], n)
     out = np.add.reduceat(counts, starts, axis=0) if n else counts[:0].copy()
     out_grid = grid[starts].copy() if n else grid[:0].copy()
-    for k, (a, b) in enumerate(zip(starts, ends)):
-        g = grid[a:b]
-        if b - a < 2 or (g == g[0]).all():
-            continue
-        row, common = combine(list(counts[a:b]), [(int(e), int(o)) for e, o in g])
+    if not n:
+        return out, out_grid
+    differs = (grid != grid[np.repeat(starts, ends - starts)]).any(axis=1)  # a row off its group's first grid
+    mixed = np.flatnonzero(np.logical_or.reduceat(differs, starts)) if differs.any() else ()
+    for k in mixed:  # only groups of rows on different grids need regridding
+        a, b = starts[k], ends[k]
+        row, common = combine(list(counts[a:b]), [(int(e), int(o)) for e, o in grid[a:b]])
         out[k] = row
         out_grid[k] = common if common is not None else (0, 0)
     return out, out_grid

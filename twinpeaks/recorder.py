@@ -45,7 +45,7 @@ from .errors import RunFileError, TwinpeaksWarning, warn
 from .outputs import flatten, is_main, path_name
 from .recording import ops
 from .recording.clock import StepClock
-from .recording.engine import AUTO_SAMPLE, EXACT_BELOW, SAMPLE_BLOCK, BinningEngine, Record
+from .recording.engine import AUTO_SAMPLE, EXACT_BELOW, SAMPLE_BLOCK, BinningEngine, PhaseBuffers, Record, window_rows
 from .recording.epoch_writer import EpochWriter
 from .recording.probe import CompositeProbe
 from .recording.selection import (
@@ -58,6 +58,7 @@ from .recording.selection import (
     select_modules,
     unwrap,
 )
+from .recording.writer_thread import WriterThread, pause
 from .run import Run, open_run
 from .rundir import claim, claim_run_path, names_a_folder, next_run_path, refuse_existing
 from .runfile import MAX_BINS, RunWriter
@@ -291,13 +292,15 @@ class ActivationsHistogram:
             self._selected.append(("output", self.root))
         self._order = {id(m): k for k, m in enumerate(self.root.modules())}  # layers are listed in this order
         self._check_range_names()
-        self.clock = StepClock(flush_every)
-        self.engine = BinningEngine(self.clock, bins=bins, sample=sample, per_class=self.per_class, rows=flush_every,
+        rows = window_rows(flush_every, len(self._selected), bins)  # device rows within a budget for all layers
+        self.clock = StepClock(rows)
+        self.engine = BinningEngine(self.clock, bins=bins, sample=sample, per_class=self.per_class, rows=rows,
                                     seed=seed, warn=self._warn_once,
                                     range_of=lambda rec: self._range_for(rec.name, rec.module_name))
         self._hooks = Hooks()
         self._sync: distributed.DistSync | None = None
         self._writer: EpochWriter | None = None
+        self._thread = WriterThread(str(id(self)))  # the writer's work, off the training thread
         self._records: list[Record] = []
         self._by_module: list[dict[tuple, Record]] = []
         self._explicit: list[str] = []
@@ -331,9 +334,9 @@ class ActivationsHistogram:
             claimed = self._claim()
             if self._sync is not None:
                 writer = self._sync.open_writer(self.path, self._meta(), [name for name, _ in self._selected],
-                                                overwrite=self.overwrite, claimed=claimed, warn=self._warn_file)
+                                                overwrite=self.overwrite, claimed=claimed, warn=self._file_message)
             else:
-                writer = RunWriter(self.path, self._meta(), self._warn_file, overwrite=self.overwrite,
+                writer = RunWriter(self.path, self._meta(), self._file_message, overwrite=self.overwrite,
                                    claimed=claimed)
             self._writer = EpochWriter(writer, self.bins, self.max_columns)
             self._names = RecordNames(self.root)
@@ -348,7 +351,7 @@ class ActivationsHistogram:
                 self._probe = CompositeProbe(self.root, composite_candidates(self.root), self._observe_composite)
             else:
                 self._write_layers()
-            self._writer.commit()
+            self._commit(wait=True)
         ops.register(self)
         self._hooks.register(self.root, self._begin_step, [mod for _, mod in self._selected], self._make_hook)
         self._hooked = len(self._selected)
@@ -378,7 +381,11 @@ class ActivationsHistogram:
         self.detach()
         if self._writer is None:
             return
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self._thread.close()  # every job has run: the writer is this thread's again
+            self._deliver()
         if self._sync is not None:
             self._sync.release()
         if self.path is not None:
@@ -512,6 +519,8 @@ class ActivationsHistogram:
                 warn(f"twinpeaks: the last epoch was not written: {exc}", RuntimeWarning)
         elif need:
             self._close_epoch(final=True)
+        self._thread.wait()  # layer rows handed over since (a detach) are in the file too
+        self._deliver()
 
     def _current_phase(self) -> str:
         return self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
@@ -634,15 +643,44 @@ class ActivationsHistogram:
         """Write the layer rows that changed; a module whose outputs all went to sub-records (a dict) is not listed."""
         w = self._writer
         assert w is not None
+        changes = self._layer_changes()
+        self._thread.submit(lambda: w.apply_layers(changes))
+
+    def _layer_changes(self) -> list[tuple]:
+        """The layer rows to (re)write or drop, taken now (the writer's thread applies them)."""
+        w = self._writer
+        assert w is not None
+        changes: list[tuple] = []
         for recs in self._by_module:
             main = recs[()]
             if main.out_shape is None and any(r.out_shape is not None for r in recs.values()):
                 main.dirty = False
                 if main.id in self._listed:
-                    w.drop_layer(main.id)
+                    changes.append(("drop", main.id))
                     self._listed.discard(main.id)
         self._listed.update(rec.id for rec in self._records if rec.dirty)
-        w.write_layers(self._records)
+        return changes + w.layer_changes(self._records)
+
+    def _commit(self, wait: bool) -> None:
+        """Commit what was handed to the writer's thread; ``wait``: return once it is in the file."""
+        w = self._writer
+        assert w is not None
+        self._thread.submit(w.commit)
+        if wait:
+            self._thread.wait()
+        self._deliver()
+
+    def _file_message(self, msg: str) -> None:
+        """The run writer's message (the file cannot be written): kept by the writer's thread for the user."""
+        if self._thread.on_thread():
+            self._thread.say(msg)
+        else:
+            self._warn_file(msg)
+
+    def _deliver(self) -> None:
+        """Issue the writer thread's messages here, on the training thread (they point at the user's line)."""
+        for msg in self._thread.deliver():
+            self._warn_file(msg)
 
     def _warn_file(self, msg: str) -> None:
         """The run file cannot be written (its writer says so once): training goes on."""
@@ -657,19 +695,27 @@ class ActivationsHistogram:
     # -- flushing --------------------------------------------------------------------------
     def _take_window(self) -> dict[tuple[int, str], tuple[int, dict]]:
         """The open window's rows of every record and phase, on the host: ``{(id, phase): (first step, rows)}``."""
+        return {key: (start, pd.finish(raw)) for key, (start, pd, raw) in self._take_raw().items()}
+
+    def _take_raw(self) -> dict[tuple[int, str], tuple[int, PhaseBuffers, dict]]:
+        """The open window's rows copied as they are (:meth:`PhaseBuffers.take_raw`; the step waits only for this)."""
         taken = {}
+        window = self.clock.window
         for rec in self._records:
             for phase, pd in rec.phases.items():
-                start, n = self.clock.window(phase)
+                start, n = window(phase)
                 if n > 0:
-                    taken[rec.id, phase] = (start, pd.take(n))
+                    taken[rec.id, phase] = (start, pd, pd.take_raw(n))
         return taken
 
-    def _flush_window(self, epoch_end: bool = False) -> None:
-        """Move all rows of the current window to the host stores and commit the new columns.
+    def _flush_window(self, epoch_end: bool = False) -> Callable[[], None] | None:
+        """Take all rows of the current window to the host and hand them to the writer's thread.
 
-        Distributed: mid-epoch, rows only move to this rank's host; at the epoch's
-        end every rank's rows are combined (see :mod:`twinpeaks.distributed`).
+        Mid-epoch the writer's thread writes and commits the new columns (the step only waits for the
+        rows' copy); at an epoch's end the work is returned, for :meth:`_close_epoch` to hand over with
+        the epoch (one transaction). Distributed: mid-epoch, rows only move to this rank's host; at the
+        epoch's end every rank's rows are combined here, on the training thread (see
+        :mod:`twinpeaks.distributed`).
         """
         if self._probe is not None:
             self._settle()
@@ -679,19 +725,30 @@ class ActivationsHistogram:
             self._sync.hold(self._take_window(), {p: self.clock.window(p)[0] for p in self.clock.step})
             self.clock.close_window()
             if not epoch_end:
-                return
-            taken = self._reduce()
+                return None
+            reduced = self._reduce()
+            taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, dict]] = {
+                key: (start, None, rows) for key, (start, rows) in reduced.items()}
         else:
-            taken = self._take_window()
+            taken = dict(self._take_raw())
             self.clock.close_window()
-        for rec in self._records:
-            for phase in rec.phases:
-                if (rec.id, phase) in taken:
-                    start, rows = taken[rec.id, phase]
-                    w.add_window(rec, phase, start, *rec.phases[phase].columns(rows))
-        self._write_layers()
-        if not epoch_end:  # at an epoch's end, _close_epoch commits the columns with the epoch: one transaction
-            w.commit()
+        changes = self._layer_changes()
+
+        def write() -> None:
+            w.apply_layers(changes)
+            for rid, phase in list(taken):  # each layer's rows are let go once written
+                start, pd, rows = taken.pop((rid, phase))
+                w.add_window(rid, phase, start, *PhaseBuffers.columns(rows if pd is None else pd.finish(rows)))
+                if not epoch_end:  # training goes on meanwhile: leave it the GIL between layers
+                    pause()
+            if not epoch_end:  # at an epoch's end, _close_epoch commits the columns with the epoch
+                w.commit()
+
+        if epoch_end:
+            return write
+        self._thread.submit(write)
+        self._deliver()
+        return None
 
     def _reduce(self) -> dict[tuple[int, str], tuple[int, dict]]:
         """Combine every rank's rows of this epoch by their declared reductions; align the clocks."""
@@ -732,7 +789,7 @@ class ActivationsHistogram:
         self._close_epoch(final=False)
 
     def _close_epoch(self, final: bool) -> None:
-        self._flush_window(epoch_end=True)
+        write = self._flush_window(epoch_end=True)
         for name, n, cols in self.engine.take_bad_targets():
             if name + "/targets" not in self._warned:
                 self._warned.add(name + "/targets")
@@ -746,12 +803,22 @@ class ActivationsHistogram:
         # Eval-only steps after the last end_epoch (a final test pass) join the last epoch.
         merge = final and clock.epoch > 0 and "train" not in phases
         epoch = clock.epoch - 1 if merge else clock.epoch
-        w.write_epoch(self._records, epoch, {p: (clock.epoch_first[p], clock.step[p]) for p in phases}, merge)
+        rids = [rec.id for rec in self._records]
+        spans = {p: (clock.epoch_first[p], clock.step[p]) for p in phases}
+
+        def write_epoch() -> None:
+            if write is not None:
+                write()
+            w.write_epoch(rids, epoch, spans, merge)
+            w.commit()
+
         for p in phases:
             clock.close_epoch_phase(p)
-        w.commit()
         if not merge:
             clock.epoch += 1
+        self._thread.submit(write_epoch)
+        self._thread.wait()  # end_epoch, flush and close return once the epoch is in the file
+        self._deliver()
         if self._run is not None:
             self._run.refresh()
         for listener in self._listeners if self._sync is None or self._sync.writes else []:  # charts: rank 0 only
@@ -766,6 +833,8 @@ class ActivationsHistogram:
         """The run recorded so far (committed data), for charts and checks during training."""
         if self._writer is None and self.path is None:
             raise RuntimeError("nothing recorded yet: attach first")
+        self._thread.wait()  # what was handed over is in the file
+        self._deliver()
         if self._run is None:
             self._run = open_run(self.path) if self.path is not None else Run(self._writer.conn, None, owned=False)  # type: ignore[union-attr]
         return self._run.refresh()

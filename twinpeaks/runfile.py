@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RunFileError, warn
-from .format import encode
+from .format import decode, encode
 
 log = logging.getLogger("twinpeaks")
 
@@ -128,6 +128,8 @@ class RunWriter:
         self._layer_drops: set[int] = set()
         self._drops: set[tuple[int, str]] = set()
         self._arrays: dict[tuple, tuple] = {}  # (layer, phase, kind, epoch, part) -> row
+        self._queued_columns: dict[tuple[int, str], set[tuple]] = {}  # (layer, phase) -> its step columns' keys
+        self.queued_bytes = 0  #: bytes of the arrays queued for the next commit
         self._epochs: dict[int, tuple] = {}
         self.failed: str | None = None  #: why the last commit failed (None: it succeeded)
         self._warned = False
@@ -146,6 +148,7 @@ class RunWriter:
             else:
                 create_exclusive(self.path)
             self.conn = sqlite3.connect(self.path, check_same_thread=False)
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # an empty file: pages freed can be given back
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=NORMAL")
         _initialise(self.conn, meta)
@@ -166,13 +169,37 @@ class RunWriter:
 
     def put_array(self, layer: int, phase: str, kind: str, epoch: int, part: int, arr: np.ndarray) -> None:
         """Queue an array for the next :meth:`commit`."""
-        self._arrays[layer, phase, kind, epoch, part] = (layer, phase, kind, epoch, part, *encode(arr))
+        row = (layer, phase, kind, epoch, part, *encode(arr))
+        old = self._arrays.get(row[:5])
+        self.queued_bytes += len(row[7]) - (len(old[7]) if old is not None else 0)
+        self._arrays[row[:5]] = row
+        if epoch == -1:
+            self._queued_columns.setdefault((layer, phase), set()).add((layer, phase, kind, epoch, part))
 
     def drop_columns(self, layer: int, phase: str) -> None:
         """Delete the step columns of a layer in a phase (at the next commit, before the arrays queued after)."""
         self._drops.add((layer, phase))
-        for key in [k for k in self._arrays if k[0] == layer and k[1] == phase and k[3] == -1]:
-            del self._arrays[key]
+        for key in self._queued_columns.pop((layer, phase), ()):
+            self.queued_bytes -= len(self._arrays.pop(key)[7])
+
+    def read_columns(self, layer: int, phase: str, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
+        """The step columns of a layer in a phase as written so far: the file's, with what is queued on top.
+
+        ``{kind: the segments of that kind joined in part order}`` (kinds with no segment are left out). The
+        writer's own view: committed rows, less those a queued :meth:`drop_columns` deletes, with queued
+        arrays replacing or adding segments (a commit that failed keeps them queued). The writer's thread only.
+        """
+        parts: dict[str, dict[int, np.ndarray]] = {k: {} for k in kinds}
+        if (layer, phase) not in self._drops:
+            marks = ", ".join("?" * len(kinds))
+            for kind, part, dtype, shape, data in self.conn.execute(
+                    f"SELECT kind, part, dtype, shape, data FROM arrays WHERE layer=? AND phase=? AND epoch=-1 "
+                    f"AND kind IN ({marks})", (layer, phase, *kinds)):
+                parts[kind][part] = decode(dtype, shape, data)
+        for key in self._queued_columns.get((layer, phase), ()):
+            if key[2] in parts:
+                parts[key[2]][key[4]] = decode(*self._arrays[key][5:])
+        return {k: np.concatenate([got[p] for p in sorted(got)]) for k, got in parts.items() if got}
 
     def put_epoch(self, epoch: int, steps: dict[str, list[int]]) -> None:
         self._epochs[epoch] = (epoch, time.time(), json.dumps(steps))
@@ -216,6 +243,8 @@ class RunWriter:
             self.failed = str(exc)
             return False
         self._meta, self._layers, self._drops, self._arrays, self._epochs = {}, {}, set(), {}, {}
+        self._queued_columns = {}
+        self.queued_bytes = 0
         self._layer_drops = set()
         if self.failed is not None:
             log.warning("the run file %r can be written again: recording resumed", self.where)
@@ -239,6 +268,7 @@ class RunWriter:
                         self.where, self.failed)
         if self.path is not None:
             try:
+                self.conn.executescript("PRAGMA incremental_vacuum;")  # give back the pages merges freed (to the end)
                 self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
                 self.conn.execute("PRAGMA journal_mode=DELETE").fetchall()
             except sqlite3.Error:  # a reader holds the file (it stays a WAL file), or the disk is full
@@ -375,6 +405,7 @@ def _guard(conn: RunConnection) -> None:
 
 
 def _initialise(conn: sqlite3.Connection, meta: dict[str, Any]) -> None:
+    conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # no effect on a file that holds tables already
     conn.executescript(_SCHEMA)
     conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
     conn.commit()

@@ -252,6 +252,7 @@ def test_run_before_its_first_epoch(new_page, browser, tmp_path):  # noqa: F811
     try:
         for _ in range(9):  # the 9th step's start flushes steps 4-7
             model(torch.randn(5, 2))
+        assert hist.run.epochs == 0  # hist.run waits for the writer's thread: the flushed steps are committed
         with tp.open_run(tmp_path / "early.tp") as run:  # read while the writer is open
             assert run.epochs == 0
             payload = run_payload(run)

@@ -86,6 +86,11 @@ def auto_sample(bins: int) -> int:
 AUTO_SAMPLE = auto_sample(100)
 #: bytes of per-step per-class/truth rows kept on the device
 EXTRA_BUDGET = 64 << 20
+#: bytes of per-step rows kept on the device in one phase, all layers together: a model of many layers gets a
+#: shorter window (``flush_every`` at most, :data:`MIN_ROWS` at least; see :func:`window_rows`)
+WINDOW_BUDGET = 16 << 20
+#: the shortest window a large model gets (unless ``flush_every`` is shorter)
+MIN_ROWS = 16
 #: columns of the ``sums`` buffer: sum, sum of squares, non-zeros, elements binned, elements seen
 SUMS = ("sum", "sumsq", "nonzero", "binned", "seen")
 #: columns of the ``peaks`` buffer: -min, max (both combine by maximum)
@@ -102,6 +107,18 @@ def _no_kernel(*args: Any) -> None:
 
 
 _cbin_observe: Callable[..., None] = binning._cbin.observe if binning._cbin is not None else _no_kernel
+
+
+def window_rows(flush_every: int, layers: int, bins: int) -> int:
+    """Steps per window (device rows per record and phase): ``flush_every``, fewer when ``layers`` would pass
+    :data:`WINDOW_BUDGET` (never fewer than :data:`MIN_ROWS`).
+
+    Example:
+        >>> window_rows(256, 10, 100), window_rows(256, 501, 100)
+        (256, 37)
+    """
+    row = (binning.n_slots(bins) + len(SUMS) + len(PEAKS) + 2) * _F64  # counts, sums, peaks, grid
+    return max(min(flush_every, WINDOW_BUDGET // (max(1, layers) * row)), min(MIN_ROWS, flush_every))
 
 
 class PhaseBuffers:
@@ -152,26 +169,49 @@ class PhaseBuffers:
 
     def take(self, n: int) -> Rows:
         """Move the first ``n`` rows of every declared state to the host (the flush's only sync) and reset them."""
-        rows: Rows = {}
-        for name, (buf, _, host) in self.states.items():
-            if name == "grid":
-                g = buf[:n].cpu().numpy()
-                rows[name] = np.where(np.isnan(g), 0, g).astype(np.int64)  # unset: no finite value, any grid
-            else:  # a copy (on CPU .numpy() shares memory) before resetting
-                rows[name] = buf[:n].cpu().numpy().astype(host)
+        return self.finish(self.take_raw(n))
+
+    def take_raw(self, n: int) -> Rows:
+        """The first ``n`` rows of every state copied to the host as they are, and reset: the part of :meth:`take`
+        that must run before the next step (a flush hands the rest, :meth:`finish`, to the writer's thread)."""
+        raw: Rows = {}
+        for name, (buf, op, _) in self.states.items():
+            fill = -math.inf if op == "max" else math.inf if op == "min" else math.nan if op == "grid" else 0
+            if self.cpu:  # a copy through a numpy view, then the reset: no torch operation
+                view = buf.numpy()[:n]
+                raw[name] = view.copy()
+                view[:] = fill
+            else:
+                raw[name] = buf[:n].cpu().numpy()
+                buf[:n] = fill
         if self.extra_grids is not None:  # per-class/truth rows counted on an earlier (finer) grid of their row
-            grid, eg = rows["grid"], self.extra_grids[:n].cpu().numpy()
+            if self.cpu:
+                eg = self.extra_grids.numpy()[:n]
+                raw["extra_grids"] = eg.copy()
+                eg[:] = math.nan
+            else:
+                raw["extra_grids"] = self.extra_grids[:n].cpu().numpy()
+                self.extra_grids[:n] = math.nan
+        return raw
+
+    def finish(self, raw: Rows) -> Rows:
+        """Host rows of :meth:`take_raw`'s copies: host dtypes, unset grids ``0, 0``, per-class/truth rows on their
+        row's grid, the nonfinite slot completed. Reads nothing of the buffers (any thread may run it)."""
+        rows: Rows = {}
+        for name, (_, _, host) in self.states.items():
+            if name == "grid":
+                rows[name] = np.nan_to_num(raw[name], nan=0.0).astype(np.int64)  # unset: no finite value, any grid
+            else:
+                rows[name] = raw[name].astype(host, copy=False)
+        eg = raw.get("extra_grids")
+        if eg is not None:
+            grid = rows["grid"]
             for i in np.flatnonzero(~np.isnan(eg[:, 0]) & (eg != grid).any(axis=1)):
                 old, new = (int(eg[i, 0]), int(eg[i, 1])), (int(grid[i, 0]), int(grid[i, 1]))
                 for k in self.extra:
                     rows[k][i, ..., 1:-2] = grids.regrid(rows[k][i, ..., 1:-2], old, new)
-            (self.extra_grids.numpy() if self.cpu else self.extra_grids)[:n] = math.nan
         counts = rows["counts"]  # the nonfinite slot of the torch path: binned but not counted
         counts[:, -1] += rows["sums"][:, SUMS.index("binned")].astype(np.int64) - counts.sum(axis=1)
-        for buf, op, _ in self.states.values():
-            # CPU: reset through a numpy view, no torch operation
-            (buf.numpy() if self.cpu else buf)[:n] = (-math.inf if op == "max" else math.inf if op == "min"
-                                                      else math.nan if op == "grid" else 0)
         return rows
 
     @staticmethod

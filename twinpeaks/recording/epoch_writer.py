@@ -2,8 +2,9 @@
 
 Design constraints: memory stays bounded (per-step columns merge into even buckets past
 ``max_columns``, see :mod:`twinpeaks.columns`); every commit leaves a readable
-file; the writer keeps what it needs to add a final evaluation pass into the
-last epoch itself, and never reads the run file back. Torch-free.
+file; the run's step columns live in the file (read back only to merge them past
+``max_columns``), the open epoch's in a small store; the writer keeps what it needs to
+add a final evaluation pass into the last epoch itself. Torch-free.
 """
 
 from __future__ import annotations
@@ -36,18 +37,78 @@ class LayerRecord(Protocol):
     def host_edges(self) -> np.ndarray | None: ...
 
 
+#: Columns of the open epoch kept per record and phase (in memory, for the epoch's summaries: the whole epoch is
+#: exact at any size, its last quarter starts at a column boundary, so this sets its resolution).
+EPOCH_COLUMNS = 64
+#: The writer commits (mid-flush) once this many bytes are queued: a rewrite of every layer's columns is
+#: committed layer by layer, not held in memory whole (each commit leaves every layer's columns whole)
+COMMIT_BYTES = 8 << 20
+_COLUMN_KINDS = ("col_steps", "col_counts", "col_stats", "col_grid")
+
+
+class FileColumns:
+    """The run's step columns of one record in one phase: in the run file, not in memory.
+
+    They follow :class:`~twinpeaks.columns.ColumnStore` exactly (aligned buckets, merged past ``cap``);
+    only its bucket state and the steps of its columns stay here. New rows are written as new columns;
+    when they would pass ``cap``, the columns are read back from the file (the writer's view, with what
+    it has not committed yet: :meth:`~twinpeaks.runfile.RunWriter.read_columns`), merged and rewritten.
+    """
+
+    def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool):
+        self.cap, self.shape, self.gridded = cap, shape, gridded
+        self.width = 1
+        self.origin: int | None = None
+        self.steps = np.zeros((0, 2), np.int64)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def append(self, w: RunWriter, rid: int, phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
+               grid: np.ndarray | None) -> None:
+        """Append consecutive rows from step ``start`` and queue their columns in ``w`` (see ``ColumnStore``)."""
+        n = len(counts)
+        if n == 0:
+            return
+        origin = start if self.origin is None else self.origin
+        new = ColumnStore.restore(self.cap + n, self.shape, self.gridded, self.width, origin)  # never merges
+        new.append(start, counts, stats, grid)
+        first = len(self.steps)
+        if first + len(new) <= self.cap:  # new columns: one more segment (part = its first column)
+            columns = [new.steps, new.counts, new.stats, new.grid]
+            self.steps = np.concatenate([self.steps, new.steps])
+        else:  # past the cap: merge every column (read back from the file), rewrite them all
+            got = w.read_columns(rid, phase, _COLUMN_KINDS)
+            if first and len(got.get("col_steps", ())) != first:
+                raise RuntimeError(f"run file lost the step columns of layer {rid} in {phase!r}")
+            store = ColumnStore.restore(self.cap, self.shape, self.gridded, self.width, origin, (
+                self.steps, got["col_counts"], got["col_stats"], got.get("col_grid")) if first else None)
+            store.append(start, counts, stats, grid)
+            w.drop_columns(rid, phase)
+            columns = [store.steps, store.counts, store.stats, store.grid]
+            self.steps, self.width, first = store.steps.copy(), store.width, 0
+        for kind, arr in zip(_COLUMN_KINDS, columns):
+            if arr is not None:
+                w.put_array(rid, phase, kind, -1, first, arr)
+        self.origin = origin
+
+
 class _HostColumns:
-    """Host stores of one record in one phase: the run's columns and the open epoch's (gridded: automatic ranges)."""
+    """Stores of one record in one phase: the run's columns (in the file) and the open epoch's (in memory)."""
 
     def __init__(self, max_columns: int, slots: int, extra: dict[str, tuple[int, ...]], gridded: bool):
         self.gridded = gridded
-        self.store = ColumnStore(max_columns, (slots,), gridded)
-        self.epoch = ColumnStore(256, (slots,), gridded)
-        self.epoch_extra = {k: ColumnStore(256, (*shape, slots), gridded) for k, shape in extra.items()}
+        self.store = FileColumns(max_columns, (slots,), gridded)
+        self.epoch = ColumnStore(EPOCH_COLUMNS, (slots,), gridded)
+        self.epoch_extra = {k: ColumnStore(EPOCH_COLUMNS, (*shape, slots), gridded) for k, shape in extra.items()}
 
 
 class EpochWriter:
-    """Writes a recorder's columns, layers and epochs through one :class:`~twinpeaks.runfile.RunWriter`."""
+    """Writes a recorder's columns, layers and epochs through one :class:`~twinpeaks.runfile.RunWriter`.
+
+    Not thread-safe: one thread at a time (the recorder's writer thread, see
+    :mod:`twinpeaks.recording.writer_thread`) calls it.
+    """
 
     def __init__(self, writer: RunWriter, bins: int, max_columns: int):
         self.writer = writer
@@ -60,29 +121,20 @@ class EpochWriter:
     def columns(self, rid: int, phase: str) -> _HostColumns | None:
         return self.hosts.get((rid, phase))
 
-    def add_window(self, rec: LayerRecord, phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
+    def add_window(self, rid: int, phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
                    extra: dict[str, np.ndarray], grid: np.ndarray | None = None) -> None:
         """Append a window's rows (first step ``start``; ``grid``: their grids, automatic ranges) to the stores and
         write the new columns."""
-        host = self.hosts.get((rec.id, phase))
+        host = self.hosts.get((rid, phase))
         if host is None:
-            host = self.hosts[rec.id, phase] = _HostColumns(
+            host = self.hosts[rid, phase] = _HostColumns(
                 self.max_columns, n_slots(self.bins), {k: v.shape[1:-1] for k, v in extra.items()}, grid is not None)
-        host.store.append(start, counts, stats, grid)
+        host.store.append(self.writer, rid, phase, start, counts, stats, grid)
+        if self.writer.queued_bytes > COMMIT_BYTES and self.writer.failed is None:
+            self.writer.commit()
         host.epoch.append(start, counts, stats, grid)
         for k, arr in extra.items():
             host.epoch_extra[k].append(start, arr, stats, grid)
-        w = self.writer
-        first, rewrite = host.store.unwritten()
-        if rewrite:
-            w.drop_columns(rec.id, phase)
-        if first < len(host.store):
-            w.put_array(rec.id, phase, "col_steps", -1, first, host.store.steps[first:])
-            w.put_array(rec.id, phase, "col_counts", -1, first, host.store.counts[first:])
-            w.put_array(rec.id, phase, "col_stats", -1, first, host.store.stats[first:])
-            if host.store.grid is not None:
-                w.put_array(rec.id, phase, "col_grid", -1, first, host.store.grid[first:])
-        host.store.mark_written()
 
     def drop_layer(self, layer: int) -> None:
         """Remove a layer row that turned out to hold nothing (its module's outputs went to sub-records)."""
@@ -90,19 +142,37 @@ class EpochWriter:
 
     def write_layers(self, records: Iterable[LayerRecord]) -> None:
         """(Re)write the layer rows that changed, and every layer's edges once."""
-        w = self.writer
+        self.apply_layers(self.layer_changes(records))
+
+    def layer_changes(self, records: Iterable[LayerRecord]) -> list[tuple]:
+        """The layer rows that changed and the edges not yet written, taken now (the records' flags are cleared):
+        the recorder's thread takes them, the writer's thread applies them (:meth:`apply_layers`)."""
+        changes: list[tuple] = []
         for rec in records:
             if rec.dirty:
-                w.put_layer(rec.id, rec.module_index, rec.sub_index, rec.name, rec.type,
-                            rec.out_shape, self.bins, rec.classes)
+                shape = None if rec.out_shape is None else list(rec.out_shape)
+                changes.append(("layer", rec.id, rec.module_index, rec.sub_index, rec.name, rec.type, shape,
+                                self.bins, rec.classes))
                 rec.dirty = False
             if not rec.edges_written:
                 edges = rec.host_edges()
                 if edges is not None:
-                    w.put_array(rec.id, "", "edges", -1, 0, edges)
+                    changes.append(("edges", rec.id, edges))
                     rec.edges_written = True
+        return changes
 
-    def write_epoch(self, records: Iterable[LayerRecord], epoch: int, phases: dict[str, tuple[int, int]],
+    def apply_layers(self, changes: Iterable[tuple]) -> None:
+        """Queue layer changes: ``("drop", id)``, ``("layer", put_layer's arguments...)``, ``("edges", id, edges)``."""
+        w = self.writer
+        for what, *args in changes:
+            if what == "drop":
+                w.drop_layer(*args)
+            elif what == "layer":
+                w.put_layer(*args)
+            else:
+                w.put_array(args[0], "", "edges", -1, 0, args[1])
+
+    def write_epoch(self, rids: Iterable[int], epoch: int, phases: dict[str, tuple[int, int]],
                     merge: bool) -> None:
         """Write the summaries of ``epoch`` (``phases``: first and end step of each) and its step ranges.
 
@@ -110,17 +180,17 @@ class EpochWriter:
         its summaries are added to, its phases keep their first step.
         """
         steps: dict[str, list[int]] = {}
-        records = list(records)
+        rids = list(rids)
         if not merge:
             self._last_epoch = {}
         for phase, (first, end) in phases.items():
             lq_first = end - max(1, math.ceil((end - first) / 4))
             steps[phase] = [first, end, lq_first]
-            for rec in records:
-                host = self.hosts.get((rec.id, phase))
+            for rid in rids:
+                host = self.hosts.get((rid, phase))
                 if host is None or not len(host.epoch):
                     continue
-                self._write_summary(rec.id, phase, epoch, host, lq_first, merge)
+                self._write_summary(rid, phase, epoch, host, lq_first, merge)
                 for store in (host.epoch, *host.epoch_extra.values()):
                     store.clear()
         if merge:

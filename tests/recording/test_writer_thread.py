@@ -1,0 +1,229 @@
+"""Issue #17: the run file is written on a writer thread; a flush in a step only hands its rows over,
+``end_epoch`` returns once everything is committed, and memory stays bounded however long the run."""
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import twinpeaks as tp
+from twinpeaks.recording import epoch_writer
+from twinpeaks.recording.engine import MIN_ROWS, window_rows
+from twinpeaks.recording.writer_thread import WriterThread
+from twinpeaks.run import Run
+from twinpeaks.runfile import connect_reader
+
+
+def mlp(layers: int = 3) -> nn.Module:
+    mods: list[nn.Module] = []
+    for _ in range(layers):
+        mods += [nn.Linear(4, 4), nn.ReLU()]
+    return nn.Sequential(*mods)
+
+
+def binned(cols) -> int:
+    return int(cols.counts.sum() + cols.underflow.sum() + cols.overflow.sum() + cols.nonfinite.sum())
+
+
+def test_writer_thread_runs_jobs_in_order_and_reraises_on_the_training_thread():
+    t = WriterThread("t")
+    seen: list[tuple[int, str]] = []
+    for i in range(5):
+        t.submit(lambda i=i: seen.append((i, threading.current_thread().name)))
+    t.wait()
+    assert [i for i, _ in seen] == list(range(5))
+    assert all(name.startswith("twinpeaks-writer-") for _, name in seen)
+    t.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        t.wait()
+    t.wait()  # raised once
+    t.close()
+    assert not t.running
+
+
+def test_a_flush_in_a_step_does_not_wait_for_a_slow_writer(tmp_run, monkeypatch):
+    """The writer is held (an event) while steps go on: the mid-epoch flush only handed its rows over."""
+    release, entered = threading.Event(), threading.Event()
+    threads: set[str] = set()
+    add_window = epoch_writer.EpochWriter.add_window
+
+    def held(self, *args, **kwargs):
+        threads.add(threading.current_thread().name)
+        entered.set()
+        release.wait(60)  # a deliberately slow writer (the test fails by timing out, never hangs)
+        return add_window(self, *args, **kwargs)
+
+    monkeypatch.setattr(epoch_writer.EpochWriter, "add_window", held)
+    model = mlp()
+    hist = tp.ActivationsHistogram(model, tmp_run, flush_every=4).attach()
+    x = torch.randn(8, 4)
+    for _ in range(4 + 4 + 1):  # two windows handed over: one being written (held), one queued
+        model(x)
+    assert entered.wait(60)  # the writer's thread took the first window ...
+    assert not release.is_set()  # ... and every step returned while it was held
+    assert threads and threading.current_thread().name not in threads
+    release.set()
+    hist.end_epoch()
+    run = tp.open_run(tmp_run)
+    assert run.histogram(0, "train", epoch=0).total == 9 * 8 * 4
+    cols = run.columns(0, "train")
+    assert cols.starts[0] == 0 and cols.ends[-1] == 9 and binned(cols) == 9 * 8 * 4
+    hist.close()
+
+
+@pytest.mark.parametrize("slow", [False, True], ids=["plain", "slow-writer"])
+def test_end_epoch_returns_once_everything_is_committed(tmp_run, monkeypatch, slow):
+    """Right after end_epoch(), another read-only connection sees every step of every layer and the epoch."""
+    if slow:
+        add_window = epoch_writer.EpochWriter.add_window
+
+        def slowed(self, *args, **kwargs):
+            threading.Event().wait(0.01)
+            return add_window(self, *args, **kwargs)
+
+        monkeypatch.setattr(epoch_writer.EpochWriter, "add_window", slowed)
+    model = mlp()
+    hist = tp.ActivationsHistogram(model, tmp_run, flush_every=5, max_columns=8).attach()
+    x = torch.randn(8, 4)
+    for epoch in range(3):
+        for _ in range(23):
+            model(x)
+        hist.end_epoch()
+        conn = connect_reader(tmp_run)  # not the recorder's connection: only committed rows
+        try:
+            assert conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == epoch + 1
+            run = Run(conn, tmp_run, owned=False)
+            for layer in range(len(run.layers)):
+                cols = run.columns(layer, "train")
+                assert run.histogram(layer, "train").total == (epoch + 1) * 23 * 8 * 4
+                assert binned(cols) == (epoch + 1) * 23 * 8 * 4 and cols.ends[-1] == (epoch + 1) * 23
+                assert len(cols) <= 8
+        finally:
+            conn.close()
+    hist.close()
+
+
+KILLED = textwrap.dedent("""
+    import os, signal, sys, torch, twinpeaks as tp
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    hist = tp.ActivationsHistogram(model, sys.argv[1], flush_every=7, max_columns=10).attach()
+    for epoch in range(3):
+        for _ in range(100):
+            model(torch.randn(8, 4))
+        hist.end_epoch()
+    for _ in range(50):  # a mid-epoch flush or more handed to the writer's thread, still being written
+        model(torch.randn(8, 4))
+    os.kill(os.getpid(), signal.SIGKILL)  # at once after the steps: what end_epoch returned from must be there
+""")
+
+
+def test_kill_9_right_after_end_epoch_loses_nothing_it_returned_from(tmp_run):
+    proc = subprocess.run([sys.executable, "-c", KILLED, str(tmp_run)], capture_output=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    run = tp.open_run(tmp_run)
+    assert run.epochs == 3
+    for layer, width in ((0, 16), (1, 16), (2, 2)):
+        for e in range(3):
+            assert run.histogram(layer, "train", epoch=e).total == 100 * 8 * width
+        cols = run.columns(layer, "train")
+        assert len(cols) <= 10
+        assert binned(cols) >= 300 * 8 * width  # every committed step; a later flush may be there too
+
+
+def held_bytes(hist: tp.ActivationsHistogram) -> int:
+    """Bytes of numpy arrays and device buffers the recorder keeps between flushes."""
+    total = 0
+    for rec in hist._records:
+        for pd in rec.phases.values():
+            total += sum(buf.numel() * buf.element_size() for buf, _, _ in pd.states.values())
+    w = hist._writer
+    for host in w.hosts.values():
+        total += host.store.steps.nbytes
+        for store in (host.epoch, *host.epoch_extra.values()):
+            total += sum(a.nbytes for a in (store._steps, store._counts, store._stats) if a is not None)
+            total += store._grid.nbytes if store._grid is not None else 0
+    total += sum(a.nbytes for row in w._last_epoch.values() for a in row.values())
+    return total + w.writer.queued_bytes
+
+
+def run_for(path, epochs: int, steps: int) -> int:
+    torch.manual_seed(0)
+    model = mlp()
+    hist = tp.ActivationsHistogram(model, path, flush_every=16, max_columns=50).attach()
+    x = torch.randn(8, 4)
+    peak = 0
+    for _ in range(epochs):
+        for i in range(steps):
+            model(x * (1 + i % 7))  # ranges move: columns on different grids merge
+            if i % 97 == 0:
+                hist._thread.wait()
+                peak = max(peak, held_bytes(hist))
+        hist.end_epoch()
+        peak = max(peak, held_bytes(hist))
+    hist.close()
+    return peak
+
+
+def test_memory_per_layer_does_not_grow_with_the_steps(tmp_path):
+    """3 x 300 steps and 3 x 3000 steps hold the same bytes per layer: nothing grows with the run."""
+    short = run_for(tmp_path / "short.tp", 3, 300)
+    long = run_for(tmp_path / "long.tp", 3, 3000)
+    slots, layers = 100 + 3, 6 + 2  # the last layer's YES/NO rows count as two more
+    per_column = (slots + 7 + 2 + 2) * 8  # counts, stats, steps, grid
+    device = 16 * (slots + 5 + 2 + 2) * 8  # a window of 16 rows
+    epoch = (epoch_writer.EPOCH_COLUMNS + 16) * per_column  # the open epoch's columns (and one window appended)
+    summaries = 4 * slots * 8 + 64  # the last epoch's summaries (counts and last quarter, truth rows)
+    bound = layers * (device + 50 * 16 + epoch + summaries)
+    assert short <= bound and long <= bound
+    assert long <= short * 1.05
+
+
+def test_the_window_shrinks_for_many_layers():
+    assert window_rows(256, 10, 100) == 256
+    assert window_rows(256, 500, 100) < 64
+    assert window_rows(256, 10**6, 100) == MIN_ROWS
+    assert window_rows(4, 10**6, 100) == 4
+    layers = 501
+    assert layers * window_rows(256, layers, 100) * (103 + 9) * 8 <= 16 << 20
+    assert np.isfinite(window_rows(256, 0, 100))
+
+
+@pytest.mark.parametrize("gridded", [False, True], ids=["fixed", "grids"])
+@pytest.mark.parametrize("cap,window", [(10, 3), (8, 8), (50, 37), (2, 5)], ids=str)
+def test_file_columns_follow_the_column_store_exactly(gridded, cap, window):
+    """The run's columns kept in the file (read back to merge) equal an in-memory ColumnStore fed the same rows,
+    windows of any length against any cap, with a failed commit in the middle (its queue is read back too)."""
+    from twinpeaks.columns import ColumnStore
+    from twinpeaks.runfile import RunWriter
+
+    rng = np.random.default_rng(cap * 100 + window)
+    w = RunWriter(None, {"options": {}})
+    files, ref = epoch_writer.FileColumns(cap, (6,), gridded), ColumnStore(cap, (6,), gridded)
+    start = 0
+    for k in range(40):
+        n = int(rng.integers(1, window + 1))
+        counts = rng.integers(0, 50, (n, 6))
+        stats = np.column_stack([rng.random((n, 5)) * 10, -rng.random(n), rng.random(n)])
+        grid = np.column_stack([rng.integers(-3, -1, n), rng.integers(-8, -4, n)]) if gridded else None
+        if gridded:  # rows on different grids must hold bins that fit the common one: keep 4 bins in the middle
+            counts[:, 1] = counts[:, -1] = counts[:, -2] = 0
+        files.append(w, 0, "train", start, counts, stats, grid)
+        ref.append(start, counts, stats, grid)
+        start += n
+        if k % 7 != 3:  # every 7th flush's commit "fails": its arrays stay queued and are read back from there
+            w.commit()
+        got = w.read_columns(0, "train", ("col_steps", "col_counts", "col_stats", "col_grid"))
+        np.testing.assert_array_equal(got["col_steps"], ref.steps)
+        np.testing.assert_array_equal(files.steps, ref.steps)
+        np.testing.assert_array_equal(got["col_counts"], ref.counts)
+        np.testing.assert_array_equal(got["col_stats"], ref.stats)
+        if gridded:
+            np.testing.assert_array_equal(got["col_grid"], ref.grid)
+        assert len(ref) <= cap

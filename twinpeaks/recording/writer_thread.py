@@ -1,0 +1,121 @@
+"""The writer thread: a recorder's host-side writing (column stores, merges, SQLite) off the training thread.
+
+Design constraints:
+
+* A flush in a step only hands its rows over: the training thread takes the window's rows
+  (a copy of small device rows) and queues one job; column stores, merges, encoding and the
+  commit run here, in order. SQLite and most of numpy release the GIL while they work.
+* Bounded: at most ``depth`` jobs wait (each holds one window's rows); a further hand-over
+  waits for the thread, so a disk slower than training costs time, never unbounded memory.
+* Committed on return: :meth:`WriterThread.wait` returns once every job handed over has run
+  (``end_epoch``, ``flush`` and ``close`` wait, so what they return from is in the file).
+* Never crash training, never hide a bug: the file's own failures (full disk, a second writer)
+  are the run writer's (it warns once and keeps its queue; a read that fails is a message too); messages meant for the user are
+  issued on the training thread (:meth:`WriterThread.deliver`), so they point at the user's line;
+  any other exception of a job is re-raised on the training thread at the next hand-over or wait.
+* One daemon thread per recorder, started at the first job, ended by :meth:`WriterThread.close`.
+  Torch-free.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+Job = Callable[[], None]
+
+#: How long the writer's thread sleeps between two layers' work (:func:`pause`): long enough for a waiting
+#: training thread to take the GIL, so the writer never holds it for more than one layer's work. (Sleeping in
+#: proportion to the work, to spread it over more steps, made the writer fall a window behind when every
+#: layer's columns merge at once, and a step then waited for it.)
+PAUSE_S = 50e-6
+
+
+def pause() -> None:
+    """Let the training thread run (release the GIL briefly); a no-op off the writer's thread."""
+    if threading.current_thread().name.startswith("twinpeaks-writer-"):
+        time.sleep(PAUSE_S)
+
+
+class WriterThread:
+    """Runs jobs in order on one daemon thread, started lazily.
+
+    Example:
+        >>> done = []
+        >>> t = WriterThread("example")
+        >>> t.submit(lambda: done.append(1)); t.wait(); t.close()
+        >>> done
+        [1]
+    """
+
+    def __init__(self, name: str, depth: int = 1):
+        self.name = name
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._messages: list[str] = []  # for the user: issued on the training thread
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def on_thread(self) -> bool:
+        """Whether the caller is this writer's thread."""
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` (waits while ``depth`` jobs already wait); re-raises a failed job's exception first."""
+        self._raise()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"twinpeaks-writer-{self.name}", daemon=True)
+            self._thread.start()
+        self._queue.put(job)
+
+    def wait(self) -> None:
+        """Return once every job submitted so far has run; re-raise the first exception of one that failed."""
+        if self._thread is not None:
+            self._queue.join()
+        self._raise()
+
+    def say(self, message: str) -> None:
+        """Keep a message for the user (called on this thread), delivered by :meth:`deliver`."""
+        with self._lock:
+            self._messages.append(message)
+
+    def deliver(self) -> list[str]:
+        """The messages kept since the last call (on the training thread)."""
+        with self._lock:
+            out, self._messages = self._messages, []
+        return out
+
+    def close(self) -> None:
+        """Run what is queued and end the thread (it can start again at the next job)."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+        self._raise()
+
+    def _raise(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except (sqlite3.Error, OSError) as exc:  # the file failed outside a commit (which keeps its queue)
+                self.say(f"could not write to the run file ({exc}); training goes on, the file keeps what it held")
+            except BaseException as exc:  # re-raised on the training thread
+                if self._error is None:
+                    self._error = exc
+            finally:
+                self._queue.task_done()
