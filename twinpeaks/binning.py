@@ -179,7 +179,8 @@ def is_dense(t: torch.Tensor) -> bool:
 
 
 def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: torch.Tensor, sums: torch.Tensor,
-                   peaks: torch.Tensor, stride: int = 1, blocks: int = 0, block: int = 1, offset: int = 0) -> None:
+                   peaks: torch.Tensor, stride: int = 1, blocks: int = 0, block: int = 1, offset: int = 0,
+                   threads: int = 1) -> None:
     """Add a CPU tensor's slot counts, sums and ``[-min, max]`` into float64 rows, in place (C kernel).
 
     ``grid`` is a :class:`Fixed` or the row's auto grid (a contiguous float64 CPU
@@ -191,7 +192,9 @@ def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: tor
     with ``torch.maximum``). ``values`` is read in memory order, so it must be
     contiguous or a dense permutation of its storage. With ``blocks > 0`` only
     ``blocks`` runs of ``block`` elements are read, the ``i``-th starting at element
-    ``offset + i * stride``. Needs :data:`KERNEL_DTYPES` and :data:`KERNEL`.
+    ``offset + i * stride``. ``threads > 1`` lets a large call (from 256K elements
+    read) run on that many threads at most: the same counts, sums rounded in
+    another order. Needs :data:`KERNEL_DTYPES` and :data:`KERNEL`.
 
     Example:
         >>> c, s, p = (torch.zeros(k, dtype=torch.float64) for k in (7, 5, 2))
@@ -228,7 +231,7 @@ def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: tor
         raise ValueError(f"sampling plan out of the tensor: {blocks} blocks of {block}, stride {stride}, "
                          f"offset {offset}, {n} elements")
     _cbin.observe(values.data_ptr() + offset * values.element_size(), KERNEL_DTYPES[values.dtype], n, stride,
-                  blocks, block, edges, gptr, bins, counts.data_ptr(), sums.data_ptr(), peaks.data_ptr())
+                  blocks, block, edges, gptr, bins, counts.data_ptr(), sums.data_ptr(), peaks.data_ptr(), threads, 0)
 
 
 def stats_parts(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
