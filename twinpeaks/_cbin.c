@@ -165,6 +165,9 @@ typedef struct {
     double gscale;        /* auto: 2**-e */
     int64_t go;           /* auto: o */
     int64_t *hist;        /* lanes x (bins + 3), lane-major */
+    int inside;           /* auto: the grid holds every finite value of the call (no clamping needed) */
+    int f32ok;            /* auto, float32-like values: slots in float32 are exact (2**-e a normal float32,
+                             |o| + bins <= 2**24) */
     int lanes;            /* lane histograms the vector paths fill (1, 2 or 8: element j into j % lanes) */
     int64_t stride;       /* hist lane stride */
     double sum, sq;
@@ -467,6 +470,10 @@ static void minmax_f64_sse(const void *data, int64_t block, int64_t blocks, int6
  * are scalar, element j into lane histogram j % lanes. When all the slots of a vector are the same
  * (runs of a ReLU's zeros) one add of 8 (16) replaces the increments.
  */
+/* the slots go through memory: scalar loads are cheaper than extracting lanes one by one */
+#define RELOAD(arr) __asm__("" : "+m"(arr))
+/* two increments from one 64-bit load of two int32 indices (little-endian x86) */
+#define INC2(h, w, k) do { const uint64_t w_ = (w)[k]; (h)[(uint32_t)w_]++; (h)[w_ >> 32]++; } while (0)
 #define TGT_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define TGT_AVX512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512dq,avx512vl")))
 
@@ -707,6 +714,8 @@ static TGT_AVX2 void minmax_f64_avx2(const void *data, int64_t block, int64_t bl
 
 typedef struct {
     __m512d inf, zero, one, m1, bins, over, nonfin, gscale, go, lo, hi, scale, bm1;
+    __m512 gsf, gom1, overf, nonfinf; /* auto, float32 slots: 2**-e, o - 1, bins + 1, bins + 2 */
+    int clamp;                        /* auto: the grid may not hold every finite value (clamp the slots) */
 } k512_t;
 
 static TGT_AVX512 void k512_init(k512_t *k, const acc_t *a) {
@@ -723,6 +732,11 @@ static TGT_AVX512 void k512_init(k512_t *k, const acc_t *a) {
     k->hi = _mm512_set1_pd(a->hi);
     k->scale = _mm512_set1_pd(a->scale);
     k->bm1 = _mm512_set1_pd((double)a->bins - 1);
+    k->gsf = _mm512_set1_ps((float)a->gscale);
+    k->gom1 = _mm512_set1_ps((float)(a->go - 1));
+    k->overf = _mm512_set1_ps((float)a->bins + 1);
+    k->nonfinf = _mm512_set1_ps((float)a->bins + 2);
+    k->clamp = !a->inside;
 }
 
 #define FLOOR_ 0x09 /* _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC */
@@ -761,18 +775,39 @@ static inline TGT_AVX512 __m256i slots512_fixed(const acc_t *a, const k512_t *k,
     return _mm512_cvttpd_epi32(_mm512_mask_blend_pd(in, out, _mm512_add_pd(g, k->one)));
 }
 
-#define DEFINE_SPAN_AVX512(NAME, CTYPE, LOAD16, LOAD, SLOTS, SLOT)                                  \
+/* auto, float32 values on a grid where float32 is exact (acc_t.f32ok): sixteen slots at once. x * 2**-e is
+   exact (or a subnormal: its floor is still 0, or -1 for a negative value), |floor| <= |o| + bins <= 2**24 */
+static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512 t = _mm512_mul_ps(x, k->gsf);
+    __m512 q = _mm512_roundscale_ps(t, FLOOR_);
+    /* a negative value that underflowed to -0.0: floor -1 */
+    q = _mm512_mask_mov_ps(q, _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(t, zero, _CMP_EQ_OQ), x, zero, _CMP_LT_OQ),
+                           _mm512_set1_ps(-1.0f));
+    __m512 s = _mm512_sub_ps(q, k->gom1); /* floor - o + 1 */
+    if (k->clamp) s = _mm512_min_ps(_mm512_max_ps(s, zero), k->overf);
+    s = _mm512_mask_mov_ps(s, _mm512_fpclass_ps_mask(x, 0x99), k->nonfinf); /* NaN, +-inf */
+    return _mm512_cvttps_epi32(s);
+}
+
+/* F32: float32 / float16 / bfloat16 values (LOADF: sixteen as float32; min, max, non-zeros in float32, exact) */
+#define DEFINE_SPAN_AVX512(NAME, CTYPE, F32, LOADF, LOAD16, LOAD, SLOTS, SLOTSF, SLOT)                \
     static TGT_AVX512 void NAME(acc_t *a, const void *data, int64_t block, int64_t blocks, int64_t stride) { \
         const CTYPE *base = (const CTYPE *)data;                                                    \
-        int64_t *restrict h[8];                                                                     \
-        for (int l = 0; l < 8; l++) h[l] = a->hist + (l & (a->lanes - 1)) * a->stride;             \
+        int64_t *restrict h = a->hist;                                                              \
         k512_t k;                                                                                   \
         k512_init(&k, a);                                                                           \
+        const int f32 = F32 && a->f32ok;                                                            \
+        /* element j goes to lane j % lanes: an offset added to its slot */                         \
+        const __m512i lane = _mm512_mullo_epi32(_mm512_and_si512(                                   \
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7), _mm512_set1_epi32(a->lanes - 1)), \
+            _mm512_set1_epi32((int)a->stride));                                                     \
         __m512d s0 = k.zero, s1 = k.zero, q0 = k.zero, q1 = k.zero;                                 \
         __m512d mn = k.inf, mx = _mm512_set1_pd(-INFINITY);                                         \
+        __m512 mnf = _mm512_set1_ps(INFINITY), mxf = _mm512_set1_ps(-INFINITY);                     \
         int64_t nz_t = 0;                                                                           \
         double sum_t = 0, sq_t = 0, mn_t = INFINITY, mx_t = -INFINITY;                              \
-        int32_t sl[16];                                                                             \
+        uint64_t sl[8]; /* sixteen non-negative int32 indices */                                     \
         PREFETCH_FIRST_RUNS();                                                                      \
         for (int64_t r = 0; r < blocks; r++) {                                                      \
             const CTYPE *p = base + r * stride;                                                     \
@@ -780,31 +815,41 @@ static inline TGT_AVX512 __m256i slots512_fixed(const acc_t *a, const k512_t *k,
             int64_t i = 0;                                                                          \
             for (; i + 16 <= block; i += 16) {                                                      \
                 __m512d x0, x1;                                                                     \
-                LOAD16(p, i, x0, x1);                                                               \
+                __m512i s;                                                                          \
+                if (F32) {                                                                          \
+                    const __m512 v = LOADF(p, i);                                                   \
+                    x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));                                \
+                    x1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));                             \
+                    mnf = _mm512_min_ps(v, mnf); /* NaN keeps mn: it shows in sq */                 \
+                    mxf = _mm512_max_ps(v, mxf);                                                    \
+                    nz_t += __builtin_popcount(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ)); \
+                    s = f32 ? SLOTSF(&k, v) : _mm512_inserti64x4(_mm512_castsi256_si512(SLOTS(a, &k, x0)), \
+                                                                 SLOTS(a, &k, x1), 1);              \
+                } else {                                                                            \
+                    LOAD16(p, i, x0, x1);                                                           \
+                    mn = _mm512_min_pd(x0, _mm512_min_pd(x1, mn));                                  \
+                    mx = _mm512_max_pd(x0, _mm512_max_pd(x1, mx));                                  \
+                    nz_t += __builtin_popcount((unsigned)_mm512_cmp_pd_mask(x0, k.zero, _CMP_NEQ_UQ) | \
+                                               ((unsigned)_mm512_cmp_pd_mask(x1, k.zero, _CMP_NEQ_UQ) << 8)); \
+                    s = _mm512_inserti64x4(_mm512_castsi256_si512(SLOTS(a, &k, x0)), SLOTS(a, &k, x1), 1); \
+                }                                                                                   \
                 s0 = _mm512_add_pd(s0, x0);                                                         \
                 s1 = _mm512_add_pd(s1, x1);                                                         \
                 q0 = _mm512_fmadd_pd(x0, x0, q0);                                                   \
                 q1 = _mm512_fmadd_pd(x1, x1, q1);                                                   \
-                mn = _mm512_min_pd(x0, _mm512_min_pd(x1, mn)); /* NaN keeps mn: it shows in sq */   \
-                mx = _mm512_max_pd(x0, _mm512_max_pd(x1, mx));                                      \
-                nz_t += __builtin_popcount((unsigned)_mm512_cmp_pd_mask(x0, k.zero, _CMP_NEQ_UQ) |  \
-                                           ((unsigned)_mm512_cmp_pd_mask(x1, k.zero, _CMP_NEQ_UQ) << 8)); \
-                const __m512i s = _mm512_inserti64x4(_mm512_castsi256_si512(SLOTS(a, &k, x0)),      \
-                                                     SLOTS(a, &k, x1), 1);                          \
                 const __m512i s_0 = _mm512_broadcastd_epi32(_mm512_castsi512_si128(s));             \
                 if (_mm512_cmpeq_epi32_mask(s, s_0) == 0xffff) {                                    \
-                    h[0][_mm_cvtsi128_si32(_mm512_castsi512_si128(s))] += 16;                       \
+                    h[_mm_cvtsi128_si32(_mm512_castsi512_si128(s))] += 16;                          \
                 } else {                                                                            \
-                    _mm512_storeu_si512((void *)sl, s);                                             \
-                    h[0][sl[0]]++; h[1][sl[1]]++; h[2][sl[2]]++; h[3][sl[3]]++;                     \
-                    h[4][sl[4]]++; h[5][sl[5]]++; h[6][sl[6]]++; h[7][sl[7]]++;                     \
-                    h[0][sl[8]]++; h[1][sl[9]]++; h[2][sl[10]]++; h[3][sl[11]]++;                   \
-                    h[4][sl[12]]++; h[5][sl[13]]++; h[6][sl[14]]++; h[7][sl[15]]++;                 \
+                    _mm512_storeu_si512((void *)sl, _mm512_add_epi32(s, lane));                     \
+                    RELOAD(sl);                                                                     \
+                    INC2(h, sl, 0); INC2(h, sl, 1); INC2(h, sl, 2); INC2(h, sl, 3);                 \
+                    INC2(h, sl, 4); INC2(h, sl, 5); INC2(h, sl, 6); INC2(h, sl, 7);                 \
                 }                                                                                   \
             }                                                                                       \
             for (; i < block; i++) {                                                                \
                 const double v = LOAD(p[i]);                                                        \
-                h[0][SLOT(a, v)]++;                                                                 \
+                h[SLOT(a, v)]++;                                                                    \
                 sum_t += v;                                                                         \
                 sq_t += v * v;                                                                      \
                 nz_t += v != 0.0;                                                                   \
@@ -815,10 +860,14 @@ static inline TGT_AVX512 __m256i slots512_fixed(const acc_t *a, const k512_t *k,
         a->sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) + sum_t;                               \
         a->sq = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1)) + sq_t;                                 \
         a->nz = nz_t;                                                                               \
-        const double m_ = _mm512_reduce_min_pd(mn), x_ = _mm512_reduce_max_pd(mx);                  \
+        const double m_ = F32 ? (double)_mm512_reduce_min_ps(mnf) : _mm512_reduce_min_pd(mn);        \
+        const double x_ = F32 ? (double)_mm512_reduce_max_ps(mxf) : _mm512_reduce_max_pd(mx);        \
         a->mn = m_ < mn_t ? m_ : mn_t;                                                              \
         a->mx = x_ > mx_t ? x_ : mx_t;                                                              \
     }
+/* the fixed grid has no float32 slots (f32ok is 0): a stand-in */
+#define NO_SLOTSF(k, v) _mm512_setzero_si512()
+#define LOADF16_f64(p, i) _mm512_setzero_ps() /* unused: float64 values load as float64 */
 
 #define DEFINE_MINMAX_AVX512(NAME, CTYPE, LOADF, LOAD)                                              \
     static TGT_AVX512 void NAME(const void *data, int64_t block, int64_t blocks, int64_t stride,   \
@@ -939,14 +988,22 @@ DEFINE_SPAN_AVX2(span_f64_auto_avx2, double, LOAD8_f64, load_f64, slots256_auto,
 DEFINE_MINMAX_AVX2(minmax_f32_avx2, float, LOADF_f32, load_f32)
 DEFINE_MINMAX_AVX2(minmax_f16_avx2, uint16_t, LOADF_f16, load_f16)
 DEFINE_MINMAX_AVX2(minmax_bf16_avx2, uint16_t, LOADF_bf16, load_bf16)
-DEFINE_SPAN_AVX512(span_f32_fixed_avx512, float, LOAD16_f32, load_f32, slots512_fixed, slot_fixed)
-DEFINE_SPAN_AVX512(span_f16_fixed_avx512, uint16_t, LOAD16_f16, load_f16, slots512_fixed, slot_fixed)
-DEFINE_SPAN_AVX512(span_bf16_fixed_avx512, uint16_t, LOAD16_bf16, load_bf16, slots512_fixed, slot_fixed)
-DEFINE_SPAN_AVX512(span_f64_fixed_avx512, double, LOAD16_f64, load_f64, slots512_fixed, slot_fixed)
-DEFINE_SPAN_AVX512(span_f32_auto_avx512, float, LOAD16_f32, load_f32, slots512_auto, slot_auto)
-DEFINE_SPAN_AVX512(span_f16_auto_avx512, uint16_t, LOAD16_f16, load_f16, slots512_auto, slot_auto)
-DEFINE_SPAN_AVX512(span_bf16_auto_avx512, uint16_t, LOAD16_bf16, load_bf16, slots512_auto, slot_auto)
-DEFINE_SPAN_AVX512(span_f64_auto_avx512, double, LOAD16_f64, load_f64, slots512_auto, slot_auto)
+DEFINE_SPAN_AVX512(span_f32_fixed_avx512, float, 1, LOADF16_f32, LOAD16_f32, load_f32, slots512_fixed, NO_SLOTSF,
+                   slot_fixed)
+DEFINE_SPAN_AVX512(span_f16_fixed_avx512, uint16_t, 1, LOADF16_f16, LOAD16_f16, load_f16, slots512_fixed, NO_SLOTSF,
+                   slot_fixed)
+DEFINE_SPAN_AVX512(span_bf16_fixed_avx512, uint16_t, 1, LOADF16_bf16, LOAD16_bf16, load_bf16, slots512_fixed, NO_SLOTSF,
+                   slot_fixed)
+DEFINE_SPAN_AVX512(span_f64_fixed_avx512, double, 0, LOADF16_f64, LOAD16_f64, load_f64, slots512_fixed, NO_SLOTSF,
+                   slot_fixed)
+DEFINE_SPAN_AVX512(span_f32_auto_avx512, float, 1, LOADF16_f32, LOAD16_f32, load_f32, slots512_auto, slotsf512_auto,
+                   slot_auto)
+DEFINE_SPAN_AVX512(span_f16_auto_avx512, uint16_t, 1, LOADF16_f16, LOAD16_f16, load_f16, slots512_auto, slotsf512_auto,
+                   slot_auto)
+DEFINE_SPAN_AVX512(span_bf16_auto_avx512, uint16_t, 1, LOADF16_bf16, LOAD16_bf16, load_bf16, slots512_auto, slotsf512_auto,
+                   slot_auto)
+DEFINE_SPAN_AVX512(span_f64_auto_avx512, double, 0, LOADF16_f64, LOAD16_f64, load_f64, slots512_auto, slotsf512_auto,
+                   slot_auto)
 DEFINE_MINMAX_AVX512(minmax_f32_avx512, float, LOADF16_f32, load_f32)
 DEFINE_MINMAX_AVX512(minmax_f16_avx512, uint16_t, LOADF16_f16, load_f16)
 DEFINE_MINMAX_AVX512(minmax_bf16_avx512, uint16_t, LOADF16_bf16, load_bf16)
@@ -1091,13 +1148,19 @@ static void set_grid(shared_t *sh) {
     if (mn <= mx) coarsen_row(sh->grid, sh->counts, sh->bins, mn, mx);
     double gscale = 1.0; /* nothing finite yet: every element goes to nonfinite */
     int64_t go = 0;
+    int f32ok = 1, inside = 0;
     if (!isnan(sh->grid[0])) {
-        gscale = ldexp(1.0, -(int)sh->grid[0]);
+        int64_t e = (int64_t)sh->grid[0];
+        gscale = ldexp(1.0, -(int)e);
         go = (int64_t)sh->grid[1];
+        f32ok = e >= -127 && e <= 126 && (go < 0 ? -go : go) + sh->bins <= (1 << 24);
+        inside = mn <= mx && mn >= ldexp((double)go, (int)e) && mx < ldexp((double)(go + sh->bins), (int)e);
     }
     for (int t = 0; t < sh->nparts; t++) {
         sh->parts[t].a.gscale = gscale;
         sh->parts[t].a.go = go;
+        sh->parts[t].a.f32ok = f32ok;
+        sh->parts[t].a.inside = inside;
     }
 }
 
