@@ -162,10 +162,11 @@ typedef struct {
     int bins;
     double lo, hi, scale; /* fixed: edges[0], edges[B], B / (hi - lo) */
     int coarse;           /* fixed: the scaled guess may be more than one bin off: search */
+    double tol;           /* fixed, vector paths: the guess is the bin when it is tol from an edge (bins) */
+    int64_t zslot;        /* fixed: the slot of 0.0 */
     double gscale;        /* auto: 2**-e */
     int64_t go;           /* auto: o */
     int64_t *hist;        /* lanes x (bins + 3), lane-major */
-    int inside;           /* auto: the grid holds every finite value of the call (no clamping needed) */
     int f32ok;            /* auto, float32-like values: slots in float32 are exact (2**-e a normal float32,
                              |o| + bins <= 2**24) */
     int lanes;            /* lane histograms the vector paths fill (1, 2 or 8: element j into j % lanes) */
@@ -494,7 +495,8 @@ static void minmax_f64_sse(const void *data, int64_t block, int64_t blocks, int6
 typedef struct {
     __m256d absmask, inf, zero, one, m1, bins, over, nonfin; /* over: bins + 1 (a slot), nonfin: bins + 2 */
     __m256d gscale, go;                                      /* auto */
-    __m256d lo, hi, scale, bm1;                              /* fixed */
+    __m256d lo, hi, scale, bm1, tol, tol1, zslot;            /* fixed (tol1: 1 - tol; zslot: the slot of 0) */
+    __m256 gsf, gom1, overf, nonfinf;                        /* auto, float32 slots: 2**-e, o - 1, bins + 1, + 2 */
 } k256_t;
 
 static TGT_AVX2 void k256_init(k256_t *k, const acc_t *a) {
@@ -512,6 +514,13 @@ static TGT_AVX2 void k256_init(k256_t *k, const acc_t *a) {
     k->hi = _mm256_set1_pd(a->hi);
     k->scale = _mm256_set1_pd(a->scale);
     k->bm1 = _mm256_set1_pd((double)a->bins - 1);
+    k->tol = _mm256_set1_pd(a->tol);
+    k->tol1 = _mm256_set1_pd(1.0 - a->tol);
+    k->zslot = _mm256_set1_pd((double)a->zslot);
+    k->gsf = _mm256_set1_ps((float)a->gscale);
+    k->gom1 = _mm256_set1_ps((float)(a->go - 1));
+    k->overf = _mm256_set1_ps((float)a->bins + 1);
+    k->nonfinf = _mm256_set1_ps((float)a->bins + 2);
 }
 
 /* auto: the slots of four float64 values, as slot_auto */
@@ -529,43 +538,62 @@ static inline TGT_AVX2 __m128i slots256_auto(const acc_t *a, const k256_t *k, __
     return _mm256_cvttpd_epi32(s);
 }
 
-/* fixed: the slots of four float64 values, as slot_fixed (a coarse grid: slot_fixed lane by lane) */
+/* fixed: the slots of four float64 values, as slot_fixed. The scaled guess floor((x - lo) * scale) is the bin
+   unless x is within a->tol bins of an edge (rounding there and in numpy's edges is far below tol); zeros
+   (a ReLU's) take their precomputed slot; a vector with a value near an edge, or a coarse grid: slot_fixed */
 static inline TGT_AVX2 __m128i slots256_fixed(const acc_t *a, const k256_t *k, __m256d x) {
-    if (a->coarse) {
+    const __m256d in = _mm256_and_pd(_mm256_cmp_pd(x, k->lo, _CMP_GE_OQ), _mm256_cmp_pd(x, k->hi, _CMP_LE_OQ));
+    const __m256d g = _mm256_mul_pd(_mm256_sub_pd(x, k->lo), k->scale);
+    const __m256d b = _mm256_round_pd(g, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m256d fr = _mm256_sub_pd(g, b);
+    const __m256d zero = _mm256_cmp_pd(x, k->zero, _CMP_EQ_OQ);
+    const __m256d near = _mm256_andnot_pd(zero, _mm256_and_pd(in, _mm256_or_pd(_mm256_cmp_pd(fr, k->tol, _CMP_LT_OQ),
+                                                                            _mm256_cmp_pd(fr, k->tol1, _CMP_GT_OQ))));
+    if (a->coarse || !_mm256_testz_pd(near, near)) {
         double v[4];
         _mm256_storeu_pd(v, x);
         return _mm_setr_epi32((int)slot_fixed(a, v[0]), (int)slot_fixed(a, v[1]), (int)slot_fixed(a, v[2]),
                               (int)slot_fixed(a, v[3]));
     }
-    const __m256d in = _mm256_and_pd(_mm256_cmp_pd(x, k->lo, _CMP_GE_OQ), _mm256_cmp_pd(x, k->hi, _CMP_LE_OQ));
-    /* the scaled guess, clamped into [0, bins - 1] for every lane (NaN: 0) so that the gathers stay inside */
-    __m256d g = _mm256_max_pd(_mm256_mul_pd(_mm256_sub_pd(x, k->lo), k->scale), k->zero);
-    g = _mm256_round_pd(_mm256_min_pd(g, k->bm1), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-    const __m128i b = _mm256_cvttpd_epi32(g);
-    const __m256d e0 = _mm256_i32gather_pd(a->fix, b, 8), e1 = _mm256_i32gather_pd(a->fix + 1, b, 8);
-    /* x < fix[b]: one bin down; else x >= fix[b + 1]: one up (exclusive: the edges increase) */
-    g = _mm256_sub_pd(g, _mm256_and_pd(_mm256_cmp_pd(x, e0, _CMP_LT_OQ), k->one));
-    g = _mm256_add_pd(g, _mm256_and_pd(_mm256_cmp_pd(x, e1, _CMP_GE_OQ), k->one));
-    g = _mm256_min_pd(g, k->bm1); /* x == hi: the last bin */
     const __m256d fin = _mm256_cmp_pd(_mm256_and_pd(x, k->absmask), k->inf, _CMP_LT_OQ);
     const __m256d out = _mm256_blendv_pd(k->nonfin, _mm256_blendv_pd(k->over, k->zero,
                                                                       _mm256_cmp_pd(x, k->lo, _CMP_LT_OQ)), fin);
-    return _mm256_cvttpd_epi32(_mm256_blendv_pd(out, _mm256_add_pd(g, k->one), in));
+    __m256d s = _mm256_blendv_pd(out, _mm256_add_pd(b, k->one), in);
+    s = _mm256_blendv_pd(s, k->zslot, zero);
+    return _mm256_cvttpd_epi32(s);
 }
 
-#define DEFINE_SPAN_AVX2(NAME, CTYPE, LOAD8, LOAD, SLOTS, SLOT)                                     \
+/* auto, float32 values on a grid where float32 is exact (acc_t.f32ok): eight slots at once (see slotsf512_auto) */
+static inline TGT_AVX2 __m256i slotsf256_auto(const k256_t *k, __m256 x) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 t = _mm256_mul_ps(x, k->gsf);
+    __m256 q = _mm256_round_ps(t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+    const __m256 negz = _mm256_and_ps(_mm256_cmp_ps(t, zero, _CMP_EQ_OQ), _mm256_cmp_ps(x, zero, _CMP_LT_OQ));
+    q = _mm256_blendv_ps(q, _mm256_set1_ps(-1.0f), negz);
+    __m256 s = _mm256_sub_ps(q, k->gom1); /* floor - o + 1 */
+    s = _mm256_min_ps(_mm256_max_ps(s, zero), k->overf); /* a guard: the grid holds every finite value */
+    const __m256 fin = _mm256_cmp_ps(_mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))),
+                                     _mm256_set1_ps(INFINITY), _CMP_LT_OQ);
+    return _mm256_cvttps_epi32(_mm256_blendv_ps(k->nonfinf, s, fin));
+}
+
+/* F32: float32 / float16 / bfloat16 values (LOADF: eight as float32; min, max, non-zeros in float32, exact) */
+#define DEFINE_SPAN_AVX2(NAME, CTYPE, F32, LOADF, LOAD8, LOAD, SLOTS, SLOTSF, SLOT)                  \
     static TGT_AVX2 void NAME(acc_t *a, const void *data, int64_t block, int64_t blocks, int64_t stride) { \
         const CTYPE *base = (const CTYPE *)data;                                                    \
-        int64_t *restrict h[8];                                                                     \
-        for (int l = 0; l < 8; l++) h[l] = a->hist + (l & (a->lanes - 1)) * a->stride;             \
+        int64_t *restrict h = a->hist;                                                              \
         k256_t k;                                                                                   \
         k256_init(&k, a);                                                                           \
+        const int f32 = F32 && a->f32ok;                                                            \
+        /* element j goes to lane j % lanes: an offset added to its slot */                         \
+        const __m256i lane = _mm256_mullo_epi32(_mm256_and_si256(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), \
+            _mm256_set1_epi32(a->lanes - 1)), _mm256_set1_epi32((int)a->stride));                   \
         __m256d s0 = k.zero, s1 = k.zero, q0 = k.zero, q1 = k.zero;                                 \
         __m256d mn = k.inf, mx = _mm256_set1_pd(-INFINITY);                                         \
-        __m256i nz = _mm256_setzero_si256();                                                        \
+        __m256 mnf = _mm256_set1_ps(INFINITY), mxf = _mm256_set1_ps(-INFINITY);                     \
         double sum_t = 0, sq_t = 0, mn_t = INFINITY, mx_t = -INFINITY;                              \
         int64_t nz_t = 0;                                                                           \
-        int32_t sl[8];                                                                              \
+        uint64_t sl[4]; /* eight non-negative int32 indices */                                      \
         PREFETCH_FIRST_RUNS();                                                                      \
         for (int64_t r = 0; r < blocks; r++) {                                                      \
             const CTYPE *p = base + r * stride;                                                     \
@@ -573,28 +601,39 @@ static inline TGT_AVX2 __m128i slots256_fixed(const acc_t *a, const k256_t *k, _
             int64_t i = 0;                                                                          \
             for (; i + 8 <= block; i += 8) {                                                        \
                 __m256d x0, x1;                                                                     \
-                LOAD8(p, i, x0, x1);                                                                \
+                __m256i s;                                                                          \
+                if (F32) {                                                                          \
+                    const __m256 v = LOADF(p, i);                                                   \
+                    x0 = _mm256_cvtps_pd(_mm256_castps256_ps128(v));                                \
+                    x1 = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));                              \
+                    mnf = _mm256_min_ps(v, mnf); /* NaN keeps mn: it shows in sq */                 \
+                    mxf = _mm256_max_ps(v, mxf);                                                    \
+                    nz_t += __builtin_popcount(_mm256_movemask_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_NEQ_UQ))); \
+                    s = f32 ? SLOTSF(&k, v) : _mm256_setr_m128i(SLOTS(a, &k, x0), SLOTS(a, &k, x1)); \
+                } else {                                                                            \
+                    LOAD8(p, i, x0, x1);                                                            \
+                    mn = _mm256_min_pd(x0, _mm256_min_pd(x1, mn));                                  \
+                    mx = _mm256_max_pd(x0, _mm256_max_pd(x1, mx));                                  \
+                    nz_t += __builtin_popcount(_mm256_movemask_pd(_mm256_cmp_pd(x0, k.zero, _CMP_NEQ_UQ)) | \
+                                               (_mm256_movemask_pd(_mm256_cmp_pd(x1, k.zero, _CMP_NEQ_UQ)) << 4)); \
+                    s = _mm256_setr_m128i(SLOTS(a, &k, x0), SLOTS(a, &k, x1));                      \
+                }                                                                                   \
                 s0 = _mm256_add_pd(s0, x0);                                                         \
                 s1 = _mm256_add_pd(s1, x1);                                                         \
                 q0 = _mm256_fmadd_pd(x0, x0, q0);                                                   \
                 q1 = _mm256_fmadd_pd(x1, x1, q1);                                                   \
-                mn = _mm256_min_pd(x0, _mm256_min_pd(x1, mn)); /* NaN keeps mn: it shows in sq */   \
-                mx = _mm256_max_pd(x0, _mm256_max_pd(x1, mx));                                      \
-                nz = _mm256_sub_epi64(nz, _mm256_castpd_si256(_mm256_cmp_pd(x0, k.zero, _CMP_NEQ_UQ))); \
-                nz = _mm256_sub_epi64(nz, _mm256_castpd_si256(_mm256_cmp_pd(x1, k.zero, _CMP_NEQ_UQ))); \
-                const __m256i s = _mm256_setr_m128i(SLOTS(a, &k, x0), SLOTS(a, &k, x1));            \
                 const __m256i s_0 = _mm256_broadcastd_epi32(_mm256_castsi256_si128(s));             \
                 if (_mm256_movemask_epi8(_mm256_cmpeq_epi32(s, s_0)) == -1) {                       \
-                    h[0][_mm256_cvtsi256_si32(s)] += 8;                                             \
+                    h[_mm256_cvtsi256_si32(s)] += 8;                                                \
                 } else {                                                                            \
-                    _mm256_storeu_si256((__m256i *)sl, s);                                          \
-                    h[0][sl[0]]++; h[1][sl[1]]++; h[2][sl[2]]++; h[3][sl[3]]++;                     \
-                    h[4][sl[4]]++; h[5][sl[5]]++; h[6][sl[6]]++; h[7][sl[7]]++;                     \
+                    _mm256_storeu_si256((__m256i *)sl, _mm256_add_epi32(s, lane));                  \
+                    RELOAD(sl);                                                                     \
+                    INC2(h, sl, 0); INC2(h, sl, 1); INC2(h, sl, 2); INC2(h, sl, 3);                 \
                 }                                                                                   \
             }                                                                                       \
             for (; i < block; i++) {                                                                \
                 const double v = LOAD(p[i]);                                                        \
-                h[0][SLOT(a, v)]++;                                                                 \
+                h[SLOT(a, v)]++;                                                                    \
                 sum_t += v;                                                                         \
                 sq_t += v * v;                                                                      \
                 nz_t += v != 0.0;                                                                   \
@@ -603,15 +642,17 @@ static inline TGT_AVX2 __m128i slots256_fixed(const acc_t *a, const k256_t *k, _
             }                                                                                       \
         }                                                                                           \
         double d[4], f[4], m4[4], x4[4];                                                            \
-        int64_t c[4];                                                                               \
         _mm256_storeu_pd(d, _mm256_add_pd(s0, s1));                                                 \
         _mm256_storeu_pd(f, _mm256_add_pd(q0, q1));                                                 \
-        _mm256_storeu_si256((__m256i *)c, nz);                                                      \
-        _mm256_storeu_pd(m4, mn);                                                                   \
-        _mm256_storeu_pd(x4, mx);                                                                   \
         a->sum = (d[0] + d[1]) + (d[2] + d[3]) + sum_t;                                             \
         a->sq = (f[0] + f[1]) + (f[2] + f[3]) + sq_t;                                               \
-        a->nz = c[0] + c[1] + c[2] + c[3] + nz_t;                                                   \
+        a->nz = nz_t;                                                                               \
+        if (F32) { /* the float32 min and max, as float64 */                                        \
+            mn = _mm256_cvtps_pd(_mm_min_ps(_mm256_castps256_ps128(mnf), _mm256_extractf128_ps(mnf, 1))); \
+            mx = _mm256_cvtps_pd(_mm_max_ps(_mm256_castps256_ps128(mxf), _mm256_extractf128_ps(mxf, 1))); \
+        }                                                                                           \
+        _mm256_storeu_pd(m4, mn);                                                                   \
+        _mm256_storeu_pd(x4, mx);                                                                   \
         for (int l = 0; l < 4; l++) {                                                               \
             mn_t = m4[l] < mn_t ? m4[l] : mn_t;                                                     \
             mx_t = x4[l] > mx_t ? x4[l] : mx_t;                                                     \
@@ -619,6 +660,8 @@ static inline TGT_AVX2 __m128i slots256_fixed(const acc_t *a, const k256_t *k, _
         a->mn = mn_t;                                                                               \
         a->mx = mx_t;                                                                               \
     }
+#define NO_SLOTSF256(k, v) _mm256_setzero_si256()
+#define LOADF_f64(p, i) _mm256_setzero_ps() /* unused: float64 values load as float64 */
 
 /* finite min/max, sixteen float32 lanes (float32 / float16 / bfloat16 values: exact as float32) */
 #define DEFINE_MINMAX_AVX2(NAME, CTYPE, LOADF, LOAD)                                                \
@@ -713,9 +756,8 @@ static TGT_AVX2 void minmax_f64_avx2(const void *data, int64_t block, int64_t bl
 #define LOADF16_f16(p, i) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((p) + (i))))
 
 typedef struct {
-    __m512d inf, zero, one, m1, bins, over, nonfin, gscale, go, lo, hi, scale, bm1;
+    __m512d inf, zero, one, m1, bins, over, nonfin, gscale, go, lo, hi, scale, bm1, tol, tol1, zslot;
     __m512 gsf, gom1, overf, nonfinf; /* auto, float32 slots: 2**-e, o - 1, bins + 1, bins + 2 */
-    int clamp;                        /* auto: the grid may not hold every finite value (clamp the slots) */
 } k512_t;
 
 static TGT_AVX512 void k512_init(k512_t *k, const acc_t *a) {
@@ -732,11 +774,13 @@ static TGT_AVX512 void k512_init(k512_t *k, const acc_t *a) {
     k->hi = _mm512_set1_pd(a->hi);
     k->scale = _mm512_set1_pd(a->scale);
     k->bm1 = _mm512_set1_pd((double)a->bins - 1);
+    k->tol = _mm512_set1_pd(a->tol);
+    k->tol1 = _mm512_set1_pd(1.0 - a->tol);
+    k->zslot = _mm512_set1_pd((double)a->zslot);
     k->gsf = _mm512_set1_ps((float)a->gscale);
     k->gom1 = _mm512_set1_ps((float)(a->go - 1));
     k->overf = _mm512_set1_ps((float)a->bins + 1);
     k->nonfinf = _mm512_set1_ps((float)a->bins + 2);
-    k->clamp = !a->inside;
 }
 
 #define FLOOR_ 0x09 /* _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC */
@@ -755,24 +799,25 @@ static inline TGT_AVX512 __m256i slots512_auto(const acc_t *a, const k512_t *k, 
 }
 
 static inline TGT_AVX512 __m256i slots512_fixed(const acc_t *a, const k512_t *k, __m512d x) {
-    if (a->coarse) {
+    const __mmask8 in = _mm512_cmp_pd_mask(x, k->lo, _CMP_GE_OQ) & _mm512_cmp_pd_mask(x, k->hi, _CMP_LE_OQ);
+    const __m512d g = _mm512_mul_pd(_mm512_sub_pd(x, k->lo), k->scale);
+    const __m512d b = _mm512_roundscale_pd(g, FLOOR_);
+    const __m512d fr = _mm512_sub_pd(g, b);
+    const __mmask8 zero = _mm512_cmp_pd_mask(x, k->zero, _CMP_EQ_OQ);
+    const __mmask8 near = in & ~zero & (_mm512_cmp_pd_mask(fr, k->tol, _CMP_LT_OQ) |
+                                        _mm512_cmp_pd_mask(fr, k->tol1, _CMP_GT_OQ));
+    if (a->coarse || near) {
         double v[8];
         int32_t s[8];
         _mm512_storeu_pd(v, x);
         for (int l = 0; l < 8; l++) s[l] = (int32_t)slot_fixed(a, v[l]);
         return _mm256_loadu_si256((const __m256i *)s);
     }
-    const __mmask8 in = _mm512_cmp_pd_mask(x, k->lo, _CMP_GE_OQ) & _mm512_cmp_pd_mask(x, k->hi, _CMP_LE_OQ);
-    __m512d g = _mm512_max_pd(_mm512_mul_pd(_mm512_sub_pd(x, k->lo), k->scale), k->zero);
-    g = _mm512_roundscale_pd(_mm512_min_pd(g, k->bm1), TRUNC_);
-    const __m256i b = _mm512_cvttpd_epi32(g);
-    const __m512d e0 = _mm512_i32gather_pd(b, a->fix, 8), e1 = _mm512_i32gather_pd(b, a->fix + 1, 8);
-    g = _mm512_mask_sub_pd(g, _mm512_cmp_pd_mask(x, e0, _CMP_LT_OQ), g, k->one);
-    g = _mm512_mask_add_pd(g, _mm512_cmp_pd_mask(x, e1, _CMP_GE_OQ), g, k->one);
-    g = _mm512_min_pd(g, k->bm1); /* x == hi: the last bin */
     __m512d out = _mm512_mask_blend_pd(_mm512_cmp_pd_mask(x, k->lo, _CMP_LT_OQ), k->over, k->zero);
     out = _mm512_mask_blend_pd(FINITE512(x), k->nonfin, out);
-    return _mm512_cvttpd_epi32(_mm512_mask_blend_pd(in, out, _mm512_add_pd(g, k->one)));
+    __m512d s = _mm512_mask_blend_pd(in, out, _mm512_add_pd(b, k->one));
+    s = _mm512_mask_mov_pd(s, zero, k->zslot);
+    return _mm512_cvttpd_epi32(s);
 }
 
 /* auto, float32 values on a grid where float32 is exact (acc_t.f32ok): sixteen slots at once. x * 2**-e is
@@ -785,7 +830,7 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
     q = _mm512_mask_mov_ps(q, _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(t, zero, _CMP_EQ_OQ), x, zero, _CMP_LT_OQ),
                            _mm512_set1_ps(-1.0f));
     __m512 s = _mm512_sub_ps(q, k->gom1); /* floor - o + 1 */
-    if (k->clamp) s = _mm512_min_ps(_mm512_max_ps(s, zero), k->overf);
+    s = _mm512_min_ps(_mm512_max_ps(s, zero), k->overf); /* a guard: the grid holds every finite value */
     s = _mm512_mask_mov_ps(s, _mm512_fpclass_ps_mask(x, 0x99), k->nonfinf); /* NaN, +-inf */
     return _mm512_cvttps_epi32(s);
 }
@@ -977,14 +1022,22 @@ DEFINE_MINMAX_SSE(minmax_f16_sse, uint16_t, LOADV_f16, load_f16)
 DEFINE_MINMAX_SSE(minmax_bf16_sse, uint16_t, LOADV_bf16, load_bf16)
 #endif
 #if defined(HAVE_AVX)
-DEFINE_SPAN_AVX2(span_f32_fixed_avx2, float, LOAD8_f32, load_f32, slots256_fixed, slot_fixed)
-DEFINE_SPAN_AVX2(span_f16_fixed_avx2, uint16_t, LOAD8_f16, load_f16, slots256_fixed, slot_fixed)
-DEFINE_SPAN_AVX2(span_bf16_fixed_avx2, uint16_t, LOAD8_bf16, load_bf16, slots256_fixed, slot_fixed)
-DEFINE_SPAN_AVX2(span_f64_fixed_avx2, double, LOAD8_f64, load_f64, slots256_fixed, slot_fixed)
-DEFINE_SPAN_AVX2(span_f32_auto_avx2, float, LOAD8_f32, load_f32, slots256_auto, slot_auto)
-DEFINE_SPAN_AVX2(span_f16_auto_avx2, uint16_t, LOAD8_f16, load_f16, slots256_auto, slot_auto)
-DEFINE_SPAN_AVX2(span_bf16_auto_avx2, uint16_t, LOAD8_bf16, load_bf16, slots256_auto, slot_auto)
-DEFINE_SPAN_AVX2(span_f64_auto_avx2, double, LOAD8_f64, load_f64, slots256_auto, slot_auto)
+DEFINE_SPAN_AVX2(span_f32_fixed_avx2, float, 1, LOADF_f32, LOAD8_f32, load_f32, slots256_fixed, NO_SLOTSF256,
+                 slot_fixed)
+DEFINE_SPAN_AVX2(span_f16_fixed_avx2, uint16_t, 1, LOADF_f16, LOAD8_f16, load_f16, slots256_fixed, NO_SLOTSF256,
+                 slot_fixed)
+DEFINE_SPAN_AVX2(span_bf16_fixed_avx2, uint16_t, 1, LOADF_bf16, LOAD8_bf16, load_bf16, slots256_fixed, NO_SLOTSF256,
+                 slot_fixed)
+DEFINE_SPAN_AVX2(span_f64_fixed_avx2, double, 0, LOADF_f64, LOAD8_f64, load_f64, slots256_fixed, NO_SLOTSF256,
+                 slot_fixed)
+DEFINE_SPAN_AVX2(span_f32_auto_avx2, float, 1, LOADF_f32, LOAD8_f32, load_f32, slots256_auto, slotsf256_auto,
+                 slot_auto)
+DEFINE_SPAN_AVX2(span_f16_auto_avx2, uint16_t, 1, LOADF_f16, LOAD8_f16, load_f16, slots256_auto, slotsf256_auto,
+                 slot_auto)
+DEFINE_SPAN_AVX2(span_bf16_auto_avx2, uint16_t, 1, LOADF_bf16, LOAD8_bf16, load_bf16, slots256_auto, slotsf256_auto,
+                 slot_auto)
+DEFINE_SPAN_AVX2(span_f64_auto_avx2, double, 0, LOADF_f64, LOAD8_f64, load_f64, slots256_auto, slotsf256_auto,
+                 slot_auto)
 DEFINE_MINMAX_AVX2(minmax_f32_avx2, float, LOADF_f32, load_f32)
 DEFINE_MINMAX_AVX2(minmax_f16_avx2, uint16_t, LOADF_f16, load_f16)
 DEFINE_MINMAX_AVX2(minmax_bf16_avx2, uint16_t, LOADF_bf16, load_bf16)
@@ -1148,19 +1201,17 @@ static void set_grid(shared_t *sh) {
     if (mn <= mx) coarsen_row(sh->grid, sh->counts, sh->bins, mn, mx);
     double gscale = 1.0; /* nothing finite yet: every element goes to nonfinite */
     int64_t go = 0;
-    int f32ok = 1, inside = 0;
+    int f32ok = 1;
     if (!isnan(sh->grid[0])) {
         int64_t e = (int64_t)sh->grid[0];
         gscale = ldexp(1.0, -(int)e);
         go = (int64_t)sh->grid[1];
         f32ok = e >= -127 && e <= 126 && (go < 0 ? -go : go) + sh->bins <= (1 << 24);
-        inside = mn <= mx && mn >= ldexp((double)go, (int)e) && mx < ldexp((double)(go + sh->bins), (int)e);
     }
     for (int t = 0; t < sh->nparts; t++) {
         sh->parts[t].a.gscale = gscale;
         sh->parts[t].a.go = go;
         sh->parts[t].a.f32ok = f32ok;
-        sh->parts[t].a.inside = inside;
     }
 }
 
@@ -1280,7 +1331,10 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
            one bin off, otherwise search the edges */
         double big = fabs(a.lo) > fabs(a.hi) ? fabs(a.lo) : fabs(a.hi);
         a.coarse = !(((big * a.scale + bins) * ldexp(1.0, -46)) < 0.25) || !isfinite(a.scale);
+        /* the guess's error, in bins, is a few float64 ulps of (big * scale + bins): tol is 2**8 times that */
+        a.tol = a.coarse ? 1.0 : (big * a.scale + bins) * ldexp(1.0, -44);
         a.fix = edges;
+        a.zslot = slot_fixed(&a, 0.0);
     }
     /* the parts: whole runs each (one run: cut at multiples of 64 elements) */
     int ok = 1;

@@ -129,6 +129,28 @@ def test_every_path_every_dtype_specials_and_lengths(dtype, c_path):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_auto_grids_past_float32_slots(dtype, c_path):
+    """Grids where float32 slots would not be exact (|o| + bins > 2**24, 2**-e not a normal float32): float64 slots."""
+    g = torch.Generator().manual_seed(6)
+    far = 1e6 if dtype != torch.float16 else 6e4  # a narrow spread far from 0: a large offset o
+    for x in [far + torch.randn(3001, generator=g, dtype=torch.float64) * (far * 1e-3),
+              torch.randn(3001, generator=g, dtype=torch.float64) * 1e-39,  # float32 subnormals: e < -127
+              torch.randn(3001, generator=g, dtype=torch.float64) * 1e37]:
+        check_auto(x.to(dtype))
+        check_auto(x.to(dtype), 7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_fixed_values_on_every_edge(dtype, c_path):
+    """Vectors of values on the edges (and zeros among them): the guess is checked against numpy's edges."""
+    for lo, hi, bins in [(-3, 3, 100), (-1, 1, 2), (0, 1e-3, 37), (-1e4, 3e4, 999), (0.1, 0.7, 3)]:
+        e = torch.from_numpy(np.histogram_bin_edges([0.0], bins, range=(lo, hi)))
+        x = torch.stack([e, torch.zeros_like(e), torch.nextafter(e, torch.full_like(e, -math.inf))], 1).reshape(-1)
+        check_fixed(x.to(dtype), lo, hi, bins)
+        check_fixed(e.to(dtype), lo, hi, bins)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_unaligned_views(dtype, c_path):
     """A view one element in (and a few more): the vector loads are unaligned, the result is the same."""
     x = values(dtype, 5000, seed=3)
