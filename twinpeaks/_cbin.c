@@ -117,10 +117,13 @@ static int64_t shift_floor(int64_t v, int64_t k) {
 static void coarsen_row(double *grid, double *counts, int bins, double mn, double mx) {
     int64_t e, o, ce, co;
     choose(mn, mx, bins, &ce, &co);
-    int first = -1, last = -1;
-    if (!isnan(grid[0]))
+    int first = -1, last = -1; /* the occupied bins: scanned from either end (a grid fits its values closely) */
+    if (!isnan(grid[0])) {
         for (int i = 0; i < bins; i++)
-            if (counts[1 + i] != 0) { if (first < 0) first = i; last = i; }
+            if (counts[1 + i] != 0) { first = i; break; }
+        for (int i = bins - 1; first >= 0 && i >= first; i--)
+            if (counts[1 + i] != 0) { last = i; break; }
+    }
     if (first < 0) { /* unset, or nothing finite in the row yet */
         grid[0] = (double)ce;
         grid[1] = (double)co;
@@ -1128,24 +1131,29 @@ static int64_t *lane_buffer(size_t size, int *owned) {
 #endif
 }
 
-/* add lanes' slots lo..hi and the nonfinite slot into counts, and zero them in the lane buffer */
+/* add lanes' slots lo..hi and the nonfinite slot into counts, and zero them in the lane buffer (lane by lane
+   into the first: contiguous int64 adds the compiler vectorises) */
 static void drain(int64_t *hist, int64_t stride, int lanes, int64_t lo, int64_t hi, double *counts) {
     const int64_t nonfin = stride - 1;
-    for (int64_t k = lo; k <= hi; k++) {
-        int64_t c = 0;
-        for (int l = 0; l < lanes; l++) {
-            c += hist[l * stride + k];
-            hist[l * stride + k] = 0;
+    int64_t *restrict h0 = hist;
+    for (int l = 1; l < lanes; l++) {
+        int64_t *restrict hl = hist + l * stride;
+        for (int64_t k = lo; k <= hi; k++) {
+            h0[k] += hl[k];
+            hl[k] = 0;
         }
-        if (c) counts[k] += (double)c;
+        if (hi < nonfin) {
+            h0[nonfin] += hl[nonfin];
+            hl[nonfin] = 0;
+        }
+    }
+    for (int64_t k = lo; k <= hi; k++) {
+        counts[k] += (double)h0[k];
+        h0[k] = 0;
     }
     if (hi < nonfin) {
-        int64_t c = 0;
-        for (int l = 0; l < lanes; l++) {
-            c += hist[l * stride + nonfin];
-            hist[l * stride + nonfin] = 0;
-        }
-        if (c) counts[nonfin] += (double)c;
+        counts[nonfin] += (double)h0[nonfin];
+        h0[nonfin] = 0;
     }
 }
 
