@@ -3,23 +3,40 @@
  *
  * One call reads float32 / float16 / bfloat16 / float64 elements (all of them, or
  * evenly spaced blocks of them), upcasts them to float64 (exactly), and adds into
- * a layer's step row:
+ * row `row` of a layer's step buffers (base addresses; rows of B + 3, 5, 2 and 2 doubles):
  *   counts[B + 3]  underflow, bins 0..B-1, overflow, nonfinite (NaN, +-inf)
  *   sums[5]        sum, sum of squares, non-zeros, elements binned, elements seen (n)
  *   peaks[2]       -min, max (NaN if any element is NaN, like torch.aminmax)
+ *   grid[2]        auto grids: (e, o), e NaN = unset
  * The row buffers are float64 (the recorder's device rows on CPU).
  *
  * Two kinds of grid (docs/grids.md, reference: twinpeaks/grids.py):
  *  - fixed: B + 1 float64 edges (numpy's linspace). Bins as numpy.histogram on
  *    the float64 values: half-open bins, the last one closed. A first guess from
- *    the linear scale is corrected by comparing with the edges themselves.
- *  - auto: the row's aligned binary grid (e, o) (2 doubles; e NaN = unset). A
- *    first pass finds the finite min and max of what is binned; the row's grid
- *    is coarsened to hold them and its counts regridded (exact); then every
- *    finite x goes to bin floor(x * 2**-e) - o: exact, no correction needed.
- * Each of LANES interleaved histograms and running stats takes every LANES-th
- * element, so that runs of equal values (a ReLU's zeros) do not serialise on
- * one counter.
+ *    the linear scale is corrected by comparing with the edges themselves (the
+ *    vector paths: only for values within a tolerance of an edge; zeros take the
+ *    slot of 0 directly).
+ *  - auto: the row's aligned binary grid (e, o). A first pass finds the finite min
+ *    and max of what is binned; the row's grid is coarsened to hold them and its
+ *    counts regridded (exact); then every finite x goes to bin floor(x * 2**-e) - o:
+ *    exact, no correction needed (in float32 where that is exact too).
+ * Interleaved lane histograms (element j into lane j % lanes) so that runs of equal
+ * values (a ReLU's zeros) do not serialise on one counter; they live in a per-thread
+ * buffer kept zero between calls, and only the slots a call touched (those between
+ * its min's and max's, and the nonfinite one) are added into the row and cleared.
+ *
+ * Code paths (simd(), PATHS; tests run each): portable C; SSE2 (every x86-64: stats
+ * and the min/max pass four at a time); AVX2+FMA+F16C and AVX-512 (F, BW, DQ, VL),
+ * compiled per function with target attributes and chosen at import from
+ * __builtin_cpu_supports: loads, upcasts, stats, min/max and each element's slot are
+ * vector operations over 8 / 16 elements, only the counter increments are scalar
+ * (one add of 8 / 16 when a vector's slots are all equal). The widest path the CPU has
+ * is the default. Counts are identical on every path; float sums differ in rounding.
+ *
+ * Threads (pthreads, not on Windows): observe(..., threads, row) with threads > 1
+ * splits a call of at least 2 * THREAD_MIN elements into parts: each part's finite
+ * min/max, then the grid once (the calling thread), then each part bins into its own
+ * lane histograms; the parts' counts and stats are added into the row.
  *
  * No torch or numpy headers: Python passes raw addresses (tensor.data_ptr()).
  * Python decides everything else (dtype, sampling plan, grid kind).

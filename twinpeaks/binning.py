@@ -21,9 +21,12 @@ Design constraints (the grids themselves: docs/grids.md; the numpy reference: :m
 * One kernel on CPU. The C kernel ``twinpeaks._cbin`` (built by ``setup.py``; no
   torch headers) reads a tensor's memory (or evenly spaced blocks of it) and adds
   bins, sum, sum of squares, non-zeros, min and max into a step row; for an auto
-  grid, a first SIMD pass finds the finite min and max. Without a C compiler at
-  install time, or with ``TWINPEAKS_KERNEL=torch``, the torch operations are
-  used; tests check both.
+  grid, a first SIMD pass finds the finite min and max. It runs the widest code
+  path the CPU has (AVX-512, AVX2, SSE2 or portable C, chosen at import;
+  ``_cbin.simd(name)`` switches, tests run each) and splits a large call over
+  torch's intra-op thread count (pthreads). Without a C compiler at install time,
+  or with ``TWINPEAKS_KERNEL=torch``, the torch operations are used; tests check
+  both.
 """
 
 from __future__ import annotations
