@@ -178,7 +178,7 @@ static void coarsen_row(double *grid, double *counts, int bins, double mn, doubl
 /* ---- binning ------------------------------------------------------------------------------ */
 typedef struct {
     const double *edges; /* fixed: B + 1 edges */
-    const double *fix;   /* fixed: the edges (the guess corrected up is clamped to the last bin, closed) */
+    const double *fix;   /* fixed: the edges */
     int bins;
     double lo, hi, scale; /* fixed: edges[0], edges[B], B / (hi - lo) */
     int coarse;           /* fixed: the scaled guess may be more than one bin off: search */
@@ -210,12 +210,11 @@ static int64_t slot_slow_fixed(const acc_t *a, double x) {
 }
 
 static inline int64_t slot_fixed(const acc_t *a, double x) {
-    if ((x >= a->lo) & (x <= a->hi) & !a->coarse) {
+    if ((x >= a->lo) & (x < a->hi) & !a->coarse) { /* x == hi (the last bin, closed): the slow path */
         int b = (int)((x - a->lo) * a->scale);
         b = b > a->bins - 1 ? a->bins - 1 : b;
         b -= x < a->fix[b];
         b += x >= a->fix[b + 1];
-        b = b > a->bins - 1 ? a->bins - 1 : b; /* x == hi: the last bin */
         return b + 1;
     }
     return slot_slow_fixed(a, x);
