@@ -23,8 +23,8 @@ Design constraints (the grids themselves: docs/grids.md; the numpy reference: :m
   bins, sum, sum of squares, non-zeros, min and max into a step row; for an auto
   grid, a first SIMD pass finds the finite min and max. It runs the widest code
   path the CPU has (AVX-512, AVX2, SSE2 or portable C, chosen at import;
-  ``_cbin.simd(name)`` switches, tests run each) and splits a large call over
-  torch's intra-op thread count (pthreads). Without a C compiler at install time,
+  ``_cbin.simd(name)`` switches, tests run each) and can split a large call over
+  threads (pthreads; :func:`kernel_threads`). Without a C compiler at install time,
   or with ``TWINPEAKS_KERNEL=torch``, the torch operations are used; tests check
   both.
 """
@@ -57,6 +57,37 @@ KERNEL = _cbin is not None and os.environ.get("TWINPEAKS_KERNEL", "c") != "torch
 #: installed (imported at the first CUDA plan, never by ``import twinpeaks``) and ``TWINPEAKS_KERNEL``
 #: is not ``"torch"``. Otherwise, and for tensor subclasses, the torch device path bins them.
 DEVICE_KERNEL = os.environ.get("TWINPEAKS_KERNEL", "") != "torch" and importlib.util.find_spec("triton") is not None
+
+
+def kernel_threads() -> int:
+    """Threads the C kernel may split one large call over (from 256K elements): ``TWINPEAKS_KERNEL_THREADS``.
+
+    A number, or ``torch`` for :func:`torch.get_num_threads`; unset: 1. One by
+    default because, measured in training steps on CPU, torch's OpenMP workers keep
+    spinning between operations and a call split over threads then ran slower
+    (bench/README.md, "The kernel alone"). Read when a layer's plan is made; a bad
+    value warns once and counts as 1.
+
+    Example:
+        >>> kernel_threads()  # doctest: +SKIP
+        1
+    """
+    raw = os.environ.get("TWINPEAKS_KERNEL_THREADS", "").strip()
+    if not raw:
+        return 1
+    if raw == "torch":
+        return torch.get_num_threads()
+    if raw.isdigit() and 1 <= int(raw) <= 1024:
+        return int(raw)
+    if raw not in _BAD_THREADS:
+        _BAD_THREADS.add(raw)
+        from .errors import warn
+
+        warn(f"TWINPEAKS_KERNEL_THREADS={raw!r} is not a thread count (1-1024) or 'torch': using 1 thread")
+    return 1
+
+
+_BAD_THREADS: set[str] = set()
 #: ``TWINPEAKS_KERNEL=triton``: CPU tensors through the Triton kernel too (in Triton's interpreter, with
 #: ``TRITON_INTERPRET=1`` set before triton is imported): how the tests check the wiring without a GPU.
 TRITON_ON_CPU = DEVICE_KERNEL and os.environ.get("TWINPEAKS_KERNEL", "") == "triton"

@@ -286,8 +286,8 @@ def test_row_index_addresses_one_row():
                   peaks.data_ptr())
 
 
-def test_paths_agree_on_a_recorded_model(tmp_path):
-    """A real model recorded on each path (1 and 2 threads): the same counts in the run file."""
+def test_paths_agree_on_a_recorded_model(tmp_path, monkeypatch):
+    """A real model recorded on each path, its kernel on 1 and 2 threads: the same counts in the run file."""
     import twinpeaks as tp
 
     torch.manual_seed(0)
@@ -299,6 +299,7 @@ def test_paths_agree_on_a_recorded_model(tmp_path):
         for i, path in enumerate(PATHS):
             for t in (1, 2):
                 torch.set_num_threads(t)
+                monkeypatch.setenv("TWINPEAKS_KERNEL_THREADS", "torch")  # the 512-wide layer: 307,200 elements
                 with using_path(path):
                     p = tmp_path / f"r{i}{t}.tp"
                     with tp.ActivationsHistogram(model, p, sample=1.0, bins=50) as hist:
@@ -317,3 +318,37 @@ def test_paths_agree_on_a_recorded_model(tmp_path):
             assert a.total == b.total == a.seen and a.grid == b.grid
             np.testing.assert_array_equal(a.counts, b.counts)
             assert (a.underflow, a.overflow, a.nonfinite) == (b.underflow, b.overflow, b.nonfinite)
+
+
+def test_kernel_threads_setting(monkeypatch, tmp_path):
+    """TWINPEAKS_KERNEL_THREADS: unset 1, a number, 'torch' (torch's count); anything else warns once and is 1.
+    The recorder's plans pass it to the kernel (the last of kernel_args)."""
+    monkeypatch.delenv("TWINPEAKS_KERNEL_THREADS", raising=False)
+    assert binning.kernel_threads() == 1
+    monkeypatch.setenv("TWINPEAKS_KERNEL_THREADS", "3")
+    assert binning.kernel_threads() == 3
+    monkeypatch.setenv("TWINPEAKS_KERNEL_THREADS", "torch")
+    assert binning.kernel_threads() == torch.get_num_threads()
+    monkeypatch.setattr(binning, "_BAD_THREADS", set())
+    for bad in ("0", "many", "-2"):
+        monkeypatch.setenv("TWINPEAKS_KERNEL_THREADS", bad)
+        with pytest.warns(UserWarning, match="TWINPEAKS_KERNEL_THREADS"):
+            assert binning.kernel_threads() == 1
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert binning.kernel_threads() == 1  # once per value
+
+    import twinpeaks as tp
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    for setting, want in (("2", 2), (None, 1)):
+        if setting is None:
+            monkeypatch.delenv("TWINPEAKS_KERNEL_THREADS")
+        else:
+            monkeypatch.setenv("TWINPEAKS_KERNEL_THREADS", setting)
+        with tp.ActivationsHistogram(model, tmp_path / f"t{want}.tp") as hist:
+            model(torch.randn(4, 8))
+            plans = [p for rec in hist._records for pd in rec.phases.values() for p in pd.plans.values()]
+        assert plans and all(p.kernel and p.kernel_args[-1] == want for p in plans)

@@ -150,7 +150,7 @@ class Plan:
     buffers: PhaseBuffers
     kernel: bool  # the C kernel bins it; else torch operations
     #: C kernel: (dtype code, elements, block stride, blocks, block size, fixed edges address or 0, grids, bins,
-    #: counts, sums, peaks base addresses, threads): ``_cbin.observe(ptr, *kernel_args, row)``; see binning
+    #: counts, sums, peaks base addresses, threads (binning.kernel_threads)): ``_cbin.observe(ptr, *kernel_args, row)``
     kernel_args: tuple
     dense: bool  # the elements fill their storage block: read in storage order
     stride: int  # sampling: block stride in elements
@@ -303,10 +303,10 @@ class BinningEngine:
             if not kernel and binner is None:
                 with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                     seen = torch.tensor([k, n], dtype=torch.float64, device=t.device)
-            # the kernel splits a large call over torch's threads (read here: plans are made once per layout)
+            # the kernel may split a large call over threads (read here: plans are made once per layout)
             kernel_args = ((binning.KERNEL_DTYPES[t.dtype], n, stride, blocks, SAMPLE_BLOCK,
                             rec.fixed.edges_ptr if rec.fixed is not None else 0, *pd.addresses(),
-                            torch.get_num_threads()) if kernel else ())
+                            binning.kernel_threads()) if kernel else ())
             plan = pd.plans[key] = Plan(
                 key=key, phase=phase, buffers=pd, kernel=kernel, kernel_args=kernel_args,  # type: ignore[arg-type]
                 dense=binning.is_dense(t), stride=stride, blocks=blocks,
