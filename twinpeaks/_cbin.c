@@ -1132,8 +1132,13 @@ static TLS size_t tls_cap;
 #endif
 
 /* a zeroed buffer of `size` int64; *owned: free it after */
+#define TLS_MAX ((size_t)1 << 16) /* int64 kept per thread at most (512 KiB: 8 lanes of 8,189 bins); larger: per call */
 static int64_t *lane_buffer(size_t size, int *owned) {
 #ifdef TLS
+    if (size > TLS_MAX) {
+        *owned = 1;
+        return (int64_t *)calloc(size, sizeof(int64_t));
+    }
     if (size <= tls_cap) {
         *owned = 0;
         return tls_hist;

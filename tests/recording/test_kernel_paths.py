@@ -352,3 +352,15 @@ def test_kernel_threads_setting(monkeypatch, tmp_path):
             model(torch.randn(4, 8))
             plans = [p for rec in hist._records for pd in rec.phases.values() for p in pd.plans.values()]
         assert plans and all(p.kernel and p.kernel_args[-1] == want for p in plans)
+
+
+def test_lane_buffer_is_clean_between_calls(c_path):
+    """The per-thread lane buffer is reused (and grown, or allocated per call past 512 KiB): calls of every size and
+    bin count in turn, each alone equal to numpy (a count left behind would show in the next call)."""
+    g = torch.Generator().manual_seed(7)
+    for bins, n, scale in [(7, 5000, 1.0), (9000, 20_000, 3.0), (100, 300, 0.01), (300, 70_000, 1e4), (7, 64, 1.0),
+                           (2, 1000, 1.0), (9000, 100, 1.0), (100, 4097, 1.0)]:
+        x = torch.randn(n, generator=g) * scale
+        x[::97] = math.nan
+        check_auto(x, bins)
+        check_fixed(x, -2 * scale, 2 * scale, bins)
