@@ -1,13 +1,17 @@
-"""Per-element and per-call cost of the CPU binning kernel, against the torch path.
+"""Per-element and per-call cost of the CPU binning kernel, on each code path, against the torch path.
 
 Run ``python bench/kernel.py``: for float32 (normal values, and ReLU outputs with half
-exact zeros), bfloat16 and float16 tensors of 4,096 to 1M elements, the time of one
+exact zeros), bfloat16 and float16 tensors of 64 to 4M elements, the time of one
 ``_cbin.observe`` call on a fixed range (numpy's float64 edges, +-3, 100 bins) and on an
-auto grid (a fresh step row: the finite min/max pass, the grid, the binning pass), on
-the SSE2 path where built and the portable path, and of the torch operations of the
-device path (:func:`twinpeaks.binning.observe_auto` + ``stats_parts``) on the same
-values; torch on 1 thread, warm caches (a training step's caches are colder: see
-bench/README.md).
+auto grid (the row's grid kept from call to call, as within a step: the finite min/max
+pass, the grid check, the binning pass), on every code path this build and CPU have
+(``_cbin.PATHS``: AVX-512, AVX2, SSE2, portable); from 1M elements also the widest path
+with ``threads=2`` (the call split over two threads); and the torch operations of the
+device path (:func:`twinpeaks.binning.observe_auto` + ``stats_parts``) on the same values.
+The kernel is called directly (as the recorder's hot path does), so a cell at 64 elements
+is the whole per-call cost; each cell is the best of several timings (the machine may be
+shared). torch on 1 thread, warm caches (a training step's caches are colder: see
+bench/README.md). ``--quick``: the float32 rows only.
 """
 
 from __future__ import annotations
@@ -19,53 +23,74 @@ import torch
 
 from twinpeaks import binning
 
+SIZES = (64, 512, 4096, 65536, 1 << 20, 1 << 22)
+THREADED = 1 << 20  # from this many elements: a threads=2 column
 
-def per_call(fn, reps: int) -> float:
+
+def best(fn, reps: int, trials: int = 7) -> float:
+    """The best time per call over ``trials`` timings of ``reps`` calls."""
     fn()
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
+    out = float("inf")
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        out = min(out, (time.perf_counter() - t0) / reps)
+    return out
+
+
+def cell(t: float, n: int) -> str:
+    return f"{t * 1e6:.2f} us ({t / n * 1e9:.2f} ns/el)" if n >= 4096 else f"{t * 1e6:.2f} us"
 
 
 def main() -> int:
     if binning._cbin is None:
         print("twinpeaks._cbin is not built", file=sys.stderr)
         return 1
+    c = binning._cbin
     torch.set_num_threads(1)
     torch.manual_seed(0)
     fixed = binning.fixed_grid(-3, 3, 100)
-    paths = [True, False] if binning._cbin.simd() else [False]
-    names = [f"C {'SSE2' if p else 'portable'} {k}" for p in paths for k in ("fixed", "auto")]
+    paths = list(c.PATHS)
+    names = [f"C {p} {k}" for p in paths for k in ("fixed", "auto")] + [f"C {paths[0]} auto threads=2"]
     print("| values | elements | " + " | ".join(names) + " | torch ops auto |")
     print("|---|---:|" + "---:|" * (len(names) + 1))
-    for label, make in [("float32 normal", lambda n: torch.randn(n)),
-                        ("float32 ReLU", lambda n: torch.randn(n).relu()),
-                        ("bfloat16 normal", lambda n: torch.randn(n).bfloat16()),
-                        ("float16 normal", lambda n: torch.randn(n).half())]:
-        for n in (4096, 65536, 1 << 20):
-            x = make(n)
-            rows = [torch.zeros(k, dtype=torch.float64) for k in (103, 5, 2)]
-            grid = binning.new_grids(1)[0]
+    kinds = [("float32 normal", lambda n: torch.randn(n)), ("float32 ReLU", lambda n: torch.randn(n).relu()),
+             ("bfloat16 normal", lambda n: torch.randn(n).bfloat16()), ("float16 normal", lambda n: torch.randn(n).half())]
+    if "--quick" in sys.argv:
+        kinds = kinds[:2]
+    was = c.simd()
+    try:
+        for label, make in kinds:
+            for n in SIZES:
+                x = make(n)
+                code = binning.KERNEL_DTYPES[x.dtype]
+                rows = [torch.zeros(k, dtype=torch.float64) for k in (103, 5, 2)]
+                grid = binning.new_grids(1)[0]
+                ptr, gptr, edges = x.data_ptr(), grid.data_ptr(), fixed.edges_ptr
+                addr = [r.data_ptr() for r in rows]
 
-            def auto(x=x, rows=rows, grid=grid):
-                grid[0] = float("nan")  # a fresh row every call: the grid is chosen each time
-                binning.kernel_observe(x, grid, *rows)
+                def fixed_call(threads=1, ptr=ptr, code=code, n=n, edges=edges, addr=addr):
+                    c.observe(ptr, code, n, 0, 0, 0, edges, 0, 100, *addr, threads, 0)
 
-            reps = max(20, 4_000_000 // n)
-            cells = []
-            for simd in paths:
-                binning._cbin.simd(simd)
-                for fn in (lambda x=x, rows=rows: binning.kernel_observe(x, fixed, *rows), auto):
-                    t = per_call(fn, reps)
-                    cells.append(f"{t * 1e6:.1f} us ({t / n * 1e9:.2f} ns/el)")
-            binning._cbin.simd(paths[0])
-            xf = x.float()
-            counts, g = torch.zeros(103, dtype=torch.float64), binning.new_grids(1)[0]
-            t = per_call(lambda xf=xf, g=g, counts=counts: (binning.observe_auto(xf, g, counts), binning.stats_parts(xf)),
-                         max(5, reps // 20))
-            cells.append(f"{t * 1e6:.1f} us ({t / n * 1e9:.2f} ns/el)")
-            print(f"| {label} | {n:,} | " + " | ".join(cells) + " |")
+                def auto_call(threads=1, ptr=ptr, code=code, n=n, gptr=gptr, addr=addr):
+                    c.observe(ptr, code, n, 0, 0, 0, 0, gptr, 100, *addr, threads, 0)
+
+                reps = max(5, 1_000_000 // n)
+                cells = []
+                for path in paths:
+                    c.simd(path)
+                    cells += [cell(best(fixed_call, reps), n), cell(best(auto_call, reps), n)]
+                c.simd(paths[0])
+                cells.append(cell(best(lambda: auto_call(2), reps), n) if n >= THREADED else "")
+                xf = x.float()
+                counts, g = torch.zeros(103, dtype=torch.float64), binning.new_grids(1)[0]
+                t = best(lambda xf=xf, g=g, counts=counts: (binning.observe_auto(xf, g, counts), binning.stats_parts(xf)),
+                         max(2, reps // 20), trials=3)
+                cells.append(cell(t, n))
+                print(f"| {label} | {n:,} | " + " | ".join(cells) + " |", flush=True)
+    finally:
+        c.simd(was)
     return 0
 
 

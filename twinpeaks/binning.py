@@ -21,9 +21,12 @@ Design constraints (the grids themselves: docs/grids.md; the numpy reference: :m
 * One kernel on CPU. The C kernel ``twinpeaks._cbin`` (built by ``setup.py``; no
   torch headers) reads a tensor's memory (or evenly spaced blocks of it) and adds
   bins, sum, sum of squares, non-zeros, min and max into a step row; for an auto
-  grid, a first SIMD pass finds the finite min and max. Without a C compiler at
-  install time, or with ``TWINPEAKS_KERNEL=torch``, the torch operations are
-  used; tests check both.
+  grid, a first SIMD pass finds the finite min and max. It runs the widest code
+  path the CPU has (AVX-512, AVX2, SSE2 or portable C, chosen at import;
+  ``_cbin.simd(name)`` switches, tests run each) and can split a large call over
+  threads (pthreads; :func:`kernel_threads`). Without a C compiler at install time,
+  or with ``TWINPEAKS_KERNEL=torch``, the torch operations are used; tests check
+  both.
 """
 
 from __future__ import annotations
@@ -54,6 +57,37 @@ KERNEL = _cbin is not None and os.environ.get("TWINPEAKS_KERNEL", "c") != "torch
 #: installed (imported at the first CUDA plan, never by ``import twinpeaks``) and ``TWINPEAKS_KERNEL``
 #: is not ``"torch"``. Otherwise, and for tensor subclasses, the torch device path bins them.
 DEVICE_KERNEL = os.environ.get("TWINPEAKS_KERNEL", "") != "torch" and importlib.util.find_spec("triton") is not None
+
+
+def kernel_threads() -> int:
+    """Threads the C kernel may split one large call over (from 256K elements): ``TWINPEAKS_KERNEL_THREADS``.
+
+    A number, or ``torch`` for :func:`torch.get_num_threads`; unset: 1. One by
+    default because, measured in training steps on CPU, torch's OpenMP workers keep
+    spinning between operations and a call split over threads then ran slower
+    (bench/README.md, "The kernel alone"). Read when a layer's plan is made; a bad
+    value warns once and counts as 1.
+
+    Example:
+        >>> kernel_threads()  # doctest: +SKIP
+        1
+    """
+    raw = os.environ.get("TWINPEAKS_KERNEL_THREADS", "").strip()
+    if not raw:
+        return 1
+    if raw == "torch":
+        return torch.get_num_threads()
+    if raw.isdigit() and 1 <= int(raw) <= 1024:
+        return int(raw)
+    if raw not in _BAD_THREADS:
+        _BAD_THREADS.add(raw)
+        from .errors import warn
+
+        warn(f"TWINPEAKS_KERNEL_THREADS={raw!r} is not a thread count (1-1024) or 'torch': using 1 thread")
+    return 1
+
+
+_BAD_THREADS: set[str] = set()
 #: ``TWINPEAKS_KERNEL=triton``: CPU tensors through the Triton kernel too (in Triton's interpreter, with
 #: ``TRITON_INTERPRET=1`` set before triton is imported): how the tests check the wiring without a GPU.
 TRITON_ON_CPU = DEVICE_KERNEL and os.environ.get("TWINPEAKS_KERNEL", "") == "triton"
@@ -179,7 +213,8 @@ def is_dense(t: torch.Tensor) -> bool:
 
 
 def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: torch.Tensor, sums: torch.Tensor,
-                   peaks: torch.Tensor, stride: int = 1, blocks: int = 0, block: int = 1, offset: int = 0) -> None:
+                   peaks: torch.Tensor, stride: int = 1, blocks: int = 0, block: int = 1, offset: int = 0,
+                   threads: int = 1) -> None:
     """Add a CPU tensor's slot counts, sums and ``[-min, max]`` into float64 rows, in place (C kernel).
 
     ``grid`` is a :class:`Fixed` or the row's auto grid (a contiguous float64 CPU
@@ -191,7 +226,9 @@ def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: tor
     with ``torch.maximum``). ``values`` is read in memory order, so it must be
     contiguous or a dense permutation of its storage. With ``blocks > 0`` only
     ``blocks`` runs of ``block`` elements are read, the ``i``-th starting at element
-    ``offset + i * stride``. Needs :data:`KERNEL_DTYPES` and :data:`KERNEL`.
+    ``offset + i * stride``. ``threads > 1`` lets a large call (from 256K elements
+    read) run on that many threads at most: the same counts, sums rounded in
+    another order. Needs :data:`KERNEL_DTYPES` and :data:`KERNEL`.
 
     Example:
         >>> c, s, p = (torch.zeros(k, dtype=torch.float64) for k in (7, 5, 2))
@@ -228,7 +265,7 @@ def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: tor
         raise ValueError(f"sampling plan out of the tensor: {blocks} blocks of {block}, stride {stride}, "
                          f"offset {offset}, {n} elements")
     _cbin.observe(values.data_ptr() + offset * values.element_size(), KERNEL_DTYPES[values.dtype], n, stride,
-                  blocks, block, edges, gptr, bins, counts.data_ptr(), sums.data_ptr(), peaks.data_ptr())
+                  blocks, block, edges, gptr, bins, counts.data_ptr(), sums.data_ptr(), peaks.data_ptr(), threads, 0)
 
 
 def stats_parts(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

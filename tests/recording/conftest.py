@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from kernel_paths import PATHS, using_simd
+from kernel_paths import PATHS, using_path
 
 
-@pytest.fixture(params=PATHS, ids=lambda simd: "sse2" if simd else "portable")
+@pytest.fixture(params=PATHS)
 def c_path(request):
     """Runs a test on each code path of the C kernel."""
-    with using_simd(request.param) as simd:
-        yield simd
+    with using_path(request.param) as path:
+        yield path

@@ -1,4 +1,5 @@
-"""The C kernel's code paths (SSE2 where built, and portable), switched for a while: tests run both."""
+"""The C kernel's code paths (AVX-512, AVX2, SSE2 where this build and CPU have them, and portable), switched
+for a while: the kernel tests run on each."""
 
 from __future__ import annotations
 
@@ -7,22 +8,22 @@ from collections.abc import Iterator
 
 from twinpeaks import binning
 
-#: the paths built here: SSE2 and portable where the SSE2 path exists, else portable only
-PATHS = [True, False] if binning._cbin is not None and binning._cbin.simd() else [False]
+#: the paths here, widest first: every one this build and CPU have (the portable path always)
+PATHS: list[str] = list(binning._cbin.PATHS) if binning._cbin is not None else ["portable"]
 
 
 @contextlib.contextmanager
-def using_simd(simd: bool) -> Iterator[bool]:
-    """The C kernel's SSE2 path on or off for a while."""
-    was = binning._cbin.simd(simd)
+def using_path(path: str) -> Iterator[str]:
+    """The C kernel's code path ``path`` for a while."""
+    was = binning._cbin.simd(path)
     try:
-        yield simd
+        yield path
     finally:
         binning._cbin.simd(was)
 
 
-def c_paths() -> Iterator[bool]:
+def c_paths() -> Iterator[str]:
     """Each code path of the C kernel in turn, restored afterwards."""
-    for simd in PATHS:
-        with using_simd(simd):
-            yield simd
+    for path in PATHS:
+        with using_path(path):
+            yield path

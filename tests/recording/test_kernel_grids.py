@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kernel_paths import PATHS, using_simd
+from kernel_paths import PATHS, using_path
 
 from twinpeaks import binning, grids
 
@@ -98,8 +98,8 @@ def test_fixed_random_ranges(lo, width, bins, seed, dtype):
     x = torch.cat([near_every_edge(g.edges.numpy(), dtype),
                    (lo + torch.rand(500, generator=gen, dtype=torch.float64) * width).to(dtype)])
     want = numpy_fixed(x, lo, hi, bins)
-    for simd in PATHS:
-        with using_simd(simd):
+    for path in PATHS:
+        with using_path(path):
             counts, sums, peaks = rows(bins)
             binning.kernel_observe(x, g, counts, sums, peaks)
             np.testing.assert_array_equal(counts.numpy(), want)
@@ -163,10 +163,10 @@ def check_auto(calls, bins, dtype):
         e = grids.edges_of(wg, bins)
         np.testing.assert_array_equal(want[1:-2], np.histogram(allv[ok], e)[0])
         assert want[0] == want[-2] == 0 and want[-1] == (~ok).sum()
-    for simd in PATHS:
-        with using_simd(simd):
+    for path in PATHS:
+        with using_path(path):
             got, g, sums, peaks = kernel_auto(calls, bins)
-            assert as_grid(g) == wg, f"C kernel grid, simd={simd}"
+            assert as_grid(g) == wg, f"C kernel grid, path={path}"
             np.testing.assert_array_equal(got, want)
     got, g = torch_auto(calls, bins)
     assert as_grid(g) == wg, "torch path grid"

@@ -95,7 +95,6 @@ MIN_ROWS = 16
 SUMS = ("sum", "sumsq", "nonzero", "binned", "seen")
 #: columns of the ``peaks`` buffer: -min, max (both combine by maximum)
 PEAKS = ("neg_min", "max")
-_F64 = 8  # bytes per float64
 
 Reduce = Literal["sum", "max", "min", "grid", "sum@grid"]
 #: Host rows of one record and phase: declared state name -> array with one row per step.
@@ -150,8 +149,6 @@ class PhaseBuffers:
         self.extra_grids = binning.new_grids(rows, device) if auto and extra else None
         self.plans: dict[tuple, Plan] = {}  # (shape, strides, dtype, type) -> plan
         self.cpu = device.type == "cpu"
-        #: C kernel: the addresses of row ``i`` of grid, counts, sums and peaks (and the bins), for every row
-        self.row_addresses = [self._addresses(i) for i in range(rows)] if self.cpu else []
 
     def add_state(self, name: str, buffer: torch.Tensor, reduce: Reduce, host: str | None = None) -> torch.Tensor:
         """Declare a buffer (first axis: the window's rows), how ranks combine it, its dtype on the host; returns it."""
@@ -162,10 +159,11 @@ class PhaseBuffers:
         """Per-row shape, host dtype and reduction of every declared state (what ranks must agree on)."""
         return {name: [list(buf.shape[1:]), host, op] for name, (buf, op, host) in self.states.items()}
 
-    def _addresses(self, row: int) -> tuple[int, int, int, int, int]:
-        grid = self.grids.data_ptr() + row * 2 * _F64 if self.grids is not None else 0
-        return (grid, self.slots - binning.EXTRA_SLOTS, self.counts.data_ptr() + row * self.slots * _F64,
-                self.sums.data_ptr() + row * len(SUMS) * _F64, self.peaks.data_ptr() + row * len(PEAKS) * _F64)
+    def addresses(self) -> tuple[int, int, int, int, int]:
+        """C kernel: the base addresses of grid (0: fixed range), the bins, counts, sums and peaks; the kernel finds
+        row ``i`` from them (rows of 2, bins + 3, 5 and 2 float64)."""
+        return (self.grids.data_ptr() if self.grids is not None else 0, self.slots - binning.EXTRA_SLOTS,
+                self.counts.data_ptr(), self.sums.data_ptr(), self.peaks.data_ptr())
 
     def take(self, n: int) -> Rows:
         """Move the first ``n`` rows of every declared state to the host (the flush's only sync) and reset them."""
@@ -237,9 +235,9 @@ class Plan:
     phase: str
     buffers: PhaseBuffers
     kernel: bool  # the C kernel bins it; else torch operations
-    #: C kernel: (dtype code, elements, block stride, blocks, block size, fixed edges address or 0); see binning
+    #: C kernel: (dtype code, elements, block stride, blocks, block size, fixed edges address or 0, grids, bins,
+    #: counts, sums, peaks base addresses, threads (binning.kernel_threads)): ``_cbin.observe(ptr, *kernel_args, row)``
     kernel_args: tuple
-    row_addresses: list[tuple[int, int, int, int, int]]  # C kernel: grid, bins, counts, sums, peaks per row
     dense: bool  # the elements fill their storage block: read in storage order
     stride: int  # sampling: block stride in elements
     blocks: int  # sampling: blocks per output; 0 = every element
@@ -347,7 +345,7 @@ class BinningEngine:
             ptr = src.data_ptr()  # kept alive in `src` until the kernel has read it
             if f.blocks:  # blocks of SAMPLE_BLOCK elements, stride apart, from a random offset: unbiased over steps
                 ptr += int(self.rng.random() * f.offsets) * f.itemsize
-            _cbin_observe(ptr, *f.kernel_args, *f.row_addresses[clock.row])
+            _cbin_observe(ptr, *f.kernel_args, clock.row)
         else:
             with torch.no_grad():
                 self._bin_torch(rec, t, clock.row, f)
@@ -392,11 +390,13 @@ class BinningEngine:
             if not kernel and binner is None:
                 with torch.inference_mode(False):  # the torch path adds [binned, seen] from this tensor
                     seen = torch.tensor([k, n], dtype=torch.float64, device=t.device)
+            # the kernel may split a large call over threads (read here: plans are made once per layout)
             kernel_args = ((binning.KERNEL_DTYPES[t.dtype], n, stride, blocks, SAMPLE_BLOCK,
-                            rec.fixed.edges_ptr if rec.fixed is not None else 0) if kernel else ())
+                            rec.fixed.edges_ptr if rec.fixed is not None else 0, *pd.addresses(),
+                            binning.kernel_threads()) if kernel else ())
             plan = pd.plans[key] = Plan(
                 key=key, phase=phase, buffers=pd, kernel=kernel, kernel_args=kernel_args,  # type: ignore[arg-type]
-                row_addresses=pd.row_addresses, dense=binning.is_dense(t), stride=stride, blocks=blocks,
+                dense=binning.is_dense(t), stride=stride, blocks=blocks,
                 offsets=stride - SAMPLE_BLOCK + 1, itemsize=t.element_size(),
                 last=rec.last and bool(rec.classes or "truth" in pd.extra), seen=seen, binner=binner)
         rec.fast = plan
