@@ -95,6 +95,7 @@ MIN_ROWS = 16
 SUMS = ("sum", "sumsq", "nonzero", "binned", "seen")
 #: columns of the ``peaks`` buffer: -min, max (both combine by maximum)
 PEAKS = ("neg_min", "max")
+_F64 = 8  # bytes per float64
 
 Reduce = Literal["sum", "max", "min", "grid", "sum@grid"]
 #: Host rows of one record and phase: declared state name -> array with one row per step.
