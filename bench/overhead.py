@@ -12,7 +12,7 @@ steps, the run-file size, the ``end_epoch`` flush of 60 layers x 100 bins,
 the rendering of a 60-layer colorful grid of a 10,000-step run, and issue #17's
 500-layer case (``deep500``: step ratio, extra peak RSS, flush stalls, ``end_epoch``
 time, bytes per layer-step). ``--only PART ...`` / ``--skip PART ...`` run a subset
-(workloads ``cnn mlp transformer small``, extras ``memory flush render deep500``).
+(workloads ``cnn mlp transformer small``, extras ``percall memory flush render deep500``).
 """
 
 from __future__ import annotations
@@ -166,6 +166,20 @@ class Hooks:
             h.remove()
 
     def after_step(self) -> None: ...
+
+
+class NoopHooks(Hooks):
+    """A forward hook that does nothing on every leaf module: what any forward-hook recorder pays first."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model, lambda out: None)
+
+    def attach(self) -> None:
+        self.handles = [m.register_forward_hook(_noop_hook) for m in self.mods]
+
+
+def _noop_hook(module: nn.Module, args: Any, out: Any) -> None:
+    return None
 
 
 def floor_variant(model: nn.Module, device: torch.device) -> Hooks:
@@ -522,6 +536,63 @@ def deep500(quick: bool = False, blocks: int = 250, width: int = 32, batch: int 
             "run_file_mb": size / 2**20, "bytes_per_layer_step": size / (layers * recorded)}
 
 
+def per_call(quick: bool = False, layers: int = 30) -> dict[str, Any]:
+    """The fixed cost of one hooked call inside a training step (issue #17: <= 5 us, Python and dispatch together).
+
+    ``layers`` x Linear(w, w) layers (no activation between), forward + backward + SGD on one
+    thread, for outputs of 32 values (``Linear(8)``, batch 4: the binning itself is nothing, what is
+    left is the fixed cost) and of 2,048 (``Linear(64)``, batch 32: binned exactly). Variants, in
+    interleaved rounds of ``steps`` steps: no hook, a no-op forward hook on every layer (what any
+    forward-hook recorder pays before doing anything: torch's slower ``_call_impl`` path and one
+    Python call) and twinpeaks (defaults). Reports per variant the median step and the extra
+    microseconds per hooked call ``(step - step without hooks) / layers``; twinpeaks' own share is
+    its figure minus the no-op hook's.
+    """
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {}
+    rounds, steps = (4, 20) if quick else (30, 60)
+    for label, width, batch in (("32 values", 8, 4), ("2,048 values", 64, 32)):
+        torch.manual_seed(0)
+        model = nn.Sequential(*[nn.Linear(width, width) for _ in range(layers)])
+        x, y = torch.randn(batch, width), torch.randint(0, width, (batch,))
+        step = make_step(model, x, y)
+        noop = NoopHooks(model)
+        with tempfile.TemporaryDirectory() as tmp:
+            hist = tp.ActivationsHistogram(model, Path(tmp) / "percall.tp")
+            variants: dict[str, Any] = {"none": NoTelemetry(), "no-op hook": noop, "twinpeaks": hist}
+            times: dict[str, list[float]] = {k: [] for k in variants}
+            for _ in range(20):
+                step()
+            for r in range(rounds):
+                order = list(variants) if r % 2 else list(reversed(variants))
+                for key in order:
+                    v = variants[key]
+                    v.attach()
+                    ts = []
+                    for _ in range(steps):
+                        t0 = time.perf_counter()
+                        step()
+                        ts.append(time.perf_counter() - t0)
+                    v.detach()
+                    times[key].append(statistics.median(ts))
+            hist.close()
+        med = {k: statistics.median(v) for k, v in times.items()}
+        out[label] = {"layers": layers, "step_us": {k: v * 1e6 for k, v in med.items()},
+                      "us_per_call": {k: (med[k] - med["none"]) / layers * 1e6 for k in med if k != "none"}}
+    return out
+
+
+def per_call_table(d: dict[str, Any]) -> str:
+    """Markdown table of :func:`per_call`."""
+    lines = ["| output per call | step us, no hooks | +us per call, no-op hook | +us per call, twinpeaks "
+             "| twinpeaks' own (minus no-op) | #17 target |", "|---|---:|---:|---:|---:|---:|"]
+    for label, r in d.items():
+        u = r["us_per_call"]
+        lines.append(f"| {label} ({r['layers']} Linear layers) | {r['step_us']['none']:.0f} | {u['no-op hook']:.2f} "
+                     f"| {u['twinpeaks']:.2f} | {u['twinpeaks'] - u['no-op hook']:.2f} | <= 5 |")
+    return "\n".join(lines)
+
+
 def flush_time(epochs: int, steps: int) -> dict[str, Any]:
     """Median ``end_epoch`` time for 60 layers x 100 bins, ``steps`` training steps per epoch."""
     model = deep_model()
@@ -642,7 +713,7 @@ def deep_table(d: dict[str, Any]) -> str:
 
 
 WORKLOADS = ("cnn", "mlp", "transformer", "small")
-EXTRAS = ("memory", "flush", "render", "deep500")
+EXTRAS = ("percall", "memory", "flush", "render", "deep500")
 PARTS = WORKLOADS + EXTRAS
 
 
@@ -681,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(inside_table(results))
     extras: dict[str, Callable[[], dict[str, Any]]] = {
+        "percall": lambda: per_call(args.quick),
         "memory": lambda: memory_and_file_in_child(2_000 if args.quick else 20_000),
         "flush": lambda: flush_time(3 if args.quick else 10, 100),
         "render": lambda: render_time(1_000 if args.quick else 10_000),
@@ -691,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key} ...", file=sys.stderr, flush=True)
             report[key] = fn()
             print(f"{key}: {json.dumps(report[key])}")
+    if "percall" in report:
+        print(per_call_table(report["percall"]))
     if "deep500" in report:
         print(deep_table(report["deep500"]))
     out = args.out or RESULTS / f"overhead{'-quick' if args.quick else ''}.json"
