@@ -34,7 +34,8 @@
  * compiled per function with target attributes and chosen at import from
  * __builtin_cpu_supports: loads, upcasts, stats, min/max and each element's slot are
  * vector operations over 8 / 16 elements, only the counter increments are scalar
- * (one add of 8 / 16 when a vector's slots are all equal). The widest path the CPU has
+ * (one add of 8 / 16 when a vector's slots are all equal; AVX-512 packs the non-zero
+ * elements' slots and only counts the zeros). The widest path the CPU has
  * is the default. Counts are identical on every path; float sums differ in rounding.
  *
  * Threads (pthreads, not on Windows): observe(..., threads, row) with threads > 1
@@ -863,6 +864,19 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
 }
 
 /* F32: float32 / float16 / bfloat16 values (LOADF: sixteen as float32; min, max, non-zeros in float32, exact) */
+#define BUFN 512
+/* increment h at buf[0..cnt) (two slots per 64-bit load) */
+static inline void flush_slots(int64_t *restrict h, const uint32_t *buf, int64_t cnt) {
+    int64_t j = 0;
+    for (; j + 2 <= cnt; j += 2) {
+        uint64_t w;
+        memcpy(&w, buf + j, 8);
+        h[(uint32_t)w]++;
+        h[w >> 32]++;
+    }
+    if (j < cnt) h[buf[j]]++;
+}
+
 #define DEFINE_SPAN_AVX512(NAME, CTYPE, F32, LOADF, LOAD16, LOAD, SLOTS, SLOTSF, SLOT)                \
     static TGT_AVX512 void NAME(acc_t *a, const void *data, int64_t block, int64_t blocks, int64_t stride) { \
         const CTYPE *base = (const CTYPE *)data;                                                    \
@@ -879,7 +893,10 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
         __m512 mnf = _mm512_set1_ps(INFINITY), mxf = _mm512_set1_ps(-INFINITY);                     \
         int64_t nz_t = 0;                                                                           \
         double sum_t = 0, sq_t = 0, mn_t = INFINITY, mx_t = -INFINITY;                              \
-        uint64_t sl[8]; /* sixteen non-negative int32 indices */                                     \
+        /* the non-zero elements' slots (lane offset added) packed into buf and incremented BUFN at a time;    \
+           zeros only counted, into the slot of 0.0 at the end (a ReLU's half: no increment) */               \
+        uint32_t buf[BUFN + 16];                                                                    \
+        int64_t cnt = 0, zeros = 0;                                                                 \
         PREFETCH_FIRST_RUNS();                                                                      \
         for (int64_t r = 0; r < blocks; r++) {                                                      \
             const CTYPE *p = base + r * stride;                                                     \
@@ -888,21 +905,22 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
             for (; i + 16 <= block; i += 16) {                                                      \
                 __m512d x0, x1;                                                                     \
                 __m512i s;                                                                          \
+                __mmask16 nzm;                                                                      \
                 if (F32) {                                                                          \
                     const __m512 v = LOADF(p, i);                                                   \
                     x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));                                \
                     x1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));                             \
                     mnf = _mm512_min_ps(v, mnf); /* NaN keeps mn: it shows in sq */                 \
                     mxf = _mm512_max_ps(v, mxf);                                                    \
-                    nz_t += __builtin_popcount(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ)); \
+                    nzm = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);                  \
                     s = f32 ? SLOTSF(&k, v) : _mm512_inserti64x4(_mm512_castsi256_si512(SLOTS(a, &k, x0)), \
                                                                  SLOTS(a, &k, x1), 1);              \
                 } else {                                                                            \
                     LOAD16(p, i, x0, x1);                                                           \
                     mn = _mm512_min_pd(x0, _mm512_min_pd(x1, mn));                                  \
                     mx = _mm512_max_pd(x0, _mm512_max_pd(x1, mx));                                  \
-                    nz_t += __builtin_popcount((unsigned)_mm512_cmp_pd_mask(x0, k.zero, _CMP_NEQ_UQ) | \
-                                               ((unsigned)_mm512_cmp_pd_mask(x1, k.zero, _CMP_NEQ_UQ) << 8)); \
+                    nzm = (__mmask16)((unsigned)_mm512_cmp_pd_mask(x0, k.zero, _CMP_NEQ_UQ) |       \
+                                      ((unsigned)_mm512_cmp_pd_mask(x1, k.zero, _CMP_NEQ_UQ) << 8));    \
                     s = _mm512_inserti64x4(_mm512_castsi256_si512(SLOTS(a, &k, x0)), SLOTS(a, &k, x1), 1); \
                 }                                                                                   \
                 s0 = _mm512_add_pd(s0, x0);                                                         \
@@ -913,11 +931,16 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
                 if (_mm512_cmpeq_epi32_mask(s, s_0) == 0xffff) {                                    \
                     h[_mm_cvtsi128_si32(_mm512_castsi512_si128(s))] += 16;                          \
                 } else {                                                                            \
-                    _mm512_storeu_si512((void *)sl, _mm512_add_epi32(s, lane));                     \
-                    RELOAD(sl);                                                                     \
-                    INC2(h, sl, 0); INC2(h, sl, 1); INC2(h, sl, 2); INC2(h, sl, 3);                 \
-                    INC2(h, sl, 4); INC2(h, sl, 5); INC2(h, sl, 6); INC2(h, sl, 7);                 \
+                    const int c_ = __builtin_popcount(nzm);                                         \
+                    _mm512_storeu_si512((void *)(buf + cnt), _mm512_maskz_compress_epi32(nzm, _mm512_add_epi32(s, lane))); \
+                    cnt += c_;                                                                      \
+                    zeros += 16 - c_;                                                               \
+                    if (cnt >= BUFN) {                                                              \
+                        flush_slots(h, buf, cnt);                                                   \
+                        cnt = 0;                                                                    \
+                    }                                                                               \
                 }                                                                                   \
+                nz_t += __builtin_popcount(nzm);                                                    \
             }                                                                                       \
             for (; i < block; i++) {                                                                \
                 const double v = LOAD(p[i]);                                                        \
@@ -929,6 +952,8 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
                 mx_t = v > mx_t ? v : mx_t;                                                         \
             }                                                                                       \
         }                                                                                           \
+        flush_slots(h, buf, cnt);                                                                   \
+        h[SLOT(a, 0.0)] += zeros;                                                                   \
         a->sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) + sum_t;                               \
         a->sq = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1)) + sq_t;                                 \
         a->nz = nz_t;                                                                               \
