@@ -2,9 +2,11 @@
 
 Run ``python bench/kernel.py``: for float32 (normal values, and ReLU outputs with half
 exact zeros), bfloat16 and float16 tensors of 64 to 4M elements, the time of one
-``_cbin.observe`` call on a fixed range (numpy's float64 edges, +-3, 100 bins) and on an
-auto grid (the row's grid kept from call to call, as within a step: the finite min/max
-pass, the grid check, the binning pass), on every code path this build and CPU have
+``_cbin.observe`` call on a fixed range (numpy's float64 edges, +-3, 100 bins), on an
+auto grid with two passes (``_cbin.single_pass(False)``: the finite min/max pass, the grid
+check, the binning pass) and on an auto grid hinted in steady state (the same tensor binned
+into a fresh row each call, as at successive steps, with the layer's hint: the single pass on
+the guessed grid, kept), on every code path this build and CPU have
 (``_cbin.PATHS``: AVX-512, AVX2, SSE2, portable); from 1M elements also the widest path
 with ``threads=2`` (the call split over two threads); and the torch operations of the
 device path (:func:`twinpeaks.binning.observe_auto` + ``stats_parts``) on the same values.
@@ -25,6 +27,7 @@ from twinpeaks import binning
 
 SIZES = (64, 512, 4096, 65536, 1 << 20, 1 << 22)
 THREADED = 1 << 20  # from this many elements: a threads=2 column
+STEPS = 64  # rows the hinted column cycles through
 
 
 def best(fn, reps: int, trials: int = 7) -> float:
@@ -52,7 +55,8 @@ def main() -> int:
     torch.manual_seed(0)
     fixed = binning.fixed_grid(-3, 3, 100)
     paths = list(c.PATHS)
-    names = [f"C {p} {k}" for p in paths for k in ("fixed", "auto")] + [f"C {paths[0]} auto threads=2"]
+    names = ([f"C {p} {k}" for p in paths for k in ("fixed", "auto", "auto, hinted (steady)")]
+             + [f"C {paths[0]} auto threads=2"])
     print("| values | elements | " + " | ".join(names) + " | torch ops auto |")
     print("|---|---:|" + "---:|" * (len(names) + 1))
     kinds = [("float32 normal", lambda n: torch.randn(n)), ("float32 ReLU", lambda n: torch.randn(n).relu()),
@@ -76,13 +80,30 @@ def main() -> int:
                 def auto_call(threads=1, ptr=ptr, code=code, n=n, gptr=gptr, addr=addr):
                     c.observe(ptr, code, n, 0, 0, 0, 0, gptr, 100, *addr, threads, 0)
 
+                # steady state: a fresh row per call (row i of STEPS, the grids reset every STEPS calls) and the hint
+                many = [torch.zeros(STEPS, k, dtype=torch.float64) for k in (103, 5, 2)]
+                grids, hint = binning.new_grids(STEPS), binning.new_grids(1)[0]
+                maddr, step = [r.data_ptr() for r in many], [0]
+                mgptr, hptr = grids.data_ptr(), hint.data_ptr()
+
+                def hinted_call(ptr=ptr, code=code, n=n, gptr=mgptr, hptr=hptr, addr=maddr, step=step, grids=grids):
+                    i = step[0] = (step[0] + 1) % STEPS
+                    if not i:
+                        grids[:, 0] = float("nan")
+                    c.observe(ptr, code, n, 0, 0, 0, 0, gptr, 100, *addr, 1, hptr, i)
+
                 reps = max(5, 1_000_000 // n)
                 cells = []
                 for path in paths:
                     c.simd(path)
-                    cells += [cell(best(fixed_call, reps), n), cell(best(auto_call, reps), n)]
+                    c.single_pass(False)
+                    two = cell(best(auto_call, reps), n)
+                    c.single_pass(True)
+                    cells += [cell(best(fixed_call, reps), n), two, cell(best(hinted_call, reps), n)]
                 c.simd(paths[0])
+                c.single_pass(False)
                 cells.append(cell(best(lambda: auto_call(2), reps), n) if n >= THREADED else "")
+                c.single_pass(True)
                 xf = x.float()
                 counts, g = torch.zeros(103, dtype=torch.float64), binning.new_grids(1)[0]
                 t = best(lambda xf=xf, g=g, counts=counts: (binning.observe_auto(xf, g, counts), binning.stats_parts(xf)),
@@ -91,6 +112,7 @@ def main() -> int:
                 print(f"| {label} | {n:,} | " + " | ".join(cells) + " |", flush=True)
     finally:
         c.simd(was)
+        c.single_pass(True)
     return 0
 
 

@@ -19,7 +19,11 @@
  *  - auto: the row's aligned binary grid (e, o). A first pass finds the finite min
  *    and max of what is binned; the row's grid is coarsened to hold them and its
  *    counts regridded (exact); then every finite x goes to bin floor(x * 2**-e) - o:
- *    exact, no correction needed (in float32 where that is exact too).
+ *    exact, no correction needed (in float32 where that is exact too). With a guessed
+ *    grid (the row's, else a hint: the row's last step's) one thread makes a single pass:
+ *    binning on the guess, then the same grid rule on the pass's min and max; a guess that
+ *    is the row's grid or nests in it (coarser) keeps its counts (mapped), anything else
+ *    is redone as above (speculate). The result is the two passes', bit for bit.
  * Interleaved lane histograms (element j into lane j % lanes) so that runs of equal
  * values (a ReLU's zeros) do not serialise on one counter; they live in a per-thread
  * buffer kept zero between calls, and only the slots a call touched (those between
@@ -30,7 +34,8 @@
  * compiled per function with target attributes and chosen at import from
  * __builtin_cpu_supports: loads, upcasts, stats, min/max and each element's slot are
  * vector operations over 8 / 16 elements, only the counter increments are scalar
- * (one add of 8 / 16 when a vector's slots are all equal). The widest path the CPU has
+ * (one add of 8 / 16 when a vector's slots are all equal; AVX-512 packs the non-zero
+ * elements' slots and only counts the zeros). The widest path the CPU has
  * is the default. Counts are identical on every path; float sums differ in rounding.
  *
  * Threads (pthreads, not on Windows): observe(..., threads, row) with threads > 1
@@ -859,6 +864,19 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
 }
 
 /* F32: float32 / float16 / bfloat16 values (LOADF: sixteen as float32; min, max, non-zeros in float32, exact) */
+#define BUFN 512
+/* increment h at buf[0..cnt) (two slots per 64-bit load) */
+static inline void flush_slots(int64_t *restrict h, const uint32_t *buf, int64_t cnt) {
+    int64_t j = 0;
+    for (; j + 2 <= cnt; j += 2) {
+        uint64_t w;
+        memcpy(&w, buf + j, 8);
+        h[(uint32_t)w]++;
+        h[w >> 32]++;
+    }
+    if (j < cnt) h[buf[j]]++;
+}
+
 #define DEFINE_SPAN_AVX512(NAME, CTYPE, F32, LOADF, LOAD16, LOAD, SLOTS, SLOTSF, SLOT)                \
     static TGT_AVX512 void NAME(acc_t *a, const void *data, int64_t block, int64_t blocks, int64_t stride) { \
         const CTYPE *base = (const CTYPE *)data;                                                    \
@@ -875,7 +893,10 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
         __m512 mnf = _mm512_set1_ps(INFINITY), mxf = _mm512_set1_ps(-INFINITY);                     \
         int64_t nz_t = 0;                                                                           \
         double sum_t = 0, sq_t = 0, mn_t = INFINITY, mx_t = -INFINITY;                              \
-        uint64_t sl[8]; /* sixteen non-negative int32 indices */                                     \
+        /* the non-zero elements' slots (lane offset added) packed into buf and incremented BUFN at a time;    \
+           zeros only counted, into the slot of 0.0 at the end (a ReLU's half: no increment) */               \
+        uint32_t buf[BUFN + 16];                                                                    \
+        int64_t cnt = 0, zeros = 0;                                                                 \
         PREFETCH_FIRST_RUNS();                                                                      \
         for (int64_t r = 0; r < blocks; r++) {                                                      \
             const CTYPE *p = base + r * stride;                                                     \
@@ -884,21 +905,22 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
             for (; i + 16 <= block; i += 16) {                                                      \
                 __m512d x0, x1;                                                                     \
                 __m512i s;                                                                          \
+                __mmask16 nzm;                                                                      \
                 if (F32) {                                                                          \
                     const __m512 v = LOADF(p, i);                                                   \
                     x0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));                                \
                     x1 = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));                             \
                     mnf = _mm512_min_ps(v, mnf); /* NaN keeps mn: it shows in sq */                 \
                     mxf = _mm512_max_ps(v, mxf);                                                    \
-                    nz_t += __builtin_popcount(_mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ)); \
+                    nzm = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);                  \
                     s = f32 ? SLOTSF(&k, v) : _mm512_inserti64x4(_mm512_castsi256_si512(SLOTS(a, &k, x0)), \
                                                                  SLOTS(a, &k, x1), 1);              \
                 } else {                                                                            \
                     LOAD16(p, i, x0, x1);                                                           \
                     mn = _mm512_min_pd(x0, _mm512_min_pd(x1, mn));                                  \
                     mx = _mm512_max_pd(x0, _mm512_max_pd(x1, mx));                                  \
-                    nz_t += __builtin_popcount((unsigned)_mm512_cmp_pd_mask(x0, k.zero, _CMP_NEQ_UQ) | \
-                                               ((unsigned)_mm512_cmp_pd_mask(x1, k.zero, _CMP_NEQ_UQ) << 8)); \
+                    nzm = (__mmask16)((unsigned)_mm512_cmp_pd_mask(x0, k.zero, _CMP_NEQ_UQ) |       \
+                                      ((unsigned)_mm512_cmp_pd_mask(x1, k.zero, _CMP_NEQ_UQ) << 8));    \
                     s = _mm512_inserti64x4(_mm512_castsi256_si512(SLOTS(a, &k, x0)), SLOTS(a, &k, x1), 1); \
                 }                                                                                   \
                 s0 = _mm512_add_pd(s0, x0);                                                         \
@@ -909,11 +931,16 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
                 if (_mm512_cmpeq_epi32_mask(s, s_0) == 0xffff) {                                    \
                     h[_mm_cvtsi128_si32(_mm512_castsi512_si128(s))] += 16;                          \
                 } else {                                                                            \
-                    _mm512_storeu_si512((void *)sl, _mm512_add_epi32(s, lane));                     \
-                    RELOAD(sl);                                                                     \
-                    INC2(h, sl, 0); INC2(h, sl, 1); INC2(h, sl, 2); INC2(h, sl, 3);                 \
-                    INC2(h, sl, 4); INC2(h, sl, 5); INC2(h, sl, 6); INC2(h, sl, 7);                 \
+                    const int c_ = __builtin_popcount(nzm);                                         \
+                    _mm512_storeu_si512((void *)(buf + cnt), _mm512_maskz_compress_epi32(nzm, _mm512_add_epi32(s, lane))); \
+                    cnt += c_;                                                                      \
+                    zeros += 16 - c_;                                                               \
+                    if (cnt >= BUFN) {                                                              \
+                        flush_slots(h, buf, cnt);                                                   \
+                        cnt = 0;                                                                    \
+                    }                                                                               \
                 }                                                                                   \
+                nz_t += __builtin_popcount(nzm);                                                    \
             }                                                                                       \
             for (; i < block; i++) {                                                                \
                 const double v = LOAD(p[i]);                                                        \
@@ -925,6 +952,8 @@ static inline TGT_AVX512 __m512i slotsf512_auto(const k512_t *k, __m512 x) {
                 mx_t = v > mx_t ? v : mx_t;                                                         \
             }                                                                                       \
         }                                                                                           \
+        flush_slots(h, buf, cnt);                                                                   \
+        h[SLOT(a, 0.0)] += zeros;                                                                   \
         a->sum = _mm512_reduce_add_pd(_mm512_add_pd(s0, s1)) + sum_t;                               \
         a->sq = _mm512_reduce_add_pd(_mm512_add_pd(q0, q1)) + sq_t;                                 \
         a->nz = nz_t;                                                                               \
@@ -1018,6 +1047,9 @@ typedef struct {
 static path_t paths[NPATHS];
 static int path_ok[NPATHS];
 static int path = P_PORTABLE; /* the path observe() runs */
+/* single passes: guess kept, mapped onto a coarser grid, binned again, both passes redone (tests; not atomic) */
+static long long spec_counts[4];
+static int spec_on = 1;        /* auto grids: a single speculative pass where a guess exists (single_pass()) */
 
 DEFINE_SPAN(span_f32_fixed, float, load_f32, slot_fixed)
 DEFINE_SPAN(span_f16_fixed, uint16_t, load_f16, slot_fixed)
@@ -1190,6 +1222,29 @@ static void touched(const acc_t *a, int fixed, int64_t *lo, int64_t *hi) {
     *hi = isfinite(mx) ? (fixed ? slot_fixed(a, mx) : slot_auto(a, mx)) : a->bins + 1;
 }
 
+/* a speculative pass (observe, one part) binned on guessed grid (ge, og), and the row's grid is (er, or) with
+   er >= ge: aligned grids nest, so guessed bin i lies inside row bin shift_floor(og + i, er - ge) - or. Adds
+   lanes' slots lo..hi (guessed bins, inside the guessed grid) into counts on the row's grid, zeroing them. */
+static void drain_map(int64_t *hist, int64_t stride, int lanes, int64_t lo, int64_t hi, double *counts, int bins,
+                      int64_t og, int64_t d, int64_t orow) {
+    int64_t *restrict h0 = hist;
+    for (int l = 1; l < lanes; l++) {
+        int64_t *restrict hl = hist + l * stride;
+        for (int64_t k = lo; k <= hi; k++) {
+            h0[k] += hl[k];
+            hl[k] = 0;
+        }
+    }
+    for (int64_t k = lo; k <= hi; k++) {
+        if (h0[k] == 0) continue;
+        int64_t j = shift_floor(og + (k - 1), d) - orow;
+        if (j < 0) counts[0] += (double)h0[k]; /* never: the row's grid holds every value of the call */
+        else if (j >= bins) counts[bins + 1] += (double)h0[k];
+        else counts[1 + j] += (double)h0[k];
+        h0[k] = 0;
+    }
+}
+
 /* ---- threads: one call split over pthreads (not on Windows) ---- */
 #if !defined(_WIN32)
 #include <pthread.h>
@@ -1281,30 +1336,81 @@ static void *part_thread(void *arg) {
 }
 #endif
 
+/* Auto, one part: bin on the guessed grid (ge, og) while the span finds the stats, then check. Exactly the
+   two-pass result (min/max pass, coarsen_row, binning) in every case:
+   - a nonfinite value: clear the lanes, redo both passes;
+   - else the span's min and max are the call's finite ones: the row's grid after the call is coarsen_row's
+     (applied here, as the two-pass path does before binning). Every value inside the guessed grid and the
+     row's grid the guess: drain as usual (returns 0); coarser or shifted (e >= ge: aligned grids nest):
+     returns 1, *lo..*hi the guessed slots to map (drain_map); a finer grid, or values outside the guess:
+     clear the lanes and bin again on the row's grid (two passes, as without a guess).
+   spec_counts (single_pass_counts()): how often each case ran. */
+static int speculate(shared_t *sh, int64_t ge, int64_t og, int64_t *lo, int64_t *hi) {
+    part_t *w = &sh->parts[0];
+    acc_t *a = &w->a;
+    const int bins = sh->bins;
+    a->gscale = ldexp(1.0, -(int)ge);
+    a->go = og;
+    a->f32ok = ge >= -127 && ge <= 126 && (og < 0 ? -og : og) + bins <= (1 << 24);
+    sh->span(a, w->data, w->block, w->blocks, sh->stride);
+    int64_t nonfin = 0;
+    for (int l = 0; l < a->lanes; l++) nonfin += a->hist[l * a->stride + bins + 2];
+    const double mn = a->mn, mx = a->mx;
+    const size_t lanes_bytes = (size_t)a->lanes * (size_t)a->stride * sizeof(int64_t);
+    if (nonfin) { /* the span's min and max include +-inf (and may skip NaN): both passes again */
+        spec_counts[3]++;
+        memset(a->hist, 0, lanes_bytes);
+        run_part(w, 1);
+        return 0;
+    }
+    /* every value finite: mn and mx are the call's finite min and max, what the min/max pass finds */
+    coarsen_row(sh->grid, sh->counts, bins, mn, mx);
+    const int64_t e = (int64_t)sh->grid[0], o = (int64_t)sh->grid[1];
+    const int inside = mn >= ldexp((double)og, (int)ge) && mx < ldexp((double)(og + bins), (int)ge);
+    if (inside && e == ge && o == og) {
+        spec_counts[0]++;
+        return 0;
+    }
+    if (inside && e >= ge) {
+        spec_counts[1]++;
+        touched(a, 0, lo, hi);
+        return 1;
+    }
+    spec_counts[2]++; /* finer than the guess, or values outside it: bin again on the row's grid */
+    memset(a->hist, 0, lanes_bytes);
+    set_grid(sh); /* w->mn > w->mx: the row's grid as it is now */
+    sh->span(a, w->data, w->block, w->blocks, sh->stride);
+    return 0;
+}
+
 /*
  * observe(data, dtype, n, stride, blocks, block, edges, grid, bins, counts, sums, peaks, threads, row)
  *   blocks == 0: read n contiguous elements from data;
  *   otherwise:   read `blocks` runs of `block` elements starting at data + i * stride.
  * Addresses are ints (tensor.data_ptr()). edges != 0: a fixed grid, float64[bins + 1];
  * otherwise grid: the auto grids, float64[rows][2] (e, o; e NaN = unset), row `row` updated in place.
+ * hint (optional, 0 = none): float64[2], a guessed grid (e NaN = none) for when the row's is unset (the
+ * recorder's: the grid the layer's row ended with last step); the row's grid is written into it after the call.
+ * Auto, one thread, with a guess (the row's grid, else the hint): one pass on the guess, checked (speculate).
  * counts, sums and peaks are float64 [rows][bins + 3], [rows][5] and [rows][2]: row `row` is added into.
  * threads > 1: a call of at least 2 * THREAD_MIN elements is split over that many threads at most
  * (pthreads; counts are the same, float sums may round differently).
  */
 static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 14) {
-        PyErr_SetString(PyExc_TypeError, "observe() takes 14 arguments");
+    if (nargs != 14 && nargs != 15) {
+        PyErr_SetString(PyExc_TypeError, "observe() takes 14 or 15 arguments");
         return NULL;
     }
-    long long v[14];
-    for (int i = 0; i < 14; i++) {
+    long long v[15];
+    for (int i = 0; i < nargs; i++) {
         v[i] = PyLong_AsLongLong(args[i]);
         if (v[i] == -1 && PyErr_Occurred()) return NULL;
     }
     const char *data = (const char *)(uintptr_t)v[0];
     int dtype = (int)v[1];
-    int64_t n = v[2], stride = v[3], blocks = v[4], block = v[5], threads = v[12], row = v[13];
+    int64_t n = v[2], stride = v[3], blocks = v[4], block = v[5], threads = v[12], row = v[nargs - 1];
+    double *hint = nargs == 15 ? (double *)(uintptr_t)v[13] : NULL;
     const double *edges = (const double *)(uintptr_t)v[6];
     int bins = (int)v[8];
     int fixed = edges != NULL;
@@ -1401,6 +1507,18 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         if (owned) free(a.hist);
         return PyErr_NoMemory();
     }
+    /* auto, one part: a single pass on a guessed grid (the row's, else the hint: the grid this layer's row ended
+       with at its previous step), checked after (see speculate) */
+    int spec = 0, mapped = 0;
+    int64_t ge = 0, og = 0, lo0 = 1, hi0 = 0;
+    if (spec_on && !fixed && nparts == 1 && total > 0) {
+        const double *gs = !isnan(grid[0]) ? grid : hint && !isnan(hint[0]) ? hint : NULL;
+        if (gs && gs[0] >= E_MIN && gs[0] <= 1100 && fabs(gs[1]) <= 0x1p52) {
+            spec = 1;
+            ge = (int64_t)gs[0];
+            og = (int64_t)gs[1];
+        }
+    }
     if (total > 0) {
         Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_THREADS
@@ -1422,7 +1540,8 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
                 }
             }
         }
-        run_part(&sh->parts[0], 1);
+        if (spec) mapped = speculate(sh, ge, og, &lo0, &hi0);
+        else run_part(&sh->parts[0], 1);
         for (int t = started; t < nparts; t++) sh->span(&sh->parts[t].a, sh->parts[t].data, sh->parts[t].block,
                                                        sh->parts[t].blocks, stride);
         for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
@@ -1431,7 +1550,8 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
             pthread_cond_destroy(&sh->cond);
         }
 #else
-        run_part(&sh->parts[0], 1);
+        if (spec) mapped = speculate(sh, ge, og, &lo0, &hi0);
+        else run_part(&sh->parts[0], 1);
 #endif
         Py_END_ALLOW_THREADS
     }
@@ -1439,7 +1559,10 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     int64_t nz = 0;
     for (int t = 0; t < nparts; t++) {
         acc_t *pa = &sh->parts[t].a;
-        if (total > 0) {
+        if (total > 0 && t == 0 && mapped) {
+            drain_map(pa->hist, pa->stride, lanes, lo0, hi0, counts, bins, og, (int64_t)grid[0] - ge,
+                      (int64_t)grid[1]);
+        } else if (total > 0) {
             int64_t lo, hi;
             touched(pa, fixed, &lo, &hi);
             drain(pa->hist, pa->stride, t == 0 ? lanes : lanes_max, lo, hi, counts);
@@ -1452,6 +1575,10 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         if (t > 0) free(pa->hist);
     }
     if (owned) free(a.hist);
+    if (hint && !fixed && !isnan(grid[0])) { /* the next step's guess */
+        hint[0] = grid[0];
+        hint[1] = grid[1];
+    }
     sums[0] += sum;
     sums[1] += sq;
     sums[2] += (double)nz;
@@ -1517,10 +1644,42 @@ static PyObject *simd(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     return PyUnicode_FromString(path_names[old]);
 }
 
+/* single_pass([on]): whether auto grids may be binned in one speculative pass (default on); returns the old
+   setting. Off: always the two passes (tests compare both). */
+static PyObject *single_pass(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    int old = spec_on;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "single_pass() takes at most 1 argument");
+        return NULL;
+    }
+    if (nargs == 1) {
+        int on = PyObject_IsTrue(args[0]);
+        if (on < 0) return NULL;
+        spec_on = on;
+    }
+    return PyBool_FromLong(old);
+}
+
+static PyObject *single_pass_counts(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    (void)args;
+    if (nargs) {
+        PyErr_SetString(PyExc_TypeError, "single_pass_counts() takes no arguments");
+        return NULL;
+    }
+    return Py_BuildValue("(LLLL)", spec_counts[0], spec_counts[1], spec_counts[2], spec_counts[3]);
+}
+
 static PyMethodDef methods[] = {
     {"simd", (PyCFunction)(void (*)(void))simd, METH_FASTCALL, "simd([name]): the code path that runs (or run that one), see PATHS."},
+    {"single_pass", (PyCFunction)(void (*)(void))single_pass, METH_FASTCALL,
+     "single_pass([on]): whether auto grids may bin in one speculative pass (tests compare with two); returns the old."},
+    {"single_pass_counts", (PyCFunction)(void (*)(void))single_pass_counts, METH_FASTCALL,
+     "single_pass_counts(): single passes so far (guess kept, mapped to a coarser grid, binned again, redone)."},
     {"observe", (PyCFunction)(void (*)(void))observe, METH_FASTCALL,
-     "observe(data, dtype, n, stride, blocks, block, edges, grids, bins, counts, sums, peaks, threads, row): bin into row `row`."},
+     "observe(data, dtype, n, stride, blocks, block, edges, grids, bins, counts, sums, peaks, threads[, hint], row): "
+     "bin into row `row`."},
     {"grid", (PyCFunction)(void (*)(void))grid_of, METH_FASTCALL, "grid(mn, mx, bins): the auto grid (e, o) of [mn, mx]."},
     {NULL, NULL, 0, NULL},
 };

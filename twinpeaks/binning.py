@@ -214,7 +214,7 @@ def is_dense(t: torch.Tensor) -> bool:
 
 def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: torch.Tensor, sums: torch.Tensor,
                    peaks: torch.Tensor, stride: int = 1, blocks: int = 0, block: int = 1, offset: int = 0,
-                   threads: int = 1) -> None:
+                   threads: int = 1, hint: torch.Tensor | None = None) -> None:
     """Add a CPU tensor's slot counts, sums and ``[-min, max]`` into float64 rows, in place (C kernel).
 
     ``grid`` is a :class:`Fixed` or the row's auto grid (a contiguous float64 CPU
@@ -228,7 +228,11 @@ def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: tor
     ``blocks`` runs of ``block`` elements are read, the ``i``-th starting at element
     ``offset + i * stride``. ``threads > 1`` lets a large call (from 256K elements
     read) run on that many threads at most: the same counts, sums rounded in
-    another order. Needs :data:`KERNEL_DTYPES` and :data:`KERNEL`.
+    another order. ``hint`` (auto grids; a contiguous float64 CPU ``[2]`` tensor, ``e``
+    NaN: none) is the grid to guess when the row's is unset: the kernel then bins in one
+    pass and checks the guess after (the same result as without a hint, in every case),
+    and writes the row's grid into it after the call (the recorder keeps one per layer:
+    the next step's guess). Needs :data:`KERNEL_DTYPES` and :data:`KERNEL`.
 
     Example:
         >>> c, s, p = (torch.zeros(k, dtype=torch.float64) for k in (7, 5, 2))
@@ -256,6 +260,11 @@ def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: tor
         if bins < 2:
             raise ValueError("automatic grids need bins >= 2")
         edges, gptr = 0, grid.data_ptr()
+    hptr = 0
+    if hint is not None:
+        if hint.dtype != torch.float64 or hint.device.type != "cpu" or not hint.is_contiguous() or hint.numel() != 2:
+            raise ValueError("kernel_observe: hint is a contiguous float64 CPU tensor [e, o]")
+        hptr = hint.data_ptr()
     if values.device.type != "cpu" or values.dtype not in KERNEL_DTYPES:
         raise ValueError("kernel_observe bins float32/float16/bfloat16/float64 CPU tensors")
     if not is_dense(values):
@@ -265,7 +274,8 @@ def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: tor
         raise ValueError(f"sampling plan out of the tensor: {blocks} blocks of {block}, stride {stride}, "
                          f"offset {offset}, {n} elements")
     _cbin.observe(values.data_ptr() + offset * values.element_size(), KERNEL_DTYPES[values.dtype], n, stride,
-                  blocks, block, edges, gptr, bins, counts.data_ptr(), sums.data_ptr(), peaks.data_ptr(), threads, 0)
+                  blocks, block, edges, gptr, bins, counts.data_ptr(), sums.data_ptr(), peaks.data_ptr(), threads,
+                  hptr, 0)
 
 
 def stats_parts(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -148,6 +148,9 @@ class PhaseBuffers:
                       for k, c in extra.items()}
         self.grids = self.add_state("grid", binning.new_grids(rows, device), "grid", host="int64") if auto else None
         self.extra_grids = binning.new_grids(rows, device) if auto and extra else None
+        #: C kernel, auto grids: the grid the row ended with after the last call (``e`` NaN: none yet), the next
+        #: step's guess for a single pass (``_cbin.c``, speculate)
+        self.hint = binning.new_grids(1)[0] if auto and device.type == "cpu" else None
         self.plans: dict[tuple, Plan] = {}  # (shape, strides, dtype, type) -> plan
         self.cpu = device.type == "cpu"
 
@@ -237,7 +240,8 @@ class Plan:
     buffers: PhaseBuffers
     kernel: bool  # the C kernel bins it; else torch operations
     #: C kernel: (dtype code, elements, block stride, blocks, block size, fixed edges address or 0, grids, bins,
-    #: counts, sums, peaks base addresses, threads (binning.kernel_threads)): ``_cbin.observe(ptr, *kernel_args, row)``
+    #: counts, sums, peaks base addresses, threads (binning.kernel_threads), grid hint address or 0):
+    #: ``_cbin.observe(ptr, *kernel_args, row)``
     kernel_args: tuple
     dense: bool  # the elements fill their storage block: read in storage order
     stride: int  # sampling: block stride in elements
@@ -394,7 +398,8 @@ class BinningEngine:
             # the kernel may split a large call over threads (read here: plans are made once per layout)
             kernel_args = ((binning.KERNEL_DTYPES[t.dtype], n, stride, blocks, SAMPLE_BLOCK,
                             rec.fixed.edges_ptr if rec.fixed is not None else 0, *pd.addresses(),
-                            binning.kernel_threads()) if kernel else ())
+                            binning.kernel_threads(), pd.hint.data_ptr() if pd.hint is not None else 0)
+                           if kernel else ())
             plan = pd.plans[key] = Plan(
                 key=key, phase=phase, buffers=pd, kernel=kernel, kernel_args=kernel_args,  # type: ignore[arg-type]
                 dense=binning.is_dense(t), stride=stride, blocks=blocks,
