@@ -49,6 +49,15 @@ def numpy_fixed(x, lo, hi, bins):
     return np.concatenate([[(f < lo).sum()], np.histogram(f, bins, range=(lo, hi))[0], [(f > hi).sum(), (~ok).sum()]])
 
 
+def numpy_counts(x, grid):
+    """numpy's counts of ``x`` on ``grid``: the fixed range -3..3, or a fresh automatic row (grids.observe)."""
+    if isinstance(grid, binning.Fixed):
+        return numpy_fixed(x, -3, 3, BINS)
+    want = np.zeros(BINS + 3, np.int64)
+    grids.observe(want, None, x.double().numpy())
+    return want
+
+
 def check_stats(x, sums, peaks, seen=None):
     v = x.double().numpy().ravel()
     assert sums[2] == np.count_nonzero(v) and sums[3] == v.size and sums[4] == (seen or v.size)
@@ -169,11 +178,7 @@ def test_sampled_blocks(dtype, c_path):
             counts, sums, peaks = rows()
             binning.kernel_observe(x, grid, counts, sums, peaks, stride=stride, blocks=blocks, block=block,
                                    offset=offset)
-            if isinstance(grid, binning.Fixed):
-                want = numpy_fixed(picked, -3, 3, BINS)
-            else:
-                want = np.zeros(BINS + 3, np.int64)
-                grids.observe(want, None, picked.double().numpy())
+            want = numpy_counts(picked, grid)
             np.testing.assert_array_equal(counts.numpy(), want)
             check_stats(picked, sums, peaks, seen=x.numel())
 
@@ -221,11 +226,7 @@ def test_threads_give_the_same_counts(dtype, c_path):
                 picked = x[2:2 + 19 * plan["blocks"]].view(-1, 19)[:, :16].reshape(-1)
             else:
                 picked = x
-            if isinstance(grid, binning.Fixed):
-                want = numpy_fixed(picked, -3, 3, BINS)
-            else:
-                want = np.zeros(BINS + 3, np.int64)
-                grids.observe(want, None, picked.double().numpy())
+            want = numpy_counts(picked, grid)
             np.testing.assert_array_equal(counts.numpy(), want)
             check_stats(picked, sums, peaks, seen=n)
             for c2, s2, p2, g2 in got[1:]:
