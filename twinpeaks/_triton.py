@@ -24,7 +24,7 @@ Design constraints:
 
 Launches per call:
 
-* at most :data:`SINGLE_MAX` values binned (every sampled call: 8,192; exact outputs up to 64K):
+* at most :data:`SINGLE_MAX` values binned (every sampled call: 7,888 at 100 bins, up to 32,768 with more bins; exact outputs up to 64K):
   **one** launch, one program. Up to :data:`ONE_MAX` values it loads them once into registers
   (statistics and grid, then counts); above, it loops over them twice.
 * more values (exact binning of large outputs): **two** launches over many programs: partial
@@ -62,7 +62,7 @@ SAMPLE_BLOCK = 16
 SINGLE_MAX = 1 << 16
 #: Elements per loop step of a program.
 BLOCK = 2048
-#: Calls of at most this many values (a sampled plan: 8,192) are loaded once and binned from registers;
+#: Calls of at most this many values (a sampled plan: 7,888 at 100 bins) are loaded once and binned from registers;
 #: up to SMALL_BLOCK in a smaller program.
 ONE_MAX = 8192
 SMALL_BLOCK = 1024

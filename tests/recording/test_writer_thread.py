@@ -137,6 +137,33 @@ def test_kill_9_right_after_end_epoch_loses_nothing_it_returned_from(tmp_run):
         assert binned(cols) >= 300 * 8 * width  # every committed step; a later flush may be there too
 
 
+ENDS_WITHOUT_CLOSE = textwrap.dedent("""
+    import sys, torch
+    from torch import nn
+    import twinpeaks as tp
+    from twinpeaks.recording import epoch_writer
+    add_window = epoch_writer.EpochWriter.add_window
+    def slow(self, *args, **kwargs):  # a slow disk: the windows are still being written when the script ends
+        import time
+        time.sleep(0.01)
+        return add_window(self, *args, **kwargs)
+    epoch_writer.EpochWriter.add_window = slow
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 2))
+    hist = tp.ActivationsHistogram(model, sys.argv[1], flush_every=16).attach()
+    for _ in range(64):  # 3 full windows handed over (the 4th is still on the device), no close()
+        model(torch.randn(8, 4))
+""")
+
+
+def test_a_script_that_ends_without_close_keeps_the_windows_it_handed_over(tmp_run):
+    proc = subprocess.run([sys.executable, "-c", ENDS_WITHOUT_CLOSE, str(tmp_run)], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    run = tp.open_run(tmp_run)
+    for layer, width in ((0, 16), (1, 16), (2, 2)):
+        assert binned(run.columns(layer, "train")) == 48 * 8 * width  # the 3 windows handed over, whole
+
+
 def held_bytes(hist: tp.ActivationsHistogram) -> int:
     """Bytes of numpy arrays and device buffers the recorder keeps between flushes."""
     total = 0

@@ -19,13 +19,31 @@ Design constraints:
 
 from __future__ import annotations
 
+import atexit
 import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 
 Job = Callable[[], None]
+
+#: At interpreter exit, how long the jobs still queued (windows handed over, not yet written) may take to finish.
+EXIT_WAIT_S = 60.0
+
+
+def _drain_at_exit(ref: weakref.ref) -> None:
+    """Let a writer's thread finish what was handed over before the interpreter ends (its daemon thread would be
+    stopped mid-write): a script that never calls ``close()`` keeps the windows its steps handed over, as when
+    they were committed inside the step. Bounded by :data:`EXIT_WAIT_S`."""
+    writer = ref()
+    if writer is None or writer._thread is None:
+        return
+    end = time.monotonic() + EXIT_WAIT_S
+    while writer._queue.unfinished_tasks and writer._thread.is_alive() and time.monotonic() < end:
+        time.sleep(0.01)
+
 
 #: How long the writer's thread sleeps between two layers' work (:func:`pause`): long enough for a waiting
 #: training thread to take the GIL, so the writer never holds it for more than one layer's work. (Sleeping in
@@ -73,6 +91,7 @@ class WriterThread:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"twinpeaks-writer-{self.name}", daemon=True)
             self._thread.start()
+            atexit.register(_drain_at_exit, weakref.ref(self))  # a script that ends without close() keeps its windows
         self._queue.put(job)
 
     def wait(self) -> None:
