@@ -75,8 +75,6 @@ class ColumnStore:
         self._counts = np.zeros((0, *shape), dtype=np.int64)
         self._stats = empty_stats(0)
         self._grid = np.zeros((0, 2), dtype=np.int64) if gridded else None
-        self.written = 0  # columns already persisted unchanged
-        self.rewrite = False  # a merge happened since the last write
 
     @property
     def steps(self) -> np.ndarray:
@@ -106,8 +104,6 @@ class ColumnStore:
         self.width = 1
         self._origin_set = False
         self._n = 0
-        self.written = 0
-        self.rewrite = False
 
     @classmethod
     def restore(cls, cap: int, shape: tuple[int, ...], gridded: bool, width: int, origin: int,
@@ -132,7 +128,6 @@ class ColumnStore:
                 if grid is None:
                     raise ValueError("a gridded store takes columns with grids")
                 store._grid[:n] = grid
-            store.written = n
         return store
 
     def _reserve(self, extra: int) -> None:
@@ -203,16 +198,6 @@ class ColumnStore:
         if self._grid is not None:
             self._grid[:k] = grid
         self._n = k
-        self.rewrite = True
-        self.written = 0
-
-    def unwritten(self) -> tuple[int, bool]:
-        """``(first column to write, whether earlier columns must be replaced)``."""
-        return (0, True) if self.rewrite else (self.written, False)
-
-    def mark_written(self) -> None:
-        self.written = len(self.steps)
-        self.rewrite = False
 
     def total(self, from_step: int | None = None, onto: tuple[int, int] | None = None
               ) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int] | None]:

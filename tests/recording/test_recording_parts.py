@@ -84,7 +84,7 @@ def test_epoch_writer_adds_a_final_pass_into_the_last_epoch_without_reading_back
     w = EpochWriter(RunWriter(None, {"options": {}}), bins=2, max_columns=10)
     rec = Record(0, 0, 0, "x", "Linear", last=False)
     rec.out_shape = [1]
-    w.write_layers([rec])
+    w.apply_layers(w.layer_changes([rec]))
     ones = np.ones((1, 5), np.int64)
     stats = np.array([[5, 5, 1.0, 1.0, 0, -1.0, 1.0]])
     w.add_window(rec.id, "train", 0, ones, stats, {})

@@ -136,14 +136,6 @@ class EpochWriter:
         for k, arr in extra.items():
             host.epoch_extra[k].append(start, arr, stats, grid)
 
-    def drop_layer(self, layer: int) -> None:
-        """Remove a layer row that turned out to hold nothing (its module's outputs went to sub-records)."""
-        self.writer.drop_layer(layer)
-
-    def write_layers(self, records: Iterable[LayerRecord]) -> None:
-        """(Re)write the layer rows that changed, and every layer's edges once."""
-        self.apply_layers(self.layer_changes(records))
-
     def layer_changes(self, records: Iterable[LayerRecord]) -> list[tuple]:
         """The layer rows that changed and the edges not yet written, taken now (the records' flags are cleared):
         the recorder's thread takes them, the writer's thread applies them (:meth:`apply_layers`)."""
