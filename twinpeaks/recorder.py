@@ -519,8 +519,7 @@ class ActivationsHistogram:
                 warn(f"twinpeaks: the last epoch was not written: {exc}", RuntimeWarning)
         elif need:
             self._close_epoch(final=True)
-        self._thread.wait()  # layer rows handed over since (a detach) are in the file too
-        self._deliver()
+        self._wait_writer()  # layer rows handed over since (a detach) are in the file too
 
     def _current_phase(self) -> str:
         return self._explicit[-1] if self._explicit else ("train" if self.root.training else "valid")
@@ -667,8 +666,9 @@ class ActivationsHistogram:
         assert w is not None
         self._thread.submit(w.commit)
         if wait:
-            self._thread.wait()
-        self._deliver()
+            self._wait_writer()
+        else:
+            self._deliver()
 
     def _file_message(self, msg: str) -> None:
         """The run writer's message (the file cannot be written): kept by the writer's thread for the user."""
@@ -676,6 +676,11 @@ class ActivationsHistogram:
             self._thread.say(msg)
         else:
             self._warn_file(msg)
+
+    def _wait_writer(self) -> None:
+        """Return once everything handed to the writer's thread is in the file; issue its messages here."""
+        self._thread.wait()
+        self._deliver()
 
     def _deliver(self) -> None:
         """Issue the writer thread's messages here, on the training thread (they point at the user's line)."""
@@ -817,8 +822,7 @@ class ActivationsHistogram:
         if not merge:
             clock.epoch += 1
         self._thread.submit(write_epoch)
-        self._thread.wait()  # end_epoch, flush and close return once the epoch is in the file
-        self._deliver()
+        self._wait_writer()  # end_epoch, flush and close return once the epoch is in the file
         if self._run is not None:
             self._run.refresh()
         for listener in self._listeners if self._sync is None or self._sync.writes else []:  # charts: rank 0 only
@@ -833,8 +837,7 @@ class ActivationsHistogram:
         """The run recorded so far (committed data), for charts and checks during training."""
         if self._writer is None and self.path is None:
             raise RuntimeError("nothing recorded yet: attach first")
-        self._thread.wait()  # what was handed over is in the file
-        self._deliver()
+        self._wait_writer()  # what was handed over is in the file
         if self._run is None:
             self._run = open_run(self.path) if self.path is not None else Run(self._writer.conn, None, owned=False)  # type: ignore[union-attr]
         return self._run.refresh()

@@ -176,24 +176,21 @@ class PhaseBuffers:
     def take_raw(self, n: int) -> Rows:
         """The first ``n`` rows of every state copied to the host as they are, and reset: the part of :meth:`take`
         that must run before the next step (a flush hands the rest, :meth:`finish`, to the writer's thread)."""
-        raw: Rows = {}
-        for name, (buf, op, _) in self.states.items():
-            fill = -math.inf if op == "max" else math.inf if op == "min" else math.nan if op == "grid" else 0
+        def take(buf: torch.Tensor, fill: float) -> np.ndarray:
             if self.cpu:  # a copy through a numpy view, then the reset: no torch operation
                 view = buf.numpy()[:n]
-                raw[name] = view.copy()
+                out = view.copy()
                 view[:] = fill
-            else:
-                raw[name] = buf[:n].cpu().numpy()
-                buf[:n] = fill
+                return out
+            out = buf[:n].cpu().numpy()
+            buf[:n] = fill
+            return out
+
+        raw: Rows = {name: take(buf, -math.inf if op == "max" else math.inf if op == "min"
+                                else math.nan if op == "grid" else 0)
+                     for name, (buf, op, _) in self.states.items()}
         if self.extra_grids is not None:  # per-class/truth rows counted on an earlier (finer) grid of their row
-            if self.cpu:
-                eg = self.extra_grids.numpy()[:n]
-                raw["extra_grids"] = eg.copy()
-                eg[:] = math.nan
-            else:
-                raw["extra_grids"] = self.extra_grids[:n].cpu().numpy()
-                self.extra_grids[:n] = math.nan
+            raw["extra_grids"] = take(self.extra_grids, math.nan)
         return raw
 
     def finish(self, raw: Rows) -> Rows:
