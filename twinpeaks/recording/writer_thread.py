@@ -33,16 +33,20 @@ Job = Callable[[], None]
 EXIT_WAIT_S = 60.0
 
 
-def _drain_at_exit(ref: weakref.ref) -> None:
-    """Let a writer's thread finish what was handed over before the interpreter ends (its daemon thread would be
-    stopped mid-write): a script that never calls ``close()`` keeps the windows its steps handed over, as when
-    they were committed inside the step. Bounded by :data:`EXIT_WAIT_S`."""
-    writer = ref()
-    if writer is None or writer._thread is None:
-        return
+def _drain_at_exit() -> None:
+    """Let the writers' threads finish what was handed over before the interpreter ends (their daemon threads
+    would be stopped mid-write): a script that never calls ``close()`` keeps the windows its steps handed over,
+    as when they were committed inside the step. Bounded by :data:`EXIT_WAIT_S` in all."""
     end = time.monotonic() + EXIT_WAIT_S
-    while writer._queue.unfinished_tasks and writer._thread.is_alive() and time.monotonic() < end:
-        time.sleep(0.01)
+    for writer in list(_STARTED):
+        thread = writer._thread
+        while thread is not None and thread.is_alive() and writer._queue.unfinished_tasks and time.monotonic() < end:
+            time.sleep(0.01)
+
+
+#: Writers whose thread has started (weakly held): drained at interpreter exit, by one handler.
+_STARTED: weakref.WeakSet[WriterThread] = weakref.WeakSet()
+atexit.register(_drain_at_exit)
 
 
 #: How long the writer's thread sleeps between two layers' work (:func:`pause`): long enough for a waiting
@@ -91,7 +95,7 @@ class WriterThread:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=f"twinpeaks-writer-{self.name}", daemon=True)
             self._thread.start()
-            atexit.register(_drain_at_exit, weakref.ref(self))  # a script that ends without close() keeps its windows
+            _STARTED.add(self)  # a script that ends without close() keeps its windows (_drain_at_exit)
         self._queue.put(job)
 
     def wait(self) -> None:
