@@ -222,7 +222,7 @@ def test_the_probe_leaves_no_hook_behind_after_the_first_step(tmp_run):
         model(torch.randn(2, 5, 8))
         model(torch.randn(2, 5, 8))  # the second step settles the first
         pre = {name for name, m in model.named_modules() if m._forward_pre_hooks}
-        post = {name for name, m in model.named_modules() if m._forward_hooks or isinstance(m.forward, Tap)}
+        post = {name for name, m in model.named_modules() if name and (m._forward_hooks or isinstance(m.forward, Tap))}
         hist.end_epoch()
     assert not pre  # the probe's pre-hooks are gone (the step starts in the model's own tap)
     run = tp.open_run(tmp_run)
