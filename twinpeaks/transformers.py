@@ -24,6 +24,7 @@ from types import FrameType
 from typing import Any
 
 from ._adapter import Recording, class_targets, require
+from .recording.selection import CopySafe
 
 _tr = require("transformers", "transformers")
 
@@ -70,7 +71,8 @@ class ActivationsHistogram(Recording, _tr.TrainerCallback):  # type: ignore[name
         hist = self._recorder(model, classes=classes, output=logits)
         if self._handle is None:
             hist.attach()
-            self._handle = model.register_forward_pre_hook(self._before_forward, with_kwargs=True, prepend=True)
+            self._handle = model.register_forward_pre_hook(CopySafe(self._before_forward), with_kwargs=True,
+                                                           prepend=True)  # a copy of the model is not recorded
 
     def _before_forward(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
         hist = self.recorder

@@ -1,7 +1,8 @@
 """``torch.library`` custom ops: how a compiled graph calls a recorder's hooks.
 
-Dynamo traces forward hooks registered before compiling; binning (Python state,
-``torch.histogram``) cannot be traced, so a traced hook calls one of these opaque
+Dynamo traces the recorder's taps (its wrapped layer forwards, see
+:class:`twinpeaks.recording.selection.Tap`) and forward hooks registered before
+compiling; binning (Python state, ``torch.histogram``) cannot be traced, so a traced hook calls one of these opaque
 ops, which runs the eager hook body at run time. Recorders are found through a
 weak registry by id (a dropped recorder just stops recording). This module knows
 recorders only through the two methods of :class:`Traced`.

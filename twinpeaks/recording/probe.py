@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .selection import CopySafe
+
 
 class CompositeProbe:
     """Watches the first step for modules that ran while none of their descendants did.
@@ -52,9 +54,11 @@ class CompositeProbe:
         self.with_children: set[int] = set()  # candidates with a call in which a descendant ran
         self._handles: list[Any] = []
         for m in {id(m): m for m in root.modules()}.values():
-            self._handles.append(m.register_forward_pre_hook(self._pre))
+            if isinstance(m, torch.jit.ScriptModule):  # takes no hooks (and its inside runs in TorchScript)
+                continue
+            self._handles.append(m.register_forward_pre_hook(CopySafe(self._pre)))
             if id(m) in self.candidates:
-                self._handles.append(m.register_forward_hook(self._post))
+                self._handles.append(m.register_forward_hook(CopySafe(self._post)))
 
     def _pre(self, module: nn.Module, args: Any) -> None:
         if torch.compiler.is_compiling():

@@ -7,6 +7,7 @@ model record the same layers; selection errors name the argument and the fix.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -136,8 +137,115 @@ def select_modules(root: nn.Module, modules: Sequence[str | int] | str | int | N
     return sorted(picked, key=lambda nm: order.get(id(nm[1]), 0))
 
 
+class Tap:
+    """A layer's ``forward``, wrapped: calls it, then ``hook(module, args, out)``; set on the instance.
+
+    Why not a forward hook: once a module has any forward hook, every call of it takes torch's
+    slower ``_call_impl`` path (about 1.8 us per call on CPU, measured: 1.09x on a 9.6 ms step of
+    501 layers), while an instance ``forward`` keeps the fast path (no measurable cost). The tap
+    sees the forward's own output (before other forward hooks, which run after it). A copy of the
+    module (``copy.deepcopy``, an EMA model) or a pickled one gets the plain forward back, not the
+    tap: it is not recorded, and computes what the original computes.
+
+    Example:
+        >>> import torch
+        >>> m = nn.Linear(2, 2)
+        >>> seen = []
+        >>> tap = Tap(m, lambda mod, args, out: seen.append(out.shape))
+        >>> _ = m(torch.zeros(1, 2)); tap.remove(); _ = m(torch.zeros(1, 2))
+        >>> seen
+        [torch.Size([1, 2])]
+    """
+
+    __slots__ = ("module", "hook", "pre", "forward", "prev", "__wrapped__")
+
+    def __init__(self, module: nn.Module, hook: Any = None, pre: Any = None):
+        self.module = module
+        self.hook = hook
+        self.pre = pre  # ``pre(module, args)`` before the forward, as a forward pre-hook
+        self.prev = module.__dict__.get("forward")  # an instance forward already there (another wrapper)
+        self.forward = module.forward
+        self.__wrapped__ = self.forward  # inspect.signature(module.forward) stays the layer's
+        module.forward = self  # type: ignore[method-assign]
+        if module.__dict__.get("forward") is not self:
+            raise TypeError(f"{type(module).__name__}.forward cannot be set on the instance")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.pre is not None:
+            self.pre(self.module, args)
+        out = self.forward(*args, **kwargs)
+        hook = self.hook
+        if hook is not None:
+            hook(self.module, args, out)
+        return out
+
+    def __reduce__(self) -> tuple:
+        # a copy of the module gets its own plain forward (the class's, bound to the copy), or the
+        # instance forward it had before the tap: never this tap (it would run the original module)
+        prev = _live(self.prev)
+        if prev is not None:
+            return (operator.itemgetter(0), ((prev,),))
+        return (getattr, (self.module, "forward"))
+
+    def remove(self) -> None:
+        """Put the layer's forward back; a tap another wrapper wrapped since stays, as a pass-through."""
+        self.hook = self.pre = None
+        m = self.module
+        if m.__dict__.get("forward") is self:
+            prev = _live(self.prev)
+            if prev is None:
+                del m.__dict__["forward"]
+            else:
+                m.__dict__["forward"] = prev
+
+
+def _live(forward: Any) -> Any:
+    """``forward`` without the removed taps at its top (left in place while another wrapper held them)."""
+    while isinstance(forward, Tap) and forward.hook is None and forward.pre is None:
+        forward = forward.prev
+    return forward
+
+
+def _inert(*args: Any) -> None:
+    """What a copied or unpickled model gets in place of a twinpeaks forward hook: nothing."""
+
+
+class CopySafe:
+    """A forward (pre-)hook that a copy of the model does not take along (it gets :func:`_inert`).
+
+    A hook holding a bound method of a recorder would make ``copy.deepcopy(model)`` copy the
+    recorder (its open run file: an error) and ``torch.save(model)`` fail.
+
+    Example:
+        >>> import copy
+        >>> m = nn.Linear(2, 2)
+        >>> _ = m.register_forward_hook(CopySafe(lambda mod, args, out: None))
+        >>> copy.deepcopy(m)._forward_hooks.popitem()[1] is _inert
+        True
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Any):
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __reduce__(self) -> tuple:
+        return (_make_inert, ())
+
+
+def _make_inert() -> Any:
+    return _inert
+
+
 class Hooks:
-    """The hook handles of one recorder: registered together, removed together."""
+    """The hooks of one recorder: registered together, removed together.
+
+    Layers get a :class:`Tap` (a wrapped instance ``forward``; a scripted layer called from Python
+    too); a module that refuses an instance ``forward`` gets a forward hook.
+    """
 
     def __init__(self) -> None:
         self._handles: list[Any] = []
@@ -146,16 +254,24 @@ class Hooks:
         return bool(self._handles)
 
     def register(self, root: nn.Module, pre_hook: Any, modules: Sequence[nn.Module], make_hook: Any) -> None:
-        """A forward pre-hook on ``root`` (starts steps) and ``make_hook(i)`` as the forward hook of ``modules[i]``."""
-        self._handles.append(root.register_forward_pre_hook(pre_hook))
+        """``pre_hook(root, args)`` before every forward of ``root`` (starts steps) and ``make_hook(i)``
+        after every forward of ``modules[i]``."""
+        self._handles.append(self._tap(root, None, pre_hook) or root.register_forward_pre_hook(CopySafe(pre_hook)))
         for i, mod in enumerate(modules):
-            self._handles.append(mod.register_forward_hook(make_hook(i)))
+            self.add(mod, make_hook(i))
 
     def add(self, module: nn.Module, hook: Any) -> None:
         """One more forward hook (a layer found after :meth:`register`), removed with the others."""
-        self._handles.append(module.register_forward_hook(hook))
+        self._handles.append(self._tap(module, hook, None) or module.register_forward_hook(CopySafe(hook)))
+
+    @staticmethod
+    def _tap(module: nn.Module, hook: Any, pre: Any) -> Tap | None:
+        try:
+            return Tap(module, hook, pre)
+        except (TypeError, AttributeError):
+            return None
 
     def remove(self) -> None:
-        for h in self._handles:
+        for h in reversed(self._handles):  # taps stacked on one module come off in the reverse order
             h.remove()
         self._handles.clear()

@@ -1,0 +1,186 @@
+"""Layers are recorded through a wrapped instance ``forward`` (a tap), not a forward hook.
+
+What a tap must keep: the model computes what it computes without twinpeaks; copies and pickles of
+an attached model are plain models (not recorded, the copy's own weights used); detaching, in any
+order among several recorders and other wrappers, gives every module back the forward it had.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import twinpeaks as tp
+from twinpeaks.recording.selection import CopySafe, Hooks, Tap
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def _plain(model: nn.Module) -> bool:
+    return not any("forward" in m.__dict__ or m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def _untapped(model: nn.Module) -> bool:
+    return not any(isinstance(m.__dict__.get("forward"), Tap) or any(
+        isinstance(h, CopySafe) for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
+        for m in model.modules())
+
+
+def test_leaves_get_taps_not_forward_hooks(tmp_run):
+    model = _model()
+    with tp.ActivationsHistogram(model, tmp_run):
+        assert all(isinstance(m.__dict__.get("forward"), Tap) for m in model)
+        assert not any(m._forward_hooks for m in model)  # torch's fast call path is kept
+        assert isinstance(model.__dict__.get("forward"), Tap)  # the step starts in the model's own tap
+    assert _plain(model)
+
+
+def test_the_tap_sees_the_forward_output_and_returns_it_unchanged():
+    m = nn.Linear(3, 2)
+    seen: list[torch.Tensor] = []
+    x = torch.randn(5, 3)
+    want = m(x)
+    tap = Tap(m, lambda mod, args, out: seen.append(out))
+    got = m(x)
+    assert got is seen[0] and torch.equal(got, want)
+    assert inspect.signature(m.forward) == inspect.signature(type(m).forward.__get__(m))
+    tap.remove()
+    assert "forward" not in m.__dict__
+
+
+@pytest.mark.parametrize("steps", [1, 2])  # in the first step, the composite probe's hooks are there too
+def test_a_deep_copy_of_an_attached_model_is_a_plain_model_with_its_own_weights(tmp_run, steps):
+    model = _model()
+    x = torch.randn(6, 4)
+    with tp.ActivationsHistogram(model, tmp_run) as hist:
+        for _ in range(steps):
+            model(x)
+        ema = copy.deepcopy(model)  # an EMA / SWA copy made while recording
+        with torch.no_grad():
+            for p in ema.parameters():
+                p.mul_(0.5)
+        got = ema(x)
+        assert _untapped(ema)
+        want = nn.functional.linear(torch.relu(nn.functional.linear(x, ema[0].weight, ema[0].bias)),
+                                    ema[2].weight, ema[2].bias)
+        assert torch.equal(got, want)  # the copy's weights, not the original's
+        hist.end_epoch()
+    assert tp.open_run(tmp_run).histogram("0", "train").total == steps * 6 * 8  # the copy's forward is not recorded
+
+
+def test_torch_save_of_an_attached_model_loads_as_a_plain_model(tmp_run):
+    model = _model()
+    x = torch.randn(2, 4)
+    with tp.ActivationsHistogram(model, tmp_run):
+        model(x)  # the probe's hooks are there in the first step
+        buf = io.BytesIO()
+        torch.save(model, buf)
+        blob = pickle.dumps(model)
+    buf.seek(0)
+    for loaded in (torch.load(buf, weights_only=False), pickle.loads(blob)):
+        assert _untapped(loaded)
+        assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("order", ["first-in-first-out", "last-in-first-out"])
+def test_two_recorders_and_a_user_wrapper_detach_in_any_order(tmp_path, order):
+    model = _model()
+    layer = model[0]
+    calls: list[str] = []
+    inner = layer.forward
+
+    def user_wrapper(*args, **kwargs):  # a wrapper set by someone else, before and after the recorders
+        calls.append("user")
+        return inner(*args, **kwargs)
+
+    layer.forward = user_wrapper
+    a = tp.ActivationsHistogram(model, tmp_path / "a.tp")
+    b = tp.ActivationsHistogram(model, tmp_path / "b.tp")
+    a.attach()
+    b.attach()
+    model(torch.randn(2, 4))
+    assert calls == ["user"]
+    first, second = (a, b) if order == "first-in-first-out" else (b, a)
+    first.detach()
+    model(torch.randn(2, 4))
+    second.detach()
+    assert layer.__dict__["forward"] is user_wrapper  # back to what it had
+    assert not any("forward" in m.__dict__ for m in model if m is not layer)
+    model(torch.randn(2, 4))
+    assert calls == ["user"] * 3
+    for h in (a, b):
+        h.close()
+    steps = {name: tp.open_run(tmp_path / name).histogram("0", "train").total // 16 for name in ("a.tp", "b.tp")}
+    assert steps == {"a.tp": 2 if order == "last-in-first-out" else 1, "b.tp": 2 if order == "first-in-first-out" else 1}
+
+
+def test_a_wrapper_set_over_a_tap_keeps_working_after_detach(tmp_run):
+    model = _model()
+    hist = tp.ActivationsHistogram(model, tmp_run)
+    hist.attach()
+    tapped = model[0].forward
+    model[0].forward = lambda x: tapped(x) * 2  # someone wraps the tap
+    hist.detach()
+    x = torch.randn(2, 4)
+    assert torch.equal(model[0](x), nn.functional.linear(x, model[0].weight, model[0].bias) * 2)
+    hist.close()
+
+
+def test_a_scripted_layer_called_from_python_is_recorded(tmp_run):
+    torch.manual_seed(0)
+    scripted = torch.jit.script(nn.Linear(4, 8))  # register_forward_hook is not supported on ScriptModules
+    model = nn.Sequential(scripted, nn.ReLU())
+    x = torch.randn(3, 4)
+    with tp.ActivationsHistogram(model, tmp_run, sample=1.0) as hist:
+        model(x)
+        hist.end_epoch()
+    assert "forward" in scripted.__dict__  # its own script method is back
+    with torch.no_grad():
+        want = scripted(x).numpy().ravel().astype(np.float64)
+    h = tp.open_run(tmp_run).histogram("0", "train", epoch=0)
+    np.testing.assert_array_equal(h.counts, np.histogram(want, bins=h.edges)[0])
+
+
+class _Frozen(nn.Linear):
+    def __setattr__(self, name, value):
+        if name == "forward":
+            raise AttributeError("frozen")
+        super().__setattr__(name, value)
+
+
+def test_a_module_that_refuses_an_instance_forward_gets_a_forward_hook():
+    layer = _Frozen(4, 8)
+    model = nn.Sequential(layer, nn.ReLU())
+    hooks = Hooks()
+    seen: list[torch.Tensor] = []
+    hooks.register(model, lambda *a: None, [layer, model[1]], lambda i: lambda m, a, o: seen.append(o))
+    assert layer._forward_hooks and isinstance(model[1].__dict__["forward"], Tap)
+    model(torch.randn(3, 4))
+    assert [tuple(o.shape) for o in seen] == [(3, 8), (3, 8)]
+    hooks.remove()
+    model(torch.randn(3, 4))
+    assert len(seen) == 2 and _plain(model)
+
+
+def test_recorded_counts_through_taps_equal_numpy(tmp_run):
+    model = _model()
+    xs = [torch.randn(16, 4) for _ in range(3)]
+    with torch.no_grad():
+        outs = np.concatenate([model[0](x).numpy().ravel() for x in xs]).astype(np.float64)
+    with tp.ActivationsHistogram(model, tmp_run, sample=1.0) as hist:
+        for x in xs:
+            model(x)
+        hist.end_epoch()
+    h = tp.open_run(tmp_run).histogram("0", "train", epoch=0)
+    assert h.total == outs.size
+    np.testing.assert_array_equal(h.counts, np.histogram(outs, bins=h.edges)[0])
