@@ -322,10 +322,25 @@ def test_paths_agree_on_a_recorded_model(tmp_path, monkeypatch):
 
 
 def test_kernel_threads_setting(monkeypatch, tmp_path):
-    """TWINPEAKS_KERNEL_THREADS: unset 1, a number, 'torch' (torch's count); anything else warns once and is 1.
-    The recorder's plans pass it to the kernel (the last of kernel_args)."""
+    """TWINPEAKS_KERNEL_THREADS: unset torch's count where the kernel uses torch's OpenMP workers (else 1), a
+    number, 'torch' (torch's count); anything else warns once and is 1. The recorder's plans pass it to the
+    kernel (the last of kernel_args)."""
     monkeypatch.delenv("TWINPEAKS_KERNEL_THREADS", raising=False)
-    assert binning.kernel_threads() == 1
+    was = torch.get_num_threads()
+    try:
+        for t in (1, 2, 3):
+            torch.set_num_threads(t)
+            assert binning.kernel_threads() == (t if binning._cbin.parallel() == "gomp" else 1)
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(binning, "_cbin", None)  # no kernel: nothing to split
+                assert binning.kernel_threads() == 1
+            was_pool = binning._cbin.parallel("pthreads")  # our own threads: never by default
+            try:
+                assert binning.kernel_threads() == 1
+            finally:
+                binning._cbin.parallel(was_pool)
+    finally:
+        torch.set_num_threads(was)
     monkeypatch.setenv("TWINPEAKS_KERNEL_THREADS", "3")
     assert binning.kernel_threads() == 3
     monkeypatch.setenv("TWINPEAKS_KERNEL_THREADS", "torch")
@@ -344,12 +359,13 @@ def test_kernel_threads_setting(monkeypatch, tmp_path):
     import twinpeaks as tp
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
-    for setting, want in (("2", 2), (None, 1)):
+    default = torch.get_num_threads() if binning._cbin.parallel() == "gomp" else 1
+    for setting, want in (("2", 2), ("1", 1), (None, default)):
         if setting is None:
             monkeypatch.delenv("TWINPEAKS_KERNEL_THREADS")
         else:
             monkeypatch.setenv("TWINPEAKS_KERNEL_THREADS", setting)
-        with tp.ActivationsHistogram(model, tmp_path / f"t{want}.tp") as hist:
+        with tp.ActivationsHistogram(model, tmp_path / f"t{setting}.tp") as hist:
             model(torch.randn(4, 8))
             plans = [p for rec in hist._records for pd in rec.phases.values() for p in pd.plans.values()]
         assert plans and all(p.kernel and p.kernel_args[-2] == want for p in plans)
