@@ -1251,8 +1251,10 @@ static void drain_map(int64_t *hist, int64_t stride, int lanes, int64_t lo, int6
    A large call (from CHUNKED elements read) is cut into chunks (whole runs, or multiples of 64 elements of the
    one run) whose float sums are kept apart and added in chunk order after, so the sums do not depend on how the
    chunks are shared out: threads=N gives the threads=1 result bit for bit (counts, sums, min/max, the grid).
-   A part is a range of whole chunks; parts run in phases (the min/max pass, binning), the calling thread doing
-   what is between (the grid) and the reduction. A phase runs on:
+   A part is one thread's share: it takes the next chunk not taken yet (an atomic counter) until none is left,
+   so a worker the system deschedules delays the call by one chunk, not by half of it. Parts run in phases
+   (the min/max pass, binning), the calling thread doing what is between (the grid) and the reduction. A phase
+   runs on:
    - gomp: libgomp's GOMP_parallel, resolved from the libgomp already loaded in the process (torch's own, by its
      SONAME; never linked: two OpenMP runtimes would oversubscribe the cores), so the workers torch keeps
      spinning between its operations bin our parts instead of competing with other threads for the cores. A
@@ -1323,7 +1325,6 @@ typedef struct {
     shared_t *sh;
     acc_t a;               /* this part's lanes and stats (after a span: nz, mn, mx of all its chunks) */
     int lanes;             /* lane histograms in a.hist */
-    int64_t c0, c1;        /* its chunks */
     double mn, mx;         /* auto: its finite min and max (the min/max pass) */
 } part_t;
 
@@ -1334,6 +1335,7 @@ struct shared_s {
     const char *data;      /* the call: blocks runs of block elements, stride apart (one run: blocks = 1) */
     int64_t block, blocks, stride, esize;
     int64_t chunk, nchunks; /* chunk: runs (blocks > 1) or elements (one run) */
+    int64_t next;           /* the next chunk not taken (this phase) */
     double *grid, *counts;
     int bins;
     double csum[MAXCHUNKS], csq[MAXCHUNKS]; /* each chunk's sum and sum of squares */
@@ -1354,19 +1356,38 @@ static const char *chunk_range(const shared_t *sh, int64_t c0, int64_t c1, int64
     return sh->data + i0 * sh->esize;
 }
 
-/* one part's phase: its finite min/max, or binning chunk by chunk (each chunk's sums kept) */
+/* the next chunk to do (-1: none left) */
+static int64_t take_chunk(shared_t *sh) {
+    if (sh->nparts == 1) return sh->next < sh->nchunks ? sh->next++ : -1;
+#if defined(__GNUC__) || defined(__clang__)
+    int64_t c = __atomic_fetch_add(&sh->next, 1, __ATOMIC_RELAXED);
+#else
+    int64_t c = sh->next++; /* no threads on such builds: one part at a time */
+#endif
+    return c < sh->nchunks ? c : -1;
+}
+
+/* one part's phase: the finite min/max, or binning (each chunk's sums kept), of the chunks it takes */
 static void do_part(part_t *w, int phase) {
     shared_t *sh = w->sh;
-    int64_t block, blocks;
+    int64_t block, blocks, c;
     if (phase == PH_MINMAX) {
-        const char *p = chunk_range(sh, w->c0, w->c1, &block, &blocks);
-        sh->mm(p, block, blocks, sh->stride, &w->mn, &w->mx);
+        double mn = INFINITY, mx = -INFINITY;
+        while ((c = take_chunk(sh)) >= 0) {
+            double cmn, cmx;
+            const char *p = chunk_range(sh, c, c + 1, &block, &blocks);
+            sh->mm(p, block, blocks, sh->stride, &cmn, &cmx);
+            mn = cmn < mn ? cmn : mn;
+            mx = cmx > mx ? cmx : mx;
+        }
+        w->mn = mn;
+        w->mx = mx;
         return;
     }
     acc_t *a = &w->a;
     double mn = INFINITY, mx = -INFINITY;
     int64_t nz = 0;
-    for (int64_t c = w->c0; c < w->c1; c++) {
+    while ((c = take_chunk(sh)) >= 0) {
         const char *p = chunk_range(sh, c, c + 1, &block, &blocks);
         sh->span(a, p, block, blocks, sh->stride);
         sh->csum[c] = a->sum;
@@ -1398,6 +1419,7 @@ static void *part_thread(void *arg) {
 /* every part's phase; returns when all are done (the calling thread runs part 0) */
 static void run_phase(shared_t *sh, int phase) {
     sh->phase = phase;
+    sh->next = 0;
     if (sh->nparts > 1 && sh->pool == POOL_GOMP) {
 #ifdef HAVE_GOMP
         gomp_parallel(phase_gomp, sh, (unsigned)sh->nparts, 0);
@@ -1412,7 +1434,7 @@ static void run_phase(shared_t *sh, int phase) {
             if (pthread_create(&tid[started], NULL, part_thread, &sh->parts[started]) != 0) break;
 #endif
     do_part(&sh->parts[0], phase);
-    for (int t = started; t < sh->nparts; t++) do_part(&sh->parts[t], phase); /* those not started */
+    for (int t = started; t < sh->nparts; t++) do_part(&sh->parts[t], phase); /* those not started: none left */
 #ifdef HAVE_THREADS
     for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
 #endif
@@ -1627,8 +1649,6 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         w->sh = sh;
         w->a = a;
         w->lanes = t == 0 ? lanes : lanes_max;
-        w->c0 = sh->nchunks * t / nparts;
-        w->c1 = sh->nchunks * (t + 1) / nparts;
         w->mn = INFINITY;
         w->mx = -INFINITY;
         if (t > 0) {
