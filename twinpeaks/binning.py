@@ -69,7 +69,8 @@ def kernel_threads() -> int:
     built with OpenMP, as the PyPI wheels on Linux are), else 1. Those workers keep
     spinning between torch's operations, so they bin our parts at once; threads of our
     own (pthreads) competed with them for the cores and ran slower (bench/README.md,
-    "The kernel alone"). One torch thread: 1 (never split). The variable overrides: a
+    "The kernel alone"). One torch thread, or ``OMP_WAIT_POLICY=passive`` (the workers
+    sleep; waking them cost more than they saved): 1, never split. The variable overrides: a
     number, or ``torch``. Read when a layer's plan is made, not per call; a bad value
     warns once and counts as 1. A split call gives the one-thread result bit for bit.
 
@@ -78,7 +79,9 @@ def kernel_threads() -> int:
         True
     """
     raw = os.environ.get("TWINPEAKS_KERNEL_THREADS", "").strip()
-    if not raw:
+    if not raw:  # OMP_WAIT_POLICY=passive: torch's workers sleep between operations, and waking them cost more
+        if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive":
+            return 1
         return torch.get_num_threads() if _cbin is not None and _cbin.parallel() == "gomp" else 1
     if raw == "torch":
         return torch.get_num_threads()

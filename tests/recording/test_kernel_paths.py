@@ -326,6 +326,7 @@ def test_kernel_threads_setting(monkeypatch, tmp_path):
     number, 'torch' (torch's count); anything else warns once and is 1. The recorder's plans pass it to the
     kernel (the last of kernel_args)."""
     monkeypatch.delenv("TWINPEAKS_KERNEL_THREADS", raising=False)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     was = torch.get_num_threads()
     try:
         for t in (1, 2, 3):
@@ -333,6 +334,9 @@ def test_kernel_threads_setting(monkeypatch, tmp_path):
             assert binning.kernel_threads() == (t if binning._cbin.parallel() == "gomp" else 1)
             with pytest.MonkeyPatch.context() as m:
                 m.setattr(binning, "_cbin", None)  # no kernel: nothing to split
+                assert binning.kernel_threads() == 1
+            with pytest.MonkeyPatch.context() as m:
+                m.setenv("OMP_WAIT_POLICY", "PASSIVE")  # torch's workers asleep: not worth waking
                 assert binning.kernel_threads() == 1
             was_pool = binning._cbin.parallel("pthreads")  # our own threads: never by default
             try:
