@@ -8,12 +8,18 @@ check, the binning pass) and on an auto grid hinted in steady state (the same te
 into a fresh row each call, as at successive steps, with the layer's hint: the single pass on
 the guessed grid, kept), on every code path this build and CPU have
 (``_cbin.PATHS``: AVX-512, AVX2, SSE2, portable); from 1M elements also the widest path
-with ``threads=2`` (the call split over two threads); and the torch operations of the
+with ``threads=2`` (the call split over two threads: torch's OpenMP workers where torch
+runs on OpenMP, ``_cbin.parallel()``); and the torch operations of the
 device path (:func:`twinpeaks.binning.observe_auto` + ``stats_parts``) on the same values.
 The kernel is called directly (as the recorder's hot path does), so a cell at 64 elements
 is the whole per-call cost; each cell is the best of several timings (the machine may be
 shared). torch on 1 thread, warm caches (a training step's caches are colder: see
 bench/README.md). ``--quick``: the float32 rows only.
+
+``--threads``: only the split, widest path, float32 normal values of 16K to 4M elements:
+a fixed range and a hinted auto grid (steady state) on 1 thread, and on 2 threads over
+torch's OpenMP workers (``gomp``, torch on 2 threads: its workers awake, as between a
+training step's operations) and over pthreads started per call (``pthreads``).
 """
 
 from __future__ import annotations
@@ -46,11 +52,55 @@ def cell(t: float, n: int) -> str:
     return f"{t * 1e6:.2f} us ({t / n * 1e9:.2f} ns/el)" if n >= 4096 else f"{t * 1e6:.2f} us"
 
 
+def split_table(c) -> int:
+    """--threads: 1 thread against 2 on each pool, ns per element."""
+    torch.manual_seed(0)
+    fixed = binning.fixed_grid(-3, 3, 100)
+    pools = ["gomp", "pthreads"]
+    try:
+        c.parallel("gomp")
+    except ValueError:
+        pools = ["pthreads"]  # torch does not run on OpenMP here
+    cols = [f"{k} {t}" for k in ("fixed", "auto, hinted") for t in ["1 thread"] + [f"2 threads {p}" for p in pools]]
+    print(f"| elements | {' | '.join(cols)} |")
+    print("|---:|" + "---:|" * len(cols))
+    was = c.parallel()
+    torch.set_num_threads(2)
+    try:
+        for n in (1 << 14, 1 << 15, 1 << 16, 1 << 17, 1 << 18, 1 << 20, 1 << 22):
+            x = torch.randn(n)
+            rows = [torch.zeros(k, dtype=torch.float64) for k in (103, 5, 2)]
+            addr = [r.data_ptr() for r in rows]
+            grid, hint = binning.new_grids(1)[0], binning.new_grids(1)[0]
+
+            def fixed_call(threads, x=x, n=n, addr=addr):
+                c.observe(x.data_ptr(), 0, n, 0, 0, 0, fixed.edges_ptr, 0, 100, *addr, threads, 0)
+
+            def hinted_call(threads, x=x, n=n, addr=addr, grid=grid, hint=hint):
+                grid[0] = float("nan")  # a fresh row each call, guessed from the hint: the single pass
+                c.observe(x.data_ptr(), 0, n, 0, 0, 0, 0, grid.data_ptr(), 100, *addr, threads, hint.data_ptr(), 0)
+
+            reps = max(5, 2_000_000 // n)
+            cells = []
+            for call in (fixed_call, hinted_call):
+                cells.append(best(lambda call=call: call(1), reps))
+                for p in pools:
+                    c.parallel(p)
+                    cells.append(best(lambda call=call: call(2), reps))
+            print(f"| {n:,} | " + " | ".join(f"{t / n * 1e9:.3f} ns/el" for t in cells) + " |", flush=True)
+    finally:
+        c.parallel(was)
+        torch.set_num_threads(1)
+    return 0
+
+
 def main() -> int:
     if binning._cbin is None:
         print("twinpeaks._cbin is not built", file=sys.stderr)
         return 1
     c = binning._cbin
+    if "--threads" in sys.argv:
+        return split_table(c)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     fixed = binning.fixed_grid(-3, 3, 100)

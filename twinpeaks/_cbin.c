@@ -38,10 +38,12 @@
  * elements' slots and only counts the zeros). The widest path the CPU has
  * is the default. Counts are identical on every path; float sums differ in rounding.
  *
- * Threads (pthreads, not on Windows): observe(..., threads, row) with threads > 1
- * splits a call of at least 2 * THREAD_MIN elements into parts: each part's finite
- * min/max, then the grid once (the calling thread), then each part bins into its own
- * lane histograms; the parts' counts and stats are added into the row.
+ * Threads: observe(..., threads, row) with threads > 1 splits a large call into parts
+ * of whole chunks (see "threads" below), run on torch's own OpenMP workers (libgomp's
+ * GOMP_parallel, found in the process at first use) or pthreads (parallel()): the parts
+ * bin on a guessed grid (or find their finite min/max, then the grid once on the calling
+ * thread, then bin) into their own lane histograms; counts and stats are added into the
+ * row, the sums chunk by chunk in order: the same result, bit for bit, as one thread.
  *
  * No torch or numpy headers: Python passes raw addresses (tensor.data_ptr()).
  * Python decides everything else (dtype, sampling plan, grid kind).
@@ -1245,39 +1247,198 @@ static void drain_map(int64_t *hist, int64_t stride, int lanes, int64_t lo, int6
     }
 }
 
-/* ---- threads: one call split over pthreads (not on Windows) ---- */
+/* ---- threads: one call split into parts, over torch's OpenMP pool (libgomp) or pthreads ----
+   A large call (from CHUNKED elements read) is cut into chunks (whole runs, or multiples of 64 elements of the
+   one run) whose float sums are kept apart and added in chunk order after, so the sums do not depend on how the
+   chunks are shared out: threads=N gives the threads=1 result bit for bit (counts, sums, min/max, the grid).
+   A part is one thread's share: it takes the next chunk not taken yet (an atomic counter) until none is left,
+   so a worker the system deschedules delays the call by one chunk, not by half of it. Parts run in phases
+   (the min/max pass, binning), the calling thread doing what is between (the grid) and the reduction. A phase
+   runs on:
+   - gomp: libgomp's GOMP_parallel, resolved from the libgomp already loaded in the process (torch's own, by its
+     SONAME; never linked: two OpenMP runtimes would oversubscribe the cores), so the workers torch keeps
+     spinning between its operations bin our parts instead of competing with other threads for the cores. A
+     team smaller than asked (a nested call) takes the parts round robin; a team of one runs them all.
+   - pthreads: threads started per phase (where libgomp is not loaded, or parallel("pthreads")). */
 #if !defined(_WIN32)
 #include <pthread.h>
 #define HAVE_THREADS 1
 #endif
+#if defined(__linux__)
+#include <dlfcn.h>
+#define HAVE_GOMP 1
+#endif
 #define MAXTHREADS 16
-/* below this many elements per thread, a call is not split (thread start and the extra reduction cost more) */
+/* below this many elements per part a call is not split (starting or waking threads and the reduction cost
+   more): pthreads start per phase, torch's OpenMP workers are awake */
 #define THREAD_MIN (1 << 17)
+#define GOMP_MIN (1 << 14)
+/* chunks: calls of at least CHUNKED elements; about CHUNK elements each, MAXCHUNKS at most */
+#define CHUNKED (1 << 15)
+#define CHUNK (1 << 14)
+#define MAXCHUNKS 256
 
+enum { POOL_AUTO = 0, POOL_GOMP = 1, POOL_PTHREADS = 2, POOL_NONE = 3 };
+static const char *const pool_names[4] = {"auto", "gomp", "pthreads", "none"};
+static int pool = POOL_AUTO; /* what splits a call (parallel()); auto: gomp where libgomp is loaded */
+static long long split_counts[4]; /* calls split, by pool (split_counts()) */
+
+#ifdef HAVE_GOMP
+typedef void (*gomp_parallel_t)(void (*)(void *), void *, unsigned, unsigned);
+typedef int (*omp_int_t)(void);
+static gomp_parallel_t gomp_parallel;
+static omp_int_t omp_thread_num, omp_num_threads;
+static int gomp_state; /* 0: not looked up yet, 1: found, -1: not loaded */
+
+/* GOMP_parallel and friends from the libgomp the process has already loaded (with the GIL held: once) */
+static int gomp_found(void) {
+    if (!gomp_state) {
+        void *lib = dlopen("libgomp.so.1", RTLD_NOLOAD | RTLD_LAZY); /* matched by SONAME among loaded objects */
+        gomp_state = -1;
+        if (lib) { /* kept open: its functions are used from now on */
+            gomp_parallel = (gomp_parallel_t)dlsym(lib, "GOMP_parallel");
+            omp_thread_num = (omp_int_t)dlsym(lib, "omp_get_thread_num");
+            omp_num_threads = (omp_int_t)dlsym(lib, "omp_get_num_threads");
+            if (gomp_parallel && omp_thread_num && omp_num_threads) gomp_state = 1;
+        }
+    }
+    return gomp_state > 0;
+}
+#else
+static int gomp_found(void) { return 0; }
+#endif
+
+/* the pool a split call runs on now (auto resolved) */
+static int pool_now(void) {
+    if (pool != POOL_AUTO) return pool;
+    if (gomp_found()) return POOL_GOMP;
+#ifdef HAVE_THREADS
+    return POOL_PTHREADS;
+#else
+    return POOL_NONE;
+#endif
+}
+
+enum { PH_MINMAX = 0, PH_SPAN = 1 };
 typedef struct shared_s shared_t;
 typedef struct {
     shared_t *sh;
-    acc_t a;               /* this thread's lanes and stats */
-    const void *data;      /* its part: blocks of block elements, stride apart (one run: contiguous) */
-    int64_t block, blocks;
-    double mn, mx;         /* auto: its finite min and max */
-    int owned;             /* a->hist was allocated for it */
+    acc_t a;               /* this part's lanes and stats (after a span: nz, mn, mx of all its chunks) */
+    int lanes;             /* lane histograms in a.hist */
+    double mn, mx;         /* auto: its finite min and max (the min/max pass) */
 } part_t;
 
 struct shared_s {
     span_fn span;
     minmax_fn mm;
-    int fixed, nparts;
-    int64_t stride;
+    int fixed, nparts, pool, phase;
+    const char *data;      /* the call: blocks runs of block elements, stride apart (one run: blocks = 1) */
+    int64_t block, blocks, stride, esize;
+    int64_t chunk, nchunks; /* chunk: runs (blocks > 1) or elements (one run) */
+    int64_t next;           /* the next chunk not taken (this phase) */
     double *grid, *counts;
     int bins;
-#ifdef HAVE_THREADS
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    int arrived, ready;
-#endif
+    double csum[MAXCHUNKS], csq[MAXCHUNKS]; /* each chunk's sum and sum of squares */
     part_t parts[MAXTHREADS];
 };
+
+/* chunks c0..c1 as (data, block, blocks) */
+static const char *chunk_range(const shared_t *sh, int64_t c0, int64_t c1, int64_t *block, int64_t *blocks) {
+    if (sh->blocks > 1) {
+        int64_t r0 = c0 * sh->chunk, r1 = c1 * sh->chunk < sh->blocks ? c1 * sh->chunk : sh->blocks;
+        *block = sh->block;
+        *blocks = r1 - r0;
+        return sh->data + r0 * sh->stride * sh->esize;
+    }
+    int64_t i0 = c0 * sh->chunk, i1 = c1 * sh->chunk < sh->block ? c1 * sh->chunk : sh->block;
+    *block = i1 - i0;
+    *blocks = 1;
+    return sh->data + i0 * sh->esize;
+}
+
+/* the next chunk to do (-1: none left) */
+static int64_t take_chunk(shared_t *sh) {
+    if (sh->nparts == 1) return sh->next < sh->nchunks ? sh->next++ : -1;
+#if defined(__GNUC__) || defined(__clang__)
+    int64_t c = __atomic_fetch_add(&sh->next, 1, __ATOMIC_RELAXED);
+#else
+    int64_t c = sh->next++; /* no threads on such builds: one part at a time */
+#endif
+    return c < sh->nchunks ? c : -1;
+}
+
+/* one part's phase: the finite min/max, or binning (each chunk's sums kept), of the chunks it takes */
+static void do_part(part_t *w, int phase) {
+    shared_t *sh = w->sh;
+    int64_t block, blocks, c;
+    if (phase == PH_MINMAX) {
+        double mn = INFINITY, mx = -INFINITY;
+        while ((c = take_chunk(sh)) >= 0) {
+            double cmn, cmx;
+            const char *p = chunk_range(sh, c, c + 1, &block, &blocks);
+            sh->mm(p, block, blocks, sh->stride, &cmn, &cmx);
+            mn = cmn < mn ? cmn : mn;
+            mx = cmx > mx ? cmx : mx;
+        }
+        w->mn = mn;
+        w->mx = mx;
+        return;
+    }
+    acc_t *a = &w->a;
+    double mn = INFINITY, mx = -INFINITY;
+    int64_t nz = 0;
+    while ((c = take_chunk(sh)) >= 0) {
+        const char *p = chunk_range(sh, c, c + 1, &block, &blocks);
+        sh->span(a, p, block, blocks, sh->stride);
+        sh->csum[c] = a->sum;
+        sh->csq[c] = a->sq;
+        nz += a->nz;
+        mn = a->mn < mn ? a->mn : mn; /* a span's min and max are never NaN */
+        mx = a->mx > mx ? a->mx : mx;
+    }
+    a->nz = nz;
+    a->mn = mn;
+    a->mx = mx;
+}
+
+#ifdef HAVE_GOMP
+static void phase_gomp(void *arg) {
+    shared_t *sh = (shared_t *)arg;
+    const int team = omp_num_threads();
+    for (int t = omp_thread_num(); t < sh->nparts; t += team > 0 ? team : sh->nparts) do_part(&sh->parts[t], sh->phase);
+}
+#endif
+#ifdef HAVE_THREADS
+static void *part_thread(void *arg) {
+    part_t *w = (part_t *)arg;
+    do_part(w, w->sh->phase);
+    return NULL;
+}
+#endif
+
+/* every part's phase; returns when all are done (the calling thread runs part 0) */
+static void run_phase(shared_t *sh, int phase) {
+    sh->phase = phase;
+    sh->next = 0;
+    if (sh->nparts > 1 && sh->pool == POOL_GOMP) {
+#ifdef HAVE_GOMP
+        gomp_parallel(phase_gomp, sh, (unsigned)sh->nparts, 0);
+        return;
+#endif
+    }
+    int started = 1;
+#ifdef HAVE_THREADS
+    pthread_t tid[MAXTHREADS];
+    if (sh->pool == POOL_PTHREADS)
+        for (; started < sh->nparts; started++)
+            if (pthread_create(&tid[started], NULL, part_thread, &sh->parts[started]) != 0) break;
+#endif
+    do_part(&sh->parts[0], phase);
+    for (int t = started; t < sh->nparts; t++) do_part(&sh->parts[t], phase); /* those not started: none left */
+#ifdef HAVE_THREADS
+    for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
+#endif
+}
 
 /* auto: the row's grid from every part's min and max, then each part's scale and offset */
 static void set_grid(shared_t *sh) {
@@ -1303,64 +1464,52 @@ static void set_grid(shared_t *sh) {
     }
 }
 
-static void run_part(part_t *w, int main_thread) {
-    shared_t *sh = w->sh;
+/* the whole call on two passes (auto: min/max, the grid, binning) or one (fixed) */
+static void bin_call(shared_t *sh) {
     if (!sh->fixed) {
-        sh->mm(w->data, w->block, w->blocks, sh->stride, &w->mn, &w->mx);
-#ifdef HAVE_THREADS
-        if (sh->nparts > 1) { /* every part's min/max, then the grid (the calling thread), then binning */
-            pthread_mutex_lock(&sh->lock);
-            sh->arrived++;
-            if (main_thread) {
-                while (sh->arrived < sh->nparts) pthread_cond_wait(&sh->cond, &sh->lock);
-                set_grid(sh);
-                sh->ready = 1;
-                pthread_cond_broadcast(&sh->cond);
-            } else {
-                if (sh->arrived == sh->nparts) pthread_cond_broadcast(&sh->cond);
-                while (!sh->ready) pthread_cond_wait(&sh->cond, &sh->lock);
-            }
-            pthread_mutex_unlock(&sh->lock);
-        } else
-#endif
-            set_grid(sh);
+        run_phase(sh, PH_MINMAX);
+        set_grid(sh);
     }
-    (void)main_thread;
-    sh->span(&w->a, w->data, w->block, w->blocks, sh->stride);
+    run_phase(sh, PH_SPAN);
 }
 
-#ifdef HAVE_THREADS
-static void *part_thread(void *arg) {
-    run_part((part_t *)arg, 0);
-    return NULL;
+static void clear_lanes(shared_t *sh) {
+    for (int t = 0; t < sh->nparts; t++) {
+        acc_t *a = &sh->parts[t].a;
+        memset(a->hist, 0, (size_t)sh->parts[t].lanes * (size_t)a->stride * sizeof(int64_t));
+    }
 }
-#endif
 
-/* Auto, one part: bin on the guessed grid (ge, og) while the span finds the stats, then check. Exactly the
+/* Auto: bin every part on the guessed grid (ge, og) while the spans find the stats, then check. Exactly the
    two-pass result (min/max pass, coarsen_row, binning) in every case:
    - a nonfinite value: clear the lanes, redo both passes;
-   - else the span's min and max are the call's finite ones: the row's grid after the call is coarsen_row's
+   - else the spans' min and max are the call's finite ones: the row's grid after the call is coarsen_row's
      (applied here, as the two-pass path does before binning). Every value inside the guessed grid and the
      row's grid the guess: drain as usual (returns 0); coarser or shifted (e >= ge: aligned grids nest):
-     returns 1, *lo..*hi the guessed slots to map (drain_map); a finer grid, or values outside the guess:
-     clear the lanes and bin again on the row's grid (two passes, as without a guess).
+     returns 1, each part's touched guessed slots to map (drain_map); a finer grid, or values outside the
+     guess: clear the lanes and bin again on the row's grid (two passes, as without a guess).
    spec_counts (single_pass_counts()): how often each case ran. */
-static int speculate(shared_t *sh, int64_t ge, int64_t og, int64_t *lo, int64_t *hi) {
-    part_t *w = &sh->parts[0];
-    acc_t *a = &w->a;
+static int speculate(shared_t *sh, int64_t ge, int64_t og) {
     const int bins = sh->bins;
-    a->gscale = ldexp(1.0, -(int)ge);
-    a->go = og;
-    a->f32ok = ge >= -127 && ge <= 126 && (og < 0 ? -og : og) + bins <= (1 << 24);
-    sh->span(a, w->data, w->block, w->blocks, sh->stride);
+    for (int t = 0; t < sh->nparts; t++) {
+        acc_t *a = &sh->parts[t].a;
+        a->gscale = ldexp(1.0, -(int)ge);
+        a->go = og;
+        a->f32ok = ge >= -127 && ge <= 126 && (og < 0 ? -og : og) + bins <= (1 << 24);
+    }
+    run_phase(sh, PH_SPAN);
     int64_t nonfin = 0;
-    for (int l = 0; l < a->lanes; l++) nonfin += a->hist[l * a->stride + bins + 2];
-    const double mn = a->mn, mx = a->mx;
-    const size_t lanes_bytes = (size_t)a->lanes * (size_t)a->stride * sizeof(int64_t);
-    if (nonfin) { /* the span's min and max include +-inf (and may skip NaN): both passes again */
+    double mn = INFINITY, mx = -INFINITY;
+    for (int t = 0; t < sh->nparts; t++) {
+        const acc_t *a = &sh->parts[t].a;
+        for (int l = 0; l < sh->parts[t].lanes; l++) nonfin += a->hist[l * a->stride + bins + 2];
+        mn = a->mn < mn ? a->mn : mn;
+        mx = a->mx > mx ? a->mx : mx;
+    }
+    if (nonfin) { /* the spans' min and max include +-inf (and may skip NaN): both passes again */
         spec_counts[3]++;
-        memset(a->hist, 0, lanes_bytes);
-        run_part(w, 1);
+        clear_lanes(sh);
+        bin_call(sh);
         return 0;
     }
     /* every value finite: mn and mx are the call's finite min and max, what the min/max pass finds */
@@ -1373,13 +1522,16 @@ static int speculate(shared_t *sh, int64_t ge, int64_t og, int64_t *lo, int64_t 
     }
     if (inside && e >= ge) {
         spec_counts[1]++;
-        touched(a, 0, lo, hi);
         return 1;
     }
     spec_counts[2]++; /* finer than the guess, or values outside it: bin again on the row's grid */
-    memset(a->hist, 0, lanes_bytes);
-    set_grid(sh); /* w->mn > w->mx: the row's grid as it is now */
-    sh->span(a, w->data, w->block, w->blocks, sh->stride);
+    clear_lanes(sh);
+    for (int t = 0; t < sh->nparts; t++) {
+        sh->parts[t].mn = INFINITY; /* mn > mx: set_grid keeps the row's grid as it is now */
+        sh->parts[t].mx = -INFINITY;
+    }
+    set_grid(sh);
+    run_phase(sh, PH_SPAN);
     return 0;
 }
 
@@ -1391,10 +1543,10 @@ static int speculate(shared_t *sh, int64_t ge, int64_t og, int64_t *lo, int64_t 
  * otherwise grid: the auto grids, float64[rows][2] (e, o; e NaN = unset), row `row` updated in place.
  * hint (optional, 0 = none): float64[2], a guessed grid (e NaN = none) for when the row's is unset (the
  * recorder's: the grid the layer's row ended with last step); the row's grid is written into it after the call.
- * Auto, one thread, with a guess (the row's grid, else the hint): one pass on the guess, checked (speculate).
+ * Auto, with a guess (the row's grid, else the hint): one pass on the guess, checked (speculate).
  * counts, sums and peaks are float64 [rows][bins + 3], [rows][5] and [rows][2]: row `row` is added into.
- * threads > 1: a call of at least 2 * THREAD_MIN elements is split over that many threads at most
- * (pthreads; counts are the same, float sums may round differently).
+ * threads > 1: a large call is split over that many threads at most (parallel(): torch's OpenMP workers or
+ * pthreads), each part at least GOMP_MIN / THREAD_MIN elements; the result is the same bit for bit.
  */
 static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
@@ -1431,26 +1583,42 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     /* lanes: runs of equal values do not serialise on one counter; a small call fills (and drains) fewer */
     int lanes = !vector || total >= 64 * lanes_max ? lanes_max : total >= 256 ? 2 : 1;
-    int nparts = 1;
-#ifdef HAVE_THREADS
-    if (threads > 1 && total >= 2 * THREAD_MIN) {
-        int64_t most = total / THREAD_MIN;
-        nparts = (int)(threads < most ? threads : most);
-        nparts = nparts > MAXTHREADS ? MAXTHREADS : nparts;
-        if (blocks > 1 && nparts > blocks) nparts = (int)blocks;
-    }
-#else
-    (void)threads;
-#endif
     shared_t shared, *sh = &shared;
     sh->span = paths[path].span[!fixed][dtype];
     sh->mm = paths[path].minmax[dtype];
     sh->fixed = fixed;
-    sh->nparts = nparts;
+    sh->data = data;
+    sh->block = block;
+    sh->blocks = blocks;
     sh->stride = stride;
+    sh->esize = sizes[dtype];
     sh->grid = grid;
     sh->counts = counts;
     sh->bins = bins;
+    /* the chunks (their sums are added in order: the same whatever the split) and the parts */
+    const int64_t units = blocks > 1 ? blocks : block;
+    sh->chunk = units > 0 ? units : 1;
+    if (total >= CHUNKED) {
+        int64_t want = blocks > 1 ? (CHUNK + block - 1) / block : CHUNK;
+        int64_t least = (units + MAXCHUNKS - 1) / MAXCHUNKS;
+        sh->chunk = want > least ? want : least;
+        if (blocks == 1) sh->chunk = (sh->chunk + 63) & ~(int64_t)63;
+    }
+    sh->nchunks = (units + sh->chunk - 1) / sh->chunk;
+    if (sh->nchunks < 1) sh->nchunks = 1;
+    int nparts = 1;
+    sh->pool = POOL_NONE;
+    if (threads > 1 && sh->nchunks > 1) {
+        sh->pool = pool_now(); /* the GIL is held: libgomp is looked up once */
+        const int64_t least = sh->pool == POOL_GOMP ? GOMP_MIN : THREAD_MIN;
+        int64_t most = total / least;
+        most = most < sh->nchunks ? most : sh->nchunks;
+        most = most < MAXTHREADS ? most : MAXTHREADS;
+        nparts = sh->pool == POOL_NONE ? 1 : (int)(threads < most ? threads : most);
+        if (nparts < 1) nparts = 1;
+    }
+    sh->nparts = nparts;
+    if (nparts > 1) split_counts[sh->pool]++;
     acc_t a;
     memset(&a, 0, sizeof a);
     a.bins = bins;
@@ -1475,30 +1643,17 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         a.fix = edges;
         a.zslot = slot_fixed(&a, 0.0);
     }
-    /* the parts: whole runs each (one run: cut at multiples of 64 elements) */
     int ok = 1;
     for (int t = 0; t < nparts; t++) {
         part_t *w = &sh->parts[t];
         w->sh = sh;
         w->a = a;
-        w->owned = 0;
+        w->lanes = t == 0 ? lanes : lanes_max;
         w->mn = INFINITY;
         w->mx = -INFINITY;
-        if (blocks > 1) {
-            int64_t r0 = blocks * t / nparts, r1 = blocks * (t + 1) / nparts;
-            w->data = data + r0 * stride * sizes[dtype];
-            w->block = block;
-            w->blocks = r1 - r0;
-        } else {
-            int64_t i0 = (block * t / nparts) & ~(int64_t)63;
-            int64_t i1 = t + 1 == nparts ? block : (block * (t + 1) / nparts) & ~(int64_t)63;
-            w->data = data + i0 * sizes[dtype];
-            w->block = i1 - i0;
-            w->blocks = 1;
-        }
         if (t > 0) {
             w->a.hist = (int64_t *)calloc(hsize, sizeof(int64_t));
-            w->owned = 1;
+            w->a.lanes = lanes_max;
             if (!w->a.hist) ok = 0;
         }
     }
@@ -1507,11 +1662,11 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         if (owned) free(a.hist);
         return PyErr_NoMemory();
     }
-    /* auto, one part: a single pass on a guessed grid (the row's, else the hint: the grid this layer's row ended
-       with at its previous step), checked after (see speculate) */
+    /* auto: a single pass on a guessed grid (the row's, else the hint: the grid this layer's row ended with at
+       its previous step), checked after (see speculate) */
     int spec = 0, mapped = 0;
-    int64_t ge = 0, og = 0, lo0 = 1, hi0 = 0;
-    if (spec_on && !fixed && nparts == 1 && total > 0) {
+    int64_t ge = 0, og = 0;
+    if (spec_on && !fixed && total > 0) {
         const double *gs = !isnan(grid[0]) ? grid : hint && !isnan(hint[0]) ? hint : NULL;
         if (gs && gs[0] >= E_MIN && gs[0] <= 1100 && fabs(gs[1]) <= 0x1p52) {
             spec = 1;
@@ -1521,57 +1676,34 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     }
     if (total > 0) {
         Py_BEGIN_ALLOW_THREADS
-#ifdef HAVE_THREADS
-        pthread_t tid[MAXTHREADS];
-        int started = 1;
-        if (nparts > 1) {
-            pthread_mutex_init(&sh->lock, NULL);
-            pthread_cond_init(&sh->cond, NULL);
-            sh->arrived = sh->ready = 0;
-            for (; started < nparts; started++)
-                if (pthread_create(&tid[started], NULL, part_thread, &sh->parts[started]) != 0) break;
-            if (started < nparts) { /* could not start them all: the calling thread does the rest */
-                pthread_mutex_lock(&sh->lock);
-                sh->arrived += nparts - started;
-                pthread_mutex_unlock(&sh->lock);
-                for (int t = started; t < nparts; t++) { /* their min/max now; binned after the grid */
-                    part_t *w = &sh->parts[t];
-                    if (!fixed) sh->mm(w->data, w->block, w->blocks, stride, &w->mn, &w->mx);
-                }
-            }
-        }
-        if (spec) mapped = speculate(sh, ge, og, &lo0, &hi0);
-        else run_part(&sh->parts[0], 1);
-        for (int t = started; t < nparts; t++) sh->span(&sh->parts[t].a, sh->parts[t].data, sh->parts[t].block,
-                                                       sh->parts[t].blocks, stride);
-        for (int t = 1; t < started; t++) pthread_join(tid[t], NULL);
-        if (nparts > 1) {
-            pthread_mutex_destroy(&sh->lock);
-            pthread_cond_destroy(&sh->cond);
-        }
-#else
-        if (spec) mapped = speculate(sh, ge, og, &lo0, &hi0);
-        else run_part(&sh->parts[0], 1);
-#endif
+        if (spec) mapped = speculate(sh, ge, og);
+        else bin_call(sh);
         Py_END_ALLOW_THREADS
     }
     double sum = 0, sq = 0, mn = INFINITY, mx = -INFINITY;
     int64_t nz = 0;
+    if (total > 0) {
+        sum = sh->csum[0];
+        sq = sh->csq[0];
+        for (int64_t c = 1; c < sh->nchunks; c++) {
+            sum += sh->csum[c];
+            sq += sh->csq[c];
+        }
+    }
     for (int t = 0; t < nparts; t++) {
         acc_t *pa = &sh->parts[t].a;
-        if (total > 0 && t == 0 && mapped) {
-            drain_map(pa->hist, pa->stride, lanes, lo0, hi0, counts, bins, og, (int64_t)grid[0] - ge,
-                      (int64_t)grid[1]);
-        } else if (total > 0) {
+        if (total > 0) {
             int64_t lo, hi;
             touched(pa, fixed, &lo, &hi);
-            drain(pa->hist, pa->stride, t == 0 ? lanes : lanes_max, lo, hi, counts);
+            if (mapped)
+                drain_map(pa->hist, pa->stride, sh->parts[t].lanes, lo, hi, counts, bins, og, (int64_t)grid[0] - ge,
+                          (int64_t)grid[1]);
+            else
+                drain(pa->hist, pa->stride, sh->parts[t].lanes, lo, hi, counts);
+            nz += pa->nz;
+            mn = pa->mn < mn ? pa->mn : mn;
+            mx = pa->mx > mx ? pa->mx : mx;
         }
-        sum += pa->sum;
-        sq += pa->sq;
-        nz += pa->nz;
-        mn = pa->mn < mn ? pa->mn : mn;
-        mx = pa->mx > mx ? pa->mx : mx;
         if (t > 0) free(pa->hist);
     }
     if (owned) free(a.hist);
@@ -1593,6 +1725,35 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         }
     }
     Py_RETURN_NONE;
+}
+
+/* parallel([name]): what splits a call over threads ("gomp": torch's OpenMP workers, "pthreads", or "none"),
+   or run on that one (ValueError where this build or process lacks it: "gomp" needs libgomp loaded, as torch
+   built with OpenMP loads it); returns the old name. Tests run both. */
+static PyObject *parallel(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "parallel() takes at most 1 argument");
+        return NULL;
+    }
+    int old = pool_now();
+    if (nargs == 1) {
+        int want = -1;
+        if (PyUnicode_Check(args[0]))
+            for (int p = 0; p < 4; p++)
+                if (PyUnicode_CompareWithASCIIString(args[0], pool_names[p]) == 0) want = p;
+        int ok = want == POOL_AUTO || want == POOL_NONE || (want == POOL_GOMP && gomp_found());
+#ifdef HAVE_THREADS
+        ok = ok || want == POOL_PTHREADS;
+#endif
+        if (want < 0 || !ok) {
+            PyErr_Format(PyExc_ValueError, "parallel(%R): not available in this build or process "
+                         "(\"gomp\" needs torch's libgomp loaded)", args[0]);
+            return NULL;
+        }
+        pool = want;
+    }
+    return PyUnicode_FromString(pool_names[old]);
 }
 
 /* grid(mn, mx, bins): the grid `choose` gives (tests compare it with twinpeaks.grids.choose) */
@@ -1671,6 +1832,16 @@ static PyObject *single_pass_counts(PyObject *self, PyObject *const *args, Py_ss
     return Py_BuildValue("(LLLL)", spec_counts[0], spec_counts[1], spec_counts[2], spec_counts[3]);
 }
 
+static PyObject *split_counts_of(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    (void)args;
+    if (nargs) {
+        PyErr_SetString(PyExc_TypeError, "split_counts() takes no arguments");
+        return NULL;
+    }
+    return Py_BuildValue("(LL)", split_counts[POOL_GOMP], split_counts[POOL_PTHREADS]);
+}
+
 static PyMethodDef methods[] = {
     {"simd", (PyCFunction)(void (*)(void))simd, METH_FASTCALL, "simd([name]): the code path that runs (or run that one), see PATHS."},
     {"single_pass", (PyCFunction)(void (*)(void))single_pass, METH_FASTCALL,
@@ -1680,6 +1851,10 @@ static PyMethodDef methods[] = {
     {"observe", (PyCFunction)(void (*)(void))observe, METH_FASTCALL,
      "observe(data, dtype, n, stride, blocks, block, edges, grids, bins, counts, sums, peaks, threads[, hint], row): "
      "bin into row `row`."},
+    {"parallel", (PyCFunction)(void (*)(void))parallel, METH_FASTCALL,
+     "parallel([name]): what splits a call over threads (\"gomp\": torch's OpenMP workers, \"pthreads\"), or use that."},
+    {"split_counts", (PyCFunction)(void (*)(void))split_counts_of, METH_FASTCALL,
+     "split_counts(): calls split over threads so far (gomp, pthreads)."},
     {"grid", (PyCFunction)(void (*)(void))grid_of, METH_FASTCALL, "grid(mn, mx, bins): the auto grid (e, o) of [mn, mx]."},
     {NULL, NULL, 0, NULL},
 };

@@ -23,8 +23,10 @@ Design constraints (the grids themselves: docs/grids.md; the numpy reference: :m
   bins, sum, sum of squares, non-zeros, min and max into a step row; for an auto
   grid, a first SIMD pass finds the finite min and max. It runs the widest code
   path the CPU has (AVX-512, AVX2, SSE2 or portable C, chosen at import;
-  ``_cbin.simd(name)`` switches, tests run each) and can split a large call over
-  threads (pthreads; :func:`kernel_threads`). Without a C compiler at install time,
+  ``_cbin.simd(name)`` switches, tests run each) and splits a large call over
+  torch's own OpenMP workers where torch runs on OpenMP (else pthreads, on request;
+  ``_cbin.parallel(name)`` switches; :func:`kernel_threads`), with the one-thread
+  result bit for bit. Without a C compiler at install time,
   or with ``TWINPEAKS_KERNEL=torch``, the torch operations are used; tests check
   both.
 """
@@ -60,21 +62,27 @@ DEVICE_KERNEL = os.environ.get("TWINPEAKS_KERNEL", "") != "torch" and importlib.
 
 
 def kernel_threads() -> int:
-    """Threads the C kernel may split one large call over (from 256K elements): ``TWINPEAKS_KERNEL_THREADS``.
+    """Threads the C kernel may split one large call over: torch's, where it can use torch's own workers.
 
-    A number, or ``torch`` for :func:`torch.get_num_threads`; unset: 1. One by
-    default because, measured in training steps on CPU, torch's OpenMP workers keep
-    spinning between operations and a call split over threads then ran slower
-    (bench/README.md, "The kernel alone"). Read when a layer's plan is made; a bad
-    value warns once and counts as 1.
+    Unset ``TWINPEAKS_KERNEL_THREADS``: :func:`torch.get_num_threads` when the kernel
+    runs its parts on torch's OpenMP workers (``_cbin.parallel() == "gomp"``: torch
+    built with OpenMP, as the PyPI wheels on Linux are), else 1. Those workers keep
+    spinning between torch's operations, so they bin our parts at once; threads of our
+    own (pthreads) competed with them for the cores and ran slower (bench/README.md,
+    "The kernel alone"). One torch thread, or ``OMP_WAIT_POLICY=passive`` (the workers
+    sleep; waking them cost more than they saved): 1, never split. The variable overrides: a
+    number, or ``torch``. Read when a layer's plan is made, not per call; a bad value
+    warns once and counts as 1. A split call gives the one-thread result bit for bit.
 
     Example:
-        >>> kernel_threads()  # doctest: +SKIP
-        1
+        >>> kernel_threads() == (torch.get_num_threads() if _cbin.parallel() == "gomp" else 1)  # doctest: +SKIP
+        True
     """
     raw = os.environ.get("TWINPEAKS_KERNEL_THREADS", "").strip()
-    if not raw:
-        return 1
+    if not raw:  # OMP_WAIT_POLICY=passive: torch's workers sleep between operations, and waking them cost more
+        if os.environ.get("OMP_WAIT_POLICY", "").strip().lower() == "passive":
+            return 1
+        return torch.get_num_threads() if _cbin is not None and _cbin.parallel() == "gomp" else 1
     if raw == "torch":
         return torch.get_num_threads()
     if raw.isdigit() and 1 <= int(raw) <= 1024:
@@ -226,9 +234,9 @@ def kernel_observe(values: torch.Tensor, grid: Fixed | torch.Tensor, counts: tor
     with ``torch.maximum``). ``values`` is read in memory order, so it must be
     contiguous or a dense permutation of its storage. With ``blocks > 0`` only
     ``blocks`` runs of ``block`` elements are read, the ``i``-th starting at element
-    ``offset + i * stride``. ``threads > 1`` lets a large call (from 256K elements
-    read) run on that many threads at most: the same counts, sums rounded in
-    another order. ``hint`` (auto grids; a contiguous float64 CPU ``[2]`` tensor, ``e``
+    ``offset + i * stride``. ``threads > 1`` lets a large call (from 32K elements
+    read on torch's OpenMP workers, 256K on pthreads) run on that many threads at
+    most: the same result bit for bit. ``hint`` (auto grids; a contiguous float64 CPU ``[2]`` tensor, ``e``
     NaN: none) is the grid to guess when the row's is unset: the kernel then bins in one
     pass and checks the guess after (the same result as without a hint, in every case),
     and writes the row's grid into it after the call (the recorder keeps one per layer:

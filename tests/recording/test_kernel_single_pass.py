@@ -1,7 +1,7 @@
 """The C kernel's single speculative pass on automatic grids (issue #17), on every code path.
 
 With a guessed grid (the row's own once set, else the hint: the grid the layer's row ended with at
-its previous step) one thread bins in one pass and checks the guess after. Whatever the guess, the
+its previous step) the kernel (on one thread or split over several) bins in one pass and checks the guess after. Whatever the guess, the
 result must be the two-pass one bit for bit (counts, grid, sums, peaks) and numpy's
 (``twinpeaks.grids.observe``, the oracle). ``_cbin.single_pass_counts()`` says which case ran, so
 each test also checks that the case it is about was taken (else it would pass on the two-pass path).
@@ -172,10 +172,23 @@ def test_sampled_plans_and_small_bins(c_path):
     assert KEPT in check([[x], [x], [x.abs()], [x.abs() + 0.5]], bins=2)
 
 
-def test_threads_keep_two_passes(c_path):
-    """A call split over threads: two passes (no single pass), the same counts."""
-    x = normal((2 << 17) + 99, 2.0)
-    assert check([[x], [x]], threads=2) == [None, None]
+@pytest.mark.parametrize("pool", ["gomp", "pthreads"])
+def test_threads_take_the_single_pass_too(pool, c_path):
+    """A call split over threads (torch's OpenMP workers or pthreads) bins in one pass on the guess too: the
+    two-pass result bit for bit, kept, mapped to a coarser grid, binned again or redone."""
+    try:
+        was = c.parallel(pool)
+    except ValueError:
+        pytest.skip(f"no {pool} here")
+    try:
+        x = torch.arange(200.0, 300.0, 0.5).repeat(1400)  # 280,000 values: split on either pool
+        narrow = x[(x >= 210) & (x < 290)].contiguous()  # as wide a grid, shifted: mapped
+        y = x.clone()
+        y[12345] = math.inf
+        steps = [[x], [x], [narrow], [x * 0.001], [y]]
+        assert check(steps, threads=2) == [None, KEPT, MAPPED, AGAIN, REDONE]
+    finally:
+        c.parallel(was)
 
 
 def test_hint_is_written_and_a_bad_one_is_only_a_guess():
