@@ -1548,6 +1548,9 @@ static int speculate(shared_t *sh, int64_t ge, int64_t og) {
  * threads > 1: a large call is split over that many threads at most (parallel(): torch's OpenMP workers or
  * pthreads), each part at least GOMP_MIN / THREAD_MIN elements; the result is the same bit for bit.
  */
+/* calls of fewer values keep the GIL while they bin (about 10 us at 0.3 ns per value) */
+#define GIL_FREE_MIN ((int64_t)1 << 15)
+
 static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 14 && nargs != 15) {
@@ -1674,11 +1677,16 @@ static PyObject *observe(PyObject *self, PyObject *const *args, Py_ssize_t nargs
             og = (int64_t)gs[1];
         }
     }
-    if (total > 0) {
+    if (total >= GIL_FREE_MIN || (total > 0 && sh->nparts > 1)) { /* long enough to let other threads run */
         Py_BEGIN_ALLOW_THREADS
         if (spec) mapped = speculate(sh, ge, og);
         else bin_call(sh);
         Py_END_ALLOW_THREADS
+    } else if (total > 0) {
+        /* a short call keeps the GIL: releasing it would let a waiting thread (the run's writer) take it,
+           and the training thread would wait for it back up to the switch interval (5 ms), per layer */
+        if (spec) mapped = speculate(sh, ge, og);
+        else bin_call(sh);
     }
     double sum = 0, sq = 0, mn = INFINITY, mx = -INFINITY;
     int64_t nz = 0;
