@@ -68,7 +68,7 @@ def _oracle(log: list, max_columns: int) -> tuple[dict, dict]:
                 for k, v in extra.items():
                     ex[k].append(start, v, stats, grid)
             continue
-        _, epoch, phases, merge = entry
+        _, epoch, phases, merge, _ = entry
         if not merge:
             last = {}
         for phase, (first, end) in phases.items():
@@ -93,7 +93,7 @@ def _oracle(log: list, max_columns: int) -> tuple[dict, dict]:
     return runs, expected
 
 
-def _record(path, monkeypatch, windows: int = 5, max_columns: int = 6, stack: bool = True) -> list:
+def _record(path, monkeypatch, windows: int = 5, max_columns: int = 6, stack: bool = True, lanes: int = 64) -> list:
     """Train a small model (automatic and fixed ranges, per-class and truth rows on the last layer, train, valid
     and a final test pass) and return the log of what the writer was given."""
     log: list = []
@@ -106,11 +106,13 @@ def _record(path, monkeypatch, windows: int = 5, max_columns: int = 6, stack: bo
         return taken
 
     def spy_epoch(self, rids, epoch, phases, merge):
-        log.append(("epoch", epoch, dict(phases), merge))
+        log.append(("epoch", epoch, dict(phases), merge, max(len(c.rids) for cs in self._cohorts.values() for c in cs)))
         return write_epoch(self, rids, epoch, phases, merge)
 
     monkeypatch.setattr(tp.ActivationsHistogram, "_take_raw", spy_take)
     monkeypatch.setattr(epoch_writer.EpochWriter, "write_epoch", spy_epoch)
+    monkeypatch.setattr(epoch_writer, "LANES", lanes)  # records per cohort
+    monkeypatch.setattr(tp.recorder, "LANES", lanes)
     if not stack:  # every layer finished and written alone
         monkeypatch.setattr(PhaseBuffers, "lane_key", lambda self: None)
     torch.manual_seed(0)
@@ -162,10 +164,12 @@ def _columns(rows: dict[tuple, tuple], layer: int, phase: str, kind: str) -> np.
     return np.concatenate([a for _, a in parts])
 
 
-@pytest.mark.parametrize("windows,max_columns", [(5, 6), (4, 40), (16, 3)], ids=["merging", "no-merge", "big-window"])
-def test_the_stacked_writer_writes_what_the_per_layer_writer_wrote(tmp_run, monkeypatch, windows, max_columns):
-    log, outputs = _record(tmp_run, monkeypatch, windows, max_columns)
+@pytest.mark.parametrize("windows,max_columns,lanes", [(5, 6, 64), (4, 40, 64), (16, 3, 64), (5, 6, 3)],
+                         ids=["merging", "no-merge", "big-window", "cohorts-of-3"])
+def test_the_stacked_writer_writes_what_the_per_layer_writer_wrote(tmp_run, monkeypatch, windows, max_columns, lanes):
+    log, outputs = _record(tmp_run, monkeypatch, windows, max_columns, lanes=lanes)
     runs, expected = _oracle(log, max_columns)
+    assert max(e[4] for e in log if e[0] == "epoch") == min(lanes, 4)  # 4 layers of automatic ranges stack
     rows = _file_arrays(tmp_run)
     layers = sorted({rid for rid, _ in runs})
     assert len(layers) == 7 and {p for _, p in runs} == {"train", "valid", "test"}

@@ -221,12 +221,13 @@ class PhaseBuffers:
         return tuple((name, tuple(buf.shape[1:]), host) for name, (buf, _, host) in self.states.items())
 
     @staticmethod
-    def finish_windows(taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]]
+    def finish_windows(taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]], lanes: int = 64
                        ) -> Iterator[tuple[str, int, list[int], Rows]]:
         """The windows ``taken`` (``{(id, phase): (first step, buffers, raw rows)}``, buffers None: rows already
         finished, e.g. reduced across ranks) finished and stacked: ``(phase, first step, ids, rows)`` with rows
-        ``[len(ids), n, ...]``, one stack per phase and layout (records that finish alone: a stack of one).
-        Each window leaves ``taken`` as it is stacked (its rows are let go once written)."""
+        ``[len(ids), n, ...]``, stacks of at most ``lanes`` records of one phase and layout, in the order of
+        ``taken`` (records that finish alone: a stack of one). Each window leaves ``taken`` as it is stacked
+        (its rows are let go once written)."""
         groups: dict[tuple, list[tuple[int, str]]] = {}
         sig: tuple
         for key, (start, pd, rows) in taken.items():
@@ -236,18 +237,24 @@ class PhaseBuffers:
             else:
                 sig = (key[1], start, tuple((k, v.shape, v.dtype.str) for k, v in rows.items()))
             groups.setdefault(sig, []).append(key)
-        for keys in groups.values():
-            phase = keys[0][1]
-            start, pd, _ = taken[keys[0]]
-            parts = [taken.pop(k)[2] for k in keys]
-            if pd is not None and len(parts) == 1:
-                stacked = {k: v[None] for k, v in pd.finish(parts[0]).items()}
-            else:
-                stacked = {name: np.stack([p[name] for p in parts]) for name in parts[0]}
-                if pd is not None:
-                    stacked = pd.finish(stacked)
-            del parts
-            yield phase, start, [k[0] for k in keys], stacked
+        for group in groups.values():
+            for a in range(0, len(group), lanes):
+                yield PhaseBuffers._stack_windows(taken, group[a:a + lanes])
+
+    @staticmethod
+    def _stack_windows(taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]],
+                       keys: list[tuple[int, str]]) -> tuple[str, int, list[int], Rows]:
+        phase = keys[0][1]
+        start, pd, _ = taken[keys[0]]
+        parts = [taken.pop(k)[2] for k in keys]
+        if pd is not None and len(parts) == 1:
+            stacked = {k: v[None] for k, v in pd.finish(parts[0]).items()}
+        else:
+            stacked = {name: np.stack([p[name] for p in parts]) for name in parts[0]}
+            if pd is not None:
+                stacked = pd.finish(stacked)
+        del parts
+        return phase, start, [k[0] for k in keys], stacked
 
     @staticmethod
     def columns(rows: Rows) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:

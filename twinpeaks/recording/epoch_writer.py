@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .. import grids
-from ..columns import ColumnStack
+from ..columns import ColumnStack, merge_lanes
 from ..format import ADDITIVE, MAX, MIN, combine_stats, empty_stats
 from ..runfile import RunWriter
 from .writer_thread import pause
@@ -41,6 +41,9 @@ class LayerRecord(Protocol):
 #: Columns of the open epoch kept per record and phase (in memory, for the epoch's summaries: the whole epoch is
 #: exact at any size, its last quarter starts at a column boundary, so this sets its resolution).
 EPOCH_COLUMNS = 64
+#: Records per cohort (written together, one stack of columns): the writer holds the GIL for one cohort's work
+#: at a time (a few ms), and its temporaries stay small, however many layers a model has
+LANES = 64
 #: The writer commits (mid-flush) once this many bytes are queued: a rewrite of every layer's columns is
 #: committed layer by layer, not held in memory whole (each commit leaves every layer's columns whole)
 COMMIT_BYTES = 8 << 20
@@ -80,11 +83,15 @@ class FileStack:
             return
         origin = start if self.origin is None else self.origin
         first = len(self.steps)
-        new = ColumnStack.restore(lanes, self.cap + n, self.shape, self.gridded, self.width, origin)  # never merges
-        new.append(start, counts, stats, grid)
-        if first + len(new) <= self.cap:  # new columns: one more segment (part = its first column)
-            self._put(w, rids, phase, first, new)
-            self.steps = np.concatenate([self.steps, new.steps])
+        # the window's columns: one per bucket its rows touch (as ColumnStore.append makes them)
+        bucket = (np.arange(start, start + n, dtype=np.int64) - origin) // self.width
+        groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
+        if first + len(groups) <= self.cap:  # new columns: one more segment (part = its first column)
+            if len(groups) < n:
+                counts, stats, grid = merge_lanes(counts, stats, grid, groups)
+            steps = np.stack([start + groups, start + np.append(groups[1:], n)], axis=1)
+            self._put(w, rids, phase, first, steps, counts, stats, grid)
+            self.steps = np.concatenate([self.steps, steps])
             self.origin = origin
             return
         # past the cap: merge every column (read back from the file), rewrite them all, a few lanes at a time
@@ -104,7 +111,7 @@ class FileStack:
             store.append(start, counts[a:a + chunk], stats[a:a + chunk], None if grid is None else grid[a:a + chunk])
             for rid in ids:
                 w.drop_columns(rid, phase)
-            self._put(w, ids, phase, 0, store)
+            self._put(w, ids, phase, 0, store.steps, store.counts, store.stats, store.grid)
             if commit is not None and w.queued_bytes > COMMIT_BYTES and w.failed is None:
                 commit()
             pause()
@@ -112,12 +119,13 @@ class FileStack:
         self.steps, self.width, self.origin = store.steps.copy(), store.width, origin
 
     @staticmethod
-    def _put(w: RunWriter, rids: list[int], phase: str, part: int, store: ColumnStack) -> None:
-        w.put_lanes(rids, phase, "col_steps", -1, part, store.steps, shared=True)
-        w.put_lanes(rids, phase, "col_counts", -1, part, store.counts)
-        w.put_lanes(rids, phase, "col_stats", -1, part, store.stats)
-        if store.grid is not None:
-            w.put_lanes(rids, phase, "col_grid", -1, part, store.grid)
+    def _put(w: RunWriter, rids: list[int], phase: str, part: int, steps: np.ndarray, counts: np.ndarray,
+             stats: np.ndarray, grid: np.ndarray | None) -> None:
+        w.put_lanes(rids, phase, "col_steps", -1, part, steps, shared=True)
+        w.put_lanes(rids, phase, "col_counts", -1, part, counts)
+        w.put_lanes(rids, phase, "col_stats", -1, part, stats)
+        if grid is not None:
+            w.put_lanes(rids, phase, "col_grid", -1, part, grid)
 
 
 class FileColumns:
@@ -222,11 +230,11 @@ class EpochWriter:
                 c = self._split(c, phase, set(pos))
             todo.append(c)
         new = [r for r in rids if (r, phase) not in self._of]
-        if new:
-            c = _Cohort.new(new, self.max_columns, counts.shape[-1], {k: v.shape[2:-1] for k, v in extra.items()},
-                            grid is not None)
+        for a in range(0, len(new), LANES):
+            c = _Cohort.new(new[a:a + LANES], self.max_columns, counts.shape[-1],
+                            {k: v.shape[2:-1] for k, v in extra.items()}, grid is not None)
             cohorts.append(c)
-            for r in new:
+            for r in c.rids:
                 self._of[r, phase] = c
             todo.append(c)
         for c in todo:
@@ -241,6 +249,7 @@ class EpochWriter:
             c.epoch.append(start, cc, cs, cg)
             for k, arr in cx.items():
                 c.extra[k].append(start, arr, cs, cg)
+            pause()  # training goes on meanwhile: leave it the GIL between cohorts
 
     def _commit_queued(self) -> None:
         if self.writer.queued_bytes > COMMIT_BYTES and self.writer.failed is None:
