@@ -112,6 +112,8 @@ def _record(path, monkeypatch, windows: int = 5, max_columns: int = 6, stack: bo
     monkeypatch.setattr(tp.ActivationsHistogram, "_take_raw", spy_take)
     monkeypatch.setattr(epoch_writer.EpochWriter, "write_epoch", spy_epoch)
     monkeypatch.setattr(epoch_writer, "LANES", lanes)  # records per cohort
+    monkeypatch.setattr(epoch_writer, "MERGE_BYTES", 1 if lanes < 64 else epoch_writer.MERGE_BYTES)  # 1: merged
+    # one record at a time
     monkeypatch.setattr(tp.recorder, "LANES", lanes)
     if not stack:  # every layer finished and written alone
         monkeypatch.setattr(PhaseBuffers, "lane_key", lambda self: None)

@@ -47,6 +47,9 @@ LANES = 64
 #: The writer commits (mid-flush) once this many bytes are queued: a rewrite of every layer's columns is
 #: committed layer by layer, not held in memory whole (each commit leaves every layer's columns whole)
 COMMIT_BYTES = 8 << 20
+#: Bytes of int64 columns read back and merged at once (a few layers' columns; the merge's temporaries are a few
+#: times this): the run's columns are never held in memory whole
+MERGE_BYTES = 2 << 20
 _COLUMN_KINDS = ("col_steps", "col_counts", "col_stats", "col_grid")
 
 
@@ -96,7 +99,7 @@ class FileStack:
             return
         # past the cap: merge every column (read back from the file), rewrite them all, a few lanes at a time
         per_lane = (first + n) * (counts[0, 0].size + stats.shape[-1] + 4) * 8
-        chunk = max(1, COMMIT_BYTES // max(1, per_lane))
+        chunk = max(1, MERGE_BYTES // max(1, per_lane))
         store = None
         for a in range(0, lanes, chunk):
             ids = rids[a:a + chunk]
