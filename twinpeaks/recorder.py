@@ -46,7 +46,7 @@ from .outputs import flatten, is_main, path_name
 from .recording import ops
 from .recording.clock import StepClock
 from .recording.engine import AUTO_SAMPLE, EXACT_BELOW, SAMPLE_BLOCK, BinningEngine, PhaseBuffers, Record, window_rows
-from .recording.epoch_writer import EpochWriter
+from .recording.epoch_writer import LANES, EpochWriter
 from .recording.probe import CompositeProbe
 from .recording.selection import (
     Hooks,
@@ -741,10 +741,10 @@ class ActivationsHistogram:
 
         def write() -> None:
             w.apply_layers(changes)
-            for rid, phase in list(taken):  # each layer's rows are let go once written
-                start, pd, rows = taken.pop((rid, phase))
-                w.add_window(rid, phase, start, *PhaseBuffers.columns(rows if pd is None else pd.finish(rows)))
-                if not epoch_end:  # training goes on meanwhile: leave it the GIL between layers
+            # the records of a phase that record the same window: finished and written at once (stacked)
+            for phase, start, rids, rows in PhaseBuffers.finish_windows(taken, LANES):
+                w.add_window(rids, phase, start, *PhaseBuffers.columns(rows))
+                if not epoch_end:  # training goes on meanwhile: leave it the GIL between stacks
                     pause()
             if not epoch_end:  # at an epoch's end, _close_epoch commits the columns with the epoch
                 w.commit()

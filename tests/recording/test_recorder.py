@@ -371,8 +371,8 @@ def test_memory_stays_bounded_over_many_steps(tmp_run):
             for _ in range(5000):
                 model(x)
             hist.end_epoch()
-        hosts = [hist._writer.columns(rec.id, "train") for rec in hist._records]
-        sizes = [len(h.store) for h in hosts]
+        hosts = [hist._writer.cohort(rec.id, "train") for rec in hist._records]
+        sizes = [len(h.file) for h in hosts]
         epoch_sizes = [len(h.epoch) for h in hosts]
     assert max(sizes) <= 100 and max(epoch_sizes) == 0
     run = tp.open_run(tmp_run)

@@ -171,12 +171,7 @@ def held_bytes(hist: tp.ActivationsHistogram) -> int:
         for pd in rec.phases.values():
             total += sum(buf.numel() * buf.element_size() for buf, _, _ in pd.states.values())
     w = hist._writer
-    for host in w.hosts.values():
-        total += host.store.steps.nbytes
-        for store in (host.epoch, *host.epoch_extra.values()):
-            total += sum(a.nbytes for a in (store._steps, store._counts, store._stats) if a is not None)
-            total += store._grid.nbytes if store._grid is not None else 0
-    total += sum(a.nbytes for row in w._last_epoch.values() for a in row.values())
+    total += w.held_bytes()  # column stores and the last epoch's summaries
     return total + w.writer.queued_bytes
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .. import binning, grids
-from ..format import BINNED, MAX, MIN, SEEN, SUM, ZEROS, empty_stats
+from ..format import BINNED, MAX, MIN, SEEN, STATS, SUM, ZEROS, empty_stats
 
 #: Outputs with at most this many elements per call are always binned exactly.
 EXACT_BELOW = 1 << 14
@@ -210,20 +210,63 @@ class PhaseBuffers:
                 for k in self.extra:
                     rows[k][i, ..., 1:-2] = grids.regrid(rows[k][i, ..., 1:-2], old, new)
         counts = rows["counts"]  # the nonfinite slot of the torch path: binned but not counted
-        counts[:, -1] += rows["sums"][:, SUMS.index("binned")].astype(np.int64) - counts.sum(axis=1)
+        counts[..., -1] += rows["sums"][..., SUMS.index("binned")].astype(np.int64) - counts.sum(axis=-1)
         return rows
+
+    def lane_key(self) -> tuple | None:
+        """What the buffers of records whose rows finish together (stacked) share; None: they finish alone (the
+        per-class and truth rows of the last layer move onto their rows' grids one row at a time)."""
+        if self.extra_grids is not None:
+            return None
+        return tuple((name, tuple(buf.shape[1:]), host) for name, (buf, _, host) in self.states.items())
+
+    @staticmethod
+    def finish_windows(taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]], lanes: int = 64
+                       ) -> Iterator[tuple[str, int, list[int], Rows]]:
+        """The windows ``taken`` (``{(id, phase): (first step, buffers, raw rows)}``, buffers None: rows already
+        finished, e.g. reduced across ranks) finished and stacked: ``(phase, first step, ids, rows)`` with rows
+        ``[len(ids), n, ...]``, stacks of at most ``lanes`` records of one phase and layout, in the order of
+        ``taken`` (records that finish alone: a stack of one). Each window leaves ``taken`` as it is stacked
+        (its rows are let go once written)."""
+        groups: dict[tuple, list[tuple[int, str]]] = {}
+        sig: tuple
+        for key, (start, pd, rows) in taken.items():
+            if pd is not None:
+                lane = pd.lane_key()
+                sig = (key[1], start, len(rows["counts"]), lane) if lane is not None else key
+            else:
+                sig = (key[1], start, tuple((k, v.shape, v.dtype.str) for k, v in rows.items()))
+            groups.setdefault(sig, []).append(key)
+        for group in groups.values():
+            for a in range(0, len(group), lanes):
+                yield PhaseBuffers._stack_windows(taken, group[a:a + lanes])
+
+    @staticmethod
+    def _stack_windows(taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]],
+                       keys: list[tuple[int, str]]) -> tuple[str, int, list[int], Rows]:
+        phase = keys[0][1]
+        start, pd, _ = taken[keys[0]]
+        parts = [taken.pop(k)[2] for k in keys]
+        if pd is not None and len(parts) == 1:
+            stacked = {k: v[None] for k, v in pd.finish(parts[0]).items()}
+        else:
+            stacked = {name: np.stack([p[name] for p in parts]) for name in parts[0]}
+            if pd is not None:
+                stacked = pd.finish(stacked)
+        del parts
+        return phase, start, [k[0] for k in keys], stacked
 
     @staticmethod
     def columns(rows: Rows) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
         """``(counts, stats, extra, grid)`` of taken (or rank-reduced) rows: stats in :data:`twinpeaks.format.STATS`
         order, ``grid`` the rows' int64 grids (automatic ranges) or None."""
-        sums, peaks = rows["sums"], rows["peaks"]
-        stats = empty_stats(len(sums))
-        stats[:, BINNED] = sums[:, SUMS.index("binned")]
-        stats[:, SEEN] = sums[:, SUMS.index("seen")]
-        stats[:, SUM:SUM + 2] = sums[:, :2]  # sum, sumsq
-        stats[:, ZEROS] = stats[:, BINNED] - sums[:, SUMS.index("nonzero")]
-        stats[:, MIN], stats[:, MAX] = -peaks[:, 0], peaks[:, 1]
+        sums, peaks = rows["sums"], rows["peaks"]  # [n, k] (or stacked: [lanes, n, k])
+        stats = empty_stats(len(sums)) if sums.ndim == 2 else np.empty((*sums.shape[:-1], len(STATS)))
+        stats[..., BINNED] = sums[..., SUMS.index("binned")]
+        stats[..., SEEN] = sums[..., SUMS.index("seen")]
+        stats[..., SUM:SUM + 2] = sums[..., :2]  # sum, sumsq
+        stats[..., ZEROS] = stats[..., BINNED] - sums[..., SUMS.index("nonzero")]
+        stats[..., MIN], stats[..., MAX] = -peaks[..., 0], peaks[..., 1]
         extra = {k: v for k, v in rows.items() if k not in ("counts", "sums", "peaks", "grid")}
         return rows["counts"], stats, extra, rows.get("grid")
 

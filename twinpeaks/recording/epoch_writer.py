@@ -10,15 +10,16 @@ add a final evaluation pass into the last epoch itself. Torch-free.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import numpy as np
 
 from .. import grids
-from ..columns import ColumnStore
-from ..format import combine_stats, n_slots
+from ..columns import ColumnStack, merge_lanes
+from ..format import ADDITIVE, MAX, MIN, combine_stats, empty_stats
 from ..runfile import RunWriter
+from .writer_thread import pause
 
 
 class LayerRecord(Protocol):
@@ -40,19 +41,27 @@ class LayerRecord(Protocol):
 #: Columns of the open epoch kept per record and phase (in memory, for the epoch's summaries: the whole epoch is
 #: exact at any size, its last quarter starts at a column boundary, so this sets its resolution).
 EPOCH_COLUMNS = 64
+#: Records per cohort (written together, one stack of columns): the writer holds the GIL for one cohort's work
+#: at a time (a few ms), and its temporaries stay small, however many layers a model has
+LANES = 64
 #: The writer commits (mid-flush) once this many bytes are queued: a rewrite of every layer's columns is
 #: committed layer by layer, not held in memory whole (each commit leaves every layer's columns whole)
 COMMIT_BYTES = 8 << 20
+#: Bytes of int64 columns read back and merged at once (a few layers' columns; the merge's temporaries are a few
+#: times this): the run's columns are never held in memory whole
+MERGE_BYTES = 2 << 20
 _COLUMN_KINDS = ("col_steps", "col_counts", "col_stats", "col_grid")
 
 
-class FileColumns:
-    """The run's step columns of one record in one phase: in the run file, not in memory.
+class FileStack:
+    """The run's step columns of a stack of records (lanes) in one phase: in the run file, not in memory.
 
-    They follow :class:`~twinpeaks.columns.ColumnStore` exactly (aligned buckets, merged past ``cap``);
-    only its bucket state and the steps of its columns stay here. New rows are written as new columns;
-    when they would pass ``cap``, the columns are read back from the file (the writer's view, with what
-    it has not committed yet: :meth:`~twinpeaks.runfile.RunWriter.read_columns`), merged and rewritten.
+    They follow :class:`~twinpeaks.columns.ColumnStore` exactly (aligned buckets, merged past ``cap``); the
+    lanes record the same steps, so they share the bucket state and the steps of their columns, the only
+    things kept here. New rows are written as new columns; when they would pass ``cap``, the columns are read
+    back from the file (the writer's view, with what it has not committed yet:
+    :meth:`~twinpeaks.runfile.RunWriter.read_columns_of`), merged and rewritten, a few lanes at a time
+    (``commit`` is called between them once :data:`COMMIT_BYTES` are queued: memory stays bounded).
     """
 
     def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool):
@@ -64,47 +73,116 @@ class FileColumns:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def append(self, w: RunWriter, rid: int, phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
-               grid: np.ndarray | None) -> None:
-        """Append consecutive rows from step ``start`` and queue their columns in ``w`` (see ``ColumnStore``)."""
-        n = len(counts)
+    def copy(self) -> FileStack:
+        out = FileStack(self.cap, self.shape, self.gridded)
+        out.width, out.origin, out.steps = self.width, self.origin, self.steps.copy()
+        return out
+
+    def append(self, w: RunWriter, rids: list[int], phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
+               grid: np.ndarray | None, commit: Callable[[], None] | None = None) -> None:
+        """Append every lane's consecutive rows (``[lanes, n, ...]``) from step ``start`` and queue their columns."""
+        lanes, n = counts.shape[:2]
         if n == 0:
             return
         origin = start if self.origin is None else self.origin
-        new = ColumnStore.restore(self.cap + n, self.shape, self.gridded, self.width, origin)  # never merges
-        new.append(start, counts, stats, grid)
         first = len(self.steps)
-        if first + len(new) <= self.cap:  # new columns: one more segment (part = its first column)
-            columns = [new.steps, new.counts, new.stats, new.grid]
-            self.steps = np.concatenate([self.steps, new.steps])
-        else:  # past the cap: merge every column (read back from the file), rewrite them all
-            got = w.read_columns(rid, phase, _COLUMN_KINDS)
-            if first and len(got.get("col_steps", ())) != first:
-                raise RuntimeError(f"run file lost the step columns of layer {rid} in {phase!r}")
-            store = ColumnStore.restore(self.cap, self.shape, self.gridded, self.width, origin, (
-                self.steps, got["col_counts"], got["col_stats"], got.get("col_grid")) if first else None)
-            store.append(start, counts, stats, grid)
-            w.drop_columns(rid, phase)
-            columns = [store.steps, store.counts, store.stats, store.grid]
-            self.steps, self.width, first = store.steps.copy(), store.width, 0
-        for kind, arr in zip(_COLUMN_KINDS, columns):
-            if arr is not None:
-                w.put_array(rid, phase, kind, -1, first, arr)
-        self.origin = origin
+        # the window's columns: one per bucket its rows touch (as ColumnStore.append makes them)
+        bucket = (np.arange(start, start + n, dtype=np.int64) - origin) // self.width
+        groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
+        if first + len(groups) <= self.cap:  # new columns: one more segment (part = its first column)
+            if len(groups) < n:
+                counts, stats, grid = merge_lanes(counts, stats, grid, groups)
+            steps = np.stack([start + groups, start + np.append(groups[1:], n)], axis=1)
+            self._put(w, rids, phase, first, steps, counts, stats, grid)
+            self.steps = np.concatenate([self.steps, steps])
+            self.origin = origin
+            return
+        # past the cap: merge every column (read back from the file), rewrite them all, a few lanes at a time
+        per_lane = (first + n) * (counts[0, 0].size + stats.shape[-1] + 4) * 8
+        chunk = max(1, MERGE_BYTES // max(1, per_lane))
+        store = None
+        for a in range(0, lanes, chunk):
+            ids = rids[a:a + chunk]
+            got = w.read_columns_of(ids, phase, _COLUMN_KINDS) if first else None
+            if got is not None and any(len(g.get("col_steps", ())) != first for g in got):
+                bad = next(r for r, g in zip(ids, got) if len(g.get("col_steps", ())) != first)
+                raise RuntimeError(f"run file lost the step columns of layer {bad} in {phase!r}")
+            old = None if got is None else (
+                self.steps, np.stack([g["col_counts"] for g in got]), np.stack([g["col_stats"] for g in got]),
+                np.stack([g["col_grid"] for g in got]) if self.gridded else None)
+            store = ColumnStack.restore(len(ids), self.cap, self.shape, self.gridded, self.width, origin, old)
+            store.append(start, counts[a:a + chunk], stats[a:a + chunk], None if grid is None else grid[a:a + chunk])
+            for rid in ids:
+                w.drop_columns(rid, phase)
+            self._put(w, ids, phase, 0, store.steps, store.counts, store.stats, store.grid)
+            if commit is not None and w.queued_bytes > COMMIT_BYTES and w.failed is None:
+                commit()
+            pause()
+        assert store is not None
+        self.steps, self.width, self.origin = store.steps.copy(), store.width, origin
+
+    @staticmethod
+    def _put(w: RunWriter, rids: list[int], phase: str, part: int, steps: np.ndarray, counts: np.ndarray,
+             stats: np.ndarray, grid: np.ndarray | None) -> None:
+        w.put_lanes(rids, phase, "col_steps", -1, part, steps, shared=True)
+        w.put_lanes(rids, phase, "col_counts", -1, part, counts)
+        w.put_lanes(rids, phase, "col_stats", -1, part, stats)
+        if grid is not None:
+            w.put_lanes(rids, phase, "col_grid", -1, part, grid)
 
 
-class _HostColumns:
-    """Stores of one record in one phase: the run's columns (in the file) and the open epoch's (in memory)."""
+class FileColumns:
+    """The run's step columns of one record in one phase (a :class:`FileStack` of one lane)."""
 
-    def __init__(self, max_columns: int, slots: int, extra: dict[str, tuple[int, ...]], gridded: bool):
-        self.gridded = gridded
-        self.store = FileColumns(max_columns, (slots,), gridded)
-        self.epoch = ColumnStore(EPOCH_COLUMNS, (slots,), gridded)
-        self.epoch_extra = {k: ColumnStore(EPOCH_COLUMNS, (*shape, slots), gridded) for k, shape in extra.items()}
+    def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool):
+        self.stack = FileStack(cap, shape, gridded)
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self.stack.steps
+
+    def append(self, w: RunWriter, rid: int, phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
+               grid: np.ndarray | None) -> None:
+        """Append consecutive rows from step ``start`` and queue their columns in ``w``."""
+        self.stack.append(w, [rid], phase, start, counts[None], stats[None], None if grid is None else grid[None])
+
+
+class _Cohort:
+    """Records of one phase that record the same steps (one :class:`FileStack`, one epoch :class:`ColumnStack`)."""
+
+    def __init__(self, rids: list[int], file: FileStack, epoch: ColumnStack, extra: dict[str, ColumnStack]):
+        self.rids, self.file, self.epoch, self.extra = rids, file, epoch, extra
+
+    @classmethod
+    def new(cls, rids: list[int], max_columns: int, slots: int, extra: dict[str, tuple[int, ...]],
+            gridded: bool) -> _Cohort:
+        lanes = len(rids)
+        return cls(rids, FileStack(max_columns, (slots,), gridded), ColumnStack(lanes, EPOCH_COLUMNS, (slots,), gridded),
+                   {k: ColumnStack(lanes, EPOCH_COLUMNS, (*shape, slots), gridded) for k, shape in extra.items()})
+
+    def split(self, keep: set[int]) -> tuple[_Cohort, _Cohort]:
+        """Two cohorts: the lanes in ``keep`` and the others (a window came for some of the records only)."""
+        parts = []
+        for inside in (True, False):
+            lanes = [i for i, r in enumerate(self.rids) if (r in keep) is inside]
+            parts.append(_Cohort([self.rids[i] for i in lanes], self.file.copy(), self.epoch.select(lanes),
+                                 {k: s.select(lanes) for k, s in self.extra.items()}))
+        return parts[0], parts[1]
+
+    @property
+    def nbytes(self) -> int:
+        return self.file.steps.nbytes + sum(s.nbytes for s in (self.epoch, *self.extra.values()))
 
 
 class EpochWriter:
     """Writes a recorder's columns, layers and epochs through one :class:`~twinpeaks.runfile.RunWriter`.
+
+    The records of a phase that record the same windows are kept together (a cohort: one stack of columns
+    for all of them, see :class:`~twinpeaks.columns.ColumnStack`), so that a window's and an epoch's host work
+    is a few numpy operations for all layers at once, whatever their number.
 
     Not thread-safe: one thread at a time (the recorder's writer thread, see
     :mod:`twinpeaks.recording.writer_thread`) calls it.
@@ -114,27 +192,71 @@ class EpochWriter:
         self.writer = writer
         self.bins = bins
         self.max_columns = max_columns
-        self.hosts: dict[tuple[int, str], _HostColumns] = {}
+        self._cohorts: dict[str, list[_Cohort]] = {}  # phase -> its cohorts
+        self._of: dict[tuple[int, str], _Cohort] = {}  # (record, phase) -> its cohort
         self._last_epoch: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # summaries of the last epoch written
         self._last_steps: dict[str, list[int]] = {}
 
-    def columns(self, rid: int, phase: str) -> _HostColumns | None:
-        return self.hosts.get((rid, phase))
+    def cohort(self, rid: int, phase: str) -> _Cohort | None:
+        """The stores of record ``rid`` in ``phase`` (shared with the records that record the same steps)."""
+        return self._of.get((rid, phase))
 
-    def add_window(self, rid: int, phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
+    def held_bytes(self) -> int:
+        """Bytes of the column stores and summaries held in memory (what must not grow with the run)."""
+        return (sum(c.nbytes for cs in self._cohorts.values() for c in cs)
+                + sum(a.nbytes for row in self._last_epoch.values() for a in row.values()))
+
+    def add_window(self, rid: int | list[int], phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
                    extra: dict[str, np.ndarray], grid: np.ndarray | None = None) -> None:
         """Append a window's rows (first step ``start``; ``grid``: their grids, automatic ranges) to the stores and
-        write the new columns."""
-        host = self.hosts.get((rid, phase))
-        if host is None:
-            host = self.hosts[rid, phase] = _HostColumns(
-                self.max_columns, n_slots(self.bins), {k: v.shape[1:-1] for k, v in extra.items()}, grid is not None)
-        host.store.append(self.writer, rid, phase, start, counts, stats, grid)
+        write the new columns.
+
+        ``rid``: one record's id (rows ``[n, ...]``), or a list of ids whose rows are stacked on a first axis
+        (``[len(rid), n, ...]``): the records of a phase that record the same steps, written at once.
+        """
+        if not isinstance(rid, list):
+            self._add([rid], phase, start, counts[None], stats[None], {k: v[None] for k, v in extra.items()},
+                      None if grid is None else grid[None])
+        else:
+            self._add(rid, phase, start, counts, stats, extra, grid)
+
+    def _add(self, rids: list[int], phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
+             extra: dict[str, np.ndarray], grid: np.ndarray | None) -> None:
+        pos = {r: i for i, r in enumerate(rids)}
+        cohorts = self._cohorts.setdefault(phase, [])
+        todo: list[_Cohort] = []
+        for c in list(cohorts):
+            inside = sum(r in pos for r in c.rids)
+            if not inside:
+                continue
+            if inside < len(c.rids):  # some of its records got no window: they go on apart
+                c = self._split(c, phase, set(pos))
+            todo.append(c)
+        new = [r for r in rids if (r, phase) not in self._of]
+        for a in range(0, len(new), LANES):
+            c = _Cohort.new(new[a:a + LANES], self.max_columns, counts.shape[-1],
+                            {k: v.shape[2:-1] for k, v in extra.items()}, grid is not None)
+            cohorts.append(c)
+            for r in c.rids:
+                self._of[r, phase] = c
+            todo.append(c)
+        for c in todo:
+            if c.rids == rids:
+                cc, cs, cx, cg = counts, stats, extra, grid
+            else:
+                idx = np.array([pos[r] for r in c.rids])
+                cc, cs, cg = counts[idx], stats[idx], None if grid is None else grid[idx]
+                cx = {k: v[idx] for k, v in extra.items()}
+            c.file.append(self.writer, c.rids, phase, start, cc, cs, cg, commit=self._commit_queued)
+            self._commit_queued()
+            c.epoch.append(start, cc, cs, cg)
+            for k, arr in cx.items():
+                c.extra[k].append(start, arr, cs, cg)
+            pause()  # training goes on meanwhile: leave it the GIL between cohorts
+
+    def _commit_queued(self) -> None:
         if self.writer.queued_bytes > COMMIT_BYTES and self.writer.failed is None:
             self.writer.commit()
-        host.epoch.append(start, counts, stats, grid)
-        for k, arr in extra.items():
-            host.epoch_extra[k].append(start, arr, stats, grid)
 
     def layer_changes(self, records: Iterable[LayerRecord]) -> list[tuple]:
         """The layer rows that changed and the edges not yet written, taken now (the records' flags are cleared):
@@ -172,19 +294,24 @@ class EpochWriter:
         its summaries are added to, its phases keep their first step.
         """
         steps: dict[str, list[int]] = {}
-        rids = list(rids)
+        wanted = set(rids)
         if not merge:
             self._last_epoch = {}
         for phase, (first, end) in phases.items():
             lq_first = end - max(1, math.ceil((end - first) / 4))
             steps[phase] = [first, end, lq_first]
-            for rid in rids:
-                host = self.hosts.get((rid, phase))
-                if host is None or not len(host.epoch):
+            for c in list(self._cohorts.get(phase, ())):
+                if not len(c.epoch):
                     continue
-                self._write_summary(rid, phase, epoch, host, lq_first, merge)
-                for store in (host.epoch, *host.epoch_extra.values()):
+                lanes = [i for i, r in enumerate(c.rids) if r in wanted]
+                if not lanes:
+                    continue
+                self._write_summaries(c, lanes, phase, epoch, lq_first, merge)
+                if len(lanes) < len(c.rids):  # (a recorder writes every record) the others' rows stay
+                    c = self._split(c, phase, {c.rids[i] for i in lanes})
+                for store in (c.epoch, *c.extra.values()):
                     store.clear()
+                pause()
         if merge:
             old = self._last_steps
             # a phase already in that epoch (valid, then another evaluate()) keeps its first step
@@ -193,32 +320,71 @@ class EpochWriter:
         self.writer.put_epoch(epoch, steps)
         self._last_steps = steps
 
-    def _write_summary(self, rid: int, phase: str, epoch: int, host: _HostColumns, lq_first: int, add: bool) -> None:
-        counts, stats, n, grid = host.epoch.total()
-        lq_counts, lq_stats, lq_n, lq_grid = host.epoch.total(lq_first)
-        arrays = {"counts": counts, "stats": stats, "lq_counts": lq_counts, "lq_stats": lq_stats,
-                  "summary": np.array([n, lq_n], np.int64)}
-        for k, store in host.epoch_extra.items():  # per-class and truth rows on their summary's grid
+    def _split(self, c: _Cohort, phase: str, keep: set[int]) -> _Cohort:
+        """Split the records ``keep`` off ``c`` (a cohort of ``phase``) into a cohort of their own; return it."""
+        inside, rest = c.split(keep)
+        cohorts = self._cohorts[phase]
+        cohorts[cohorts.index(c)] = inside
+        cohorts.append(rest)
+        for part in (inside, rest):
+            for r in part.rids:
+                self._of[r, phase] = part
+        return inside
+
+    def _write_summaries(self, c: _Cohort, lanes: list[int], phase: str, epoch: int, lq_first: int,
+                         add: bool) -> None:
+        """The epoch's summaries of the records ``lanes`` of ``c``, computed for all of them at once."""
+        ep = c.epoch
+        rids = [c.rids[i] for i in lanes]
+        sel = slice(None) if len(lanes) == len(c.rids) else np.array(lanes)
+        col = ep.steps
+        lq = col[:, 0] >= lq_first
+        n_all = int((col[:, 1] - col[:, 0]).sum()) if len(col) else 0
+        n_lq = int((col[lq, 1] - col[lq, 0]).sum()) if lq.any() else 0
+        counts, stats = ep.counts[sel], ep.stats[sel]
+        grid = None if ep.grid is None else ep.grid[sel]
+        lq_counts, lq_stats = counts[:, lq], stats[:, lq]
+        arrays = {"stats": _combine_stats_lanes(stats), "lq_stats": _combine_stats_lanes(lq_stats),
+                  "summary": np.broadcast_to(np.array([n_all, n_lq], np.int64), (len(lanes), 2))}
+        if grid is None:
+            arrays["counts"], arrays["lq_counts"] = counts.sum(axis=1), lq_counts.sum(axis=1)
+            gs: list[tuple[int, int] | None] = [None] * len(lanes)
+            lq_gs = gs
+        else:
+            arrays["counts"], gs = _combine_lanes(counts, grid)
+            arrays["lq_counts"], lq_gs = _combine_lanes(lq_counts, grid[:, lq])
+        for k, store in c.extra.items():  # per-class and truth rows on their summary's grid
             name = "class" if k == "classes" else k
-            arrays[f"{name}_counts"] = store.total(None, onto=grid)[0]
-            arrays[f"{name}_lq"] = store.total(lq_first, onto=lq_grid)[0]
-        if host.gridded:
-            arrays["grid"] = np.array(grid if grid is not None else (0, 0), np.int64)
-            arrays["lq_grid"] = np.array(lq_grid if lq_grid is not None else (0, 0), np.int64)
-        prev = self._last_epoch.get((rid, phase)) if add else None
-        if prev is not None and host.gridded:
-            _add_on_grids(prev, arrays)
-        elif prev is not None:
-            for kind, arr in list(arrays.items()):
-                if kind not in prev:
-                    continue
-                if kind.endswith("stats"):
-                    arrays[kind] = combine_stats(np.vstack([prev[kind], arr]))
+            xc = store.counts[sel]
+            xg = None if store.grid is None else store.grid[sel]
+            arrays[f"{name}_counts"] = np.stack([_sum_onto(xc[i], None if xg is None else xg[i], gs[i])
+                                                 for i in range(len(lanes))])
+            arrays[f"{name}_lq"] = np.stack([_sum_onto(xc[i][lq], None if xg is None else xg[i][lq], lq_gs[i])
+                                             for i in range(len(lanes))])
+        if ep.gridded:
+            arrays["grid"] = np.array([g if g is not None else (0, 0) for g in gs], np.int64)
+            arrays["lq_grid"] = np.array([g if g is not None else (0, 0) for g in lq_gs], np.int64)
+        arrays = {k: np.array(v) for k, v in arrays.items()}  # owned, writable (a final pass adds to them)
+        for i, rid in enumerate(rids):
+            prev = self._last_epoch.get((rid, phase)) if add else None
+            row = {k: v[i] for k, v in arrays.items()}
+            if prev is not None:
+                row = {k: v.copy() for k, v in row.items()}
+                if ep.gridded:
+                    _add_on_grids(prev, row)
                 else:
-                    arrays[kind] = prev[kind] + arr
-        self._last_epoch[rid, phase] = arrays
+                    for kind, arr in list(row.items()):
+                        if kind not in prev:
+                            continue
+                        if kind.endswith("stats"):
+                            row[kind] = combine_stats(np.vstack([prev[kind], arr]))
+                        else:
+                            row[kind] = prev[kind] + arr
+                for kind, arr in row.items():
+                    arrays[kind][i] = arr
+            self._last_epoch[rid, phase] = row
         for kind, arr in arrays.items():
-            self.writer.put_array(rid, phase, kind, epoch, 0, arr)
+            self.writer.put_lanes(rids, phase, kind, epoch, 0, arr)
 
     def commit(self) -> None:
         self.writer.commit()
@@ -229,6 +395,44 @@ class EpochWriter:
     @property
     def conn(self) -> Any:
         return self.writer.conn
+
+
+def _combine_stats_lanes(stats: np.ndarray) -> np.ndarray:
+    """:func:`~twinpeaks.format.combine_stats` of every lane of ``[lanes, n, 7]`` (the same sums, in the same order)."""
+    out = np.tile(empty_stats(1), (len(stats), 1))
+    if stats.shape[1]:
+        out[:, ADDITIVE] = stats[:, :, ADDITIVE].sum(axis=1)
+        out[:, MIN] = stats[:, :, MIN].min(axis=1)
+        out[:, MAX] = stats[:, :, MAX].max(axis=1)
+    return out
+
+
+def _combine_lanes(counts: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, list[tuple[int, int] | None]]:
+    """:func:`twinpeaks.grids.combine` of every lane (``[lanes, n, B + 3]`` on grids ``[lanes, n, 2]``): a plain sum
+    for the lanes whose columns with finite values share one grid (the common case), ``combine`` for the others."""
+    out = counts.sum(axis=1)
+    gs: list[tuple[int, int] | None] = [None] * len(counts)
+    if not counts.shape[1]:
+        return out, gs
+    live: np.ndarray = np.asarray(counts[..., 1:-2].any(axis=-1))  # [lanes, n]
+    has = live.any(axis=1)
+    first = live.argmax(axis=1)
+    ref = grid[np.arange(len(grid)), first]  # [lanes, 2]: the grid of the first column with finite values
+    same = ((grid == ref[:, None, :]).all(axis=-1) | ~live).all(axis=1)
+    for i in np.flatnonzero(has & same):
+        gs[i] = (int(ref[i, 0]), int(ref[i, 1]))
+    for i in np.flatnonzero(has & ~same):
+        out[i], gs[i] = grids.combine(counts[i], grid[i])
+    return out, gs
+
+
+def _sum_onto(counts: np.ndarray, grid: np.ndarray | None, onto: tuple[int, int] | None) -> np.ndarray:
+    """Per-class or truth columns of one record summed onto its summary's grid (as ``ColumnStore.total``)."""
+    if grid is None or not len(counts):
+        return counts.sum(axis=0)
+    if onto is None:
+        return grids.combine(counts, grid)[0]
+    return grids.sum_onto(counts, grid, onto)
 
 
 def _add_on_grids(prev: dict[str, np.ndarray], arrays: dict[str, np.ndarray]) -> None:
