@@ -1,7 +1,7 @@
 """Per-step histogram columns in bounded memory.
 
-A :class:`ColumnStore` keeps one column per recorded step until it holds more
-than ``cap`` columns, then merges adjacent columns (histograms add, sums add,
+A :class:`ColumnStack` keeps, for a stack of layers that record the same steps
+(lanes), one column per recorded step until it holds more than ``cap`` columns, then merges adjacent columns (histograms add, sums add,
 minima and maxima combine), so memory is ``O(cap x slots)`` however long the
 run. Every field is additive or a min/max, so merging is exact: nothing is
 approximated, only time resolution is traded.
@@ -32,7 +32,7 @@ import numpy as np
 from . import grids as _grids
 from .format import ADDITIVE, MAX, MIN, STATS, combine_stats, empty_stats
 
-__all__ = ["STATS", "ColumnStore", "combine_stats", "empty_stats", "merge_stats"]
+__all__ = ["STATS", "ColumnStack", "combine_stats", "empty_stats", "merge_lanes", "merge_stats"]
 
 
 def _merge_groups(arr: np.ndarray, groups: np.ndarray, how: str) -> np.ndarray:
@@ -50,176 +50,6 @@ def merge_stats(stats: np.ndarray, groups: np.ndarray) -> np.ndarray:
     out[:, MIN] = _merge_groups(stats[:, MIN], groups, "min")
     out[:, MAX] = _merge_groups(stats[:, MAX], groups, "max")
     return out
-
-
-class ColumnStore:
-    """Columns of slot counts (any trailing shape) and stats, at most ``cap`` of them.
-
-    Example:
-        >>> s = ColumnStore(cap=2, shape=(3,))
-        >>> s.append(0, np.ones((3, 3), np.int64), np.zeros((3, 7)))
-        >>> s.steps.tolist(), s.counts.sum(axis=1).tolist()
-        ([[0, 2], [2, 3]], [6, 3])
-    """
-
-    def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool = False):
-        if cap < 2:
-            raise ValueError(f"max_columns must be at least 2, got {cap}")
-        self.cap = cap
-        self.width = 1  # steps per bucket: every column lies inside one bucket
-        self.origin = 0  # first step of the first bucket (the first step appended)
-        self._origin_set = False
-        # buffers with spare rows, grown geometrically: an append copies only the new rows
-        self._n = 0
-        self._steps = np.zeros((0, 2), dtype=np.int64)
-        self._counts = np.zeros((0, *shape), dtype=np.int64)
-        self._stats = empty_stats(0)
-        self._grid = np.zeros((0, 2), dtype=np.int64) if gridded else None
-
-    @property
-    def steps(self) -> np.ndarray:
-        """``[n, 2]`` int64: first step and end step (exclusive) of every column."""
-        return self._steps[:self._n]
-
-    @property
-    def counts(self) -> np.ndarray:
-        """``[n, *shape]`` int64 slot counts of every column."""
-        return self._counts[:self._n]
-
-    @property
-    def stats(self) -> np.ndarray:
-        """``[n, 7]`` float64 stats (:data:`STATS`) of every column."""
-        return self._stats[:self._n]
-
-    @property
-    def grid(self) -> np.ndarray | None:
-        """``[n, 2]`` int64 grid ``(e, o)`` of every column (automatic ranges), or None (a fixed range)."""
-        return None if self._grid is None else self._grid[:self._n]
-
-    def __len__(self) -> int:
-        return self._n
-
-    def clear(self) -> None:
-        """Drop every column and start again at one step per column (an epoch store at epoch end)."""
-        self.width = 1
-        self._origin_set = False
-        self._n = 0
-
-    @classmethod
-    def restore(cls, cap: int, shape: tuple[int, ...], gridded: bool, width: int, origin: int,
-                columns: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None = None) -> ColumnStore:
-        """A store in a known state: bucket ``width`` and ``origin``, and ``columns`` ``(steps, counts, stats, grid)``
-        (e.g. read back from a run file; None: no column yet, the next rows still fall in the buckets of ``origin``).
-
-        Example:
-            >>> s = ColumnStore.restore(4, (3,), False, width=2, origin=0)
-            >>> s.append(3, np.ones((3, 3), np.int64), np.zeros((3, 7)))
-            >>> s.steps.tolist()
-            [[3, 4], [4, 6]]
-        """
-        store = cls(cap, shape, gridded)
-        store.width, store.origin, store._origin_set = int(width), int(origin), True
-        if columns is not None and len(columns[0]):
-            steps, counts, stats, grid = columns
-            store._reserve(len(steps))
-            n = store._n = len(steps)
-            store._steps[:n], store._counts[:n], store._stats[:n] = steps, counts, stats
-            if store._grid is not None:
-                if grid is None:
-                    raise ValueError("a gridded store takes columns with grids")
-                store._grid[:n] = grid
-        return store
-
-    def _reserve(self, extra: int) -> None:
-        need = self._n + extra
-        if need <= len(self._steps):
-            return
-        # geometric growth, but never past what a full store plus this append needs
-        size = max(need, min(2 * len(self._steps), self.cap + extra), 16)
-        for name in ("_steps", "_counts", "_stats", "_grid"):
-            old = getattr(self, name)
-            if old is None:
-                continue
-            new = np.empty((size, *old.shape[1:]), dtype=old.dtype)
-            new[:self._n] = old[:self._n]
-            setattr(self, name, new)
-
-    def append(self, start: int, counts: np.ndarray, stats: np.ndarray, grid: np.ndarray | None = None) -> None:
-        """Append consecutive per-step rows beginning at step ``start`` (with their ``[n, 2]`` grids if gridded)."""
-        n = len(counts)
-        if n == 0:
-            return
-        if (grid is None) != (self._grid is None):
-            raise ValueError("a gridded store takes rows with grids, a fixed one without")
-        if not self._origin_set:
-            self.origin = int(start)
-            self._origin_set = True
-        if self.width > 1:  # one column per bucket the rows touch
-            bucket = (np.arange(start, start + n, dtype=np.int64) - self.origin) // self.width
-            groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
-            if grid is not None:
-                counts, grid = _grids.merge_groups(counts, grid, groups)
-            else:
-                counts = np.add.reduceat(counts, groups, axis=0)
-            stats = merge_stats(stats, groups)
-        else:
-            groups = np.arange(n)
-        ends = np.append(groups[1:], n)
-        k = len(groups)
-        self._reserve(k)
-        at = slice(self._n, self._n + k)
-        self._steps[at, 0] = start + groups
-        self._steps[at, 1] = start + ends
-        self._counts[at] = counts
-        self._stats[at] = stats
-        if self._grid is not None and grid is not None:
-            self._grid[at] = grid
-        self._n += k
-        while self._n > self.cap:
-            self._halve()
-
-    def _halve(self) -> None:
-        """Join the columns of each bucket, doubling the bucket first if more than 3/4 of ``cap`` are occupied."""
-        n = self._n
-        bucket = (self._steps[:n, 0] - self.origin) // self.width
-        if len(np.unique(bucket)) > self.cap - self.cap // 4:
-            self.width *= 2
-            bucket //= 2
-        groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
-        if self._grid is not None:
-            counts, grid = _grids.merge_groups(self.counts, self.grid, groups)  # type: ignore[arg-type]
-        else:
-            counts = np.add.reduceat(self.counts, groups, axis=0)
-        stats = merge_stats(self.stats, groups)
-        ends = np.append(groups[1:], n) - 1
-        steps = np.stack([self._steps[groups, 0], self._steps[ends, 1]], axis=1)
-        k = len(groups)
-        self._steps[:k], self._counts[:k], self._stats[:k] = steps, counts, stats
-        if self._grid is not None:
-            self._grid[:k] = grid
-        self._n = k
-
-    def total(self, from_step: int | None = None, onto: tuple[int, int] | None = None
-              ) -> tuple[np.ndarray, np.ndarray, int, tuple[int, int] | None]:
-        """Sum of the columns starting at or after ``from_step``: counts, stats, steps covered, grid.
-
-        Gridded columns combine on their common grid (None when nothing finite was
-        binned), or on ``onto`` (per-class and truth rows go onto their layer's
-        summary grid, which holds every value they hold). A fixed store: grid None.
-        """
-        keep = slice(None) if from_step is None else self.steps[:, 0] >= from_step
-        counts, steps = self.counts[keep], self.steps[keep]
-        n_steps = int((steps[:, 1] - steps[:, 0]).sum()) if len(steps) else 0
-        stats = combine_stats(self.stats[keep])
-        if self._grid is None:
-            return counts.sum(axis=0), stats, n_steps, None
-        if not len(counts):
-            return counts.sum(axis=0), stats, n_steps, onto
-        if onto is None:
-            row, grid = _grids.combine(counts, self.grid[keep])  # type: ignore[index]
-            return row, stats, n_steps, grid
-        out = _grids.sum_onto(counts, self.grid[keep], onto)  # type: ignore[index]
-        return out, stats, n_steps, onto
 
 
 def _add_groups(a: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -249,8 +79,8 @@ def _add_groups(a: np.ndarray, groups: np.ndarray) -> np.ndarray:
 def merge_lanes(counts: np.ndarray, stats: np.ndarray, grid: np.ndarray | None, groups: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Rows of ``L`` lanes (``[L, n, ...]``, stats ``[L, n, 7]``, grids ``[L, n, 2]``) merged by the same group
-    starts in every lane: ``[L, k, ...]``, each lane exactly as :class:`ColumnStore` merges it alone (the same
-    ``reduceat`` sums, along the rows of every lane; a group of rows on different grids through
+    starts in every lane: ``[L, k, ...]``, each lane exactly as a store of that lane alone merges it
+    (tests/recording/column_reference.py; the same ``reduceat`` sums, along the rows of every lane; a group of rows on different grids through
     :func:`twinpeaks.grids.combine`, as :func:`twinpeaks.grids.merge_groups` does)."""
     groups = np.asarray(groups, dtype=np.int64)
     out = _add_groups(counts, groups)
@@ -274,10 +104,10 @@ def merge_lanes(counts: np.ndarray, stats: np.ndarray, grid: np.ndarray | None, 
 
 
 class ColumnStack:
-    """The columns of ``lanes`` layers that record the same steps: one :class:`ColumnStore` per lane, in one array.
+    """The columns of ``lanes`` layers that record the same steps: one column store per lane, in one array.
 
     The steps (and so the buckets, the width and every merge) depend only on the steps appended, never on the
-    values, so the lanes share them; every lane holds exactly what a :class:`ColumnStore` fed its rows holds. The
+    values, so the lanes share them; every lane holds exactly what a per-layer store fed its rows holds (tests/recording/column_reference.py). The
     writer keeps the layers of a model that record the same windows in one stack: a window's host work is a few
     numpy operations for all of them, not a few per layer.
 
@@ -334,7 +164,7 @@ class ColumnStack:
         return sum(a.nbytes for a in (self._steps, self._counts, self._stats, self._grid) if a is not None)
 
     def clear(self) -> None:
-        """Drop every column (see :meth:`ColumnStore.clear`)."""
+        """Drop every column (the bucket state too: the next append starts a new origin)."""
         self.width = 1
         self._origin_set = False
         self._n = 0
@@ -342,7 +172,7 @@ class ColumnStack:
     @classmethod
     def restore(cls, lanes: int, cap: int, shape: tuple[int, ...], gridded: bool, width: int, origin: int,
                 columns: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | None = None) -> ColumnStack:
-        """A stack in a known state (see :meth:`ColumnStore.restore`; columns ``[lanes, n, ...]``, steps ``[n, 2]``)."""
+        """A stack in a known state (columns ``[lanes, n, ...]``, steps ``[n, 2]``)."""
         stack = cls(lanes, cap, shape, gridded)
         stack.width, stack.origin, stack._origin_set = int(width), int(origin), True
         if columns is not None and len(columns[0]):
@@ -370,7 +200,7 @@ class ColumnStack:
         need = self._n + extra
         if need <= self._steps.shape[0]:
             return
-        size = max(need, min(2 * self._steps.shape[0], self.cap + extra), 16)  # as ColumnStore grows
+        size = max(need, min(2 * self._steps.shape[0], self.cap + extra), 16)  # geometric growth, bounded by cap
         steps = np.empty((size, 2), dtype=np.int64)
         steps[:self._n] = self._steps[:self._n]
         self._steps = steps
@@ -383,7 +213,7 @@ class ColumnStack:
             setattr(self, name, new)
 
     def append(self, start: int, counts: np.ndarray, stats: np.ndarray, grid: np.ndarray | None = None) -> None:
-        """Append every lane's rows (``[lanes, n, ...]``) of the steps from ``start`` (see :meth:`ColumnStore.append`)."""
+        """Append every lane's rows (``[lanes, n, ...]``) of the steps from ``start`` (one column per bucket the rows touch; merged past ``cap``)."""
         n = counts.shape[1]
         if n == 0:
             return

@@ -11,10 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from column_reference import ColumnStore
 from torch import nn
 
 import twinpeaks as tp
-from twinpeaks.columns import ColumnStore, empty_stats
+from twinpeaks.columns import empty_stats
 
 
 def _check(store: ColumnStore, steps_total: int, first: int) -> None:

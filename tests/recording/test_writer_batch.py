@@ -14,10 +14,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from column_reference import ColumnStore
 from torch import nn
 
 import twinpeaks as tp
-from twinpeaks.columns import ColumnStack, ColumnStore
+from twinpeaks.columns import ColumnStack
 from twinpeaks.format import combine_stats, decode, encode
 from twinpeaks.recording import epoch_writer
 from twinpeaks.recording.engine import PhaseBuffers

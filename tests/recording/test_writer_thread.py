@@ -222,7 +222,8 @@ def test_the_window_shrinks_for_many_layers():
 def test_file_columns_follow_the_column_store_exactly(gridded, cap, window):
     """The run's columns kept in the file (read back to merge) equal an in-memory ColumnStore fed the same rows,
     windows of any length against any cap, with a failed commit in the middle (its queue is read back too)."""
-    from twinpeaks.columns import ColumnStore
+    from column_reference import ColumnStore
+
     from twinpeaks.runfile import RunWriter
 
     rng = np.random.default_rng(cap * 100 + window)

@@ -56,7 +56,7 @@ _COLUMN_KINDS = ("col_steps", "col_counts", "col_stats", "col_grid")
 class FileStack:
     """The run's step columns of a stack of records (lanes) in one phase: in the run file, not in memory.
 
-    They follow :class:`~twinpeaks.columns.ColumnStore` exactly (aligned buckets, merged past ``cap``); the
+    They follow :class:`~twinpeaks.columns.ColumnStack` exactly (aligned buckets, merged past ``cap``); the
     lanes record the same steps, so they share the bucket state and the steps of their columns, the only
     things kept here. New rows are written as new columns; when they would pass ``cap``, the columns are read
     back from the file (the writer's view, with what it has not committed yet:
@@ -86,7 +86,7 @@ class FileStack:
             return
         origin = start if self.origin is None else self.origin
         first = len(self.steps)
-        # the window's columns: one per bucket its rows touch (as ColumnStore.append makes them)
+        # the window's columns: one per bucket its rows touch (as ColumnStack.append makes them)
         bucket = (np.arange(start, start + n, dtype=np.int64) - origin) // self.width
         groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
         if first + len(groups) <= self.cap:  # new columns: one more segment (part = its first column)
@@ -427,7 +427,7 @@ def _combine_lanes(counts: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, li
 
 
 def _sum_onto(counts: np.ndarray, grid: np.ndarray | None, onto: tuple[int, int] | None) -> np.ndarray:
-    """Per-class or truth columns of one record summed onto its summary's grid (as ``ColumnStore.total``)."""
+    """Per-class or truth columns of one record summed onto its summary's grid (as ``ColumnStack`` sums a lane)."""
     if grid is None or not len(counts):
         return counts.sum(axis=0)
     if onto is None:
