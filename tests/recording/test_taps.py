@@ -184,3 +184,45 @@ def test_recorded_counts_through_taps_equal_numpy(tmp_run):
     h = tp.open_run(tmp_run).histogram("0", "train", epoch=0)
     assert h.total == outs.size
     np.testing.assert_array_equal(h.counts, np.histogram(outs, bins=h.edges)[0])
+
+
+def _replicate(model: nn.Module, scale: float) -> nn.Module:
+    """What ``torch.nn.parallel.replicate`` does for one device (it needs CUDA): every module's
+    ``_replicate_for_data_parallel``, children wired, parameters set as plain tensors (here scaled)."""
+    copies = {id(m): m._replicate_for_data_parallel() for m in model.modules()}
+    for m in model.modules():
+        r = copies[id(m)]
+        for key, child in m._modules.items():
+            setattr(r, key, copies[id(child)])
+        for key, p in m._parameters.items():
+            setattr(r, key, p.detach() * scale)
+    return copies[id(model)]
+
+
+def test_a_data_parallel_replica_computes_with_its_own_parameters_and_is_recorded(tmp_run):
+    model = _model()
+    x = torch.randn(5, 4)
+    with tp.ActivationsHistogram(model, tmp_run, sample=1.0) as hist:
+        model(x)
+        replica = _replicate(model, 0.5)
+        with torch.no_grad():
+            got = replica(x)
+            h0 = nn.functional.linear(x, model[0].weight * 0.5, model[0].bias * 0.5)
+            want = nn.functional.linear(torch.relu(h0), model[2].weight * 0.5, model[2].bias * 0.5)
+        assert torch.allclose(got, want)  # the replica's parameters, not the module's
+        assert replica[0].__dict__["forward"].module is replica[0]
+        hist.end_epoch()
+    assert "_replicate_for_data_parallel" not in model[0].__dict__ and _plain(model)
+    assert tp.open_run(tmp_run).histogram("0", "train").total == 2 * 5 * 8  # the module's step and the replica's
+
+
+def test_a_replica_of_a_module_with_another_wrapper_keeps_it(tmp_run):
+    model = _model()
+    calls: list[int] = []
+    inner = model[0].forward
+    model[0].forward = lambda *a: calls.append(1) or inner(*a)  # made for the module (as a user's wrapper is)
+    with tp.ActivationsHistogram(model, tmp_run):
+        replica = model[0]._replicate_for_data_parallel()
+        replica(torch.randn(2, 4))
+    assert calls == [1]
+    assert isinstance(replica.__dict__["forward"], Tap) and replica.__dict__["forward"].prev is not None

@@ -145,7 +145,9 @@ class Tap:
     501 layers), while an instance ``forward`` keeps the fast path (no measurable cost). The tap
     sees the forward's own output (before other forward hooks, which run after it). A copy of the
     module (``copy.deepcopy``, an EMA model) or a pickled one gets the plain forward back, not the
-    tap: it is not recorded, and computes what the original computes.
+    tap: it is not recorded, and computes what the original computes. An ``nn.DataParallel``
+    replica gets taps of its own (:class:`_Replicator`): it computes with its parameters and is
+    recorded, as with forward hooks.
 
     Example:
         >>> import torch
@@ -160,15 +162,27 @@ class Tap:
     __slots__ = ("module", "hook", "pre", "forward", "prev", "__wrapped__")
 
     def __init__(self, module: nn.Module, hook: Any = None, pre: Any = None):
-        self.module = module
-        self.hook = hook
-        self.pre = pre  # ``pre(module, args)`` before the forward, as a forward pre-hook
-        self.prev = module.__dict__.get("forward")  # an instance forward already there (another wrapper)
-        self.forward = module.forward
-        self.__wrapped__ = self.forward  # inspect.signature(module.forward) stays the layer's
+        self._set(module, hook, pre, module.forward, module.__dict__.get("forward"))
         module.forward = self  # type: ignore[method-assign]
         if module.__dict__.get("forward") is not self:
             raise TypeError(f"{type(module).__name__}.forward cannot be set on the instance")
+        if "_replicate_for_data_parallel" not in module.__dict__:
+            module.__dict__["_replicate_for_data_parallel"] = _Replicator(module)
+
+    def _set(self, module: nn.Module, hook: Any, pre: Any, forward: Any, prev: Any) -> None:
+        self.module = module
+        self.hook = hook
+        self.pre = pre  # ``pre(module, args)`` before the forward, as a forward pre-hook
+        self.prev = prev  # the instance forward that was there (another wrapper), or None: the class's
+        self.forward = forward
+        self.__wrapped__ = forward  # inspect.signature(module.forward) stays the layer's
+
+    @classmethod
+    def over(cls, module: nn.Module, hook: Any, pre: Any, forward: Any, prev: Any) -> Tap:
+        """A tap on ``module`` calling ``forward``, not installed (a replica's: see :class:`_Replicator`)."""
+        tap = cls.__new__(cls)
+        tap._set(module, hook, pre, forward, prev)
+        return tap
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.pre is not None:
@@ -197,6 +211,49 @@ class Tap:
                 del m.__dict__["forward"]
             else:
                 m.__dict__["forward"] = prev
+        if not isinstance(m.__dict__.get("forward"), Tap) and isinstance(
+                m.__dict__.get("_replicate_for_data_parallel"), _Replicator):
+            del m.__dict__["_replicate_for_data_parallel"]
+
+
+class _Replicator:
+    """A tapped module's own ``_replicate_for_data_parallel``: its ``nn.DataParallel`` replicas get taps of
+    their own.
+
+    A replica starts as a copy of the module's ``__dict__``, so it would hold the module's tap, which
+    calls the module's own forward (its parameters, on the first device). Here every live tap is made
+    again over the replica's forward: the replica computes with its parameters and is recorded, as
+    forward hooks (copied to replicas) recorded it.
+    """
+
+    __slots__ = ("module",)
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+
+    def __call__(self) -> nn.Module:
+        m = self.module
+        replica = type(m)._replicate_for_data_parallel(m)
+        d = replica.__dict__
+        d.pop("_replicate_for_data_parallel", None)
+        taps: list[Tap] = []
+        forward = d.get("forward")
+        while isinstance(forward, Tap):
+            if forward.hook is not None or forward.pre is not None:
+                taps.append(forward)
+            forward = forward.prev
+        prev = forward  # another wrapper under the taps (made for the module: kept as it is), or None
+        if prev is None:
+            d.pop("forward", None)
+            forward = replica.forward  # the class's, bound to the replica
+        for tap in reversed(taps):
+            forward = prev = Tap.over(replica, tap.hook, tap.pre, forward, prev)
+        if prev is not None:
+            d["forward"] = prev
+        return replica
+
+    def __reduce__(self) -> tuple:
+        return (getattr, (self.module, "_replicate_for_data_parallel"))  # a copy gets the class's method
 
 
 def _live(forward: Any) -> Any:
