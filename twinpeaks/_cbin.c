@@ -1850,6 +1850,58 @@ static PyObject *split_counts_of(PyObject *self, PyObject *const *args, Py_ssize
     return Py_BuildValue("(LL)", split_counts[POOL_GOMP], split_counts[POOL_PTHREADS]);
 }
 
+/* take_rows(table, k, dst): a flush's hand-over in one call. table: k rows of int64 (src, nbytes, elem, fill,
+   dst_off): copy nbytes from src to dst + dst_off, then fill them at src with the elem-byte pattern `fill`
+   (the buffer's reset value: 0, +-inf or NaN). The GIL stays held: this is the training thread's step. */
+static PyObject *take_rows(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "take_rows() takes 3 arguments");
+        return NULL;
+    }
+    long long v[3];
+    for (int i = 0; i < 3; i++) {
+        v[i] = PyLong_AsLongLong(args[i]);
+        if (v[i] == -1 && PyErr_Occurred()) return NULL;
+    }
+    const int64_t *t = (const int64_t *)(uintptr_t)v[0];
+    int64_t k = v[1];
+    char *dst = (char *)(uintptr_t)v[2];
+    if (k < 0 || (k && (!t || !dst))) {
+        PyErr_SetString(PyExc_ValueError, "take_rows(): bad table or destination");
+        return NULL;
+    }
+    for (int64_t i = 0; i < k; i++) { /* check everything before touching anything */
+        const int64_t *r = t + 5 * i;
+        if (!r[0] || r[1] < 0 || (r[2] != 1 && r[2] != 2 && r[2] != 4 && r[2] != 8) || r[1] % r[2] || r[4] < 0) {
+            PyErr_SetString(PyExc_ValueError, "take_rows(): bad row in the table");
+            return NULL;
+        }
+    }
+    for (int64_t i = 0; i < k; i++) {
+        const int64_t *r = t + 5 * i;
+        char *src = (char *)(uintptr_t)r[0];
+        int64_t nbytes = r[1], elem = r[2];
+        uint64_t fill = (uint64_t)r[3];
+        memcpy(dst + r[4], src, (size_t)nbytes);
+        if (fill == 0) {
+            memset(src, 0, (size_t)nbytes);
+        } else if (elem == 8) {
+            uint64_t *p = (uint64_t *)src;
+            for (int64_t j = 0; j < nbytes / 8; j++) p[j] = fill;
+        } else if (elem == 4) {
+            uint32_t *p = (uint32_t *)src, f = (uint32_t)fill;
+            for (int64_t j = 0; j < nbytes / 4; j++) p[j] = f;
+        } else if (elem == 2) {
+            uint16_t *p = (uint16_t *)src, f = (uint16_t)fill;
+            for (int64_t j = 0; j < nbytes / 2; j++) p[j] = f;
+        } else {
+            memset(src, (int)(fill & 0xff), (size_t)nbytes);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"simd", (PyCFunction)(void (*)(void))simd, METH_FASTCALL, "simd([name]): the code path that runs (or run that one), see PATHS."},
     {"single_pass", (PyCFunction)(void (*)(void))single_pass, METH_FASTCALL,
@@ -1864,6 +1916,8 @@ static PyMethodDef methods[] = {
     {"split_counts", (PyCFunction)(void (*)(void))split_counts_of, METH_FASTCALL,
      "split_counts(): calls split over threads so far (gomp, pthreads)."},
     {"grid", (PyCFunction)(void (*)(void))grid_of, METH_FASTCALL, "grid(mn, mx, bins): the auto grid (e, o) of [mn, mx]."},
+    {"take_rows", (PyCFunction)(void (*)(void))take_rows, METH_FASTCALL,
+     "take_rows(table, k, dst): copy then reset k buffers' first rows (a flush's hand-over)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -702,16 +702,18 @@ class ActivationsHistogram:
         """The open window's rows of every record and phase, on the host: ``{(id, phase): (first step, rows)}``."""
         return {key: (start, pd.finish(raw)) for key, (start, pd, raw) in self._take_raw().items()}
 
-    def _take_raw(self) -> dict[tuple[int, str], tuple[int, PhaseBuffers, dict]]:
+    def _take_raw(self) -> dict[tuple[int, str], tuple[int, PhaseBuffers, Any]]:
         """The open window's rows copied as they are (:meth:`PhaseBuffers.take_raw`; the step waits only for this)."""
-        taken = {}
         window = self.clock.window
+        keys, pairs = [], []
         for rec in self._records:
             for phase, pd in rec.phases.items():
                 start, n = window(phase)
                 if n > 0:
-                    taken[rec.id, phase] = (start, pd, pd.take_raw(n))
-        return taken
+                    keys.append((rec.id, phase, start))
+                    pairs.append((pd, n))
+        raws = PhaseBuffers.take_raw_many(pairs)  # one C call for every CPU buffer set
+        return {(rid, phase): (start, pd, raw) for (rid, phase, start), (pd, _), raw in zip(keys, pairs, raws)}
 
     def _flush_window(self, epoch_end: bool = False) -> Callable[[], None] | None:
         """Take all rows of the current window to the host and hand them to the writer's thread.

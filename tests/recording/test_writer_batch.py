@@ -21,7 +21,7 @@ import twinpeaks as tp
 from twinpeaks.columns import ColumnStack
 from twinpeaks.format import combine_stats, decode, encode
 from twinpeaks.recording import epoch_writer
-from twinpeaks.recording.engine import PhaseBuffers
+from twinpeaks.recording.engine import Carved, PhaseBuffers
 from twinpeaks.runfile import encode_lanes
 
 BINS = 20
@@ -94,6 +94,10 @@ def _oracle(log: list, max_columns: int) -> tuple[dict, dict]:
     return runs, expected
 
 
+def _raw(raw):
+    return raw.rows() if isinstance(raw, Carved) else raw
+
+
 def _record(path, monkeypatch, windows: int = 5, max_columns: int = 6, stack: bool = True, lanes: int = 64) -> list:
     """Train a small model (automatic and fixed ranges, per-class and truth rows on the last layer, train, valid
     and a final test pass) and return the log of what the writer was given."""
@@ -103,7 +107,8 @@ def _record(path, monkeypatch, windows: int = 5, max_columns: int = 6, stack: bo
 
     def spy_take(self):
         taken = take_raw(self)
-        log.append(("window", {k: (s, pd, {n: a.copy() for n, a in raw.items()}) for k, (s, pd, raw) in taken.items()}))
+        log.append(("window", {k: (s, pd, {n: a.copy() for n, a in _raw(raw).items()})
+                               for k, (s, pd, raw) in taken.items()}))
         return taken
 
     def spy_epoch(self, rids, epoch, phases, merge):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -250,3 +251,51 @@ def test_file_columns_follow_the_column_store_exactly(gridded, cap, window):
         if gridded:
             np.testing.assert_array_equal(got["col_grid"], ref.grid)
         assert len(ref) <= cap
+
+
+def test_the_writer_spreads_its_work_unless_the_training_thread_waits_for_it(monkeypatch):
+    """After a stretch of work, pause() sleeps SPREAD times as long (capped), on the writer's thread only;
+    while the training thread waits (wait(), or a hand-over into a full queue) it does not sleep."""
+    from twinpeaks.recording import writer_thread as wt
+
+    monkeypatch.setattr(wt, "SPREAD", 2.0)
+    monkeypatch.setattr(wt, "SPREAD_MAX_S", 0.05)
+    slept: list[float] = []
+
+    def job(work_s: float, spread: bool = True) -> None:
+        end = time.perf_counter() + work_s
+        while time.perf_counter() < end:
+            pass
+        t0 = time.perf_counter()
+        wt.pause(spread)
+        slept.append(time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    wt.pause()  # off the writer's thread: nothing
+    assert time.perf_counter() - t0 < 0.005
+    w = WriterThread("spread")
+    for work, spread in ((0.01, True), (0.01, False), (0.1, True)):  # the last: capped at SPREAD_MAX_S
+        w.submit(lambda work=work, spread=spread: job(work, spread))  # one at a time: a full queue is a wait too
+        while w._queue.unfinished_tasks:  # not wait(): that tells the writer the training thread waits
+            time.sleep(0.005)
+    assert 0.015 <= slept[0] < 0.045 and slept[1] < 0.01 and 0.045 <= slept[2] < 0.09
+    slept.clear()
+    w.submit(lambda: job(0.01))
+    w.wait()  # the training thread waits: no spreading
+    assert slept[0] < 0.01
+    w.close()
+
+
+def test_a_merge_is_not_spread(tmp_run, monkeypatch):
+    """Columns passing max_columns are merged at once (the next window may wait for the merge)."""
+    from twinpeaks.recording import writer_thread as wt
+
+    calls: list[bool] = []
+    pause = wt.pause
+    monkeypatch.setattr(epoch_writer, "pause", lambda spread=True: calls.append(spread) or pause(spread))
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with tp.ActivationsHistogram(model, tmp_run, max_columns=4, flush_every=3) as hist:
+        for _ in range(20):
+            model(torch.randn(2, 4))
+        hist.end_epoch()
+    assert False in calls  # the merge's pauses

@@ -121,6 +121,37 @@ def window_rows(flush_every: int, layers: int, bins: int) -> int:
     return max(min(flush_every, WINDOW_BUDGET // (max(1, layers) * row)), min(MIN_ROWS, flush_every))
 
 
+_NUMPY_DTYPES = {torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np.float32),
+                 torch.int64: np.dtype(np.int64), torch.int32: np.dtype(np.int32)}
+
+
+@dataclass
+class TakeLayout:
+    """The buffers of a :class:`PhaseBuffers` as :meth:`PhaseBuffers.take_raw_many` copies them: ``table`` rows
+    ``(address, bytes per row, bytes per element, reset value's bits)``, ``views`` ``(name, dtype, row shape)``."""
+
+    key: tuple
+    table: np.ndarray
+    views: list[tuple[str, np.dtype, tuple[int, ...]]]
+
+
+class Carved:
+    """One buffer set's rows in the block a flush's hand-over copied (:meth:`PhaseBuffers.take_raw_many`)."""
+
+    __slots__ = ("block", "views", "n", "offsets")
+
+    def __init__(self, block: np.ndarray, views: list, n: int, offsets: np.ndarray):
+        self.block, self.views, self.n, self.offsets = block, views, n, offsets
+
+    def rows(self) -> Rows:
+        """The rows as :meth:`PhaseBuffers.take_raw` returns them (views of the block)."""
+        out: Rows = {}
+        for (name, dtype, shape), off in zip(self.views, self.offsets.tolist()):
+            size = self.n * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            out[name] = self.block[off:off + size].view(dtype).reshape((self.n, *shape))
+        return out
+
+
 class PhaseBuffers:
     """Device buffers of one record in one phase (one row per step of the window) and its plans.
 
@@ -153,6 +184,8 @@ class PhaseBuffers:
         self.hint = binning.new_grids(1)[0] if auto and device.type == "cpu" else None
         self.plans: dict[tuple, Plan] = {}  # (shape, strides, dtype, type) -> plan
         self.cpu = device.type == "cpu"
+        self._layout: TakeLayout | None = None
+        self._take_layout()  # made with the buffers (the first step), not at the first flush
 
     def add_state(self, name: str, buffer: torch.Tensor, reduce: Reduce, host: str | None = None) -> torch.Tensor:
         """Declare a buffer (first axis: the window's rows), how ranks combine it, its dtype on the host; returns it."""
@@ -172,6 +205,64 @@ class PhaseBuffers:
     def take(self, n: int) -> Rows:
         """Move the first ``n`` rows of every declared state to the host (the flush's only sync) and reset them."""
         return self.finish(self.take_raw(n))
+
+    def _take_layout(self) -> TakeLayout | None:
+        """What :meth:`take_raw_many` copies of these buffers (cached while they are the same), or None: not by
+        the C hand-over (device buffers, no kernel, a layout numpy cannot view)."""
+        bufs = [(name, buf, op) for name, (buf, op, _) in self.states.items()]
+        if self.extra_grids is not None:
+            bufs.append(("extra_grids", self.extra_grids, "grid"))
+        key = tuple(id(b) for _, b, _ in bufs)
+        cached = self._layout
+        if cached is not None and cached.key == key:
+            return cached
+        if not self.cpu or binning._cbin is None or not all(b.is_contiguous() for _, b, _ in bufs):
+            return None
+        table, views = [], []
+        for name, buf, op in bufs:
+            if buf.dtype not in _NUMPY_DTYPES:
+                return None
+            dtype = _NUMPY_DTYPES[buf.dtype]
+            fill = np.array(-math.inf if op == "max" else math.inf if op == "min" else math.nan if op == "grid"
+                            else 0, dtype=dtype)
+            bits = int.from_bytes(fill.tobytes(), "little", signed=True) if fill.itemsize == 8 else int.from_bytes(
+                fill.tobytes(), "little")
+            row = buf[0].numel() * buf.element_size()
+            table.append((buf.data_ptr(), row, buf.element_size(), bits))
+            views.append((name, dtype, tuple(buf.shape[1:])))
+        layout = TakeLayout(key, np.array(table, dtype=np.int64).reshape(-1, 4), views)
+        self._layout = layout
+        return layout
+
+    @staticmethod
+    def take_raw_many(pairs: list[tuple[PhaseBuffers, int]]) -> list[Rows | Carved]:
+        """:meth:`take_raw` of many buffers at once: the first ``n`` rows of each (``pairs``: buffers, ``n``)
+        copied into one host block and reset, in one C call (a flush's hand-over: thousands of small copies and
+        fills for hundreds of layers otherwise). Buffers the C hand-over does not take get :meth:`take_raw`'s
+        rows; the others a :class:`Carved` of the block (views made off the training thread, :meth:`Carved.rows`)."""
+        layouts = [pd._take_layout() for pd, _ in pairs]
+        used = [(i, lay) for i, lay in enumerate(layouts) if lay is not None]
+        out: list[Rows | Carved] = [pd.take_raw(n) if lay is None else None  # type: ignore[misc]
+                                    for (pd, n), lay in zip(pairs, layouts)]
+        if not used:
+            return out
+        table = np.concatenate([lay.table for _, lay in used])
+        ns = np.repeat(np.array([pairs[i][1] for i, _ in used], dtype=np.int64), [len(lay.table) for _, lay in used])
+        nbytes = table[:, 1] * ns
+        padded = (nbytes + 63) & ~63  # every view starts 64-byte aligned
+        offsets = np.zeros(len(table), dtype=np.int64)
+        np.cumsum(padded[:-1], out=offsets[1:])
+        total = int(offsets[-1] + padded[-1])
+        space = np.empty(total + 64, dtype=np.uint8)
+        block = space[-space.ctypes.data % 64:][:total]  # 64-byte aligned
+        full = np.stack([table[:, 0], nbytes, table[:, 2], table[:, 3], offsets], axis=1)
+        binning._cbin.take_rows(full.ctypes.data, len(full), block.ctypes.data)  # type: ignore[attr-defined]
+        at = 0
+        for i, lay in used:
+            k = len(lay.table)
+            out[i] = Carved(block, lay.views, pairs[i][1], offsets[at:at + k])
+            at += k
+        return out
 
     def take_raw(self, n: int) -> Rows:
         """The first ``n`` rows of every state copied to the host as they are, and reset: the part of :meth:`take`
@@ -193,9 +284,11 @@ class PhaseBuffers:
             raw["extra_grids"] = take(self.extra_grids, math.nan)
         return raw
 
-    def finish(self, raw: Rows) -> Rows:
+    def finish(self, raw: Rows | Carved) -> Rows:
         """Host rows of :meth:`take_raw`'s copies: host dtypes, unset grids ``0, 0``, per-class/truth rows on their
         row's grid, the nonfinite slot completed. Reads nothing of the buffers (any thread may run it)."""
+        if isinstance(raw, Carved):
+            raw = raw.rows()
         rows: Rows = {}
         for name, (_, _, host) in self.states.items():
             if name == "grid":
@@ -231,6 +324,9 @@ class PhaseBuffers:
         groups: dict[tuple, list[tuple[int, str]]] = {}
         sig: tuple
         for key, (start, pd, rows) in taken.items():
+            if isinstance(rows, Carved):  # views of the hand-over's block, made here (the writer's thread)
+                rows = rows.rows()
+                taken[key] = (start, pd, rows)
             if pd is not None:
                 lane = pd.lane_key()
                 sig = (key[1], start, len(rows["counts"]), lane) if lane is not None else key

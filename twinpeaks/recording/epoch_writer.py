@@ -117,7 +117,7 @@ class FileStack:
             self._put(w, ids, phase, 0, store.steps, store.counts, store.stats, store.grid)
             if commit is not None and w.queued_bytes > COMMIT_BYTES and w.failed is None:
                 commit()
-            pause()
+            pause(spread=False)  # a merge is due now: not spread (the next window may wait for it)
         assert store is not None
         self.steps, self.width, self.origin = store.steps.copy(), store.width, origin
 
@@ -311,7 +311,7 @@ class EpochWriter:
                     c = self._split(c, phase, {c.rids[i] for i in lanes})
                 for store in (c.epoch, *c.extra.values()):
                     store.clear()
-                pause()
+                pause(spread=False)
         if merge:
             old = self._last_steps
             # a phase already in that epoch (valid, then another evaluate()) keeps its first step

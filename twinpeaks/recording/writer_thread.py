@@ -20,6 +20,7 @@ Design constraints:
 from __future__ import annotations
 
 import atexit
+import os
 import queue
 import sqlite3
 import threading
@@ -56,10 +57,26 @@ atexit.register(_drain_at_exit)
 PAUSE_S = 50e-6
 
 
-def pause() -> None:
-    """Let the training thread run (release the GIL briefly); a no-op off the writer's thread."""
+#: After a stretch of work, the writer's thread sleeps this many times as long (at most :data:`SPREAD_MAX_S`),
+#: unless the training thread waits for it: a window's work is spread over several steps, each slowed a little,
+#: instead of one step slowed by all of it.
+SPREAD = float(os.environ.get("TWINPEAKS_SPREAD", "2"))
+SPREAD_MAX_S = 0.02
+_urgent = threading.Event()
+_last = threading.local()
+
+
+def pause(spread: bool = True) -> None:
+    """Let the training thread run (release the GIL briefly; with ``spread``, sleep in proportion to the work
+    done since the last pause, see :data:`SPREAD`); a no-op off the writer's thread."""
     if threading.current_thread().name.startswith("twinpeaks-writer-"):
-        time.sleep(PAUSE_S)
+        now = time.perf_counter()
+        worked = now - getattr(_last, "t", now)
+        if spread and SPREAD > 0 and not _urgent.is_set():
+            _urgent.wait(min(SPREAD * worked, SPREAD_MAX_S))
+        else:
+            time.sleep(PAUSE_S)
+        _last.t = time.perf_counter()
 
 
 class WriterThread:
@@ -96,12 +113,23 @@ class WriterThread:
             self._thread = threading.Thread(target=self._run, name=f"twinpeaks-writer-{self.name}", daemon=True)
             self._thread.start()
             _STARTED.add(self)  # a script that ends without close() keeps its windows (_drain_at_exit)
-        self._queue.put(job)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:  # the training thread waits for the writer: no spreading meanwhile
+            _urgent.set()
+            try:
+                self._queue.put(job)
+            finally:
+                _urgent.clear()
 
     def wait(self) -> None:
         """Return once every job submitted so far has run; re-raise the first exception of one that failed."""
         if self._thread is not None:
-            self._queue.join()
+            _urgent.set()  # the training thread waits: no spreading
+            try:
+                self._queue.join()
+            finally:
+                _urgent.clear()
         self._raise()
 
     def say(self, message: str) -> None:
@@ -134,6 +162,7 @@ class WriterThread:
             try:
                 if job is None:
                     return
+                _last.t = time.perf_counter()
                 job()
             except (sqlite3.Error, OSError) as exc:  # the file failed outside a commit (which keeps its queue)
                 self.say(f"could not write to the run file ({exc}); training goes on, the file keeps what it held")
