@@ -125,6 +125,11 @@ _NUMPY_DTYPES = {torch.float64: np.dtype(np.float64), torch.float32: np.dtype(np
                  torch.int64: np.dtype(np.int64), torch.int32: np.dtype(np.int32)}
 
 
+def _reset_value(op: str) -> float:
+    """What a buffer of reduction ``op`` holds before its first value: the identity of the reduction (a grid: unset)."""
+    return -math.inf if op == "max" else math.inf if op == "min" else math.nan if op == "grid" else 0.0
+
+
 @dataclass
 class TakeLayout:
     """The buffers of a :class:`PhaseBuffers` as :meth:`PhaseBuffers.take_raw_many` copies them: ``table`` rows
@@ -209,9 +214,7 @@ class PhaseBuffers:
     def _take_layout(self) -> TakeLayout | None:
         """What :meth:`take_raw_many` copies of these buffers (cached while they are the same), or None: not by
         the C hand-over (device buffers, no kernel, a layout numpy cannot view)."""
-        bufs = [(name, buf, op) for name, (buf, op, _) in self.states.items()]
-        if self.extra_grids is not None:
-            bufs.append(("extra_grids", self.extra_grids, "grid"))
+        bufs = self._buffers()
         key = tuple(id(b) for _, b, _ in bufs)
         cached = self._layout
         if cached is not None and cached.key == key:
@@ -223,8 +226,7 @@ class PhaseBuffers:
             if buf.dtype not in _NUMPY_DTYPES:
                 return None
             dtype = _NUMPY_DTYPES[buf.dtype]
-            fill = np.array(-math.inf if op == "max" else math.inf if op == "min" else math.nan if op == "grid"
-                            else 0, dtype=dtype)
+            fill = np.array(_reset_value(op), dtype=dtype)
             bits = int.from_bytes(fill.tobytes(), "little", signed=True) if fill.itemsize == 8 else int.from_bytes(
                 fill.tobytes(), "little")
             row = buf[0].numel() * buf.element_size()
@@ -277,12 +279,15 @@ class PhaseBuffers:
             buf[:n] = fill
             return out
 
-        raw: Rows = {name: take(buf, -math.inf if op == "max" else math.inf if op == "min"
-                                else math.nan if op == "grid" else 0)
-                     for name, (buf, op, _) in self.states.items()}
-        if self.extra_grids is not None:  # per-class/truth rows counted on an earlier (finer) grid of their row
-            raw["extra_grids"] = take(self.extra_grids, math.nan)
-        return raw
+        return {name: take(buf, _reset_value(op)) for name, buf, op in self._buffers()}
+
+    def _buffers(self) -> list[tuple[str, torch.Tensor, str]]:
+        """``(name, buffer, reduction)`` of what a flush takes: the declared states, and the per-class/truth rows'
+        own grids (``extra_grids``: rows counted on an earlier, finer grid of their row; reset like a grid)."""
+        bufs = [(name, buf, str(op)) for name, (buf, op, _) in self.states.items()]
+        if self.extra_grids is not None:
+            bufs.append(("extra_grids", self.extra_grids, "grid"))
+        return bufs
 
     def finish(self, raw: Rows | Carved) -> Rows:
         """Host rows of :meth:`take_raw`'s copies: host dtypes, unset grids ``0, 0``, per-class/truth rows on their

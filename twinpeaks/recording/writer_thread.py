@@ -50,10 +50,9 @@ _STARTED: weakref.WeakSet[WriterThread] = weakref.WeakSet()
 atexit.register(_drain_at_exit)
 
 
-#: How long the writer's thread sleeps between two layers' work (:func:`pause`): long enough for a waiting
-#: training thread to take the GIL, so the writer never holds it for more than one layer's work. (Sleeping in
-#: proportion to the work, to spread it over more steps, made the writer fall a window behind when every
-#: layer's columns merge at once, and a step then waited for it.)
+#: How long the writer's thread sleeps between two cohorts' work when it does not spread it (:func:`pause`):
+#: long enough for a waiting training thread to take the GIL. (Spreading a merge, when every layer's columns
+#: merge at once, made the writer fall a window behind and a step wait for it: merges are not spread.)
 PAUSE_S = 50e-6
 
 
@@ -62,8 +61,27 @@ PAUSE_S = 50e-6
 #: instead of one step slowed by all of it.
 SPREAD = float(os.environ.get("TWINPEAKS_SPREAD", "2"))
 SPREAD_MAX_S = 0.02
-_urgent = threading.Event()
+_urgent = threading.Event()  # set while a training thread waits for a writer (see _Waiting)
 _last = threading.local()
+
+
+class _Waiting:
+    """While a training thread waits for a writer: no spreading (``_urgent`` set until the last waiter is done,
+    several recorders' training threads may wait at once)."""
+
+    _lock = threading.Lock()
+    _waiters = 0
+
+    def __enter__(self) -> None:
+        with _Waiting._lock:
+            _Waiting._waiters += 1
+            _urgent.set()
+
+    def __exit__(self, *exc: object) -> None:
+        with _Waiting._lock:
+            _Waiting._waiters -= 1
+            if _Waiting._waiters == 0:
+                _urgent.clear()
 
 
 def pause(spread: bool = True) -> None:
@@ -116,20 +134,14 @@ class WriterThread:
         try:
             self._queue.put_nowait(job)
         except queue.Full:  # the training thread waits for the writer: no spreading meanwhile
-            _urgent.set()
-            try:
+            with _Waiting():
                 self._queue.put(job)
-            finally:
-                _urgent.clear()
 
     def wait(self) -> None:
         """Return once every job submitted so far has run; re-raise the first exception of one that failed."""
         if self._thread is not None:
-            _urgent.set()  # the training thread waits: no spreading
-            try:
+            with _Waiting():  # the training thread waits: no spreading
                 self._queue.join()
-            finally:
-                _urgent.clear()
         self._raise()
 
     def say(self, message: str) -> None:
