@@ -4,7 +4,8 @@
 script records every step, so that each step that hands a window over (every ``window`` steps) and
 each merge past ``max_columns`` can be seen: it prints the median step (wall and thread CPU), every
 step more than ``--over`` ms over the median with its thread CPU (wall without CPU is waiting: the
-GIL), and the merges of the run's columns (when, how long, how many layers).
+GIL), and the merges of the run's columns (done in the writer's idle time, a file stack of layers at a time:
+how many, when, how long).
 
     PYTHONPATH=$PWD .venv/bin/python bench/flush_stalls.py --steps 2100
 
@@ -49,17 +50,16 @@ def main() -> None:
         step()
     t00 = time.perf_counter()
     merges: list[tuple[float, float, int]] = []
-    append = epoch_writer.FileStack.append
+    settle = epoch_writer.FileStack.settle
 
-    def timed_append(self: Any, w: Any, rids: list[int], phase: str, start: int, counts: Any, *a: Any,
-                     **k: Any) -> None:
-        merge = len(self.steps) + counts.shape[1] > self.cap
+    def timed_settle(self: Any, w: Any, rids: list[int], *a: Any, **k: Any) -> None:
+        merge = bool(self.pending)
         t0 = time.perf_counter()
-        append(self, w, rids, phase, start, counts, *a, **k)
+        settle(self, w, rids, *a, **k)
         if merge:
             merges.append((t0 - t00, time.perf_counter() - t0, len(rids)))
 
-    epoch_writer.FileStack.append = timed_append  # type: ignore[method-assign]
+    epoch_writer.FileStack.settle = timed_settle  # type: ignore[method-assign]
     steps: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         hist = tp.ActivationsHistogram(model, Path(tmp) / "stalls.tp")
@@ -80,8 +80,13 @@ def main() -> None:
     print(f"steps over the median by more than {args.over:g} ms (step: wall / thread CPU, ms):")
     print("  " + ", ".join(f"{i}: {w * 1e3:.0f} / {c * 1e3:.0f}" for i, (w, c) in enumerate(steps)
                            if w - wall > args.over / 1e3))
-    print("merges past max_columns (at s: ms, layers): "
-          + (", ".join(f"{t:.1f}: {d * 1e3:.0f}, {n}" for t, d, n in merges) or "none"))
+    if merges:  # a file stack's merge (MERGE_LANES layers), done in the writer's idle time
+        spans = [(t, d) for t, d, _ in merges]
+        print(f"merges past max_columns: {len(merges)} file stacks ({sum(n for *_, n in merges)} layer-phases), "
+              f"{min(t for t, _ in spans):.1f}-{max(t + d for t, d in spans):.1f} s into the run, "
+              f"{statistics.median(d for _, d in spans) * 1e3:.0f} ms median, {max(d for _, d in spans) * 1e3:.0f} max")
+    else:
+        print("merges past max_columns: none")
 
 
 if __name__ == "__main__":

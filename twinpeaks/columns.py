@@ -217,24 +217,41 @@ class ColumnStack:
         n = counts.shape[1]
         if n == 0:
             return
+        first = np.arange(start, start + n, dtype=np.int64)
+        self.append_columns(np.stack([first, first + 1], axis=1), counts, stats, grid)
+
+    def append_columns(self, steps: np.ndarray, counts: np.ndarray, stats: np.ndarray,
+                       grid: np.ndarray | None = None) -> None:
+        """Append every lane's consecutive columns (``[lanes, n, ...]`` covering ``steps [n, 2]``, each inside one
+        bucket of this store's width or a finer one, as a store of the same origin made them): joined by bucket,
+        as :meth:`append` joins rows (one column per bucket they touch; merged past ``cap``).
+
+        Columns of single steps are rows: ``append_columns`` of them is :meth:`append`. A store that appended
+        columns past ``cap`` without merging them (a writer that defers its merges) replays them here, window by
+        window, and ends as a store that merged at once (the same columns; the same sums, added in another order
+        where columns of several steps join).
+        """
+        n = counts.shape[1]
+        if n == 0:
+            return
         if (grid is None) != (self._grid is None):
             raise ValueError("a gridded store takes rows with grids, a fixed one without")
         if not self._origin_set:
-            self.origin = int(start)
+            self.origin = int(steps[0, 0])
             self._origin_set = True
-        if self.width > 1:
-            bucket = (np.arange(start, start + n, dtype=np.int64) - self.origin) // self.width
+        bucket = (steps[:, 0] - self.origin) // self.width
+        if self.width > 1 or (steps[:, 1] - steps[:, 0] != 1).any():
             groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
             if len(groups) < n:
                 counts, stats, grid = merge_lanes(counts, stats, grid, groups)
         else:
             groups = np.arange(n)
-        ends = np.append(groups[1:], n)
+        ends = np.append(groups[1:], n) - 1
         k = len(groups)
         self._reserve(k)
         at = slice(self._n, self._n + k)
-        self._steps[at, 0] = start + groups
-        self._steps[at, 1] = start + ends
+        self._steps[at, 0] = steps[groups, 0]
+        self._steps[at, 1] = steps[ends, 1]
         self._counts[:, at] = counts
         self._stats[:, at] = stats
         if self._grid is not None and grid is not None:

@@ -16,7 +16,9 @@ columns add up, ``min`` and ``max`` combine by minimum and maximum.
 
 from __future__ import annotations
 
+import functools
 import json
+from typing import Any
 
 import numpy as np
 
@@ -141,6 +143,13 @@ def encode(arr: np.ndarray) -> tuple[str, str, bytes]:
     return le.dtype.str, "[" + ", ".join(map(str, arr.shape)) + "]", le.tobytes()
 
 
+@functools.lru_cache(maxsize=256)
+def _shape(text: str) -> Any:
+    """A stored shape (JSON) parsed; the same few shapes come back for every array a merge reads."""
+    value = json.loads(text)
+    return tuple(value) if isinstance(value, list) else value  # (cached: never a list someone could change)
+
+
 def decode(dtype: str, shape: str, data: bytes) -> np.ndarray:
     """Inverse of :func:`encode`; the result is native-endian and writable, integers as int64.
 
@@ -151,5 +160,5 @@ def decode(dtype: str, shape: str, data: bytes) -> np.ndarray:
     dt = np.dtype(dtype)
     if dt.kind not in "iufb" or dt.hasobject:
         raise RunFileError(f"run file holds an array of unsupported dtype {dtype!r}")
-    arr = np.frombuffer(data, dtype=dt).reshape(json.loads(shape))
+    arr = np.frombuffer(data, dtype=dt).reshape(_shape(shape))
     return arr.astype(np.int64 if dt.kind in "iu" else dt.newbyteorder("="))

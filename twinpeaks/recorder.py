@@ -45,7 +45,17 @@ from .errors import RunFileError, TwinpeaksWarning, warn
 from .outputs import flatten, is_main, path_name
 from .recording import ops
 from .recording.clock import StepClock
-from .recording.engine import AUTO_SAMPLE, EXACT_BELOW, SAMPLE_BLOCK, BinningEngine, PhaseBuffers, Record, window_rows
+from .recording.engine import (
+    AUTO_SAMPLE,
+    EXACT_BELOW,
+    SAMPLE_BLOCK,
+    BinningEngine,
+    BlockPool,
+    Carved,
+    PhaseBuffers,
+    Record,
+    window_rows,
+)
 from .recording.epoch_writer import LANES, EpochWriter
 from .recording.probe import CompositeProbe
 from .recording.selection import (
@@ -58,7 +68,7 @@ from .recording.selection import (
     select_modules,
     unwrap,
 )
-from .recording.writer_thread import WriterThread, pause
+from .recording.writer_thread import WriterThread, pause, start_later
 from .run import Run, open_run
 from .rundir import claim, claim_run_path, names_a_folder, next_run_path, refuse_existing
 from .runfile import MAX_BINS, RunWriter
@@ -205,7 +215,9 @@ class ActivationsHistogram:
             there is no range to widen. Still accepted so that old calls run; a value other than the
             default 1.0 warns (:class:`twinpeaks.TwinpeaksWarning`) when the recorder is made.
         flush_every: steps kept on the device before rows move to the host.
-        max_columns: per-step columns kept per layer and phase before merging pairwise.
+        max_columns: per-step columns kept per layer and phase before merging pairwise
+            (a file run merges in its writer's idle time: up to twice as many meanwhile,
+            at most ``max_columns`` once closed).
         seed: seed of the sampling offsets.
         live: redraw the Twin Peaks chart at every ``end_epoch`` (Jupyter: in one
             output cell; elsewhere: ``<path>.live.png``). See :mod:`twinpeaks.live`.
@@ -301,6 +313,7 @@ class ActivationsHistogram:
         self._sync: distributed.DistSync | None = None
         self._writer: EpochWriter | None = None
         self._thread = WriterThread(str(id(self)))  # the writer's work, off the training thread
+        self._blocks = BlockPool()  # the hand-overs' host blocks, reused (their pages touched off the step)
         self._records: list[Record] = []
         self._by_module: list[dict[tuple, Record]] = []
         self._explicit: list[str] = []
@@ -338,7 +351,10 @@ class ActivationsHistogram:
             else:
                 writer = RunWriter(self.path, self._meta(), self._file_message, overwrite=self.overwrite,
                                    claimed=claimed)
-            self._writer = EpochWriter(writer, self.bins, self.max_columns)
+            # a file run's merges past max_columns wait for the writer's idle time (readers use their own
+            # connection, which sees commits only); an in-memory run's are done at once (read on the same one)
+            self._writer = EpochWriter(writer, self.bins, self.max_columns, defer=self.path is not None)
+            self._thread.idle = self._writer.settle_one if self.path is not None else None
             self._names = RecordNames(self.root)
             for i, (name, mod) in enumerate(self._selected):
                 own = i != self._output_index  # the "output" record is no module's own record
@@ -632,6 +648,10 @@ class ActivationsHistogram:
             for i in range(self._hooked, len(self._selected)):
                 self._hooks.add(self._selected[i][1], self._make_hook(i))
             self._hooked = len(self._selected)
+        pairs = [(pd, self.clock.rows) for rec in self._records for pd in rec.phases.values()]
+        first = PhaseBuffers.hand_over_bytes(pairs)  # the first window's block, ready before its hand-over
+        blocks = self._blocks
+        self._thread.submit(lambda: blocks.reserve(first))
         owner = {id(r): i for i, recs in enumerate(self._by_module) for r in recs.values()}
         for rec in self._records:
             if id(self._selected[owner[id(rec)]][1]) in inside and rec.out_shape is None:
@@ -712,7 +732,7 @@ class ActivationsHistogram:
                 if n > 0:
                     keys.append((rec.id, phase, start))
                     pairs.append((pd, n))
-        raws = PhaseBuffers.take_raw_many(pairs)  # one C call for every CPU buffer set
+        raws = PhaseBuffers.take_raw_many(pairs, self._blocks)  # one C call for every CPU buffer set
         return {(rid, phase): (start, pd, raw) for (rid, phase, start), (pd, _), raw in zip(keys, pairs, raws)}
 
     def _flush_window(self, epoch_end: bool = False) -> Callable[[], None] | None:
@@ -740,8 +760,13 @@ class ActivationsHistogram:
             taken = dict(self._take_raw())
             self.clock.close_window()
         changes = self._layer_changes()
+        block = next((raw.block.nbytes for _, _, raw in taken.values() if isinstance(raw, Carved)), 0)  # type: ignore[attr-defined]
+        blocks = self._blocks
 
         def write() -> None:
+            if not epoch_end:
+                start_later()  # not in the step that handed the window over (it paid for the hand-over)
+            blocks.reserve(block)  # the next hand-over's block: ready, its pages touched here
             w.apply_layers(changes)
             # the records of a phase that record the same window: finished and written at once (stacked)
             for phase, start, rids, rows in PhaseBuffers.finish_windows(taken, LANES):

@@ -87,3 +87,31 @@ def test_take_rows_refuses_a_bad_table_before_touching_anything():
     assert (src == np.arange(8)).all() and (dst == 0).all()
     binning._cbin.take_rows(table.ctypes.data, 1, dst.ctypes.data)
     assert (dst == np.arange(8)).all() and (src == 0).all()
+
+
+def test_hand_overs_through_a_block_pool_never_share_a_block_still_read():
+    """With a BlockPool, a window still held (the writer has not written it) keeps its block: the next hand-over
+    copies into another one, and both give take_raw's rows; once let go, the block is reused."""
+    from twinpeaks.recording.engine import BlockPool
+
+    pool = BlockPool()
+    ref = [_filled(k, 7, seed) for seed, k in enumerate(KINDS)]
+    got = [_filled(k, 7, seed) for seed, k in enumerate(KINDS)]
+    first_want = [pd.take_raw(3) for pd in ref]
+    first = PhaseBuffers.take_raw_many([(pd, 3) for pd in got], pool)
+    for seed, (r, g) in enumerate(zip(ref, got)):  # new values in the rows, the same in both
+        for (buf_r, _, _), (buf_g, _, _) in zip(r.states.values(), g.states.values()):
+            fresh = torch.randn(buf_r.shape, generator=torch.Generator().manual_seed(seed + 50), dtype=torch.float64)
+            buf_r.copy_((fresh * 1e3).to(buf_r.dtype))
+            buf_g.copy_((fresh * 1e3).to(buf_g.dtype))
+    second_want = [pd.take_raw(3) for pd in ref]
+    second = PhaseBuffers.take_raw_many([(pd, 3) for pd in got], pool)
+    assert second[0].block.ctypes.data != first[0].block.ctypes.data  # the first block is still held
+    for want, taken in ((first_want, first), (second_want, second)):
+        for w, t in zip(want, taken):
+            rows = t.rows()
+            assert all(_same(w[name], rows[name]) for name in w)
+    address = first[0].block.ctypes.data
+    del first, rows, t
+    third = PhaseBuffers.take_raw_many([(pd, 3) for pd in got], pool)
+    assert third[0].block.ctypes.data == address  # let go: reused

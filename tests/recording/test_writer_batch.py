@@ -19,7 +19,7 @@ from torch import nn
 
 import twinpeaks as tp
 from twinpeaks.columns import ColumnStack
-from twinpeaks.format import combine_stats, decode, encode
+from twinpeaks.format import MAX, MIN, combine_stats, decode, encode
 from twinpeaks.recording import epoch_writer
 from twinpeaks.recording.engine import Carved, PhaseBuffers
 from twinpeaks.runfile import encode_lanes
@@ -185,7 +185,10 @@ def test_the_stacked_writer_writes_what_the_per_layer_writer_wrote(tmp_run, monk
     for (rid, phase), store in runs.items():  # the run's columns: the same arrays as the layer's own store
         np.testing.assert_array_equal(_columns(rows, rid, phase, "col_steps"), store.steps)
         np.testing.assert_array_equal(_columns(rows, rid, phase, "col_counts"), store.counts)
-        np.testing.assert_array_equal(_columns(rows, rid, phase, "col_stats"), store.stats)
+        stats = _columns(rows, rid, phase, "col_stats")  # a merge in the writer's idle time adds in another order
+        np.testing.assert_allclose(stats, store.stats, rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(stats[:, MIN], store.stats[:, MIN])
+        np.testing.assert_array_equal(stats[:, MAX], store.stats[:, MAX])
         if store.grid is not None:
             np.testing.assert_array_equal(_columns(rows, rid, phase, "col_grid"), store.grid)
         else:

@@ -104,10 +104,12 @@ def test_end_epoch_returns_once_everything_is_committed(tmp_run, monkeypatch, sl
                 cols = run.columns(layer, "train")
                 assert run.histogram(layer, "train").total == (epoch + 1) * 23 * 8 * 4
                 assert binned(cols) == (epoch + 1) * 23 * 8 * 4 and cols.ends[-1] == (epoch + 1) * 23
-                assert len(cols) <= 8
+                assert len(cols) <= 16  # a merge past max_columns waits for the writer's idle time: 2x at most
         finally:
             conn.close()
     hist.close()
+    run = tp.open_run(tmp_run)
+    assert all(len(run.columns(layer, "train")) <= 8 for layer in range(len(run.layers)))  # close() merged them
 
 
 KILLED = textwrap.dedent("""
@@ -134,7 +136,7 @@ def test_kill_9_right_after_end_epoch_loses_nothing_it_returned_from(tmp_run):
         for e in range(3):
             assert run.histogram(layer, "train", epoch=e).total == 100 * 8 * width
         cols = run.columns(layer, "train")
-        assert len(cols) <= 10
+        assert len(cols) <= 20  # a merge past max_columns=10 may still have been waiting for the writer
         assert binned(cols) >= 300 * 8 * width  # every committed step; a later flush may be there too
 
 
@@ -173,7 +175,7 @@ def held_bytes(hist: tp.ActivationsHistogram) -> int:
             total += sum(buf.numel() * buf.element_size() for buf, _, _ in pd.states.values())
     w = hist._writer
     total += w.held_bytes()  # column stores and the last epoch's summaries
-    return total + w.writer.queued_bytes
+    return total + w.writer.queued_bytes + hist._blocks.nbytes  # and the hand-overs' host blocks, kept
 
 
 def run_for(path, epochs: int, steps: int) -> int:
@@ -203,7 +205,9 @@ def test_memory_per_layer_does_not_grow_with_the_steps(tmp_path):
     device = 16 * (slots + 5 + 2 + 2) * 8  # a window of 16 rows
     epoch = (epoch_writer.EPOCH_COLUMNS + 16) * per_column  # the open epoch's columns (and one window appended)
     summaries = 4 * slots * 8 + 64  # the last epoch's summaries (counts and last quarter, truth rows)
-    bound = layers * (device + 50 * 16 + epoch + summaries)
+    blocks = 3 * (device + 8 * 64)  # BlockPool(keep=3): a window's rows, each buffer's 64-byte aligned
+    # the file columns' steps: up to 2 x max_columns while a merge waits for the writer's idle time
+    bound = layers * (device + blocks + 2 * 50 * 16 + epoch + summaries)
     assert short <= bound and long <= bound
     assert long <= short * 1.05
 
@@ -253,6 +257,54 @@ def test_file_columns_follow_the_column_store_exactly(gridded, cap, window):
         assert len(ref) <= cap
 
 
+@pytest.mark.parametrize("gridded", [False, True], ids=["fixed", "grids"])
+@pytest.mark.parametrize("cap,window", [(10, 3), (8, 8), (50, 37), (2, 5)], ids=str)
+def test_deferred_merges_give_the_columns_of_merges_made_at_once(gridded, cap, window):
+    """With ``defer``, windows past the cap are written as they come (at most 2x cap columns) and merged when
+    settle() is called, at any point: the columns are then the store's that merged at once (steps, counts, grids
+    and minima/maxima equal; sums equal to rounding, added in another order), and exactly equal when settled
+    after every window."""
+    from column_reference import ColumnStore
+
+    from twinpeaks.format import MAX, MIN
+    from twinpeaks.runfile import RunWriter
+
+    rng = np.random.default_rng(cap * 100 + window + 7)
+    kinds = ("col_steps", "col_counts", "col_stats", "col_grid")
+    for settle_every in (1, 3, 1000):
+        w = RunWriter(None, {"options": {}})
+        files, ref = epoch_writer.FileColumns(cap, (6,), gridded, defer=True), ColumnStore(cap, (6,), gridded)
+        start, over = 0, False
+        for k in range(60):
+            n = int(rng.integers(1, window + 1))
+            counts = rng.integers(0, 50, (n, 6))
+            stats = np.column_stack([rng.random((n, 5)) * 10, -rng.random(n), rng.random(n)])
+            grid = np.column_stack([rng.integers(-3, -1, n), rng.integers(-8, -4, n)]) if gridded else None
+            if gridded:
+                counts[:, 1] = counts[:, -1] = counts[:, -2] = 0
+            files.append(w, 0, "train", start, counts, stats, grid)
+            ref.append(start, counts, stats, grid)
+            start += n
+            w.commit()
+            assert len(files) <= 2 * cap + window
+            over = over or len(files) > cap
+            if k % settle_every == settle_every - 1 or k == 59:
+                files.settle(w, 0, "train")
+                w.commit()
+                got = w.read_columns(0, "train", kinds)
+                np.testing.assert_array_equal(got["col_steps"], ref.steps)
+                np.testing.assert_array_equal(files.steps, ref.steps)
+                np.testing.assert_array_equal(got["col_counts"], ref.counts)
+                if settle_every == 1:
+                    np.testing.assert_array_equal(got["col_stats"], ref.stats)
+                np.testing.assert_allclose(got["col_stats"], ref.stats, rtol=1e-12, atol=0)
+                np.testing.assert_array_equal(got["col_stats"][:, [MIN, MAX]], ref.stats[:, [MIN, MAX]])
+                if gridded:
+                    np.testing.assert_array_equal(got["col_grid"], ref.grid)
+                assert len(files) <= cap
+        assert over or settle_every == 1  # columns went past the cap while a merge waited
+
+
 def test_the_writer_spreads_its_work_unless_the_training_thread_waits_for_it(monkeypatch):
     """After a stretch of work, pause() sleeps SPREAD times as long (capped), on the writer's thread only;
     while the training thread waits (wait(), or a hand-over into a full queue) it does not sleep."""
@@ -286,16 +338,97 @@ def test_the_writer_spreads_its_work_unless_the_training_thread_waits_for_it(mon
     w.close()
 
 
-def test_a_merge_is_not_spread(tmp_run, monkeypatch):
-    """Columns passing max_columns are merged at once (the next window may wait for the merge)."""
+def test_merges_past_max_columns_wait_for_the_writers_idle_time(tmp_run, monkeypatch):
+    """A file run's merges past max_columns are done by the writer's thread while no window waits (spread, so
+    that training goes on), and the closed file holds at most max_columns columns per layer: the data of every step."""
     from twinpeaks.recording import writer_thread as wt
 
-    calls: list[bool] = []
-    pause = wt.pause
-    monkeypatch.setattr(epoch_writer, "pause", lambda spread=True: calls.append(spread) or pause(spread))
+    spreads: list[bool] = []
+    queued: list[int] = []
+    pause, settle_one = wt.pause, epoch_writer.EpochWriter.settle_one
+    monkeypatch.setattr(epoch_writer, "pause", lambda spread=True: spreads.append(spread) or pause(spread))
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
-    with tp.ActivationsHistogram(model, tmp_run, max_columns=4, flush_every=3) as hist:
-        for _ in range(20):
+    hist = tp.ActivationsHistogram(model, tmp_run, max_columns=4, flush_every=3)
+
+    def settle(self):
+        if threading.current_thread().name.startswith("twinpeaks-writer-"):
+            queued.append(hist._thread._queue.qsize())
+        return settle_one(self)
+
+    monkeypatch.setattr(epoch_writer.EpochWriter, "settle_one", settle)
+    with hist:
+        for _ in range(40):
             model(torch.randn(2, 4))
         hist.end_epoch()
-    assert False in calls  # the merge's pauses
+    assert queued and not any(queued)  # only ever with no window waiting
+    run = tp.open_run(tmp_run)
+    for layer in range(2):
+        cols = run.columns(layer, "train")
+        assert len(cols) <= 4 and cols.starts[0] == 0 and cols.ends[-1] == 40 and binned(cols) == 40 * 2 * 4
+
+
+def test_the_writer_does_its_idle_work_only_while_no_job_waits():
+    """``idle`` runs a piece at a time between jobs, never before a job that waits; wait() does not wait for it;
+    its exception is raised on the training thread; close() leaves what is left."""
+    log: list[str] = []
+    gate = threading.Event()
+    pieces = [3]
+
+    def idle() -> bool:
+        log.append("idle")
+        pieces[0] -= 1
+        return pieces[0] > 0
+
+    w = WriterThread("idle")
+    w.idle = idle
+    w.submit(lambda: gate.wait(5) and log.append("a"))
+    w.submit(lambda: log.append("b"))  # waits behind a: idle work must not come between
+    gate.set()
+    w.wait()
+    deadline = time.monotonic() + 5
+    while pieces[0] > 0 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert log == ["a", "b", "idle", "idle", "idle"]
+    time.sleep(0.05)
+    assert log.count("idle") == 3  # done: not called again until a job comes
+    blocked = threading.Event()
+    w.idle = lambda: blocked.wait(5) and False
+    w.submit(lambda: log.append("c"))
+    w.wait()  # returns with the idle work still blocked
+    assert log[-1] == "c" and not blocked.is_set()
+    blocked.set()
+
+    def fails() -> bool:
+        raise ValueError("idle failed")
+
+    w.idle = fails
+    w.submit(lambda: None)
+    with pytest.raises(ValueError, match="idle failed"):
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            w.wait()
+            time.sleep(0.005)
+    w.close()
+
+
+def test_block_pool_reuses_a_block_only_once_nothing_refers_to_it():
+    """The hand-over's host blocks: reused when no view of one is alive (a window the writer still holds keeps its
+    block), 64-byte aligned, at most ``keep`` kept; ``reserve`` makes a free block ready."""
+    from twinpeaks.recording.engine import BlockPool
+
+    pool = BlockPool(keep=2)
+    a = pool.take(1000)
+    view = a[10:20]
+    del a
+    b = pool.take(1000)  # the first block is still referred to (by view): a second one
+    assert view.base is not b.base and len(pool._blocks) == 2
+    del view
+    c = pool.take(500)  # the first is free again: reused
+    assert c.base is not b.base and c.ctypes.data % 64 == 0 and len(c) == 500 and len(pool._blocks) == 2
+    d = pool.take(100)  # both in use, pool full: a block that is not kept
+    assert len(pool._blocks) == 2 and d.base is not b.base and d.base is not c.base
+    del b, c, d
+    pool.reserve(4000)  # bigger than both: replaces a free smaller one
+    assert len(pool._blocks) == 2 and max(x.nbytes for x in pool._blocks) >= 4064
+    big = pool.take(4000)
+    assert big.nbytes == 4000 and not big.any()  # the reserved block (touched: zeros)

@@ -50,6 +50,9 @@ COMMIT_BYTES = 8 << 20
 #: Bytes of int64 columns read back and merged at once (a few layers' columns; the merge's temporaries are a few
 #: times this): the run's columns are never held in memory whole
 MERGE_BYTES = 2 << 20
+#: Records per :class:`FileStack` of a cohort: a merge past ``max_columns`` deferred (see :class:`FileStack`) is done a
+#: stack at a time, so that the writer can take the next window between two
+MERGE_LANES = 16
 _COLUMN_KINDS = ("col_steps", "col_counts", "col_stats", "col_grid")
 
 
@@ -58,30 +61,38 @@ class FileStack:
 
     They follow :class:`~twinpeaks.columns.ColumnStack` exactly (aligned buckets, merged past ``cap``); the
     lanes record the same steps, so they share the bucket state and the steps of their columns, the only
-    things kept here. New rows are written as new columns; when they would pass ``cap``, the columns are read
+    things kept here. New rows are written as new columns; when they pass ``cap``, the columns are read
     back from the file (the writer's view, with what it has not committed yet:
     :meth:`~twinpeaks.runfile.RunWriter.read_columns_of`), merged and rewritten, a few lanes at a time
     (``commit`` is called between them once :data:`COMMIT_BYTES` are queued: memory stays bounded).
+
+    ``defer``: the merge past ``cap`` waits for :meth:`settle` (the writer's thread calls it when no window
+    waits, so that a merge never holds up a window: the training thread never waits for one). Until then the
+    windows' columns are written as they come, past ``cap`` (at most ``2 * cap``: beyond that it merges at
+    once); :meth:`settle` replays them window by window (:meth:`ColumnStack.append_columns`), so the columns
+    are those of a merge made at once.
     """
 
-    def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool):
-        self.cap, self.shape, self.gridded = cap, shape, gridded
+    def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool, defer: bool = False):
+        self.cap, self.shape, self.gridded, self.defer = cap, shape, gridded, defer
         self.width = 1
         self.origin: int | None = None
         self.steps = np.zeros((0, 2), np.int64)
+        self.pending: list[int] = []  #: first column of each window written past ``cap``, not merged yet
 
     def __len__(self) -> int:
         return len(self.steps)
 
     def copy(self) -> FileStack:
-        out = FileStack(self.cap, self.shape, self.gridded)
-        out.width, out.origin, out.steps = self.width, self.origin, self.steps.copy()
+        out = FileStack(self.cap, self.shape, self.gridded, self.defer)
+        out.width, out.origin, out.steps, out.pending = self.width, self.origin, self.steps.copy(), list(self.pending)
         return out
 
     def append(self, w: RunWriter, rids: list[int], phase: str, start: int, counts: np.ndarray, stats: np.ndarray,
                grid: np.ndarray | None, commit: Callable[[], None] | None = None) -> None:
-        """Append every lane's consecutive rows (``[lanes, n, ...]``) from step ``start`` and queue their columns."""
-        lanes, n = counts.shape[:2]
+        """Append every lane's consecutive rows (``[lanes, n, ...]``) from step ``start`` and queue their columns;
+        past ``cap``, merge them now or (``defer``) at :meth:`settle`."""
+        n = counts.shape[1]
         if n == 0:
             return
         origin = start if self.origin is None else self.origin
@@ -89,37 +100,50 @@ class FileStack:
         # the window's columns: one per bucket its rows touch (as ColumnStack.append makes them)
         bucket = (np.arange(start, start + n, dtype=np.int64) - origin) // self.width
         groups = np.flatnonzero(np.diff(bucket, prepend=bucket[0] - 1))
-        if first + len(groups) <= self.cap:  # new columns: one more segment (part = its first column)
-            if len(groups) < n:
-                counts, stats, grid = merge_lanes(counts, stats, grid, groups)
-            steps = np.stack([start + groups, start + np.append(groups[1:], n)], axis=1)
-            self._put(w, rids, phase, first, steps, counts, stats, grid)
-            self.steps = np.concatenate([self.steps, steps])
-            self.origin = origin
+        if len(groups) < n:
+            counts, stats, grid = merge_lanes(counts, stats, grid, groups)
+        steps = np.stack([start + groups, start + np.append(groups[1:], n)], axis=1)
+        self._put(w, rids, phase, first, steps, counts, stats, grid)
+        self.steps = np.concatenate([self.steps, steps])
+        self.origin = origin
+        if self.pending or first + len(groups) > self.cap:  # past the cap: this window is merged with the others
+            self.pending.append(first)
+            if not self.defer or len(self.steps) > 2 * self.cap:
+                self.settle(w, rids, phase, commit)
+
+    def settle(self, w: RunWriter, rids: list[int], phase: str, commit: Callable[[], None] | None = None) -> None:
+        """Merge the columns written past ``cap`` (read back from the file), rewrite them all, a few lanes at a time."""
+        if not self.pending:
             return
-        # past the cap: merge every column (read back from the file), rewrite them all, a few lanes at a time
-        per_lane = (first + n) * (counts[0, 0].size + stats.shape[-1] + 4) * 8
+        n = len(self.steps)
+        bounds = [*self.pending, n]
+        per_lane = n * (int(np.prod(self.shape)) + len(empty_stats(1)[0]) + 4) * 8
         chunk = max(1, MERGE_BYTES // max(1, per_lane))
         store = None
-        for a in range(0, lanes, chunk):
+        for a in range(0, len(rids), chunk):
             ids = rids[a:a + chunk]
-            got = w.read_columns_of(ids, phase, _COLUMN_KINDS) if first else None
-            if got is not None and any(len(g.get("col_steps", ())) != first for g in got):
-                bad = next(r for r, g in zip(ids, got) if len(g.get("col_steps", ())) != first)
+            got = w.read_columns_of(ids, phase, _COLUMN_KINDS)
+            bad = next((r for r, g in zip(ids, got) if len(g.get("col_steps", ())) != n), None)
+            if bad is not None:
                 raise RuntimeError(f"run file lost the step columns of layer {bad} in {phase!r}")
-            old = None if got is None else (
-                self.steps, np.stack([g["col_counts"] for g in got]), np.stack([g["col_stats"] for g in got]),
-                np.stack([g["col_grid"] for g in got]) if self.gridded else None)
-            store = ColumnStack.restore(len(ids), self.cap, self.shape, self.gridded, self.width, origin, old)
-            store.append(start, counts[a:a + chunk], stats[a:a + chunk], None if grid is None else grid[a:a + chunk])
+            counts = np.stack([g["col_counts"] for g in got])
+            stats = np.stack([g["col_stats"] for g in got])
+            grid = np.stack([g["col_grid"] for g in got]) if self.gridded else None
+            cut = bounds[0]
+            store = ColumnStack.restore(len(ids), self.cap, self.shape, self.gridded, self.width, self.origin or 0,
+                                        (self.steps[:cut], counts[:, :cut], stats[:, :cut],
+                                         None if grid is None else grid[:, :cut]))
+            for s, e in zip(bounds, bounds[1:]):  # the windows written since, as they came
+                store.append_columns(self.steps[s:e], counts[:, s:e], stats[:, s:e],
+                                     None if grid is None else grid[:, s:e])
             for rid in ids:
                 w.drop_columns(rid, phase)
             self._put(w, ids, phase, 0, store.steps, store.counts, store.stats, store.grid)
             if commit is not None and w.queued_bytes > COMMIT_BYTES and w.failed is None:
                 commit()
-            pause(spread=False)  # a merge is due now: not spread (the next window may wait for it)
+            pause(spread=self.defer)  # a merge at once is due now: not spread (the next window may wait for it)
         assert store is not None
-        self.steps, self.width, self.origin = store.steps.copy(), store.width, origin
+        self.steps, self.width, self.pending = store.steps.copy(), store.width, []
 
     @staticmethod
     def _put(w: RunWriter, rids: list[int], phase: str, part: int, steps: np.ndarray, counts: np.ndarray,
@@ -134,8 +158,8 @@ class FileStack:
 class FileColumns:
     """The run's step columns of one record in one phase (a :class:`FileStack` of one lane)."""
 
-    def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool):
-        self.stack = FileStack(cap, shape, gridded)
+    def __init__(self, cap: int, shape: tuple[int, ...], gridded: bool, defer: bool = False):
+        self.stack = FileStack(cap, shape, gridded, defer)
 
     def __len__(self) -> int:
         return len(self.stack)
@@ -149,32 +173,47 @@ class FileColumns:
         """Append consecutive rows from step ``start`` and queue their columns in ``w``."""
         self.stack.append(w, [rid], phase, start, counts[None], stats[None], None if grid is None else grid[None])
 
+    def settle(self, w: RunWriter, rid: int, phase: str) -> None:
+        """Merge what was written past ``cap`` (see :meth:`FileStack.settle`)."""
+        self.stack.settle(w, [rid], phase)
+
 
 class _Cohort:
-    """Records of one phase that record the same steps (one :class:`FileStack`, one epoch :class:`ColumnStack`)."""
+    """Records of one phase that record the same steps: one epoch :class:`ColumnStack`, and their file columns in
+    :class:`FileStack` s of at most :data:`MERGE_LANES` records each (a deferred merge is done one of them at a time)."""
 
-    def __init__(self, rids: list[int], file: FileStack, epoch: ColumnStack, extra: dict[str, ColumnStack]):
-        self.rids, self.file, self.epoch, self.extra = rids, file, epoch, extra
+    def __init__(self, rids: list[int], files: list[FileStack], epoch: ColumnStack, extra: dict[str, ColumnStack]):
+        self.rids, self.files, self.epoch, self.extra = rids, files, epoch, extra
 
     @classmethod
     def new(cls, rids: list[int], max_columns: int, slots: int, extra: dict[str, tuple[int, ...]],
-            gridded: bool) -> _Cohort:
+            gridded: bool, defer: bool = False) -> _Cohort:
         lanes = len(rids)
-        return cls(rids, FileStack(max_columns, (slots,), gridded), ColumnStack(lanes, EPOCH_COLUMNS, (slots,), gridded),
+        files = [FileStack(max_columns, (slots,), gridded, defer) for _ in range(0, lanes, MERGE_LANES)]
+        return cls(rids, files, ColumnStack(lanes, EPOCH_COLUMNS, (slots,), gridded),
                    {k: ColumnStack(lanes, EPOCH_COLUMNS, (*shape, slots), gridded) for k, shape in extra.items()})
 
+    def file_lanes(self) -> list[tuple[slice, FileStack]]:
+        """Each file stack with the lanes it holds."""
+        return [(slice(a, a + MERGE_LANES), f) for a, f in zip(range(0, len(self.rids), MERGE_LANES), self.files)]
+
     def split(self, keep: set[int]) -> tuple[_Cohort, _Cohort]:
-        """Two cohorts: the lanes in ``keep`` and the others (a window came for some of the records only)."""
+        """Two cohorts: the lanes in ``keep`` and the others (a window came for some of the records only).
+
+        The file stacks record the same steps and have no merge pending (:meth:`EpochWriter._split` settles them
+        first), so they are in the same state: every new stack starts as a copy of the first."""
+        assert not any(f.pending for f in self.files), "settle a cohort's merges before splitting it"
         parts = []
         for inside in (True, False):
             lanes = [i for i, r in enumerate(self.rids) if (r in keep) is inside]
-            parts.append(_Cohort([self.rids[i] for i in lanes], self.file.copy(), self.epoch.select(lanes),
+            files = [self.files[0].copy() for _ in range(0, len(lanes), MERGE_LANES)]
+            parts.append(_Cohort([self.rids[i] for i in lanes], files, self.epoch.select(lanes),
                                  {k: s.select(lanes) for k, s in self.extra.items()}))
         return parts[0], parts[1]
 
     @property
     def nbytes(self) -> int:
-        return self.file.steps.nbytes + sum(s.nbytes for s in (self.epoch, *self.extra.values()))
+        return sum(f.steps.nbytes for f in self.files) + sum(s.nbytes for s in (self.epoch, *self.extra.values()))
 
 
 class EpochWriter:
@@ -188,10 +227,11 @@ class EpochWriter:
     :mod:`twinpeaks.recording.writer_thread`) calls it.
     """
 
-    def __init__(self, writer: RunWriter, bins: int, max_columns: int):
+    def __init__(self, writer: RunWriter, bins: int, max_columns: int, defer: bool = False):
         self.writer = writer
         self.bins = bins
         self.max_columns = max_columns
+        self.defer = defer  #: merges past ``max_columns`` wait for :meth:`settle_one` (see :class:`FileStack`)
         self._cohorts: dict[str, list[_Cohort]] = {}  # phase -> its cohorts
         self._of: dict[tuple[int, str], _Cohort] = {}  # (record, phase) -> its cohort
         self._last_epoch: dict[tuple[int, str], dict[str, np.ndarray]] = {}  # summaries of the last epoch written
@@ -235,7 +275,7 @@ class EpochWriter:
         new = [r for r in rids if (r, phase) not in self._of]
         for a in range(0, len(new), LANES):
             c = _Cohort.new(new[a:a + LANES], self.max_columns, counts.shape[-1],
-                            {k: v.shape[2:-1] for k, v in extra.items()}, grid is not None)
+                            {k: v.shape[2:-1] for k, v in extra.items()}, grid is not None, self.defer)
             cohorts.append(c)
             for r in c.rids:
                 self._of[r, phase] = c
@@ -247,12 +287,32 @@ class EpochWriter:
                 idx = np.array([pos[r] for r in c.rids])
                 cc, cs, cg = counts[idx], stats[idx], None if grid is None else grid[idx]
                 cx = {k: v[idx] for k, v in extra.items()}
-            c.file.append(self.writer, c.rids, phase, start, cc, cs, cg, commit=self._commit_queued)
+            for lanes, f in c.file_lanes():
+                f.append(self.writer, c.rids[lanes], phase, start, cc[lanes], cs[lanes],
+                         None if cg is None else cg[lanes], commit=self._commit_queued)
             self._commit_queued()
             c.epoch.append(start, cc, cs, cg)
             for k, arr in cx.items():
                 c.extra[k].append(start, arr, cs, cg)
             pause()  # training goes on meanwhile: leave it the GIL between cohorts
+
+    def settle_one(self) -> bool:
+        """Do one deferred merge (one :class:`FileStack`, :data:`MERGE_LANES` records at most) and commit it;
+        whether one was left to do. The writer's thread calls it while no window waits."""
+        for phase, cohorts in self._cohorts.items():
+            for c in cohorts:
+                for lanes, f in c.file_lanes():
+                    if f.pending:
+                        f.settle(self.writer, c.rids[lanes], phase, self._commit_queued)
+                        self.writer.commit()
+                        return True
+        return False
+
+    def settle(self) -> None:
+        """Do every deferred merge (before the file is closed: it then holds at most ``max_columns`` columns per
+        layer and phase)."""
+        while self.settle_one():
+            pass
 
     def _commit_queued(self) -> None:
         if self.writer.queued_bytes > COMMIT_BYTES and self.writer.failed is None:
@@ -322,6 +382,8 @@ class EpochWriter:
 
     def _split(self, c: _Cohort, phase: str, keep: set[int]) -> _Cohort:
         """Split the records ``keep`` off ``c`` (a cohort of ``phase``) into a cohort of their own; return it."""
+        for lanes, f in c.file_lanes():  # its file stacks in one state first
+            f.settle(self.writer, c.rids[lanes], phase, self._commit_queued)
         inside, rest = c.split(keep)
         cohorts = self._cohorts[phase]
         cohorts[cohorts.index(c)] = inside
@@ -390,6 +452,7 @@ class EpochWriter:
         self.writer.commit()
 
     def close(self) -> None:
+        self.settle()
         self.writer.close()
 
     @property

@@ -84,6 +84,19 @@ class _Waiting:
                 _urgent.clear()
 
 
+#: How long a window's job waits before it starts, unless the training thread waits for it (:func:`start_later`).
+START_S = 0.02
+
+
+def start_later() -> None:
+    """At the start of a window's job: let the step that handed the window over end first (it paid for the
+    hand-over; the job's first work would slow it more). A no-op off the writer's thread, without spreading, or
+    while the training thread waits for the writer."""
+    if SPREAD > 0 and threading.current_thread().name.startswith("twinpeaks-writer-") and not _urgent.is_set():
+        _urgent.wait(START_S)
+    _last.t = time.perf_counter()
+
+
 def pause(spread: bool = True) -> None:
     """Let the training thread run (release the GIL briefly; with ``spread``, sleep in proportion to the work
     done since the last pause, see :data:`SPREAD`); a no-op off the writer's thread."""
@@ -115,6 +128,10 @@ class WriterThread:
         self._error: BaseException | None = None
         self._messages: list[str] = []  # for the user: issued on the training thread
         self._lock = threading.Lock()
+        #: Background work done while no job waits, a piece per call (it returns whether more is left): the
+        #: writer's deferred merges. ``wait`` does not wait for it; ``close`` leaves what is left to the caller.
+        self.idle: Callable[[], bool] | None = None
+        self._idle_left = False
 
     @property
     def running(self) -> bool:
@@ -170,16 +187,37 @@ class WriterThread:
 
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            job = self._next()
             try:
                 if job is None:
                     return
-                _last.t = time.perf_counter()
-                job()
-            except (sqlite3.Error, OSError) as exc:  # the file failed outside a commit (which keeps its queue)
-                self.say(f"could not write to the run file ({exc}); training goes on, the file keeps what it held")
-            except BaseException as exc:  # re-raised on the training thread
-                if self._error is None:
-                    self._error = exc
+                self._work(job)
             finally:
                 self._queue.task_done()
+            self._idle_left = self.idle is not None
+
+    def _next(self) -> Job | None:
+        """The next job; while none waits, a piece of the idle work (:attr:`idle`) at a time."""
+        while self._idle_left:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._idle_left = False
+            if self.idle is not None and self._error is None:
+                self._work(self._idle_piece)
+        return self._queue.get()
+
+    def _idle_piece(self) -> None:
+        idle = self.idle
+        self._idle_left = idle is not None and bool(idle())
+
+    def _work(self, job: Job) -> None:
+        try:
+            _last.t = time.perf_counter()
+            job()
+        except (sqlite3.Error, OSError) as exc:  # the file failed outside a commit (which keeps its queue)
+            self.say(f"could not write to the run file ({exc}); training goes on, the file keeps what it held")
+        except BaseException as exc:  # re-raised on the training thread
+            if self._error is None:
+                self._error = exc
