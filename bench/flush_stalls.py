@@ -52,12 +52,13 @@ def main() -> None:
     merges: list[tuple[float, float, int]] = []
     settle = epoch_writer.FileStack.settle
 
-    def timed_settle(self: Any, w: Any, rids: list[int], *a: Any, **k: Any) -> None:
+    def timed_settle(self: Any, w: Any, rids: list[int], *a: Any, **k: Any) -> Any:
         merge = bool(self.pending)
         t0 = time.perf_counter()
-        settle(self, w, rids, *a, **k)
+        out = settle(self, w, rids, *a, **k)
         if merge:
-            merges.append((t0 - t00, time.perf_counter() - t0, len(rids)))
+            merges.append((t0 - t00, time.perf_counter() - t0, out[0]))
+        return out
 
     epoch_writer.FileStack.settle = timed_settle  # type: ignore[method-assign]
     steps: list[tuple[float, float]] = []
@@ -82,7 +83,7 @@ def main() -> None:
                            if w - wall > args.over / 1e3))
     if merges:  # a file stack's merge (MERGE_LANES layers), done in the writer's idle time
         spans = [(t, d) for t, d, _ in merges]
-        print(f"merges past max_columns: {len(merges)} file stacks ({sum(n for *_, n in merges)} layer-phases), "
+        print(f"merges past max_columns: {len(merges)} pieces ({sum(n for *_, n in merges)} layer-phases), "
               f"{min(t for t, _ in spans):.1f}-{max(t + d for t, d in spans):.1f} s into the run, "
               f"{statistics.median(d for _, d in spans) * 1e3:.0f} ms median, {max(d for _, d in spans) * 1e3:.0f} max")
     else:

@@ -314,6 +314,8 @@ class ActivationsHistogram:
         self._writer: EpochWriter | None = None
         self._thread = WriterThread(str(id(self)))  # the writer's work, off the training thread
         self._blocks = BlockPool()  # the hand-overs' host blocks, reused (their pages touched off the step)
+        self._block_wanted = False
+        self._hook_fns: dict[int, Callable[..., None]] = {}
         self._records: list[Record] = []
         self._by_module: list[dict[tuple, Record]] = []
         self._explicit: list[str] = []
@@ -341,6 +343,7 @@ class ActivationsHistogram:
         if self._hooks:
             return self
         if self._writer is None:
+            self._hook_fns = {}  # made once per run (see _hook_for)
             self._sync = distributed.setup(self.dist_options)
             if self._sync is not None and not self._sync.writes:
                 self.path = None  # only rank 0 writes; the others keep the same summed run in memory
@@ -354,7 +357,9 @@ class ActivationsHistogram:
             # a file run's merges past max_columns wait for the writer's idle time (readers use their own
             # connection, which sees commits only); an in-memory run's are done at once (read on the same one)
             self._writer = EpochWriter(writer, self.bins, self.max_columns, defer=self.path is not None)
-            self._thread.idle = self._writer.settle_one if self.path is not None else None
+            if self.path is not None:  # a merge stops between chunks of layers when a window comes
+                settle_one, waiting = self._writer.settle_one, self._thread.job_waiting
+                self._thread.idle = lambda: settle_one(waiting)
             self._names = RecordNames(self.root)
             for i, (name, mod) in enumerate(self._selected):
                 own = i != self._output_index  # the "output" record is no module's own record
@@ -369,8 +374,10 @@ class ActivationsHistogram:
                 self._write_layers()
             self._commit(wait=True)
         ops.register(self)
-        self._hooks.register(self.root, self._begin_step, [mod for _, mod in self._selected], self._make_hook)
+        self._hooks.register(self.root, self._begin_step, [mod for _, mod in self._selected], self._hook_for)
         self._hooked = len(self._selected)
+        # the first window's host block: reserved once the first step made the buffers (blocks are kept)
+        self._block_wanted = not self._blocks.nbytes
         return self
 
     def _claim(self) -> bool:
@@ -557,11 +564,30 @@ class ActivationsHistogram:
                 self._settle()
             self._probe_started = True
         self.engine.pending = []
+        if self._block_wanted:
+            self._reserve_block()
         if self.clock.full(phase):
             self._flush_window()
         self.clock.start(phase)
 
+    def _reserve_block(self) -> None:
+        """Have the writer's thread make the first window's host block ready (its pages touched: not in the step
+        that hands the window over), once the buffers exist (after the first step)."""
+        pairs = [(pd, self.clock.rows) for rec in self._records for pd in rec.phases.values()]
+        if pairs:
+            self._block_wanted = False
+            blocks, size = self._blocks, PhaseBuffers.hand_over_bytes(pairs)
+            self._thread.submit(lambda: blocks.reserve(size))
+
     # -- the hot path ---------------------------------------------------------------------
+    def _hook_for(self, module_index: int) -> Callable[..., None]:
+        """The hook of a selected module, made once per run: attaching again reuses it (an attach makes no new
+        closures, which would otherwise build up until a full garbage collection)."""
+        fn = self._hook_fns.get(module_index)
+        if fn is None:
+            fn = self._hook_fns[module_index] = self._make_hook(module_index)
+        return fn
+
     def _make_hook(self, module_index: int) -> Callable[..., None]:
         pick = self._output if module_index == self._output_index else None
         main = self._by_module[module_index][()]  # the record of a plain tensor output
@@ -646,12 +672,8 @@ class ActivationsHistogram:
         inside = {id(d) for m in layers for d in m.modules() if d is not m}
         if self._hooks:  # attached: the layers found get the ordinary hook (attach hooks every selected module)
             for i in range(self._hooked, len(self._selected)):
-                self._hooks.add(self._selected[i][1], self._make_hook(i))
+                self._hooks.add(self._selected[i][1], self._hook_for(i))
             self._hooked = len(self._selected)
-        pairs = [(pd, self.clock.rows) for rec in self._records for pd in rec.phases.values()]
-        first = PhaseBuffers.hand_over_bytes(pairs)  # the first window's block, ready before its hand-over
-        blocks = self._blocks
-        self._thread.submit(lambda: blocks.reserve(first))
         owner = {id(r): i for i, recs in enumerate(self._by_module) for r in recs.values()}
         for rec in self._records:
             if id(self._selected[owner[id(rec)]][1]) in inside and rec.out_shape is None:

@@ -189,7 +189,10 @@ class RunWriter:
         self.queued_bytes += len(row[7]) - (len(old[7]) if old is not None else 0)
         self._arrays[key] = row
         if key[3] == -1:
-            self._queued_columns.setdefault(key[:2], set()).add(key)
+            cols = self._queued_columns.get(key[:2])
+            if cols is None:  # (not setdefault: a new set per array, thousands per window, would feed the GC)
+                cols = self._queued_columns[key[:2]] = set()
+            cols.add(key)
 
     def drop_columns(self, layer: int, phase: str) -> None:
         """Delete the step columns of a layer in a phase (at the next commit, before the arrays queued after)."""

@@ -372,7 +372,7 @@ def test_memory_stays_bounded_over_many_steps(tmp_run):
                 model(x)
             hist.end_epoch()
         hosts = [hist._writer.cohort(rec.id, "train") for rec in hist._records]
-        sizes = [max(len(f) for f in h.files) for h in hosts]
+        sizes = [max(len(f) for _, f in h.files) for h in hosts]
         epoch_sizes = [len(h.epoch) for h in hosts]
     assert max(sizes) <= 200 and max(epoch_sizes) == 0  # merges past 100 may wait for the writer (2x at most)
     run = tp.open_run(tmp_run)

@@ -226,3 +226,31 @@ def test_a_replica_of_a_module_with_another_wrapper_keeps_it(tmp_run):
         replica(torch.randn(2, 4))
     assert calls == [1]
     assert isinstance(replica.__dict__["forward"], Tap) and replica.__dict__["forward"].prev is not None
+
+
+def test_attaching_again_puts_the_same_taps_back_unless_the_module_changed(tmp_run):
+    """Detach then attach again reuses the taps and hooks (no new objects per attach: they would pile up until a
+    full garbage collection, 150 ms on a 500-layer model), records as before, and makes a new tap for a module
+    whose forward changed meanwhile (another wrapper, or its class's forward replaced)."""
+    model = _model()
+    hist = tp.ActivationsHistogram(model, tmp_run).attach()
+    x = torch.randn(5, 4)
+    model(x)
+    first = {name: m.__dict__["forward"] for name, m in model.named_children()}
+    hist.detach()
+    assert _plain(model)
+    hist.attach()
+    assert all(m.__dict__["forward"] is first[name] for name, m in model.named_children())
+    model(x)
+    hist.detach()
+    wrapped = model[0].forward
+    model[0].forward = lambda t: wrapped(t)  # a user wrapper, set while detached
+    hist.attach()
+    assert model[0].__dict__["forward"] is not first["0"] and model[2].__dict__["forward"] is first["2"]
+    model(x)
+    hist.detach()
+    del model[0].__dict__["forward"]
+    hist.close()
+    run = tp.open_run(tmp_run)
+    assert run.histogram("0").total == run.histogram("2").total * 8 // 3 == 3 * 5 * 8  # every step of both layers
+    assert not any(isinstance(m.__dict__.get("forward"), Tap) for m in model.modules())

@@ -350,21 +350,69 @@ def test_merges_past_max_columns_wait_for_the_writers_idle_time(tmp_run, monkeyp
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
     hist = tp.ActivationsHistogram(model, tmp_run, max_columns=4, flush_every=3)
 
-    def settle(self):
+    def settle(self, stop=None):
         if threading.current_thread().name.startswith("twinpeaks-writer-"):
-            queued.append(hist._thread._queue.qsize())
-        return settle_one(self)
+            queued.append(stop is not None)  # the writer's thread stops a merge when a window comes
+        return settle_one(self, stop)
 
     monkeypatch.setattr(epoch_writer.EpochWriter, "settle_one", settle)
     with hist:
         for _ in range(40):
             model(torch.randn(2, 4))
         hist.end_epoch()
-    assert queued and not any(queued)  # only ever with no window waiting
+    assert queued and all(queued)  # done on the writer's thread, between its jobs (see the idle test below)
     run = tp.open_run(tmp_run)
     for layer in range(2):
         cols = run.columns(layer, "train")
         assert len(cols) <= 4 and cols.starts[0] == 0 and cols.ends[-1] == 40 and binned(cols) == 40 * 2 * 4
+
+
+@pytest.mark.parametrize("gridded", [False, True], ids=["fixed", "grids"])
+def test_a_merge_stopped_midway_splits_its_stack_and_ends_with_the_same_columns(monkeypatch, gridded):
+    """settle_one(stop) ends a file stack's merge between chunks of records when stop says so; the records done go
+    on in a stack of their own, windows keep coming, and once every merge is done the columns are those of a
+    writer that merged at once."""
+    from twinpeaks.runfile import RunWriter
+
+    monkeypatch.setattr(epoch_writer, "MERGE_BYTES", 1)  # chunks of one record
+    rng = np.random.default_rng(5)
+    lanes, cap = 12, 6
+    rids = list(range(lanes))
+    writers = {defer: epoch_writer.EpochWriter(RunWriter(None, {"options": {}}), 6, cap, defer=defer)
+               for defer in (False, True)}
+    start, splits = 0, 0
+    asked = [0]
+
+    def stop() -> bool:  # a window "comes" after every second chunk
+        asked[0] += 1
+        return asked[0] % 2 == 0
+
+    for k in range(30):
+        n = int(rng.integers(1, 5))
+        counts = rng.integers(0, 50, (lanes, n, 6))
+        stats = np.concatenate([rng.random((lanes, n, 5)) * 10, -rng.random((lanes, n, 1)),
+                                rng.random((lanes, n, 1))], axis=2)
+        grid = np.stack([rng.integers(-3, -1, (lanes, n)), rng.integers(-8, -4, (lanes, n))], axis=2) if gridded else None
+        if gridded:
+            counts[..., 1] = counts[..., -1] = counts[..., -2] = 0
+        for w in writers.values():
+            w.add_window(rids, "train", start, counts, stats, {}, grid)
+            w.commit()
+        start += n
+        deferred = writers[True]
+        if k % 3 == 2:
+            deferred.settle_one(stop)
+            splits = max(splits, len(deferred.cohort(0, "train").files))
+    assert splits > 1  # some merge stopped midway
+    writers[True].settle()
+    kinds = ("col_steps", "col_counts", "col_stats", "col_grid")
+    for rid in rids:
+        want = writers[False].writer.read_columns(rid, "train", kinds)
+        got = writers[True].writer.read_columns(rid, "train", kinds)
+        for kind in kinds[:2] + (("col_grid",) if gridded else ()):
+            np.testing.assert_array_equal(got[kind], want[kind])
+        np.testing.assert_allclose(got["col_stats"], want["col_stats"], rtol=1e-12, atol=0)
+        assert len(got["col_steps"]) <= cap
 
 
 def test_the_writer_does_its_idle_work_only_while_no_job_waits():

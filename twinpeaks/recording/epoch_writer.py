@@ -111,17 +111,24 @@ class FileStack:
             if not self.defer or len(self.steps) > 2 * self.cap:
                 self.settle(w, rids, phase, commit)
 
-    def settle(self, w: RunWriter, rids: list[int], phase: str, commit: Callable[[], None] | None = None) -> None:
-        """Merge the columns written past ``cap`` (read back from the file), rewrite them all, a few lanes at a time."""
+    def settle(self, w: RunWriter, rids: list[int], phase: str, commit: Callable[[], None] | None = None,
+               stop: Callable[[], bool] | None = None) -> tuple[int, FileStack]:
+        """Merge the columns written past ``cap`` (read back from the file), rewrite them all, a few lanes at a time.
+
+        ``stop`` is asked between two chunks of lanes: when it says so, the merge stops there. Returns the lanes
+        done and their stack: this one, merged, when all are done; else a new, merged stack for the first ones
+        (this one stays as it was, for the others: the caller splits them, see :meth:`_Cohort.settle`).
+        """
         if not self.pending:
-            return
+            return len(rids), self
         n = len(self.steps)
         bounds = [*self.pending, n]
         per_lane = n * (int(np.prod(self.shape)) + len(empty_stats(1)[0]) + 4) * 8
         chunk = max(1, MERGE_BYTES // max(1, per_lane))
         store = None
-        for a in range(0, len(rids), chunk):
-            ids = rids[a:a + chunk]
+        done = 0
+        while done < len(rids):
+            ids = rids[done:done + chunk]
             got = w.read_columns_of(ids, phase, _COLUMN_KINDS)
             bad = next((r for r, g in zip(ids, got) if len(g.get("col_steps", ())) != n), None)
             if bad is not None:
@@ -139,11 +146,16 @@ class FileStack:
             for rid in ids:
                 w.drop_columns(rid, phase)
             self._put(w, ids, phase, 0, store.steps, store.counts, store.stats, store.grid)
+            done += len(ids)
             if commit is not None and w.queued_bytes > COMMIT_BYTES and w.failed is None:
                 commit()
+            if done < len(rids) and stop is not None and stop():
+                break
             pause(spread=self.defer)  # a merge at once is due now: not spread (the next window may wait for it)
         assert store is not None
-        self.steps, self.width, self.pending = store.steps.copy(), store.width, []
+        merged = self if done == len(rids) else self.copy()
+        merged.steps, merged.width, merged.pending = store.steps.copy(), store.width, []
+        return done, merged
 
     @staticmethod
     def _put(w: RunWriter, rids: list[int], phase: str, part: int, steps: np.ndarray, counts: np.ndarray,
@@ -180,40 +192,70 @@ class FileColumns:
 
 class _Cohort:
     """Records of one phase that record the same steps: one epoch :class:`ColumnStack`, and their file columns in
-    :class:`FileStack` s of at most :data:`MERGE_LANES` records each (a deferred merge is done one of them at a time)."""
+    :class:`FileStack` s of consecutive records (:data:`MERGE_LANES` at first): a deferred merge is done a stack at
+    a time, and a stack whose merge stops midway (a window came) is split where it stopped."""
 
-    def __init__(self, rids: list[int], files: list[FileStack], epoch: ColumnStack, extra: dict[str, ColumnStack]):
+    def __init__(self, rids: list[int], files: list[tuple[int, FileStack]], epoch: ColumnStack,
+                 extra: dict[str, ColumnStack]):
         self.rids, self.files, self.epoch, self.extra = rids, files, epoch, extra
 
     @classmethod
     def new(cls, rids: list[int], max_columns: int, slots: int, extra: dict[str, tuple[int, ...]],
             gridded: bool, defer: bool = False) -> _Cohort:
         lanes = len(rids)
-        files = [FileStack(max_columns, (slots,), gridded, defer) for _ in range(0, lanes, MERGE_LANES)]
-        return cls(rids, files, ColumnStack(lanes, EPOCH_COLUMNS, (slots,), gridded),
+        return cls(rids, _stacks(lanes, FileStack(max_columns, (slots,), gridded, defer)),
+                   ColumnStack(lanes, EPOCH_COLUMNS, (slots,), gridded),
                    {k: ColumnStack(lanes, EPOCH_COLUMNS, (*shape, slots), gridded) for k, shape in extra.items()})
 
     def file_lanes(self) -> list[tuple[slice, FileStack]]:
         """Each file stack with the lanes it holds."""
-        return [(slice(a, a + MERGE_LANES), f) for a, f in zip(range(0, len(self.rids), MERGE_LANES), self.files)]
+        ends = [a for a, _ in self.files[1:]] + [len(self.rids)]
+        return [(slice(a, b), f) for (a, f), b in zip(self.files, ends)]
+
+    def settle(self, w: RunWriter, phase: str, commit: Callable[[], None], stop: Callable[[], bool] | None = None
+               ) -> bool:
+        """Merge the first file stack with a merge pending (up to where ``stop`` stops it); whether one had one."""
+        for i, (lanes, f) in enumerate(self.file_lanes()):
+            if f.pending:
+                done, merged = f.settle(w, self.rids[lanes], phase, commit, stop)
+                if merged is not f:  # stopped midway: the lanes done go on apart
+                    self.files[i:i + 1] = [(lanes.start, merged), (lanes.start + done, f)]
+                self._join()
+                return True
+        return False
+
+    def _join(self) -> None:
+        """Join neighbouring file stacks in the same state (merged alike), up to :data:`MERGE_LANES` records."""
+        out = self.files[:1]
+        for (a, f), (b, _) in zip(self.files[1:], [*self.files[2:], (len(self.rids), None)]):
+            start, prev = out[-1]
+            if (not f.pending and not prev.pending and f.width == prev.width and f.origin == prev.origin
+                    and np.array_equal(f.steps, prev.steps) and b - start <= MERGE_LANES):
+                continue
+            out.append((a, f))
+        self.files = out
 
     def split(self, keep: set[int]) -> tuple[_Cohort, _Cohort]:
         """Two cohorts: the lanes in ``keep`` and the others (a window came for some of the records only).
 
         The file stacks record the same steps and have no merge pending (:meth:`EpochWriter._split` settles them
-        first), so they are in the same state: every new stack starts as a copy of the first."""
-        assert not any(f.pending for f in self.files), "settle a cohort's merges before splitting it"
+        first), so they are in the same state: the new ones start as copies of the first."""
+        assert not any(f.pending for _, f in self.files), "settle a cohort's merges before splitting it"
         parts = []
         for inside in (True, False):
             lanes = [i for i, r in enumerate(self.rids) if (r in keep) is inside]
-            files = [self.files[0].copy() for _ in range(0, len(lanes), MERGE_LANES)]
-            parts.append(_Cohort([self.rids[i] for i in lanes], files, self.epoch.select(lanes),
-                                 {k: s.select(lanes) for k, s in self.extra.items()}))
+            parts.append(_Cohort([self.rids[i] for i in lanes], _stacks(len(lanes), self.files[0][1]),
+                                 self.epoch.select(lanes), {k: s.select(lanes) for k, s in self.extra.items()}))
         return parts[0], parts[1]
 
     @property
     def nbytes(self) -> int:
-        return sum(f.steps.nbytes for f in self.files) + sum(s.nbytes for s in (self.epoch, *self.extra.values()))
+        return sum(f.steps.nbytes for _, f in self.files) + sum(s.nbytes for s in (self.epoch, *self.extra.values()))
+
+
+def _stacks(lanes: int, like: FileStack) -> list[tuple[int, FileStack]]:
+    """File stacks of :data:`MERGE_LANES` consecutive records each, in the state of ``like`` (copies)."""
+    return [(a, like.copy()) for a in range(0, lanes, MERGE_LANES)]
 
 
 class EpochWriter:
@@ -296,16 +338,15 @@ class EpochWriter:
                 c.extra[k].append(start, arr, cs, cg)
             pause()  # training goes on meanwhile: leave it the GIL between cohorts
 
-    def settle_one(self) -> bool:
-        """Do one deferred merge (one :class:`FileStack`, :data:`MERGE_LANES` records at most) and commit it;
-        whether one was left to do. The writer's thread calls it while no window waits."""
+    def settle_one(self, stop: Callable[[], bool] | None = None) -> bool:
+        """Do one deferred merge (one :class:`FileStack`, :data:`MERGE_LANES` records at most; ``stop``: asked
+        between chunks of a few records, it ends the merge there) and commit it; whether one was there to do.
+        The writer's thread calls it while no window waits, with ``stop`` saying whether one came since."""
         for phase, cohorts in self._cohorts.items():
             for c in cohorts:
-                for lanes, f in c.file_lanes():
-                    if f.pending:
-                        f.settle(self.writer, c.rids[lanes], phase, self._commit_queued)
-                        self.writer.commit()
-                        return True
+                if c.settle(self.writer, phase, self._commit_queued, stop):
+                    self.writer.commit()
+                    return True
         return False
 
     def settle(self) -> None:
@@ -382,8 +423,8 @@ class EpochWriter:
 
     def _split(self, c: _Cohort, phase: str, keep: set[int]) -> _Cohort:
         """Split the records ``keep`` off ``c`` (a cohort of ``phase``) into a cohort of their own; return it."""
-        for lanes, f in c.file_lanes():  # its file stacks in one state first
-            f.settle(self.writer, c.rids[lanes], phase, self._commit_queued)
+        while c.settle(self.writer, phase, self._commit_queued):  # its file stacks in one state first
+            pass
         inside, rest = c.split(keep)
         cohorts = self._cohorts[phase]
         cohorts[cohorts.index(c)] = inside

@@ -159,17 +159,41 @@ class Tap:
         [torch.Size([1, 2])]
     """
 
-    __slots__ = ("module", "hook", "pre", "forward", "prev", "__wrapped__")
+    __slots__ = ("module", "hook", "pre", "forward", "prev", "__wrapped__", "replicator")
+    module: nn.Module
+    hook: Any
+    pre: Any
+    forward: Any
+    prev: Any
+    replicator: _Replicator | None
 
     def __init__(self, module: nn.Module, hook: Any = None, pre: Any = None):
         self._set(module, hook, pre, module.forward, module.__dict__.get("forward"))
         module.forward = self  # type: ignore[method-assign]
         if module.__dict__.get("forward") is not self:
             raise TypeError(f"{type(module).__name__}.forward cannot be set on the instance")
+        self.replicator = _Replicator(module)
         if "_replicate_for_data_parallel" not in module.__dict__:
-            module.__dict__["_replicate_for_data_parallel"] = _Replicator(module)
+            module.__dict__["_replicate_for_data_parallel"] = self.replicator
+
+    def reinstall(self, hook: Any = None, pre: Any = None) -> bool:
+        """Put this removed tap back with ``hook`` and ``pre``, if its module is as the tap found it (no instance
+        forward, the class's own ``forward``): attaching again then makes no new objects. False: not put back."""
+        m = self.module
+        d = m.__dict__
+        fwd = self.forward
+        if (self.replicator is None or self.hook is not None or self.pre is not None or self.prev is not None
+                or "forward" in d
+                or "_replicate_for_data_parallel" in d or getattr(fwd, "__self__", None) is not m
+                or getattr(fwd, "__func__", None) is not getattr(type(m), "forward", None)):
+            return False
+        self.hook, self.pre = hook, pre
+        d["forward"] = self
+        d["_replicate_for_data_parallel"] = self.replicator
+        return True
 
     def _set(self, module: nn.Module, hook: Any, pre: Any, forward: Any, prev: Any) -> None:
+        self.replicator = None
         self.module = module
         self.hook = hook
         self.pre = pre  # ``pre(module, args)`` before the forward, as a forward pre-hook
@@ -306,6 +330,7 @@ class Hooks:
 
     def __init__(self) -> None:
         self._handles: list[Any] = []
+        self._taps: dict[int, Tap] = {}  # id(module) -> its last tap: put back by the next register/add
 
     def __bool__(self) -> bool:
         return bool(self._handles)
@@ -321,12 +346,16 @@ class Hooks:
         """One more forward hook (a layer found after :meth:`register`), removed with the others."""
         self._handles.append(self._tap(module, hook, None) or module.register_forward_hook(CopySafe(hook)))
 
-    @staticmethod
-    def _tap(module: nn.Module, hook: Any, pre: Any) -> Tap | None:
+    def _tap(self, module: nn.Module, hook: Any, pre: Any) -> Tap | None:
+        old = self._taps.get(id(module))
+        if old is not None and old.module is module and old.reinstall(hook, pre):
+            return old
         try:
-            return Tap(module, hook, pre)
+            tap = Tap(module, hook, pre)
         except (TypeError, AttributeError):
             return None
+        self._taps[id(module)] = tap
+        return tap
 
     def remove(self) -> None:
         for h in reversed(self._handles):  # taps stacked on one module come off in the reverse order

@@ -141,6 +141,10 @@ class WriterThread:
         """Whether the caller is this writer's thread."""
         return self._thread is not None and threading.current_thread() is self._thread
 
+    def job_waiting(self) -> bool:
+        """Whether a job waits (or a training thread waits for a writer): idle work stops where it can."""
+        return not self._queue.empty() or _urgent.is_set()
+
     def submit(self, job: Job) -> None:
         """Queue ``job`` (waits while ``depth`` jobs already wait); re-raises a failed job's exception first."""
         self._raise()
