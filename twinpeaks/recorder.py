@@ -51,9 +51,9 @@ from .recording.engine import (
     SAMPLE_BLOCK,
     BinningEngine,
     BlockPool,
-    Carved,
     PhaseBuffers,
     Record,
+    Taken,
     window_rows,
 )
 from .recording.epoch_writer import LANES, EpochWriter
@@ -744,18 +744,26 @@ class ActivationsHistogram:
         """The open window's rows of every record and phase, on the host: ``{(id, phase): (first step, rows)}``."""
         return {key: (start, pd.finish(raw)) for key, (start, pd, raw) in self._take_raw().items()}
 
-    def _take_raw(self) -> dict[tuple[int, str], tuple[int, PhaseBuffers, Any]]:
-        """The open window's rows copied as they are (:meth:`PhaseBuffers.take_raw`; the step waits only for this)."""
+    def _take_raw(self) -> Taken:
+        """The open window's rows copied as they are (:meth:`PhaseBuffers.take_raw`; the step waits only for this):
+        a :class:`Taken`, a few lists and arrays for all records (no object per record: see :class:`HandOver`)."""
         window = self.clock.window
-        keys, pairs = [], []
+        rids: list[int] = []
+        phases: list[str] = []
+        starts: list[int] = []
+        pds: list[PhaseBuffers] = []
+        ns: list[int] = []
         for rec in self._records:
             for phase, pd in rec.phases.items():
                 start, n = window(phase)
                 if n > 0:
-                    keys.append((rec.id, phase, start))
-                    pairs.append((pd, n))
-        raws = PhaseBuffers.take_raw_many(pairs, self._blocks)  # one C call for every CPU buffer set
-        return {(rid, phase): (start, pd, raw) for (rid, phase, start), (pd, _), raw in zip(keys, pairs, raws)}
+                    rids.append(rec.id)
+                    phases.append(phase)
+                    starts.append(start)
+                    pds.append(pd)
+                    ns.append(n)
+        hand = PhaseBuffers.hand_over(list(zip(pds, ns)), self._blocks)  # one C call for every CPU buffer set
+        return Taken(rids, phases, starts, pds, hand)
 
     def _flush_window(self, epoch_end: bool = False) -> Callable[[], None] | None:
         """Take all rows of the current window to the host and hand them to the writer's thread.
@@ -776,13 +784,14 @@ class ActivationsHistogram:
             if not epoch_end:
                 return None
             reduced = self._reduce()
-            taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, dict]] = {
+            taken: Taken | dict[tuple[int, str], tuple[int, PhaseBuffers | None, dict]] = {
                 key: (start, None, rows) for key, (start, rows) in reduced.items()}
+            block = 0
         else:
-            taken = dict(self._take_raw())
+            taken = self._take_raw()
             self.clock.close_window()
+            block = taken.hand.nbytes
         changes = self._layer_changes()
-        block = next((raw.block.nbytes for _, _, raw in taken.values() if isinstance(raw, Carved)), 0)  # type: ignore[attr-defined]
         blocks = self._blocks
 
         def write() -> None:

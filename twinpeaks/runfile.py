@@ -45,7 +45,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +127,14 @@ class RunWriter:
         self._layers: dict[int, tuple] = {}
         self._layer_drops: set[int] = set()
         self._drops: set[tuple[int, str]] = set()
-        self._arrays: dict[tuple, tuple] = {}  # (layer, phase, kind, epoch, part) -> row
-        self._queued_columns: dict[tuple[int, str], set[tuple]] = {}  # (layer, phase) -> its step columns' keys
+        # The queue of arrays holds no new object the garbage collector tracks per array (thousands per window of a
+        # large model: each would count towards its runs, and be promoted by them; its full runs pause the process
+        # 150 ms on a 500-layer model): keys are strings (_array_key), data bytes, (dtype, shape) pairs shared
+        # (_formats), the parts queued per layer, phase and kind a string.
+        self._arrays: dict[str, bytes] = {}  # _array_key(layer, phase, kind, epoch, part) -> data
+        self._format_of: dict[str, tuple[str, str]] = {}  # the same key -> (dtype, shape)
+        self._formats: dict[tuple[str, str], tuple[str, str]] = {}  # one pair object per distinct pair
+        self._queued_columns: dict[str, dict[str, str]] = {}  # _array_key(layer, phase): kind -> "part,part,..."
         self.queued_bytes = 0  #: bytes of the arrays queued for the next commit
         self._epochs: dict[int, tuple] = {}
         self.failed: str | None = None  #: why the last commit failed (None: it succeeded)
@@ -169,7 +175,7 @@ class RunWriter:
 
     def put_array(self, layer: int, phase: str, kind: str, epoch: int, part: int, arr: np.ndarray) -> None:
         """Queue an array for the next :meth:`commit`."""
-        self._put((layer, phase, kind, epoch, part, *encode(arr)))
+        self._put(layer, phase, kind, epoch, part, *encode(arr))
 
     def put_lanes(self, layers: list[int], phase: str, kind: str, epoch: int, part: int, arr: np.ndarray,
                   shared: bool = False) -> None:
@@ -178,27 +184,48 @@ class RunWriter:
         if shared:
             enc = encode(arr)
             for layer in layers:
-                self._put((layer, phase, kind, epoch, part, *enc))
+                self._put(layer, phase, kind, epoch, part, *enc)
         else:
             for layer, enc in zip(layers, encode_lanes(arr)):
-                self._put((layer, phase, kind, epoch, part, *enc))
+                self._put(layer, phase, kind, epoch, part, *enc)
 
-    def _put(self, row: tuple) -> None:
-        key = row[:5]
+    def _put(self, layer: int, phase: str, kind: str, epoch: int, part: int, dtype: str, shape: str,
+             data: bytes) -> None:
+        key = _array_key(layer, phase, kind, epoch, part)
         old = self._arrays.get(key)
-        self.queued_bytes += len(row[7]) - (len(old[7]) if old is not None else 0)
-        self._arrays[key] = row
-        if key[3] == -1:
-            cols = self._queued_columns.get(key[:2])
-            if cols is None:  # (not setdefault: a new set per array, thousands per window, would feed the GC)
-                cols = self._queued_columns[key[:2]] = set()
-            cols.add(key)
+        self.queued_bytes += len(data) - (len(old) if old is not None else 0)
+        self._arrays[key] = data
+        fmt = (dtype, shape)
+        if len(self._formats) > 4096:  # bounded: shapes come from window and column counts
+            self._formats = {}
+        self._format_of[key] = self._formats.setdefault(fmt, fmt)
+        if epoch == -1:
+            kinds = self._queued_columns.get(_array_key(layer, phase))
+            if kinds is None:
+                kinds = self._queued_columns[_array_key(layer, phase)] = {}
+            parts = kinds.get(kind)
+            if parts is None:
+                kinds[kind] = str(part)
+            elif str(part) not in parts.split(","):
+                kinds[kind] = f"{parts},{part}"
+
+    def _queued(self, layer: int, phase: str, kinds: tuple[str, ...] | None = None
+                ) -> Iterator[tuple[str, int, np.ndarray]]:
+        """``(kind, part, array)`` of the step columns queued for a layer in a phase (of ``kinds``, or all)."""
+        for kind, parts in self._queued_columns.get(_array_key(layer, phase), {}).items():
+            if kinds is None or kind in kinds:
+                for part in map(int, parts.split(",")):
+                    key = _array_key(layer, phase, kind, -1, part)
+                    yield kind, part, decode(*self._format_of[key], self._arrays[key])
 
     def drop_columns(self, layer: int, phase: str) -> None:
         """Delete the step columns of a layer in a phase (at the next commit, before the arrays queued after)."""
         self._drops.add((layer, phase))
-        for key in self._queued_columns.pop((layer, phase), ()):
-            self.queued_bytes -= len(self._arrays.pop(key)[7])
+        for kind, parts in self._queued_columns.pop(_array_key(layer, phase), {}).items():
+            for part in map(int, parts.split(",")):
+                key = _array_key(layer, phase, kind, -1, part)
+                self.queued_bytes -= len(self._arrays.pop(key))
+                del self._format_of[key]
 
     def read_columns(self, layer: int, phase: str, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The step columns of a layer in a phase as written so far: the file's, with what is queued on top.
@@ -214,9 +241,8 @@ class RunWriter:
                     f"SELECT kind, part, dtype, shape, data FROM arrays WHERE layer=? AND phase=? AND epoch=-1 "
                     f"AND kind IN ({marks})", (layer, phase, *kinds)):
                 parts[kind][part] = decode(dtype, shape, data)
-        for key in self._queued_columns.get((layer, phase), ()):
-            if key[2] in parts:
-                parts[key[2]][key[4]] = decode(*self._arrays[key][5:])
+        for kind, part, arr in self._queued(layer, phase, kinds):
+            parts[kind][part] = arr
         return {k: np.concatenate([got[p] for p in sorted(got)]) for k, got in parts.items() if got}
 
     def read_columns_of(self, layers: list[int], phase: str, kinds: tuple[str, ...]) -> list[dict[str, np.ndarray]]:
@@ -234,11 +260,15 @@ class RunWriter:
         out = []
         for layer in layers:
             have = parts.get(layer) or {k: {} for k in kinds}
-            for key in self._queued_columns.get((layer, phase), ()):
-                if key[2] in have:
-                    have[key[2]][key[4]] = decode(*self._arrays[key][5:])
+            for kind, part, arr in self._queued(layer, phase, kinds):
+                have[kind][part] = arr
             out.append({k: np.concatenate([got[p] for p in sorted(got)]) for k, got in have.items() if got})
         return out
+
+    def _array_rows(self) -> Iterator[tuple]:
+        """The queued arrays as rows of the ``arrays`` table, made one at a time (for ``executemany``)."""
+        for key, data in self._arrays.items():
+            yield (*_split_key(key), *self._format_of[key], data)
 
     def put_epoch(self, epoch: int, steps: dict[str, list[int]]) -> None:
         self._epochs[epoch] = (epoch, time.time(), json.dumps(steps))
@@ -260,8 +290,7 @@ class RunWriter:
             if self._drops:
                 c.executemany("DELETE FROM arrays WHERE layer=? AND phase=? AND epoch=-1", list(self._drops))
             if self._arrays:
-                c.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                              list(self._arrays.values()))
+                c.executemany("INSERT OR REPLACE INTO arrays VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._array_rows())
             if self._epochs:
                 c.executemany("INSERT OR REPLACE INTO epochs VALUES (?, ?, ?)", list(self._epochs.values()))
             c.commit()
@@ -282,7 +311,7 @@ class RunWriter:
             self.failed = str(exc)
             return False
         self._meta, self._layers, self._drops, self._arrays, self._epochs = {}, {}, set(), {}, {}
-        self._queued_columns = {}
+        self._format_of, self._queued_columns = {}, {}
         self.queued_bytes = 0
         self._layer_drops = set()
         if self.failed is not None:
@@ -316,6 +345,22 @@ class RunWriter:
             self.conn.close()
         except sqlite3.Error:
             pass
+
+
+def _array_key(layer: int, phase: str, kind: str = "", epoch: int = 0, part: int = 0) -> str:
+    """A queued array's key, a string (no container object): any ``phase`` and ``kind`` (the phase's length is
+    in the key, so that no character of it can be taken for a separator); :func:`_split_key` reads it back.
+
+    Example:
+        >>> _split_key(_array_key(3, "va:l", "col_steps", -1, 7))
+        (3, 'va:l', 'col_steps', -1, 7)
+    """
+    return f"{layer}:{epoch}:{part}:{len(phase)}:{phase}{kind}"
+
+
+def _split_key(key: str) -> tuple[int, str, str, int, int]:
+    layer, epoch, part, n, rest = key.split(":", 4)
+    return int(layer), rest[:int(n)], rest[int(n):], int(epoch), int(part)
 
 
 def encode_lanes(arr: np.ndarray) -> list[tuple[str, str, bytes]]:

@@ -115,3 +115,45 @@ def test_hand_overs_through_a_block_pool_never_share_a_block_still_read():
     del first, rows, t
     third = PhaseBuffers.take_raw_many([(pd, 3) for pd in got], pool)
     assert third[0].block.ctypes.data == address  # let go: reused
+
+
+def _tracked_growth(fn) -> int:
+    """How many more objects the garbage collector tracks after ``fn()`` than before (its collections paused)."""
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        keep = fn()
+        grown = len(gc.get_objects()) - before
+        del keep
+    finally:
+        gc.enable()
+    return grown
+
+
+@pytest.mark.parametrize("layers", [50, 400])
+def test_a_window_handed_over_and_queued_adds_no_tracked_object_per_layer(layers):
+    """The hand-over (PhaseBuffers.hand_over) and the run writer's queue of arrays hold no object the garbage
+    collector tracks per layer: on a 500-layer model those (thousands a window) made it run often and promote,
+    and its full runs paused training ~150 ms. The growth is the same for 50 and 400 layers."""
+    from twinpeaks.recording.engine import BlockPool
+    from twinpeaks.runfile import RunWriter
+
+    pds = [_filled("auto", 7, seed) for seed in range(layers)]
+    pool = BlockPool()
+    PhaseBuffers.hand_over([(pds[0], 1)])  # first calls import and cache (not per layer)
+    hand_grown = _tracked_growth(lambda: PhaseBuffers.hand_over([(pd, 5) for pd in pds], pool))
+    w = RunWriter(None, {"options": {}})
+    arr = np.arange(layers * 5 * 103).reshape(layers, 5, 103)
+
+    def queue() -> None:
+        for kind in ("col_counts", "col_stats", "col_grid"):
+            w.put_lanes(list(range(layers)), "train", kind, -1, 0, arr)
+        w.put_lanes(list(range(layers)), "train", "col_steps", -1, 0, arr[0, :, :2], shared=True)
+
+    w.put_lanes([0], "warm", "col_counts", -1, 0, arr[:1])  # first calls import and cache (not per layer)
+    w.put_lanes([0], "warm", "col_steps", -1, 0, arr[0, :, :2], shared=True)
+    queue_grown = _tracked_growth(queue)
+    assert hand_grown < 40 and queue_grown < 40, (hand_grown, queue_grown)

@@ -159,6 +159,65 @@ class Carved:
         return out
 
 
+class HandOver:
+    """A flush's rows of many buffer sets (:meth:`PhaseBuffers.hand_over`): one host block and a few arrays,
+    not an object per layer (a window's hand-over lives until the writer wrote it; objects per layer, thousands a
+    window on large models, would make the garbage collector run and promote, and its full runs pause the process).
+    ``raw(i)``: the ``i``-th pair's rows as :meth:`PhaseBuffers.take_raw` gives them (a :class:`Carved` of the block,
+    made on demand), ``rows(i)`` their views."""
+
+    __slots__ = ("block", "offsets", "first", "layouts", "ns", "others")
+
+    def __init__(self, block: np.ndarray | None, offsets: np.ndarray, first: np.ndarray, layouts: list,
+                 ns: np.ndarray, others: dict[int, Rows]):
+        self.block, self.offsets, self.first, self.layouts, self.ns, self.others = (
+            block, offsets, first, layouts, ns, others)
+
+    def __len__(self) -> int:
+        return len(self.ns)
+
+    def raw(self, i: int) -> Rows | Carved:
+        if i in self.others:
+            return self.others[i]
+        lay = self.layouts[i]
+        at = int(self.first[i])
+        assert self.block is not None
+        return Carved(self.block, lay.views, int(self.ns[i]), self.offsets[at:at + len(lay.table)])
+
+    def rows(self, i: int) -> Rows:
+        raw = self.raw(i)
+        return raw.rows() if isinstance(raw, Carved) else raw
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the host block (0: none, every buffer set was taken apart)."""
+        return 0 if self.block is None else int(self.block.nbytes)
+
+
+class Taken:
+    """A window's hand-over for a recorder: record ids, phases, first steps and buffers of its rows (one list of
+    each) and their :class:`HandOver`. Iterated like ``{(id, phase): (first step, buffers, raw rows)}``.
+
+    Example:
+        >>> t = Taken([], [], [], [], HandOver(None, np.zeros(0, np.int64), np.zeros(0, np.int64), [], np.zeros(0), {}))
+        >>> len(t), list(t.items())
+        (0, [])
+    """
+
+    __slots__ = ("rids", "phases", "starts", "pds", "hand")
+
+    def __init__(self, rids: list[int], phases: list[str], starts: list[int], pds: list[PhaseBuffers],
+                 hand: HandOver):
+        self.rids, self.phases, self.starts, self.pds, self.hand = rids, phases, starts, pds, hand
+
+    def __len__(self) -> int:
+        return len(self.rids)
+
+    def items(self) -> Iterator[tuple[tuple[int, str], tuple[int, PhaseBuffers, Rows | Carved]]]:
+        for i, rid in enumerate(self.rids):
+            yield (rid, self.phases[i]), (self.starts[i], self.pds[i], self.hand.raw(i))
+
+
 class BlockPool:
     """The host blocks of a recorder's hand-overs (:meth:`PhaseBuffers.take_raw_many`), kept and reused.
 
@@ -309,21 +368,26 @@ class PhaseBuffers:
         copied into one host block and reset, in one C call (a flush's hand-over: thousands of small copies and
         fills for hundreds of layers otherwise). Buffers the C hand-over does not take get :meth:`take_raw`'s
         rows; the others a :class:`Carved` of the block (views made off the training thread, :meth:`Carved.rows`),
-        taken from ``pool`` (reused blocks, see :class:`BlockPool`) or new."""
+        taken from ``pool`` (reused blocks, see :class:`BlockPool`) or new. (:meth:`hand_over` without an object
+        per pair.)"""
+        hand = PhaseBuffers.hand_over(pairs, pool)
+        return [hand.raw(i) for i in range(len(pairs))]
+
+    @staticmethod
+    def hand_over(pairs: list[tuple[PhaseBuffers, int]], pool: BlockPool | None = None) -> HandOver:
+        """:meth:`take_raw_many`'s copies and resets, as one :class:`HandOver`."""
         layouts, used, table, nbytes, offsets, total = PhaseBuffers._plan(pairs)
-        out: list[Rows | Carved] = [pd.take_raw(n) if lay is None else None  # type: ignore[misc]
-                                    for (pd, n), lay in zip(pairs, layouts)]
+        others = {i: pd.take_raw(n) for i, ((pd, n), lay) in enumerate(zip(pairs, layouts)) if lay is None}
+        first = np.full(len(pairs), -1, dtype=np.int64)
+        ns = np.array([n for _, n in pairs], dtype=np.int64)
         if not used:
-            return out
+            return HandOver(None, np.zeros(0, np.int64), first, layouts, ns, others)
         block = (pool or BlockPool(0)).take(total)  # 64-byte aligned
         full = np.stack([table[:, 0], nbytes, table[:, 2], table[:, 3], offsets], axis=1)
         binning._cbin.take_rows(full.ctypes.data, len(full), block.ctypes.data)  # type: ignore[attr-defined]
-        at = 0
-        for i, lay in used:
-            k = len(lay.table)
-            out[i] = Carved(block, lay.views, pairs[i][1], offsets[at:at + k])
-            at += k
-        return out
+        sizes = np.array([len(lay.table) for _, lay in used], dtype=np.int64)
+        first[[i for i, _ in used]] = np.cumsum(sizes) - sizes
+        return HandOver(block, offsets, first, layouts, ns, others)
 
     @staticmethod
     def hand_over_bytes(pairs: list[tuple[PhaseBuffers, int]]) -> int:
@@ -398,42 +462,52 @@ class PhaseBuffers:
         return tuple((name, tuple(buf.shape[1:]), host) for name, (buf, _, host) in self.states.items())
 
     @staticmethod
-    def finish_windows(taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]], lanes: int = 64
+    def finish_windows(taken: Taken | dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]], lanes: int = 64
                        ) -> Iterator[tuple[str, int, list[int], Rows]]:
-        """The windows ``taken`` (``{(id, phase): (first step, buffers, raw rows)}``, buffers None: rows already
-        finished, e.g. reduced across ranks) finished and stacked: ``(phase, first step, ids, rows)`` with rows
-        ``[len(ids), n, ...]``, stacks of at most ``lanes`` records of one phase and layout, in the order of
-        ``taken`` (records that finish alone: a stack of one). Each window leaves ``taken`` as it is stacked
-        (its rows are let go once written)."""
-        groups: dict[tuple, list[tuple[int, str]]] = {}
+        """The windows ``taken`` (a :class:`Taken`, or ``{(id, phase): (first step, buffers, raw rows)}``, buffers
+        None: rows already finished, e.g. reduced across ranks) finished and stacked: ``(phase, first step, ids,
+        rows)`` with rows ``[len(ids), n, ...]``, stacks of at most ``lanes`` records of one phase and layout, in
+        the order of ``taken`` (records that finish alone: a stack of one). A dict's windows leave it as they are
+        stacked (their rows are let go once written); a :class:`Taken`'s views are made a stack at a time."""
+        groups: dict[tuple, list[int]] = {}
         sig: tuple
-        for key, (start, pd, rows) in taken.items():
-            if pd is not None:
+        if isinstance(taken, Taken):
+            hand = taken.hand
+            for i, (phase, start, pd) in enumerate(zip(taken.phases, taken.starts, taken.pds)):
                 lane = pd.lane_key()
+                sig = (phase, start, int(hand.ns[i]), lane) if lane is not None else (i,)
+                groups.setdefault(sig, []).append(i)
+            for group in groups.values():
+                for a in range(0, len(group), lanes):
+                    members = group[a:a + lanes]
+                    i = members[0]
+                    parts = [hand.rows(j) for j in members]  # views of the block, made here (the writer's thread)
+                    yield taken.phases[i], taken.starts[i], [taken.rids[j] for j in members], PhaseBuffers._stack(
+                        taken.pds[i], parts)
+            return
+        keys = list(taken)
+        for k, (key, (begin, buffers, rows)) in enumerate(taken.items()):
+            if buffers is not None:
+                lane = buffers.lane_key()
                 n = rows.n if isinstance(rows, Carved) else len(rows["counts"])
-                sig = (key[1], start, n, lane) if lane is not None else key
+                sig = (key[1], begin, n, lane) if lane is not None else key
             else:
-                sig = (key[1], start, tuple((k, v.shape, v.dtype.str) for k, v in rows.items()))
-            groups.setdefault(sig, []).append(key)
+                sig = (key[1], begin, tuple((name, v.shape, v.dtype.str) for name, v in rows.items()))
+            groups.setdefault(sig, []).append(k)
         for group in groups.values():
             for a in range(0, len(group), lanes):
-                yield PhaseBuffers._stack_windows(taken, group[a:a + lanes])
+                stack = [keys[k] for k in group[a:a + lanes]]
+                begin, buffers, _ = taken[stack[0]]
+                got = [raw.rows() if isinstance(raw := taken.pop(key)[2], Carved) else raw for key in stack]
+                yield stack[0][1], begin, [key[0] for key in stack], PhaseBuffers._stack(buffers, got)
 
     @staticmethod
-    def _stack_windows(taken: dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]],
-                       keys: list[tuple[int, str]]) -> tuple[str, int, list[int], Rows]:
-        phase = keys[0][1]
-        start, pd, _ = taken[keys[0]]
-        # views of the hand-over's block (Carved) made here, a stack at a time (the writer's thread)
-        parts = [raw.rows() if isinstance(raw := taken.pop(k)[2], Carved) else raw for k in keys]
+    def _stack(pd: PhaseBuffers | None, parts: list[Rows]) -> Rows:
+        """Rows of records stacked on a first axis, finished (``pd`` None: finished already)."""
         if pd is not None and len(parts) == 1:
-            stacked = {k: v[None] for k, v in pd.finish(parts[0]).items()}
-        else:
-            stacked = {name: np.stack([p[name] for p in parts]) for name in parts[0]}
-            if pd is not None:
-                stacked = pd.finish(stacked)
-        del parts
-        return phase, start, [k[0] for k in keys], stacked
+            return {k: v[None] for k, v in pd.finish(parts[0]).items()}
+        stacked = {name: np.stack([p[name] for p in parts]) for name in parts[0]}
+        return stacked if pd is None else pd.finish(stacked)
 
     @staticmethod
     def columns(rows: Rows) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
