@@ -404,6 +404,11 @@ def test_a_merge_stopped_midway_splits_its_stack_and_ends_with_the_same_columns(
             deferred.settle_one(stop)
             splits = max(splits, len(deferred.cohort(0, "train").files))
     assert splits > 1  # some merge stopped midway
+    assert any(f.pending for c in deferred._cohorts["train"] for _, f in c.files)
+    deferred.writer.failed = "disk full"  # a file that cannot be written: no merge adds to the queue
+    queued = deferred.writer.queued_bytes
+    assert not deferred.settle_one() and deferred.writer.queued_bytes == queued
+    deferred.writer.failed = None
     writers[True].settle()
     kinds = ("col_steps", "col_counts", "col_stats", "col_grid")
     for rid in rids:

@@ -341,7 +341,10 @@ class EpochWriter:
     def settle_one(self, stop: Callable[[], bool] | None = None) -> bool:
         """Do one deferred merge (one :class:`FileStack`, :data:`MERGE_LANES` records at most; ``stop``: asked
         between chunks of a few records, it ends the merge there) and commit it; whether one was there to do.
-        The writer's thread calls it while no window waits, with ``stop`` saying whether one came since."""
+        The writer's thread calls it while no window waits, with ``stop`` saying whether one came since. Not while
+        the file cannot be written (a full disk): a merge would only add its rewrite to what waits in memory."""
+        if self.writer.failed is not None:
+            return False
         for phase, cohorts in self._cohorts.items():
             for c in cohorts:
                 if c.settle(self.writer, phase, self._commit_queued, stop):
