@@ -784,7 +784,7 @@ class ActivationsHistogram:
             if not epoch_end:
                 return None
             reduced = self._reduce()
-            taken: Taken | dict[tuple[int, str], tuple[int, PhaseBuffers | None, dict]] = {
+            taken: Taken | dict[tuple[int, str], tuple[int, None, dict]] = {
                 key: (start, None, rows) for key, (start, rows) in reduced.items()}
             block = 0
         else:

@@ -200,32 +200,29 @@ class RunWriter:
             self._formats = {}
         self._format_of[key] = self._formats.setdefault(fmt, fmt)
         if epoch == -1:
-            kinds = self._queued_columns.get(_array_key(layer, phase))
+            pair = _array_key(layer, phase)
+            kinds = self._queued_columns.get(pair)
             if kinds is None:
-                kinds = self._queued_columns[_array_key(layer, phase)] = {}
+                kinds = self._queued_columns[pair] = {}
             parts = kinds.get(kind)
             if parts is None:
                 kinds[kind] = str(part)
             elif str(part) not in parts.split(","):
                 kinds[kind] = f"{parts},{part}"
 
-    def _queued(self, layer: int, phase: str, kinds: tuple[str, ...] | None = None
-                ) -> Iterator[tuple[str, int, np.ndarray]]:
-        """``(kind, part, array)`` of the step columns queued for a layer in a phase (of ``kinds``, or all)."""
-        for kind, parts in self._queued_columns.get(_array_key(layer, phase), {}).items():
-            if kinds is None or kind in kinds:
-                for part in map(int, parts.split(",")):
-                    key = _array_key(layer, phase, kind, -1, part)
-                    yield kind, part, decode(*self._format_of[key], self._arrays[key])
+    def _queued(self, layer: int, phase: str, kinds: tuple[str, ...]) -> Iterator[tuple[str, int, np.ndarray]]:
+        """``(kind, part, array)`` of the step columns of ``kinds`` queued for a layer in a phase."""
+        queued = self._queued_columns.get(_array_key(layer, phase), {})
+        for kind, part, key in _column_keys(layer, phase, queued):
+            if kind in kinds:
+                yield kind, part, decode(*self._format_of[key], self._arrays[key])
 
     def drop_columns(self, layer: int, phase: str) -> None:
         """Delete the step columns of a layer in a phase (at the next commit, before the arrays queued after)."""
         self._drops.add((layer, phase))
-        for kind, parts in self._queued_columns.pop(_array_key(layer, phase), {}).items():
-            for part in map(int, parts.split(",")):
-                key = _array_key(layer, phase, kind, -1, part)
-                self.queued_bytes -= len(self._arrays.pop(key))
-                del self._format_of[key]
+        for _, _, key in _column_keys(layer, phase, self._queued_columns.pop(_array_key(layer, phase), {})):
+            self.queued_bytes -= len(self._arrays.pop(key))
+            del self._format_of[key]
 
     def read_columns(self, layer: int, phase: str, kinds: tuple[str, ...]) -> dict[str, np.ndarray]:
         """The step columns of a layer in a phase as written so far: the file's, with what is queued on top.
@@ -356,6 +353,13 @@ def _array_key(layer: int, phase: str, kind: str = "", epoch: int = 0, part: int
         (3, 'va:l', 'col_steps', -1, 7)
     """
     return f"{layer}:{epoch}:{part}:{len(phase)}:{phase}{kind}"
+
+
+def _column_keys(layer: int, phase: str, queued: dict[str, str]) -> Iterator[tuple[str, int, str]]:
+    """``(kind, part, key)`` of a layer's step columns queued in a phase (``queued``: kind -> "part,part,...")."""
+    for kind, parts in queued.items():
+        for part in map(int, parts.split(",")):
+            yield kind, part, _array_key(layer, phase, kind, -1, part)
 
 
 def _split_key(key: str) -> tuple[int, str, str, int, int]:

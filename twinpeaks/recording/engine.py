@@ -173,9 +173,6 @@ class HandOver:
         self.block, self.offsets, self.first, self.layouts, self.ns, self.others = (
             block, offsets, first, layouts, ns, others)
 
-    def __len__(self) -> int:
-        return len(self.ns)
-
     def raw(self, i: int) -> Rows | Carved:
         if i in self.others:
             return self.others[i]
@@ -200,8 +197,8 @@ class Taken:
 
     Example:
         >>> t = Taken([], [], [], [], HandOver(None, np.zeros(0, np.int64), np.zeros(0, np.int64), [], np.zeros(0), {}))
-        >>> len(t), list(t.items())
-        (0, [])
+        >>> list(t.items())
+        []
     """
 
     __slots__ = ("rids", "phases", "starts", "pds", "hand")
@@ -209,9 +206,6 @@ class Taken:
     def __init__(self, rids: list[int], phases: list[str], starts: list[int], pds: list[PhaseBuffers],
                  hand: HandOver):
         self.rids, self.phases, self.starts, self.pds, self.hand = rids, phases, starts, pds, hand
-
-    def __len__(self) -> int:
-        return len(self.rids)
 
     def items(self) -> Iterator[tuple[tuple[int, str], tuple[int, PhaseBuffers, Rows | Carved]]]:
         for i, rid in enumerate(self.rids):
@@ -462,13 +456,13 @@ class PhaseBuffers:
         return tuple((name, tuple(buf.shape[1:]), host) for name, (buf, _, host) in self.states.items())
 
     @staticmethod
-    def finish_windows(taken: Taken | dict[tuple[int, str], tuple[int, PhaseBuffers | None, Rows]], lanes: int = 64
+    def finish_windows(taken: Taken | dict[tuple[int, str], tuple[int, None, Rows]], lanes: int = 64
                        ) -> Iterator[tuple[str, int, list[int], Rows]]:
-        """The windows ``taken`` (a :class:`Taken`, or ``{(id, phase): (first step, buffers, raw rows)}``, buffers
-        None: rows already finished, e.g. reduced across ranks) finished and stacked: ``(phase, first step, ids,
-        rows)`` with rows ``[len(ids), n, ...]``, stacks of at most ``lanes`` records of one phase and layout, in
-        the order of ``taken`` (records that finish alone: a stack of one). A dict's windows leave it as they are
-        stacked (their rows are let go once written); a :class:`Taken`'s views are made a stack at a time."""
+        """The windows ``taken`` (a :class:`Taken`, or ``{(id, phase): (first step, None, rows)}`` of rows already
+        finished, reduced across ranks) finished and stacked: ``(phase, first step, ids, rows)`` with rows
+        ``[len(ids), n, ...]``, stacks of at most ``lanes`` records of one phase and layout, in the order of
+        ``taken`` (records that finish alone: a stack of one). A dict's windows leave it as they are stacked
+        (their rows are let go once written); a :class:`Taken`'s views are made a stack at a time."""
         groups: dict[tuple, list[int]] = {}
         sig: tuple
         if isinstance(taken, Taken):
@@ -486,20 +480,15 @@ class PhaseBuffers:
                         taken.pds[i], parts)
             return
         keys = list(taken)
-        for k, (key, (begin, buffers, rows)) in enumerate(taken.items()):
-            if buffers is not None:
-                lane = buffers.lane_key()
-                n = rows.n if isinstance(rows, Carved) else len(rows["counts"])
-                sig = (key[1], begin, n, lane) if lane is not None else key
-            else:
-                sig = (key[1], begin, tuple((name, v.shape, v.dtype.str) for name, v in rows.items()))
-            groups.setdefault(sig, []).append(k)
+        for k, (key, (begin, _, rows)) in enumerate(taken.items()):
+            groups.setdefault((key[1], begin, tuple((name, v.shape, v.dtype.str) for name, v in rows.items())),
+                              []).append(k)
         for group in groups.values():
             for a in range(0, len(group), lanes):
                 stack = [keys[k] for k in group[a:a + lanes]]
-                begin, buffers, _ = taken[stack[0]]
-                got = [raw.rows() if isinstance(raw := taken.pop(key)[2], Carved) else raw for key in stack]
-                yield stack[0][1], begin, [key[0] for key in stack], PhaseBuffers._stack(buffers, got)
+                begin = taken[stack[0]][0]
+                got = [taken.pop(key)[2] for key in stack]
+                yield stack[0][1], begin, [key[0] for key in stack], PhaseBuffers._stack(None, got)
 
     @staticmethod
     def _stack(pd: PhaseBuffers | None, parts: list[Rows]) -> Rows:

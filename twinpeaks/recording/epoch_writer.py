@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import grids
 from ..columns import ColumnStack, merge_lanes
-from ..format import ADDITIVE, MAX, MIN, combine_stats, empty_stats
+from ..format import ADDITIVE, MAX, MIN, STATS, combine_stats, empty_stats
 from ..runfile import RunWriter
 from .writer_thread import pause
 
@@ -64,7 +64,7 @@ class FileStack:
     things kept here. New rows are written as new columns; when they pass ``cap``, the columns are read
     back from the file (the writer's view, with what it has not committed yet:
     :meth:`~twinpeaks.runfile.RunWriter.read_columns_of`), merged and rewritten, a few lanes at a time
-    (``commit`` is called between them once :data:`COMMIT_BYTES` are queued: memory stays bounded).
+    (``commit``, called between them, commits once :data:`COMMIT_BYTES` are queued: memory stays bounded).
 
     ``defer``: the merge past ``cap`` waits for :meth:`settle` (the writer's thread calls it when no window
     waits, so that a merge never holds up a window: the training thread never waits for one). Until then the
@@ -123,7 +123,7 @@ class FileStack:
             return len(rids), self
         n = len(self.steps)
         bounds = [*self.pending, n]
-        per_lane = n * (int(np.prod(self.shape)) + len(empty_stats(1)[0]) + 4) * 8
+        per_lane = n * (int(np.prod(self.shape)) + len(STATS) + 4) * 8
         chunk = max(1, MERGE_BYTES // max(1, per_lane))
         store = None
         done = 0
@@ -147,7 +147,7 @@ class FileStack:
                 w.drop_columns(rid, phase)
             self._put(w, ids, phase, 0, store.steps, store.counts, store.stats, store.grid)
             done += len(ids)
-            if commit is not None and w.queued_bytes > COMMIT_BYTES and w.failed is None:
+            if commit is not None:
                 commit()
             if done < len(rids) and stop is not None and stop():
                 break

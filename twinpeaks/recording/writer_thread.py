@@ -30,6 +30,8 @@ from collections.abc import Callable
 
 Job = Callable[[], None]
 
+_THREAD_PREFIX = "twinpeaks-writer-"
+
 #: At interpreter exit, how long the jobs still queued (windows handed over, not yet written) may take to finish.
 EXIT_WAIT_S = 60.0
 
@@ -84,6 +86,11 @@ class _Waiting:
                 _urgent.clear()
 
 
+def _on_writer_thread() -> bool:
+    """Whether the caller is a writer's thread (any recorder's: :class:`WriterThread` names them so)."""
+    return threading.current_thread().name.startswith(_THREAD_PREFIX)
+
+
 #: How long a window's job waits before it starts, unless the training thread waits for it (:func:`start_later`).
 START_S = 0.02
 
@@ -92,7 +99,7 @@ def start_later() -> None:
     """At the start of a window's job: let the step that handed the window over end first (it paid for the
     hand-over; the job's first work would slow it more). A no-op off the writer's thread, without spreading, or
     while the training thread waits for the writer."""
-    if SPREAD > 0 and threading.current_thread().name.startswith("twinpeaks-writer-") and not _urgent.is_set():
+    if SPREAD > 0 and _on_writer_thread() and not _urgent.is_set():
         _urgent.wait(START_S)
     _last.t = time.perf_counter()
 
@@ -100,7 +107,7 @@ def start_later() -> None:
 def pause(spread: bool = True) -> None:
     """Let the training thread run (release the GIL briefly; with ``spread``, sleep in proportion to the work
     done since the last pause, see :data:`SPREAD`); a no-op off the writer's thread."""
-    if threading.current_thread().name.startswith("twinpeaks-writer-"):
+    if _on_writer_thread():
         now = time.perf_counter()
         worked = now - getattr(_last, "t", now)
         if spread and SPREAD > 0 and not _urgent.is_set():
@@ -149,7 +156,7 @@ class WriterThread:
         """Queue ``job`` (waits while ``depth`` jobs already wait); re-raises a failed job's exception first."""
         self._raise()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=f"twinpeaks-writer-{self.name}", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=f"{_THREAD_PREFIX}{self.name}", daemon=True)
             self._thread.start()
             _STARTED.add(self)  # a script that ends without close() keeps its windows (_drain_at_exit)
         try:
