@@ -212,9 +212,21 @@ def test_stacked_and_one_layer_at_a_time_write_the_same_file(tmp_path, monkeypat
     monkeypatch.undo()
     _record(b, monkeypatch, stack=False)
     ra, rb = _file_arrays(a), _file_arrays(b)
-    assert set(ra) == set(rb)
-    for key in ra:
+    summaries = {k for k in ra if k[3] >= 0}
+    assert summaries == {k for k in rb if k[3] >= 0}
+    for key in summaries:  # the epoch summaries: the same bytes
         assert ra[key] == rb[key], key
+    # the step columns: the same arrays (how they are cut into parts depends on when the writer's idle time merged
+    # them, and a merge in idle time adds the sums in another order)
+    columns = {k[:3] for k in ra if k[3] == -1}
+    assert columns == {k[:3] for k in rb if k[3] == -1}
+    for layer, phase, kind in columns:
+        got, want = _columns(ra, layer, phase, kind), _columns(rb, layer, phase, kind)
+        if kind == "col_stats":
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+            np.testing.assert_array_equal(got[:, [MIN, MAX]], want[:, [MIN, MAX]])
+        else:
+            np.testing.assert_array_equal(got, want)
 
 
 def test_column_stack_lanes_follow_column_stores():

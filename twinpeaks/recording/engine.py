@@ -185,6 +185,32 @@ class HandOver:
         raw = self.raw(i)
         return raw.rows() if isinstance(raw, Carved) else raw
 
+    def stacked(self, members: list[int]) -> Rows | None:
+        """The rows of ``members`` (of one layout and row count) stacked on a first axis, as strided views of the
+        block (no copy, no per-record view): the hand-over lays a record's buffers out one after another, so records
+        of one layout taken one after another lie a constant stride apart. None: they do not (take :meth:`rows` of
+        each and stack them)."""
+        if self.block is None or any(i in self.others for i in members):
+            return None
+        lay = self.layouts[members[0]]
+        n = int(self.ns[members[0]])
+        k = len(lay.table)
+        for j in members[1:]:
+            other = self.layouts[j]
+            if other is not lay and (len(other.table) != k or other.views != lay.views) or int(self.ns[j]) != n:
+                return None
+        offs = self.offsets[self.first[members][:, None] + np.arange(k)]  # [lanes, buffers]
+        stride = int(offs[1, 0] - offs[0, 0]) if len(members) > 1 else 0
+        if len(members) > 1 and not (offs[1:] - offs[:-1] == stride).all():
+            return None
+        out: Rows = {}
+        for (name, dtype, shape), off in zip(lay.views, offs[0].tolist()):
+            inner = [dtype.itemsize]
+            for size in reversed(shape):
+                inner.insert(0, inner[0] * size)
+            out[name] = np.ndarray((len(members), n, *shape), dtype, self.block, off, (stride, *inner))
+        return out
+
     @property
     def nbytes(self) -> int:
         """Bytes of the host block (0: none, every buffer set was taken apart)."""
@@ -471,13 +497,14 @@ class PhaseBuffers:
                 lane = pd.lane_key()
                 sig = (phase, start, int(hand.ns[i]), lane) if lane is not None else (i,)
                 groups.setdefault(sig, []).append(i)
-            for group in groups.values():
+            for sig, group in groups.items():
                 for a in range(0, len(group), lanes):
                     members = group[a:a + lanes]
                     i = members[0]
-                    parts = [hand.rows(j) for j in members]  # views of the block, made here (the writer's thread)
-                    yield taken.phases[i], taken.starts[i], [taken.rids[j] for j in members], PhaseBuffers._stack(
-                        taken.pds[i], parts)
+                    stacked = hand.stacked(members) if len(sig) > 1 else None  # views of the block, made here (the writer's thread)
+                    yield taken.phases[i], taken.starts[i], [taken.rids[j] for j in members], (
+                        taken.pds[i].finish(stacked) if stacked is not None
+                        else PhaseBuffers._stack(taken.pds[i], [hand.rows(j) for j in members]))
             return
         keys = list(taken)
         for k, (key, (begin, _, rows)) in enumerate(taken.items()):
