@@ -1051,6 +1051,12 @@ static int path_ok[NPATHS];
 static int path = P_PORTABLE; /* the path observe() runs */
 /* single passes: guess kept, mapped onto a coarser grid, binned again, both passes redone (tests; not atomic) */
 static long long spec_counts[4];
+/* spec_counts are counted by whichever threads run calls at once (long calls release the GIL): atomically */
+#if defined(__GNUC__) || defined(__clang__)
+#define SPEC_COUNT(i) __atomic_fetch_add(&spec_counts[i], 1, __ATOMIC_RELAXED)
+#else
+#define SPEC_COUNT(i) (spec_counts[i]++)
+#endif
 static int spec_on = 1;        /* auto grids: a single speculative pass where a guess exists (single_pass()) */
 
 DEFINE_SPAN(span_f32_fixed, float, load_f32, slot_fixed)
@@ -1507,7 +1513,7 @@ static int speculate(shared_t *sh, int64_t ge, int64_t og) {
         mx = a->mx > mx ? a->mx : mx;
     }
     if (nonfin) { /* the spans' min and max include +-inf (and may skip NaN): both passes again */
-        spec_counts[3]++;
+        SPEC_COUNT(3);
         clear_lanes(sh);
         bin_call(sh);
         return 0;
@@ -1517,14 +1523,14 @@ static int speculate(shared_t *sh, int64_t ge, int64_t og) {
     const int64_t e = (int64_t)sh->grid[0], o = (int64_t)sh->grid[1];
     const int inside = mn >= ldexp((double)og, (int)ge) && mx < ldexp((double)(og + bins), (int)ge);
     if (inside && e == ge && o == og) {
-        spec_counts[0]++;
+        SPEC_COUNT(0);
         return 0;
     }
     if (inside && e >= ge) {
-        spec_counts[1]++;
+        SPEC_COUNT(1);
         return 1;
     }
-    spec_counts[2]++; /* finer than the guess, or values outside it: bin again on the row's grid */
+    SPEC_COUNT(2); /* finer than the guess, or values outside it: bin again on the row's grid */
     clear_lanes(sh);
     for (int t = 0; t < sh->nparts; t++) {
         sh->parts[t].mn = INFINITY; /* mn > mx: set_grid keeps the row's grid as it is now */
