@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from overhead import make_step  # noqa: E402
+from overhead import deep500_model  # noqa: E402
 
 import twinpeaks as tp  # noqa: E402
 from twinpeaks import binning  # noqa: E402
@@ -46,13 +45,7 @@ VARIANTS = ("none", "tap", "tap + kernel", "recorder")
 
 def measure(rounds: int, steps: int, blocks: int = 250, width: int = 32, batch: int = 32) -> dict[str, Any]:
     """Mean steps of every variant over ``rounds`` interleaved rounds of ``steps`` (see the module's docstring)."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    mods: list[nn.Module] = []
-    for _ in range(blocks):
-        mods += [nn.Linear(width, width), nn.ReLU()]
-    model = nn.Sequential(*mods, nn.Linear(width, 10))
-    step = make_step(model, torch.randn(batch, width), torch.randint(0, 10, (batch,)))
+    model, step = deep500_model(blocks, width, batch)
     observe = binning._cbin.observe  # type: ignore[union-attr]
     with tempfile.TemporaryDirectory() as tmp:
         hist = tp.ActivationsHistogram(model, Path(tmp) / "floor.tp")

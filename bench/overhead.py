@@ -427,6 +427,17 @@ def deep500_in_child(quick: bool) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def deep500_model(blocks: int = 250, width: int = 32, batch: int = 32) -> tuple[nn.Module, Callable[[], None]]:
+    """deep500's model (``blocks`` x Linear+ReLU + a head) and its training step, on one thread, seeded."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    mods: list[nn.Module] = []
+    for _ in range(blocks):
+        mods += [nn.Linear(width, width), nn.ReLU()]
+    model = nn.Sequential(*mods, nn.Linear(width, 10))
+    return model, make_step(model, torch.randn(batch, width), torch.randint(0, 10, (batch,)))
+
+
 def deep500(quick: bool = False, blocks: int = 250, width: int = 32, batch: int = 32) -> dict[str, Any]:
     """A deep stack of small layers (``blocks`` x Linear+ReLU + a head: 501 leaf modules), recording vs not.
 
@@ -441,14 +452,7 @@ def deep500(quick: bool = False, blocks: int = 250, width: int = 32, batch: int 
     recorded step (a flush's stall), the ``end_epoch`` times, and the run file's bytes per layer and
     recorded step.
     """
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    mods: list[nn.Module] = []
-    for _ in range(blocks):
-        mods += [nn.Linear(width, width), nn.ReLU()]
-    model = nn.Sequential(*mods, nn.Linear(width, 10))
-    x, y = torch.randn(batch, width), torch.randint(0, 10, (batch,))
-    step = make_step(model, x, y)
+    model, step = deep500_model(blocks, width, batch)
     layers = len(leaf_modules(model))
     rounds, steps, epoch = (4, 10, 20) if quick else (100, 30, 300)  # full: 3,000 recorded steps, 10 epochs
     for _ in range(50):
