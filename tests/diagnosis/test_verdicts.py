@@ -162,3 +162,31 @@ def test_scenario_truths_name_known_kinds_and_every_classifier_runs_without_targ
         assert set(s.truth) | set(s.also) <= kinds
         if s.task != "regression":
             assert S.SCENARIOS[s.name + "_nolabels"] == replace(s, name=s.name + "_nolabels", targets=False)
+
+
+def test_a_batch_that_never_changes_is_not_a_vanishing_signal(tmp_path):
+    """Training on one fixed batch (labels that teach nothing): no layer's output changes from batch to batch,
+    the first one included. That is the input, not a signal fading with depth: no ``vanishing`` finding."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[m for _ in range(4) for m in (torch.nn.Linear(16, 16), torch.nn.ReLU())],
+                                torch.nn.Linear(16, 4))
+    x = torch.randn(64, 16)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    with tp.ActivationsHistogram(model, tmp_path / "one_batch.tp") as hist:
+        for _ in range(4):
+            for _ in range(30):
+                y = torch.randint(0, 4, (64,), generator=gen)  # random labels: nothing to learn
+                hist.targets(y)
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+            with hist.phase("valid"), torch.no_grad():
+                hist.targets(torch.randint(0, 4, (64,), generator=gen))
+                model(x)
+            hist.end_epoch()
+    d = tp.diagnose(tmp_path / "one_batch.tp")
+    assert d.metric("separation", "valid")[-1] < 1, d.metric("separation", "valid")  # and it has not learnt
+    quiet = d.metric("batch_variation", layer="0")
+    assert np.all(quiet < 0.05), quiet  # the first layer itself does not move: the premise of this test
+    assert "vanishing" not in _kinds(d), [f.message for f in d.findings]

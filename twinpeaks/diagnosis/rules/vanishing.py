@@ -40,8 +40,11 @@ def check_vanishing(ctx: Context) -> None:
     counts only when the model does not learn either (its last valid
     separation below ``separation_weak``, for a classifier): a constant by
     design (a position embedding) is not a problem. The layer named is the
-    first quiet one. Not judged when a layer is dead or saturated (a
-    problem): those findings explain a signal that stops.
+    first quiet one, after a layer whose outputs do follow the input (quiet
+    from the first layer on, the batches themselves do not change: one batch
+    trained on again and again has no signal to lose). Not judged when a
+    layer is dead or saturated (a problem): those findings explain a signal
+    that stops.
     """
     # layers that are dead or saturated (or fed by one) are explained by those findings
     blocked = [i for i, layer in enumerate(ctx.layers) if any(
@@ -56,12 +59,20 @@ def check_vanishing(ctx: Context) -> None:
     run = 0
     start = None
     levels = {}
+    signal = False  # a layer before the quiet ones follows the input: the signal was there, and faded
+    before = ctx.layers[0]  # the last such layer
     for layer in ctx.layers:
         if layer is ctx.last:
             run, start = 0, None
             continue
         v = float(ctx.metrics[("batch_variation", None, layer.name)][0])
         levels[layer.name] = v
+        loud = bool(np.isfinite(v) and v >= ctx.t.vanish_level)
+        if not signal:  # quiet from the first layer on: the batches themselves do not change (one batch
+            signal = loud  # trained on again and again), the input has no signal to lose
+            if loud:
+                before = layer
+            continue
         if np.isfinite(v) and v < ctx.t.vanish_level:
             if run == 0:
                 start = layer
@@ -70,15 +81,17 @@ def check_vanishing(ctx: Context) -> None:
                 break
         else:
             run, start = 0, None
+            if loud:
+                before = layer
     if start is None or run < ctx.t.vanish_layers:
         return
     first = ctx.layers[0].name
     ctx.add("vanishing", "problem", start.name, 0,
             f"from layer {start.name!r} ({start.type}) on, the layers' outputs hardly change from batch to "
-            f"batch ({levels[start.name]:.3f} of batch noise, against {levels.get(first, math.nan):.2f} at layer "
-            f"{first!r}): the input's signal has faded with depth and the model does not learn",
+            f"batch ({levels[start.name]:.3f} of batch noise, against {levels[before.name]:.2f} at layer "
+            f"{before.name!r}): the input's signal has faded with depth and the model does not learn",
             {"batch_variation": levels[start.name], "batch_variation_first": levels.get(first, math.nan),
-             "quiet_layers": run},
+             "batch_variation_before": levels[before.name], "quiet_layers": run},
             cause="vanishing signal and gradients: saturating activations (sigmoid, tanh) stacked deep, or "
                   "an init that shrinks the signal layer after layer",
             remedy="use ReLU/GELU activations, add normalisation (BatchNorm/LayerNorm) or residual connections, "
