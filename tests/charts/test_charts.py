@@ -247,3 +247,19 @@ def test_automatic_ranges_draw_no_strips_and_cover_every_value(record_run, tmp_p
     assert not cols.fixed
     _, _, y0, y1 = im.get_extent()
     assert y0 <= np.nanmin(cols.min) and np.nanmax(cols.max) <= y1
+
+
+def test_drawing_into_given_axes_leaves_the_figures_other_texts_alone(run):
+    """draw_colorful / draw_twin_peaks make their own axes' texts plain, not the whole figure's: a user's other
+    axes keep their mathtext, and a grid of hundreds of layers is not walked once per layer."""
+    from twinpeaks.charts.colorful import draw_colorful
+    from twinpeaks.charts.common import new_figure
+    from twinpeaks.charts.twin_peaks import draw_twin_peaks
+
+    fig = new_figure((8, 3))
+    mine, theirs, other = fig.subplots(1, 3)
+    label = other.set_title("$\\alpha$ and \a")  # the user's own text, on an axes twinpeaks does not draw
+    draw_colorful(mine, run, -1)
+    draw_twin_peaks(theirs, run, -1)
+    assert label.get_parse_math() and label.get_text() == "$\\alpha$ and \a"
+    assert not any(t.get_parse_math() for ax in (mine, theirs) for t in ax.findobj(matplotlib.text.Text))

@@ -179,7 +179,7 @@ def draw_colorful(
     ax.set_title(layer_title(info, show_layer_info, axis)
                  + (f", {plural(int(np.max(cols.ends - cols.starts)), 'step')}/column" if show_layer_info else ""),
                  loc="left", pad=9)
-    as_plain_text(ax.figure)
+    as_plain_text(ax)  # this axes' texts (the whole figure's: once per chart, not once per layer)
     return im
 
 

@@ -43,8 +43,8 @@ PHASE_STYLES = {"train": "--", "valid": "-", "test": ":"}
 
 
 def as_plain_text(fig: Any) -> Any:
-    """Every text of ``fig`` drawn as given (no mathtext, no LaTeX, control characters as escapes),
-    also on axes made outside :func:`style`."""
+    """Every text of ``fig`` (a figure, or one axes: what a function drawing into given axes added) drawn as
+    given (no mathtext, no LaTeX, control characters as escapes), also on axes made outside :func:`style`."""
     from matplotlib.text import Text
 
     for t in fig.findobj(Text):

@@ -202,7 +202,7 @@ def draw_twin_peaks(
                       loc="upper right", frameon=False, title="class", ncols=2 if len(names) > 6 else 1)
         else:
             ax.legend(loc="upper left", frameon=False)
-    as_plain_text(ax.figure)
+    as_plain_text(ax)  # this axes' texts (the whole figure's: once per chart, not once per layer)
     return curves
 
 
