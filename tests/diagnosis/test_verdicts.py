@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
     out = {}
     try:
         for name in ("mlp_digits", "mlp_digits_nolabels", "cnn_digits", "dead_mlp_nolabels", "lr_high_mlp",
-                     "vanishing_sigmoid_nolabels", "saturated_tanh", "overfit_mlp", "overfit_mlp_nolabels", "overfit_noise_nolabels",
+                     "vanishing_sigmoid_nolabels", "saturated_tanh", "overfit_mlp", "overfit_mlp_nolabels", "overfit_noise", "overfit_noise_nolabels",
                      "label_noise_digits_nolabels"):
             t = S.train(S.SCENARIOS[name], 0, root / f"{name}.tp")
             out[name] = (t, tp.diagnose(t.path))
@@ -115,6 +115,18 @@ def test_memorising_noisy_labels_is_overfitting_without_labels_by_the_top_split(
     assert not _kinds(healthy) & {"overfitting"}, [f.message for f in healthy.findings]
 
 
+@pytest.mark.parametrize("name", ["overfit_noise", "overfit_mlp"])
+def test_with_labels_early_stopping_names_the_epoch_valid_separation_peaked(runs, name):
+    """The drift is established epochs after valid separation stopped improving: early stopping keeps that epoch
+    (the first within 5% of its best), not the drift's onset and not the argmax of a plateau's noise."""
+    _, d = runs[name]
+    (f,) = [f for f in d.findings if f.kind == "overfitting"]
+    vsep = d.metric("separation", "valid")[1:]  # epoch 0: a transient
+    stop = 1 + int(np.flatnonzero(vsep >= vsep.max() * 0.95)[0])
+    assert f"stop at about epoch {stop} " in f.remedy and f.evidence["stop_epoch"] == stop <= f.epoch, (
+        f.remedy, f.epoch, vsep)
+
+
 def test_top_split_separation_goes_on_where_the_label_free_one_reads_zero():
     rng = np.random.default_rng(1)
     edges = np.linspace(-8, 12, 201)
@@ -190,3 +202,34 @@ def test_a_batch_that_never_changes_is_not_a_vanishing_signal(tmp_path):
     quiet = d.metric("batch_variation", layer="0")
     assert np.all(quiet < 0.05), quiet  # the first layer itself does not move: the premise of this test
     assert "vanishing" not in _kinds(d), [f.message for f in d.findings]
+
+
+def test_a_log_softmax_classifier_still_improving_is_not_told_to_stop(tmp_path):
+    """A log-softmax output's top values crowd at 0 as the model grows confident, which moves the top split
+    (train's more than valid's): with labels, a valid separation still at its best at the end says no overfitting."""
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    d = load_digits()
+    x, y = torch.tensor(d.data / 16, dtype=torch.float32), torch.tensor(d.target)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10),
+                                torch.nn.LogSoftmax(dim=1))
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    with tp.ActivationsHistogram(model, tmp_path / "log_softmax.tp") as hist:
+        for _ in range(8):
+            perm = torch.randperm(1400)
+            for i in range(0, 1400, 64):
+                idx = perm[i:i + 64]
+                hist.targets(y[idx])
+                opt.zero_grad()
+                torch.nn.functional.nll_loss(model(x[idx]), y[idx]).backward()
+                opt.step()
+            with hist.phase("valid"), torch.no_grad():
+                for i in range(1400, len(x), 128):
+                    hist.targets(y[i:i + 128])
+                    model(x[i:i + 128])
+            hist.end_epoch()
+    diag = tp.diagnose(tmp_path / "log_softmax.tp")
+    sep = diag.metric("separation", "valid")
+    assert sep[-1] == sep.max() and sep[-1] > sep[1] + 0.3, sep  # the premise: valid still improving
+    assert "overfitting" not in _kinds(diag), [f.message for f in diag.findings]

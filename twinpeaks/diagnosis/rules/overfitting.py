@@ -57,7 +57,11 @@ def check_overfitting(ctx: Context) -> None:
     valid ones while valid's stopped improving. Its mean must exceed
     ``overfit_top_z`` times its epoch-to-epoch standard error (it lasts) and
     ``overfit_top_noise`` times its sampling noise (not a small valid set's
-    draw).
+    draw). With labels, the valid separation decides: not where it is still
+    within ``overfit_plateau`` of its best at the end (nothing is lost by
+    training on: a log-softmax output's top values crowd at 0 as the model
+    grows confident, which moves the top split), and the epoch to stop at is
+    where it stopped improving (as for the separation reading).
     """
     if ctx.dead_before(ctx.last) is not None or any(f.kind == "vanishing" for f in ctx.findings):
         return  # the outputs do not follow the input: no peaks to drift apart (dead and vanishing say why)
@@ -92,7 +96,7 @@ def _separation_drift(ctx: Context) -> bool:
     vsep[0] = np.nan  # epoch 0 is a transient (and without labels an untrained model's offsets can read high)
     if not np.isfinite(vsep).any():
         return False
-    plateau = np.nan_to_num(vsep, nan=-np.inf) >= np.nanmax(vsep) - t.overfit_plateau * abs(np.nanmax(vsep))
+    stop = _plateau_start(vsep, t.overfit_plateau)
     onset = None
     for e in range(1, ctx.n):
         if drift[e] and drift[e:].mean() >= t.overfit_share:
@@ -100,7 +104,9 @@ def _separation_drift(ctx: Context) -> bool:
             break
     if onset is None:
         return False
-    onset = max(onset, int(np.argmax(plateau)))
+    onset = max(onset, stop)
+    if not labels:  # a label-free separation can read high early (an untrained model's offsets): no epoch to keep
+        stop = onset
     if ctx.n - onset < t.overfit_epochs:
         return False
     # the mean gap from the onset must stand out of its sampling noise: the train (last quarter) samples
@@ -113,7 +119,7 @@ def _separation_drift(ctx: Context) -> bool:
         return False
     ev = {"gap_last": gap[-1], "distance_last": dist[-1], "distance_early": base,
           "valid_separation_best": float(np.nanmax(vsep)), "valid_separation_best_epoch": int(np.nanargmax(vsep)),
-          "valid_separation_last": vsep[-1]}
+          "valid_separation_last": vsep[-1], "stop_epoch": stop}
     limit = t.overfit_gap if labels else t.overfit_gap_free
     # without labels it is a reading of shapes: a warning at most
     severity = "problem" if labels and gap[-1] >= 2 * limit else "warning"
@@ -124,8 +130,9 @@ def _separation_drift(ctx: Context) -> bool:
             f"exceeds valid by {gap[-1]:.2f} at the end and {how}, while valid separation peaked at epoch "
             f"{ev['valid_separation_best_epoch']}", ev,
             cause="the model memorises its training set: too few samples for its size, or too many epochs",
-            remedy=f"stop at about epoch {onset} (early stopping), or add data, "
-                   "augmentation, weight decay or dropout, or use a smaller model")
+            remedy=f"stop at about epoch {stop} (early stopping"
+                   f"{': where valid separation stopped improving' if labels else ''}), "
+                   "or add data, augmentation, weight decay or dropout, or use a smaller model")
     return True
 
 
@@ -145,6 +152,15 @@ def _top_split_drift(ctx: Context) -> None:
     g = g[np.isfinite(g)]
     if ctx.n - onset < t.overfit_epochs or len(g) < t.overfit_epochs:
         return
+    stop = onset  # the epoch to stop at
+    if ctx.task == "classification":  # with labels, the valid separation says whether and where to stop
+        aware = ctx.metrics[("separation", "valid", None)].copy()
+        aware[0] = np.nan
+        if np.isfinite(aware).any():
+            best = float(np.nanmax(aware))
+            if np.isfinite(aware[-1]) and aware[-1] >= best - t.overfit_plateau * abs(best):
+                return  # still at its best: nothing is lost by training on (the top split read a shape change)
+            stop = _plateau_start(aware, t.overfit_plateau)
     mean = float(np.mean(g))
     spread = float(np.std(g, ddof=1))
     z = mean / (spread / np.sqrt(len(g))) if spread > 0 else (np.inf if mean > 0 else 0.0)
@@ -155,14 +171,28 @@ def _top_split_drift(ctx: Context) -> None:
     ev = {"top_split_gap_mean": mean, "top_split_gap_z": z, "top_split_gap_noise": noise,
           "valid_top_split_best": float(vsep[onset]), "valid_top_split_best_epoch": onset,
           "valid_top_split_last": float(vsep[-1]), "train_top_split_last": float(gap[-1] + vsep[-1])}
+    ev["stop_epoch"] = stop
     ctx.add("overfitting", "warning", ctx.last.name, onset,
             f"the train outputs of the last layer stand out further than the valid ones from epoch {onset}: "
             f"the top 1/K of train values sit {mean:.2f} spreads further from the rest than valid's on average "
             f"({z:.1f} standard errors, {mean / max(noise, 1e-12):.1f}x the sampling noise), while valid's "
             f"peaked at epoch {onset}; read from the histograms' shape alone", ev,
             cause="the model memorises its training set (noisy or too few labels, too many epochs)",
-            remedy=f"stop at about epoch {onset} (early stopping), check the labels, or add data, "
-                   "augmentation, weight decay or dropout")
+            remedy=f"stop at about epoch {stop} (early stopping: where valid "
+                   f"{'separation stopped improving' if ctx.task == 'classification' else 'top split peaked'}), "
+                   "check the labels, or add data, augmentation, weight decay or dropout")
+
+
+def _plateau_start(vsep: np.ndarray, within: float) -> int:
+    """The first epoch whose valid separation is within ``within`` (a fraction) of its best: where it stopped
+    improving, the epoch early stopping keeps (``vsep`` has NaN where unknown, epoch 0 included).
+
+    Example:
+        >>> _plateau_start(np.array([np.nan, 1.0, 1.9, 2.0, 1.5]), 0.05)
+        2
+    """
+    best = np.nanmax(vsep)
+    return int(np.argmax(np.nan_to_num(vsep, nan=-np.inf) >= best - within * abs(best)))
 
 
 def _gap_noise(ctx: Context, metric: str = "separation") -> tuple[np.ndarray, np.ndarray]:
