@@ -3,7 +3,9 @@
 Modules return tensors, tuples and lists (LSTMs), dicts and dataclass-like
 ``ModelOutput`` objects (Hugging Face), or None. :func:`flatten` walks that
 structure in a stable order and yields ``(path, tensor)`` pairs; a plain tensor
-has the empty path. Anything else (ints, strings, None) yields nothing.
+has the empty path. Anything else (ints, strings, None) yields nothing. A
+``PackedSequence`` (an LSTM fed packed sequences) is its values: its batch sizes
+and sort indices are bookkeeping, not activations.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 _MAX_DEPTH = 4
 
@@ -25,6 +28,8 @@ def flatten(out: Any, path: tuple = (), depth: int = 0) -> Iterator[tuple[tuple,
     """
     if isinstance(out, torch.Tensor):
         yield path, out
+    elif isinstance(out, PackedSequence):  # a tuple, but only its values are activations
+        yield path, out.data
     elif depth >= _MAX_DEPTH:
         return
     elif isinstance(out, Mapping):

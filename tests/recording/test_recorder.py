@@ -129,6 +129,30 @@ def test_tuple_outputs_make_the_layer_and_subrecords_and_empty_modules_are_liste
     assert run.histogram("lstm.1.1", epoch=0).total == 1 * 2 * 7
 
 
+def test_a_packed_sequence_is_recorded_as_its_values(tmp_run):
+    """An LSTM fed packed sequences returns a PackedSequence (a tuple): its values are the layer, its batch sizes
+    and sort indices (integer bookkeeping) are not recorded."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    lstm = nn.LSTM(5, 7, batch_first=True)
+    model = nn.Sequential()
+    model.add_module("lstm", lstm)
+    lengths = torch.tensor([3, 1, 2])
+    seen = []
+    with tp.ActivationsHistogram(model, tmp_run, range=(-1, 1)) as hist:
+        for _ in range(2):
+            out, (h, c) = model(pack_padded_sequence(torch.randn(3, 3, 5), lengths, batch_first=True,
+                                                     enforce_sorted=False))
+            seen.append(out.data.detach().reshape(-1))
+        hist.end_epoch()
+    run = tp.open_run(tmp_run)
+    assert [layer.name for layer in run.layers] == ["lstm", "lstm.1.0", "lstm.1.1"]
+    assert run.layer("lstm").out_shape == (6, 7)  # 3 + 1 + 2 time steps x 7
+    values = torch.cat(seen).double().numpy()
+    np.testing.assert_array_equal(run.histogram("lstm", epoch=0).counts,
+                                  np.histogram(values, run.histogram("lstm", epoch=0).edges)[0])
+
+
 @pytest.mark.parametrize("kind,expect", [
     ("none", None), ("int", None), ("dict", ["odd.a", "odd.b.0"]), ("long", ["odd"]),
     ("empty", []), ("bool", ["odd"]), ("complex", []),
