@@ -330,6 +330,26 @@ def test_nan_values_are_unstable_from_their_epoch(tmp_path):
     assert d.metric("nonfinite", "train", layer="0")[1] == 0 and d.metric("nonfinite", "train", layer="0")[3] > 0
 
 
+def test_nan_in_the_valid_data_only_is_not_training_diverging(tmp_path):
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    with tp.ActivationsHistogram(model, tmp_path / "run.tp") as hist:
+        for _ in range(3):
+            for _ in range(4):
+                model(torch.randn(16, 8))
+            with hist.phase("valid"), torch.no_grad():
+                x = torch.randn(8, 8)
+                x[2, 3] = float("nan")  # one missing value in the validation inputs
+                model(x)
+            hist.end_epoch()
+    d = tp.diagnose(tmp_path / "run.tp")
+    bad = [f for f in d.findings if f.kind == "unstable"]
+    assert bad and {f.layer for f in bad} >= {"0", "2"}
+    for f in bad:
+        assert "'valid' only" in f.message and "diverged" not in f.message and f.evidence["train_nonfinite_share"] == 0
+        assert "valid" in f.remedy and "learning rate" not in f.remedy
+    assert d.metric("nonfinite", "train", layer="0").max() == 0 and d.metric("nonfinite", "valid", layer="0")[0] > 0
+
+
 @pytest.mark.parametrize("gap, peaks", [(4.0, True), (0.0, False)], ids=["two-clusters", "one-cluster"])
 def test_without_targets_the_label_free_separation_says_whether_twin_peaks_show(tmp_path, gap, peaks):
     model = nn.Linear(4, 2)

@@ -71,7 +71,8 @@ def check_unstable(ctx: Context) -> None:
     spreads per step: a head that learns fast moves alone, a learning rate
     that is too high moves the whole network. Layers fed by a dead layer
     compute on nothing and are not judged. Non-finite values give one
-    finding per layer.
+    finding per layer: training diverged, or, where they show in evaluation
+    phases only (train's values finite), bad values in that data.
 
     Two more signs of a learning rate far too high, each enough on its own:
     a hidden layer (not the last: logits grow as a classifier learns) whose
@@ -91,11 +92,23 @@ def check_unstable(ctx: Context) -> None:
         bad = np.flatnonzero(np.nan_to_num(nonfinite).max(axis=0) > 0)
         if len(bad):
             share = float(np.nanmax(nonfinite))
-            ctx.add("unstable", "problem", layer.name, int(bad[0]),
-                    f"layer {layer.name!r} produced NaN or infinite values from epoch {int(bad[0])} "
-                    f"(up to {share:.1%} of its values): training diverged", {"nonfinite_share": share},
-                    cause="training diverged: " + _CAUSE + ", or a log/division of zero in the model",
-                    remedy=_REMEDY)
+            where = [p for p, row in zip(ctx.phases, nonfinite) if np.nan_to_num(row).max() > 0]
+            if "train" in ctx.phases and "train" not in where:  # training's values are finite: the data is not
+                data = " and ".join(repr(p) for p in where)
+                ctx.add("unstable", "problem", layer.name, int(bad[0]),
+                        f"layer {layer.name!r} produced NaN or infinite values in {data} only, from epoch "
+                        f"{int(bad[0])} (up to {share:.1%} of its values), while its train values are finite: "
+                        f"the {data} data likely holds NaN or infinite values",
+                        {"nonfinite_share": share, "train_nonfinite_share": 0.0},
+                        cause=f"NaN or infinite values in the {data} inputs (missing values not filled in), or a "
+                              "log/division of zero that only that data reaches",
+                        remedy=f"check the {data} batches (torch.isfinite(x).all()) and fill or drop missing values")
+            else:
+                ctx.add("unstable", "problem", layer.name, int(bad[0]),
+                        f"layer {layer.name!r} produced NaN or infinite values from epoch {int(bad[0])} "
+                        f"(up to {share:.1%} of its values): training diverged", {"nonfinite_share": share},
+                        cause="training diverged: " + _CAUSE + ", or a log/division of zero in the model",
+                        remedy=_REMEDY)
         per_epoch, calm, noise = jumps(ctx, layer)
         jm = np.nan_to_num(np.asarray(per_epoch))
         limit = max(t.jump_floor, t.jump_noise * noise, t.jump_baseline * (calm if np.isfinite(calm) else 0))
