@@ -92,11 +92,10 @@ def _separation_drift(ctx: Context) -> bool:
         drift = np.nan_to_num(gap) >= t.overfit_gap_free
     if not drift[-1]:
         return False
-    vsep = ctx.metrics[("separation", "valid", None)].copy()
-    vsep[0] = np.nan  # epoch 0 is a transient (and without labels an untrained model's offsets can read high)
+    vsep = _valid_separation(ctx)
     if not np.isfinite(vsep).any():
         return False
-    stop = _plateau_start(vsep, t.overfit_plateau)
+    stop = int(np.argmax(_plateau(vsep, t.overfit_plateau)))  # where valid separation stopped improving
     onset = None
     for e in range(1, ctx.n):
         if drift[e] and drift[e:].mean() >= t.overfit_share:
@@ -154,13 +153,12 @@ def _top_split_drift(ctx: Context) -> None:
         return
     stop = onset  # the epoch to stop at
     if ctx.task == "classification":  # with labels, the valid separation says whether and where to stop
-        aware = ctx.metrics[("separation", "valid", None)].copy()
-        aware[0] = np.nan
+        aware = _valid_separation(ctx)
         if np.isfinite(aware).any():
-            best = float(np.nanmax(aware))
-            if np.isfinite(aware[-1]) and aware[-1] >= best - t.overfit_plateau * abs(best):
+            plateau = _plateau(aware, t.overfit_plateau)
+            if plateau[-1]:
                 return  # still at its best: nothing is lost by training on (the top split read a shape change)
-            stop = _plateau_start(aware, t.overfit_plateau)
+            stop = int(np.argmax(plateau))
     mean = float(np.mean(g))
     spread = float(np.std(g, ddof=1))
     z = mean / (spread / np.sqrt(len(g))) if spread > 0 else (np.inf if mean > 0 else 0.0)
@@ -183,16 +181,24 @@ def _top_split_drift(ctx: Context) -> None:
                    "check the labels, or add data, augmentation, weight decay or dropout")
 
 
-def _plateau_start(vsep: np.ndarray, within: float) -> int:
-    """The first epoch whose valid separation is within ``within`` (a fraction) of its best: where it stopped
-    improving, the epoch early stopping keeps (``vsep`` has NaN where unknown, epoch 0 included).
+def _valid_separation(ctx: Context) -> np.ndarray:
+    """The valid separation per epoch, epoch 0 left out (NaN): a transient, and without labels an untrained
+    model's offsets can read high."""
+    vsep = ctx.metrics[("separation", "valid", None)].copy()
+    vsep[0] = np.nan
+    return vsep
+
+
+def _plateau(vsep: np.ndarray, within: float) -> np.ndarray:
+    """Epochs whose valid separation is within ``within`` (a fraction) of its best (NaN: not): the first is where it
+    stopped improving, the epoch early stopping keeps; the last, whether it is still at its best.
 
     Example:
-        >>> _plateau_start(np.array([np.nan, 1.0, 1.9, 2.0, 1.5]), 0.05)
-        2
+        >>> _plateau(np.array([np.nan, 1.0, 1.9, 2.0, 1.5]), 0.05)
+        array([False, False,  True,  True, False])
     """
     best = np.nanmax(vsep)
-    return int(np.argmax(np.nan_to_num(vsep, nan=-np.inf) >= best - within * abs(best)))
+    return np.nan_to_num(vsep, nan=-np.inf) >= best - within * abs(best)
 
 
 def _gap_noise(ctx: Context, metric: str = "separation") -> tuple[np.ndarray, np.ndarray]:

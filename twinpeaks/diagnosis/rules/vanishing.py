@@ -59,8 +59,7 @@ def check_vanishing(ctx: Context) -> None:
     run = 0
     start = None
     levels = {}
-    signal = False  # a layer before the quiet ones follows the input: the signal was there, and faded
-    before = ctx.layers[0]  # the last such layer
+    before = None  # the last layer before the quiet ones whose outputs follow the input: the signal was there
     for layer in ctx.layers:
         if layer is ctx.last:
             run, start = 0, None
@@ -68,9 +67,8 @@ def check_vanishing(ctx: Context) -> None:
         v = float(ctx.metrics[("batch_variation", None, layer.name)][0])
         levels[layer.name] = v
         loud = bool(np.isfinite(v) and v >= ctx.t.vanish_level)
-        if not signal:  # quiet from the first layer on: the batches themselves do not change (one batch
-            signal = loud  # trained on again and again), the input has no signal to lose
-            if loud:
+        if before is None:  # quiet from the first layer on: the batches themselves do not change (one batch
+            if loud:  # trained on again and again), the input has no signal to lose
                 before = layer
             continue
         if np.isfinite(v) and v < ctx.t.vanish_level:
@@ -83,7 +81,7 @@ def check_vanishing(ctx: Context) -> None:
             run, start = 0, None
             if loud:
                 before = layer
-    if start is None or run < ctx.t.vanish_layers:
+    if start is None or before is None or run < ctx.t.vanish_layers:
         return
     first = ctx.layers[0].name
     ctx.add("vanishing", "problem", start.name, 0,
